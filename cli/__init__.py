@@ -1,0 +1,1 @@
+"""The ``spectra`` command line: a thin shell over the public ``spectra`` API."""

@@ -1,0 +1,279 @@
+"""The ``spectra`` command group: ``analyze``, ``inspect`` and ``demo``.
+
+Each command parses its options, calls the public ``spectra`` API, and
+prints. A ``SpectraError`` becomes one red line on stderr and exit status 1;
+click's usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+import spectra
+from spectra.demo import write_demo_checkpoints
+from spectra.errors import ReportExistsError, SpectraError
+from spectra.report import check_target
+
+from .options import LAYERS, MODULES
+from .table import format_value, render
+
+TABLE_COLUMNS = (
+    ("layer", "layer"),
+    ("module", "module"),
+    ("shape", "shape"),
+    ("numerical_rank", "rank"),
+    ("entropy", "entropy"),
+    ("effective_rank", "eff. rank"),
+    ("stable_rank", "stable rank"),
+    ("energy_rank@0.9", "energy rank@0.9"),
+)
+
+
+class SpectraGroup(click.Group):
+    """A click group that turns library errors into one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpectraError as exc:
+            message = " ".join(str(exc).split())
+            click.secho(f"error: {message}", fg="red", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.secho("interrupted: no report was written", fg="red", err=True)
+            ctx.exit(130)
+
+
+class _ProgressBar:
+    """A progress bar over modules on stderr, shown only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool, label: str):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.label = label
+        self._bar = None
+        self._start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, key: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True
+            )
+            self._bar.__enter__()
+        rate = done / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.label = f"{self.label} {key} ({rate:.1f} modules/s)"
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def _warn(messages) -> None:
+    for message in messages:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def _metrics_table(report: spectra.Report) -> str:
+    rows = []
+    for row in report.rows:
+        values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
+        if row.get("head") is not None:
+            values["module"] = f"{row['module']}.h{row['head']}"
+        rows.append([values[key] for key, _ in TABLE_COLUMNS])
+    return render([title for _, title in TABLE_COLUMNS], rows)
+
+
+def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label):
+    bar = _ProgressBar(quiet, label)
+    try:
+        return spectra.analyze(
+            ckpt,
+            base=base,
+            modules=modules,
+            layers=layers,
+            device=device,
+            method="exact" if exact else "fast",
+            progress=bar,
+        )
+    finally:
+        bar.close()
+
+
+@click.group(cls=SpectraGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(spectra.__version__, prog_name="spectra")
+def cli() -> None:
+    """spectra: what did fine-tuning do to each layer?
+
+    Rebuilds the weight update ΔW of each layer from a full fine-tune or a
+    PEFT LoRA adapter, takes its singular values, and measures how balanced
+    they are (entropy, effective rank, stable rank, energy rank, …).
+    """
+
+
+_path = click.Path(path_type=Path)
+
+
+@cli.command()
+@click.argument("ckpt", type=_path)
+@click.option("--base", type=_path, help="Base model folder (needed for full fine-tunes).")
+@click.option(
+    "--modules",
+    type=MODULES,
+    default=None,
+    help="Roles to analyse, e.g. k,v or q,k,v,o,up,down,gate or all [default: k,v].",
+)
+@click.option("--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all].")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to take singular values; auto uses CUDA when present.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Dense ΔW: float64 SVD instead of the faster Gram eigenvalues "
+    "(fast is accurate to 1e-6 relative for σ ≥ 1e-5·σ_1).",
+)
+@click.option("--out", type=_path, help="Write the report folder here.")
+@click.option("--force", is_flag=True, help="Replace an existing report at --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print rows and metadata as JSON.")
+def analyze(ckpt, base, modules, layers, device, exact, out, force, quiet, as_json):
+    """Analyse the ΔW of each layer of CKPT (an adapter folder or a model folder)."""
+    if out is not None:
+        check_target(out, force)  # fail before the work, not after it
+    report = _run_analysis(ckpt, base, modules, layers, device, exact, quiet, "analysing")
+    if as_json:
+        click.echo(json.dumps({"meta": report.meta, "rows": report.rows}, indent=2, default=str))
+    else:
+        source = report.meta["source"]
+        if not quiet:
+            click.echo(
+                f"{source['path']}: {source['variant']} ({source['format']}), "
+                f"{len(report)} modules, device {report.meta['device']}, "
+                f"method {report.meta['method']}"
+            )
+        click.echo(_metrics_table(report))
+    _warn(report.warnings)
+    if out is not None:
+        report.save(out, force=force)
+        if not quiet:
+            click.echo(
+                f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors)",
+                err=True,
+            )
+
+
+@cli.command()
+@click.argument("ckpt", type=_path)
+@click.option("--base", type=_path, help="Base model folder, to check it matches.")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def inspect(ckpt, base, as_json):
+    """Show what CKPT holds (format, modules, shapes, dtypes, ranks, scales) without computing."""
+    checkpoint = spectra.load(ckpt, base=base)
+    info = checkpoint.describe()
+    if base is not None:
+        checkpoint.plan(modules=sorted({m.role for m in info.modules}))
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        return
+    layers = sorted({m.layer for m in info.modules})
+    roles = list(dict.fromkeys(m.role for m in info.modules))
+    fields = {
+        "path": info.path,
+        "format": f"{info.format} ({info.variant})",
+        "base": info.base,
+        **info.details,
+        "modules": f"{len(info.modules)} ({', '.join(roles)}) in {len(layers)} layers",
+    }
+    width = max(len(key) for key in fields) + 2
+    for key, value in fields.items():
+        click.echo(f"{key + ':':<{width}}{format_value(value)}")
+    click.echo()
+    header = ["layer", "module", "shape", "dtype", "kind", "rank", "scale", "scale from", "name"]
+    rows = [
+        [
+            m.layer,
+            m.role if m.head is None else f"{m.role}.h{m.head}",
+            f"{m.shape[0]}x{m.shape[1]}",
+            m.dtype,
+            m.kind,
+            m.rank,
+            m.scale,
+            m.scale_source or "-",
+            m.name,
+        ]
+        for m in info.modules
+    ]
+    click.echo(render(header, rows))
+    _warn(info.warnings)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=_path,
+    default=Path("spectra-demo"),
+    show_default=True,
+    help="Folder for the example checkpoints and reports.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing demo folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def demo(out, force, quiet):
+    """Write a small FT and LoRA example in their real formats and analyse both."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ReportExistsError(
+                f"{out}: folder exists; pass --force to replace the demo, or --out DIR"
+            )
+        if not (out / "checkpoints").is_dir():
+            raise ReportExistsError(
+                f"{out}: exists and is not a spectra demo folder; choose another --out"
+            )
+    paths = write_demo_checkpoints(out / "checkpoints")
+    click.echo(f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora)")
+    reports = {
+        "FT": _run_analysis(paths["ft"], paths["base"], None, None, "auto", False, quiet, "FT"),
+        "LoRA": _run_analysis(paths["lora"], None, None, None, "auto", False, quiet, "LoRA"),
+    }
+    summary = []
+    for label, report in reports.items():
+        report.save(out / "reports" / label.lower(), force=True)
+        for role in report.meta["modules"]:
+            rows = [row for row in report.rows if row["module"] == role]
+            summary.append(
+                [label, role, f"{rows[0]['d_out']}x{rows[0]['d_in']}"]
+                + [sum(row[m] for row in rows) / len(rows) for m in _SUMMARY_METRICS]
+            )
+    click.echo("\nmean over layers:")
+    click.echo(render(["method", "module", "shape", *_SUMMARY_TITLES], summary))
+    click.echo(
+        "\nFT spreads its update over many directions (high normalized entropy, large "
+        "effective rank); LoRA's update is led by a few (top-1 share near 3/4)."
+    )
+    click.echo(
+        f"reports written to {out / 'reports'}/ (ft, lora): metrics.csv, report.json, spectra"
+    )
+
+
+_SUMMARY_METRICS = (
+    "normalized_entropy",
+    "effective_rank",
+    "stable_rank",
+    "energy_rank@0.9",
+    "top_share@1",
+)
+_SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()

@@ -1,0 +1,53 @@
+"""spectra: the spectral analysis of fine-tuning updates.
+
+Rebuild the weight update ΔW of each layer from a full fine-tune or a PEFT
+LoRA adapter, take its singular values (on the GPU when there is one), and
+measure how balanced it is::
+
+    import spectra
+    report = spectra.analyze("adapter/")            # k and v projections
+    df = report.to_pandas()                         # one row per layer × module
+    report.save("adapter-report/")                  # metrics.csv, report.json, spectra
+    spectra.metrics.effective_rank(report.spectrum(0, "v"))
+"""
+
+__version__ = "0.1.0"
+
+from . import metrics
+from .delta import Dense, Factored, LayerDelta
+from .errors import (
+    BaseMismatchError,
+    DeviceError,
+    FormatError,
+    MissingBaseError,
+    ReportExistsError,
+    SelectionError,
+    SpectraError,
+)
+from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, load
+from .metrics import METRICS
+from .report import Report, analyze
+from .svd import singular_values
+
+__all__ = [
+    "METRICS",
+    "BaseMismatchError",
+    "Checkpoint",
+    "CheckpointInfo",
+    "Dense",
+    "DeviceError",
+    "Factored",
+    "FormatError",
+    "LayerDelta",
+    "MissingBaseError",
+    "ModuleInfo",
+    "Report",
+    "ReportExistsError",
+    "SelectionError",
+    "SpectraError",
+    "__version__",
+    "analyze",
+    "load",
+    "metrics",
+    "singular_values",
+]

@@ -1,0 +1,94 @@
+"""The update of one module, as loaders produce it and the SVD engine reads it.
+
+A ``LayerDelta`` is ΔW for one (layer, role[, head]) of a checkpoint, in the
+``nn.Linear`` orientation ``(d_out, d_in)``. Its ``update`` is either
+
+- ``Factored(B, A, scale)``: ΔW = scale · B @ A, kept factored so that the
+  singular values come from an r×r problem and ΔW is never materialised, or
+- ``Dense(matrix)``: ΔW itself (full fine-tunes, and later DoRA, LoHa, LoKr).
+
+Loaders know nothing of SVD and the SVD engine knows nothing of file formats;
+this module is the contract between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Dense", "Factored", "LayerDelta"]
+
+
+@dataclass(frozen=True)
+class Dense:
+    """ΔW held as a matrix ``(d_out, d_in)``."""
+
+    matrix: torch.Tensor  # (d_out, d_in)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.matrix
+
+
+@dataclass(frozen=True)
+class Factored:
+    """ΔW = ``scale · B @ A`` with ``B (d_out, r)`` and ``A (r, d_in)``."""
+
+    B: torch.Tensor  # (d_out, r)
+    A: torch.Tensor  # (r, d_in)
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.B.ndim != 2 or self.A.ndim != 2 or self.B.shape[1] != self.A.shape[0]:
+            raise ValueError(
+                f"Factored needs B (d_out, r) and A (r, d_in); got B {tuple(self.B.shape)} "
+                f"and A {tuple(self.A.shape)}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.B.shape[0], self.A.shape[1])
+
+    @property
+    def rank(self) -> int:
+        """The inner dimension r (an upper bound on rank(ΔW))."""
+        return self.A.shape[0]
+
+    def to_dense(self) -> torch.Tensor:
+        """Merge into a float64 matrix ``(d_out, d_in)``; for tests and small cases."""
+        return self.scale * (self.B.double() @ self.A.double())
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """One module's weight update and what is known about where it came from.
+
+    ``weight_rms`` is the root-mean-square entry of the weights ΔW was taken
+    from (for the numerical-rank rounding floor) and ``base_norm`` is
+    ‖W_0‖_F (for ``relative_norm``); both are ``None`` when the base weights
+    are not known.
+    """
+
+    layer: int
+    role: str
+    name: str
+    update: Dense | Factored
+    source_dtype: torch.dtype
+    head: int | None = None
+    weight_rms: float | None = None
+    base_norm: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(d_out, d_in)`` of ΔW."""
+        return self.update.shape
+
+    @property
+    def label(self) -> str:
+        """A short human name such as ``L3.k`` or ``L3.k.h1``."""
+        head = "" if self.head is None else f".h{self.head}"
+        return f"L{self.layer}.{self.role}{head}"

@@ -1,0 +1,138 @@
+"""A small built-in example in real on-disk formats, for ``spectra demo``.
+
+``write_demo_checkpoints(folder)`` writes, with a fixed seed and without
+peft or transformers:
+
+- ``base/``: a LLaMA-shaped model (4 layers, hidden 256, grouped-query
+  attention with k/v projections of shape (64, 256)) as a Hugging Face
+  folder (``config.json`` + ``model.safetensors``);
+- ``ft/``: the same model after a simulated full fine-tune whose update has a
+  broad, slowly decaying spectrum (σ_i ∝ i^-1/2, full rank);
+- ``lora/``: a PEFT LoRA adapter folder (``adapter_config.json`` +
+  ``adapter_model.safetensors``, PEFT's key names) with r = 8, α = 16 on
+  k_proj and v_proj, whose update is dominated by a few directions
+  (σ_i ∝ 2^-i within the rank).
+
+The spectra are planted by construction (random orthonormal bases times
+chosen singular values), so the demo shows the contrast the MultiLoRA paper
+describes: a balanced FT update against a LoRA update led by a few directions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["DEMO_SHAPE", "write_demo_checkpoints"]
+
+DEMO_SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "intermediate": 512}
+_LORA_RANK, _LORA_ALPHA = 8, 16
+
+
+def _orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=generator, dtype=torch.float64))
+    return q  # (rows, cols), orthonormal columns
+
+
+def _planted(
+    d_out: int, d_in: int, sigma: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """A (d_out, d_in) matrix with singular values ``sigma`` and random singular vectors."""
+    k = sigma.numel()
+    U = _orthonormal(d_out, k, generator)  # (d_out, k)
+    V = _orthonormal(d_in, k, generator)  # (d_in, k)
+    return (U * sigma) @ V.T  # (d_out, d_in)
+
+
+def _base_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    hidden, inter = DEMO_SHAPE["hidden"], DEMO_SHAPE["intermediate"]
+    kv = hidden // DEMO_SHAPE["heads"] * DEMO_SHAPE["kv_heads"]
+    shapes = {
+        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, hidden),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
+    }
+    weights = {"model.embed_tokens.weight": 0.02 * torch.randn(1000, hidden, generator=generator)}
+    for layer in range(DEMO_SHAPE["layers"]):
+        for module, shape in shapes.items():
+            name = f"model.layers.{layer}.{module}.weight"
+            weights[name] = 0.02 * torch.randn(*shape, generator=generator)
+    return weights
+
+
+def _config() -> dict[str, object]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": DEMO_SHAPE["hidden"],
+        "intermediate_size": DEMO_SHAPE["intermediate"],
+        "num_hidden_layers": DEMO_SHAPE["layers"],
+        "num_attention_heads": DEMO_SHAPE["heads"],
+        "num_key_value_heads": DEMO_SHAPE["kv_heads"],
+        "vocab_size": 1000,
+        "torch_dtype": "float32",
+    }
+
+
+def _write_model(folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(_config(), indent=2) + "\n")
+    tensors = {name: tensor.float().contiguous() for name, tensor in weights.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``base/``, ``ft/`` and ``lora/`` under ``folder``; return their paths."""
+    folder = Path(folder)
+    generator = torch.Generator().manual_seed(seed)
+    base = _base_weights(generator)
+    tuned = dict(base)
+    adapter: dict[str, torch.Tensor] = {}
+    for layer in range(DEMO_SHAPE["layers"]):
+        for module in ("k_proj", "v_proj"):
+            name = f"model.layers.{layer}.self_attn.{module}"
+            d_out, d_in = base[f"{name}.weight"].shape
+            n = min(d_out, d_in)
+            # Full fine-tune: every direction moves, slowly decaying strengths.
+            ft_sigma = 0.05 * torch.arange(1, n + 1, dtype=torch.float64) ** -0.5
+            tuned[f"{name}.weight"] = (
+                base[f"{name}.weight"] + _planted(d_out, d_in, ft_sigma, generator).float()
+            )
+            # LoRA: rank 8, each direction half as strong as the one before.
+            lora_sigma = 0.05 * 2.0 ** -torch.arange(_LORA_RANK, dtype=torch.float64)
+            delta = _planted(d_out, d_in, lora_sigma, generator) / (_LORA_ALPHA / _LORA_RANK)
+            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+            B = U[:, :_LORA_RANK] * S[:_LORA_RANK].sqrt()  # (d_out, r)
+            A = S[:_LORA_RANK].sqrt()[:, None] * Vh[:_LORA_RANK]  # (r, d_in)
+            adapter[f"base_model.model.{name}.lora_A.weight"] = A.float().contiguous()
+            adapter[f"base_model.model.{name}.lora_B.weight"] = B.float().contiguous()
+    paths = {"base": folder / "base", "ft": folder / "ft", "lora": folder / "lora"}
+    _write_model(paths["base"], base)
+    _write_model(paths["ft"], tuned)
+    paths["lora"].mkdir(parents=True, exist_ok=True)
+    save_file(adapter, str(paths["lora"] / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(paths["base"].resolve()),
+        "r": _LORA_RANK,
+        "lora_alpha": _LORA_ALPHA,
+        "lora_dropout": 0.0,
+        "target_modules": ["k_proj", "v_proj"],
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "init_lora_weights": True,
+    }
+    (paths["lora"] / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return paths

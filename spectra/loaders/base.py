@@ -1,0 +1,209 @@
+"""What every loaded checkpoint offers, and how a module selection is resolved.
+
+A ``Checkpoint`` knows where each (layer, role) of its ΔW lives. It offers
+``describe()`` (what is there, computing nothing: the ``inspect`` command),
+``plan(modules, layers)`` (the selection, checked before any work starts) and
+``deltas(modules, layers)`` (the ``LayerDelta`` of each selected module, read
+lazily, one at a time).
+
+Selection rules, so that a report is never silently partial:
+
+- ``modules=None`` means ``("k", "v")``, whichever of the two the checkpoint
+  has (a warning names a missing one); an explicitly named role that the
+  checkpoint lacks is a ``SelectionError`` listing what it has.
+- ``layers=None`` means every layer; an explicitly named layer that the
+  checkpoint lacks is a ``SelectionError``.
+- A selected (layer, role) pair that is missing while both the layer and the
+  role exist elsewhere (e.g. an adapter on some layers' k only) is reported
+  in the warnings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..delta import LayerDelta
+from ..errors import SelectionError
+from .names import ROLES
+
+__all__ = ["DEFAULT_MODULES", "Checkpoint", "CheckpointInfo", "ModuleInfo", "Selection"]
+
+DEFAULT_MODULES = ("k", "v")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module as ``describe()`` sees it, before anything is computed."""
+
+    layer: int
+    role: str
+    name: str  # the tensor (or module) name in the checkpoint
+    shape: tuple[int, int]  # (d_out, d_in) of ΔW
+    dtype: str
+    kind: str  # "dense" or "factored"
+    rank: int | None = None  # the adapter rank r; None for a dense ΔW
+    scale: float | None = None
+    scale_source: str | None = None  # where the scale came from, e.g. "config: lora_alpha/r"
+    head: int | None = None
+
+
+@dataclass
+class CheckpointInfo:
+    """The result of ``describe()``: format, variant, modules and warnings."""
+
+    path: str
+    format: str
+    variant: str
+    base: str | None
+    modules: list[ModuleInfo]
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The (layer, role) pairs to analyse, in order, and what was left out."""
+
+    keys: tuple[tuple[int, str], ...]
+    warnings: tuple[str, ...]
+
+
+class Checkpoint(ABC):
+    """A checkpoint whose per-module ΔW spectra can analyse."""
+
+    format: str = ""
+
+    def __init__(self, path: Path, base: Path | None):
+        self.path = path
+        self.base = base
+
+    @property
+    @abstractmethod
+    def variant(self) -> str:
+        """A human name of what was detected, e.g. ``"LoRA"`` or ``"rsLoRA"``."""
+
+    @abstractmethod
+    def available(self) -> Iterable[tuple[int, str]]:
+        """Every (layer, role) this checkpoint has a ΔW for."""
+
+    @abstractmethod
+    def describe(self) -> CheckpointInfo:
+        """What is in the checkpoint, computing nothing."""
+
+    @abstractmethod
+    def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
+        """The ΔW of one selected (layer, role) (several with heads)."""
+
+    def check(self, selection: Selection) -> None:  # noqa: B027 - optional hook
+        """Raise before any work if the selection cannot be analysed (e.g. no base)."""
+
+    def warnings(self) -> list[str]:
+        """Warnings about the checkpoint as a whole (scales guessed, inits that moved W0, …)."""
+        return []
+
+    def plan(
+        self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None
+    ) -> Selection:
+        """Resolve and check a selection (see the module docstring) without reading weights."""
+        selection = select(sorted(self.available()), modules, layers, self.path)
+        self.check(selection)
+        return selection
+
+    def deltas(
+        self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None
+    ) -> Iterator[LayerDelta]:
+        """Yield the ``LayerDelta`` of each selected module, layer by layer, lazily."""
+        return self.deltas_for(self.plan(modules, layers))
+
+    def deltas_for(self, selection: Selection) -> Iterator[LayerDelta]:
+        """Yield the ``LayerDelta``s of a selection made by ``plan()``, one at a time."""
+        for key in selection.keys:
+            yield from self._delta(key)
+
+
+def select(
+    available: Sequence[tuple[int, str]],
+    modules: Sequence[str] | None,
+    layers: Sequence[int] | None,
+    path: Path,
+) -> Selection:
+    """Apply the selection rules of this module to the pairs a checkpoint has."""
+    have_roles = sorted({role for _, role in available}, key=_role_order)
+    have_layers = sorted({layer for layer, _ in available})
+    if not available:
+        raise SelectionError(f"{path}: no projection modules found in this checkpoint")
+    warnings: list[str] = []
+
+    if modules is None:
+        roles = [role for role in DEFAULT_MODULES if role in have_roles]
+        if not roles:
+            raise SelectionError(
+                f"{path}: no k or v projection found; this checkpoint has roles "
+                f"{', '.join(have_roles)}: pass --modules {','.join(have_roles)}"
+            )
+        for role in DEFAULT_MODULES:
+            if role not in roles:
+                warnings.append(
+                    f"no {role!r} modules in this checkpoint (it has {', '.join(have_roles)}); "
+                    f"analysing {', '.join(roles)}"
+                )
+    else:
+        roles = list(dict.fromkeys(modules))
+        unknown = [role for role in roles if role not in ROLES]
+        if unknown:
+            raise SelectionError(
+                f"unknown module role(s) {', '.join(unknown)}: expected some of "
+                f"{', '.join(ROLES)} (--modules)"
+            )
+        missing = [role for role in roles if role not in have_roles]
+        if missing:
+            raise SelectionError(
+                f"{path}: no {', '.join(missing)} modules in this checkpoint; it has "
+                f"{', '.join(have_roles)} (--modules {','.join(have_roles)})"
+            )
+
+    if layers is None:
+        chosen_layers = have_layers
+    else:
+        chosen_layers = sorted(set(layers))
+        missing_layers = [layer for layer in chosen_layers if layer not in have_layers]
+        if missing_layers:
+            raise SelectionError(
+                f"{path}: layer(s) {', '.join(map(str, missing_layers))} not in this checkpoint; "
+                f"it has layers {_ranges(have_layers)} (--layers)"
+            )
+
+    have = set(available)
+    keys = []
+    for layer in chosen_layers:
+        for role in roles:
+            if (layer, role) in have:
+                keys.append((layer, role))
+            else:
+                warnings.append(f"layer {layer} has no {role!r} module in this checkpoint")
+    if not keys:
+        raise SelectionError(
+            f"{path}: nothing to analyse for roles {roles} in layers {_ranges(chosen_layers)}"
+        )
+    return Selection(tuple(keys), tuple(warnings))
+
+
+def _role_order(role: str) -> int:
+    return ROLES.index(role) if role in ROLES else len(ROLES)
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"``."""
+    parts: list[str] = []
+    for value in values:
+        if parts and value == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{value}"
+        else:
+            parts.append(str(value))
+    return ",".join(parts) if parts else "none"

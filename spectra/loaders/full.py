@@ -1,0 +1,195 @@
+"""Full fine-tunes: ΔW = W_tuned − W_base from two Hugging Face model checkpoints.
+
+Either side may be a model folder (``model.safetensors``, sharded
+``model.safetensors.index.json``, legacy ``pytorch_model.bin`` with or
+without its index) or a bare ``.safetensors`` / ``.bin`` / ``.pt`` file.
+Modules are matched by (layer, role), so a tuned ``BertForSequenceClassification``
+(``bert.encoder…``) pairs with a base ``BertModel`` (``encoder…``). The
+difference is taken in float64, never in the checkpoint dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..delta import Dense, LayerDelta
+from ..errors import BaseMismatchError, FormatError, MissingBaseError
+from .base import Checkpoint, CheckpointInfo, ModuleInfo, Selection
+from .names import ModuleRef, canonical_name, map_modules
+from .tensors import TensorStore, open_store
+
+__all__ = ["FullCheckpoint", "ModelWeights", "find_model_file"]
+
+# In order of preference inside a model folder.
+MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def find_model_file(folder: Path) -> Path | None:
+    """The weights file (or shard index) of a Hugging Face model folder, if any."""
+    for name in MODEL_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _open_model(path: Path, flag: str) -> TensorStore:
+    if path.is_dir():
+        weights = find_model_file(path)
+        if weights is None:
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+            raise FormatError(
+                f"{path}: expected a model folder with one of {', '.join(MODEL_FILES)}; "
+                f"found {found} ({flag})"
+            )
+        return open_store(weights)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file or folder ({flag})")
+    return open_store(path)
+
+
+class ModelWeights:
+    """One side (tuned or base) of a full fine-tune: its store and module map."""
+
+    def __init__(self, path: Path, flag: str):
+        self.path = path
+        self.store = _open_model(path, flag)
+        names = {}
+        for name in self.store.names():
+            if name.endswith(".weight"):
+                names[canonical_name(name)[: -len(".weight")]] = name
+        self._tensor_names = names  # canonical module path -> raw tensor name
+        self.modules = map_modules(names)
+
+    def tensor_name(self, ref: ModuleRef) -> str:
+        return self._tensor_names[ref.module]
+
+    def shape(self, ref: ModuleRef) -> tuple[int, int]:
+        """(d_out, d_in) of the role's weight, from the header only."""
+        info = self.store.info(self.tensor_name(ref))
+        if len(info.shape) != 2:
+            raise FormatError(
+                f"{info.path}: {self.tensor_name(ref)} should be a 2-D weight; "
+                f"has shape {info.shape}"
+            )
+        d_out, d_in = (info.shape[1], info.shape[0]) if ref.conv1d else info.shape
+        rows = ref.rows(d_out)
+        return (rows.stop - rows.start, d_in)
+
+    def dtype(self, ref: ModuleRef) -> torch.dtype:
+        return self.store.info(self.tensor_name(ref)).dtype
+
+    def weight(self, ref: ModuleRef) -> torch.Tensor:
+        """The role's weight ``(d_out, d_in)`` in float64."""
+        tensor = self.store.load(self.tensor_name(ref))
+        if ref.conv1d:
+            tensor = tensor.T  # Conv1D stores (d_in, d_out)
+        return tensor[ref.rows(tensor.shape[0])].to(torch.float64)  # (d_out, d_in)
+
+    def other_modules(self) -> list[str]:
+        return sorted(self._tensor_names)
+
+
+class FullCheckpoint(Checkpoint):
+    """A full fine-tune; ``deltas()`` needs the base model."""
+
+    format = "full"
+
+    def __init__(self, path: Path, base: Path | None):
+        super().__init__(path, base)
+        self.tuned = ModelWeights(path, "CKPT")
+        if not self.tuned.modules:
+            sample = ", ".join(self.tuned.other_modules()[:10]) or "no 2-D weights"
+            raise FormatError(
+                f"{self.tuned.store.path}: no attention or MLP projections recognised; "
+                f"module names found: {sample}. This architecture is not mapped yet"
+            )
+        self.base_weights = ModelWeights(base, "--base") if base is not None else None
+
+    @property
+    def variant(self) -> str:
+        return "full fine-tune"
+
+    def available(self):
+        return self.tuned.modules.keys()
+
+    def check(self, selection: Selection) -> None:
+        if self.base_weights is None:
+            raise MissingBaseError(
+                f"{self.path} is a full model checkpoint: ΔW = W_tuned − W_base needs the "
+                "base model it was fine-tuned from; pass --base DIR (base=... in Python)"
+            )
+        for key in selection.keys:
+            ref = self.tuned.modules[key]
+            base_ref = self.base_weights.modules.get(key)
+            if base_ref is None:
+                raise BaseMismatchError(
+                    f"{self.base_weights.store.path}: the base has no layer {key[0]} "
+                    f"{key[1]!r} module, which {self.tuned.store.path} has as {ref.module}; "
+                    "is --base the model this checkpoint was fine-tuned from?"
+                )
+            tuned_shape, base_shape = self.tuned.shape(ref), self.base_weights.shape(base_ref)
+            if tuned_shape != base_shape:
+                raise BaseMismatchError(
+                    f"{self.base_weights.store.path}: {base_ref.module} has shape {base_shape}, "
+                    f"but {self.tuned.store.path} has {tuned_shape} for {ref.module}; "
+                    "is --base the model this checkpoint was fine-tuned from?"
+                )
+
+    def describe(self) -> CheckpointInfo:
+        modules = []
+        for key in sorted(self.tuned.modules):
+            ref = self.tuned.modules[key]
+            modules.append(
+                ModuleInfo(
+                    layer=ref.layer,
+                    role=ref.role,
+                    name=self.tuned.tensor_name(ref),
+                    shape=self.tuned.shape(ref),
+                    dtype=str(self.tuned.dtype(ref)).removeprefix("torch."),
+                    kind="dense",
+                )
+            )
+        warnings = [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
+        details = {"weights": str(self.tuned.store.path)}
+        if self.base_weights:
+            details["base_weights"] = str(self.base_weights.store.path)
+        return CheckpointInfo(
+            path=str(self.path),
+            format=self.format,
+            variant=self.variant,
+            base=str(self.base) if self.base else None,
+            modules=modules,
+            warnings=warnings,
+            details=details,
+        )
+
+    def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
+        assert self.base_weights is not None  # enforced by check()
+        ref, base_ref = self.tuned.modules[key], self.base_weights.modules[key]
+        tuned = self.tuned.weight(ref)  # (d_out, d_in) float64
+        base = self.base_weights.weight(base_ref)  # (d_out, d_in) float64
+        # The coarser of the two dtypes sets the rounding floor of the difference.
+        dtype = max(
+            (self.tuned.dtype(ref), self.base_weights.dtype(base_ref)),
+            key=lambda d: torch.finfo(d).eps if d.is_floating_point else 0.0,
+        )
+        base_norm = float(torch.linalg.vector_norm(base))
+        yield LayerDelta(
+            layer=ref.layer,
+            role=ref.role,
+            name=self.tuned.tensor_name(ref),
+            update=Dense(tuned - base),  # (d_out, d_in)
+            source_dtype=dtype,
+            weight_rms=max(base_norm, float(torch.linalg.vector_norm(tuned)))
+            / math.sqrt(base.numel()),
+            base_norm=base_norm,
+        )

@@ -1,0 +1,386 @@
+"""``analyze()`` and the ``Report`` it returns: rows, spectra and metadata.
+
+A report holds one row per (layer, module[, head]) with every metric of
+``spectra.metrics``, the singular values of each ΔW, and the metadata of the
+run (source paths, detected format, scales, device, method, versions,
+warnings). ``Report.save(dir)`` writes
+
+- ``metrics.csv``: ``layer``, ``module`` (the role), ``head`` (only when
+  there are heads), ``name``, ``d_out``, ``d_in``, ``kind``, ``dtype``,
+  ``scale``, then every metric under its METRICS.md name;
+- ``spectra.safetensors``: the singular values of each row (float64, keyed
+  ``L{layer}.{module}`` or ``L{layer}.{module}.h{head}``);
+- ``report.json``: the metadata, the column types and the SHA-256 of the two
+  files above, so ``Report.load`` can refuse a folder whose files disagree.
+
+The folder is written under a temporary name and renamed into place, so a
+reader never sees half a report, and an existing report is replaced only
+with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save as save_numpy
+
+from . import __version__
+from .delta import Factored, LayerDelta
+from .errors import FormatError, ReportExistsError, SpectraError
+from .loaders import load
+from .metrics import METRICS, compute, rank_tolerance
+from .svd import accuracy_floor, check_method, resolve_device, singular_values
+
+__all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "spectrum_key"]
+
+METRICS_FILE, SPECTRA_FILE, META_FILE = "metrics.csv", "spectra.safetensors", "report.json"
+REPORT_FILES = (METRICS_FILE, SPECTRA_FILE, META_FILE)
+_ID_COLUMNS = (
+    ("layer", "int"),
+    ("module", "str"),
+    ("head", "int"),
+    ("name", "str"),
+    ("d_out", "int"),
+    ("d_in", "int"),
+    ("kind", "str"),
+    ("dtype", "str"),
+    ("scale", "float"),
+)
+_INT_METRICS = {"numerical_rank"} | {name for name in METRICS if name.startswith("energy_rank@")}
+
+Progress = Callable[[int, int, str], None]
+
+
+def spectrum_key(layer: int, module: str, head: int | None = None) -> str:
+    """The key of one row's singular values: ``L3.k`` or ``L3.k.h1``."""
+    return f"L{layer}.{module}" + ("" if head is None else f".h{head}")
+
+
+@dataclass
+class Report:
+    """The result of ``analyze()``: ``rows`` (dicts), ``spectra`` (σ by key) and ``meta``."""
+
+    rows: list[dict[str, object]]
+    spectra: dict[str, np.ndarray]
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        source = self.meta.get("source", {})
+        return (
+            f"Report({len(self.rows)} rows, format={source.get('format')!r}, "
+            f"path={source.get('path')!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Report):
+            return NotImplemented
+        return (
+            self.rows == other.rows
+            and self.meta == other.meta
+            and self.spectra.keys() == other.spectra.keys()
+            and all(np.array_equal(self.spectra[k], other.spectra[k]) for k in self.spectra)
+        )
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.meta.get("warnings", []))
+
+    @property
+    def columns(self) -> list[str]:
+        """The CSV columns, in order (``head`` only when some row has a head)."""
+        has_heads = any(row.get("head") is not None for row in self.rows)
+        ids = [name for name, _ in _ID_COLUMNS if name != "head" or has_heads]
+        return ids + list(METRICS)
+
+    def spectrum(self, layer: int, module: str, head: int | None = None) -> np.ndarray:
+        """The singular values (descending, float64) of one row."""
+        return self.spectra[spectrum_key(layer, module, head)]
+
+    def to_pandas(self):
+        """The rows as a ``pandas.DataFrame`` (pandas is imported only here)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{column: row.get(column) for column in self.columns} for row in self.rows],
+            columns=self.columns,
+        )
+
+    # -- writing -----------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
+        """Write the report folder atomically; an existing report needs ``force=True``."""
+        out = Path(directory)
+        check_target(out, force)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as exc:
+            raise SpectraError(
+                f"{out}: cannot create the report folder ({exc}); choose --out"
+            ) from exc
+        try:
+            csv_bytes = self._csv_bytes()
+            spectra_bytes = save_numpy(dict(self.spectra)) if self.spectra else b""
+            (staging / METRICS_FILE).write_bytes(csv_bytes)
+            (staging / SPECTRA_FILE).write_bytes(spectra_bytes)
+            meta = dict(self.meta)
+            meta["columns"] = [[name, _column_type(name)] for name in self.columns]
+            meta["sha256"] = {
+                METRICS_FILE: hashlib.sha256(csv_bytes).hexdigest(),
+                SPECTRA_FILE: hashlib.sha256(spectra_bytes).hexdigest(),
+            }
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            _swap_into_place(staging, out)
+        except OSError as exc:
+            raise SpectraError(
+                f"{out}: writing the report failed ({exc}); nothing was written there"
+            ) from exc
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return out
+
+    def _csv_bytes(self) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        for row in self.rows:
+            writer.writerow([_format_cell(row.get(column)) for column in self.columns])
+        return buffer.getvalue().encode()
+
+    # -- reading -----------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Report:
+        """Read a report folder written by ``save()``; its files must agree."""
+        folder = Path(directory)
+        missing = [name for name in REPORT_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FormatError(
+                f"{folder}: not a spectra report folder; missing {', '.join(missing)} "
+                "(write one with spectra analyze --out)"
+            )
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            columns = [(name, kind) for name, kind in meta.pop("columns")]
+            digests = meta.pop("sha256")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(
+                f"{folder / META_FILE}: not a valid spectra report.json ({exc})"
+            ) from exc
+        contents = {name: (folder / name).read_bytes() for name in (METRICS_FILE, SPECTRA_FILE)}
+        for name, data in contents.items():
+            if hashlib.sha256(data).hexdigest() != digests.get(name):
+                raise FormatError(
+                    f"{folder / name}: does not match the checksum in {META_FILE}; the report "
+                    "folder was modified or mixes files of different runs. Re-run spectra analyze"
+                )
+        reader = csv.reader(io.StringIO(contents[METRICS_FILE].decode()))
+        header = next(reader)
+        if header != [name for name, _ in columns]:
+            raise FormatError(f"{folder / METRICS_FILE}: columns disagree with {META_FILE}")
+        rows = []
+        for cells in reader:
+            row: dict[str, object] = {"head": None}
+            for (name, kind), cell in zip(columns, cells, strict=True):
+                row[name] = _parse_cell(cell, kind)
+            rows.append(row)
+        spectra = load_numpy(str(folder / SPECTRA_FILE)) if contents[SPECTRA_FILE] else {}
+        keys = [spectrum_key(row["layer"], row["module"], row["head"]) for row in rows]
+        if sorted(keys) != sorted(spectra):
+            raise FormatError(
+                f"{folder}: {METRICS_FILE} and {SPECTRA_FILE} list different modules; "
+                "re-run spectra analyze"
+            )
+        return cls(rows=rows, spectra={key: spectra[key] for key in keys}, meta=meta)
+
+
+def _column_type(name: str) -> str:
+    types = dict(_ID_COLUMNS)
+    if name in types:
+        return types[name]
+    return "int" if name in _INT_METRICS else "float"
+
+
+def _format_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round trip
+    return str(value)
+
+
+def _parse_cell(cell: str, kind: str) -> object:
+    if cell == "" and kind != "str":
+        return None
+    if kind == "int":
+        return int(cell)
+    if kind == "float":
+        return float(cell)
+    return cell
+
+
+def _is_report(folder: Path) -> bool:
+    return (folder / META_FILE).is_file()
+
+
+def check_target(out: str | os.PathLike, force: bool) -> None:
+    """Raise ``ReportExistsError`` unless a report may be written to ``out``.
+
+    A missing or empty folder is fine; an existing report needs ``force``; a
+    folder of anything else is never replaced.
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ReportExistsError(f"{out}: exists and is not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not _is_report(out):
+        raise ReportExistsError(
+            f"{out}: folder exists and is not a spectra report; spectra will not replace it, "
+            "even with --force: choose another --out"
+        )
+    if not force:
+        raise ReportExistsError(f"{out}: a report is already there; pass --force to replace it")
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an old report is moved aside first and then removed."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)  # put the previous report back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def analyze(
+    path: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    modules: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    device: str = "auto",
+    method: str = "fast",
+    *,
+    format: str = "auto",
+    progress: Progress | None = None,
+) -> Report:
+    """Rebuild ΔW of each selected module, take its singular values, compute every metric.
+
+    ``modules`` are roles (``"k"``, ``"v"``, …); ``None`` means k and v,
+    whichever the checkpoint has. ``layers=None`` means every layer.
+    ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
+    for dense ΔW; factored ΔW always takes the exact QR core.
+    ``progress(done, total, label)`` is called after each module.
+    """
+    checkpoint = load(path, base=base, format=format)
+    selection = checkpoint.plan(modules, layers)
+    target = resolve_device(device)
+    check_method(method)
+    described = {(m.layer, m.role, m.head): m for m in checkpoint.describe().modules}
+    warnings = [*checkpoint.warnings(), *selection.warnings]
+    rows: list[dict[str, object]] = []
+    spectra: dict[str, np.ndarray] = {}
+    scales: dict[str, dict[str, object]] = {}
+    total = len(selection.keys)
+    for delta in checkpoint.deltas_for(selection):
+        sigma = singular_values(delta, target, method)  # (k,) float64, descending
+        row = _row(delta, sigma, method)
+        key = spectrum_key(delta.layer, delta.role, delta.head)
+        rows.append(row)
+        spectra[key] = sigma.numpy()
+        info = described.get((delta.layer, delta.role, delta.head))
+        if info is not None and info.scale is not None:
+            scales[key] = {"scale": info.scale, "source": info.scale_source}
+        if row["spectral_norm"] == 0:
+            warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+        if progress is not None:
+            progress(len(rows), total, key)
+    meta = {
+        "spectra_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(Path(path).resolve()),
+            "base": str(Path(base).resolve()) if base is not None else None,
+            "format": checkpoint.format,
+            "variant": checkpoint.variant,
+        },
+        "modules": list(dict.fromkeys(role for _, role in selection.keys)),
+        "layers": sorted({layer for layer, _ in selection.keys}),
+        "device": str(target),
+        "method": method,
+        "dtype": "float64",
+        "scales": scales,
+        "rank_tolerance": (
+            "max(σ_1·floor, ε(source dtype)·rms(W)·(√d_out+√d_in)); floor = max(d)·ε64 for "
+            "factored and exact, √(max(d)·ε64) for fast; the rounding term only for dense ΔW"
+        ),
+        "versions": _versions(),
+        "warnings": warnings,
+    }
+    return Report(rows=rows, spectra=spectra, meta=meta)
+
+
+def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, object]:
+    factored = isinstance(delta.update, Factored)
+    kind = "factored" if factored else "dense"
+    tol = rank_tolerance(
+        sigma,
+        delta.shape,
+        relative_floor=accuracy_floor(delta.shape, kind, method),
+        source_dtype=None if factored else delta.source_dtype,
+        weight_rms=None if factored else delta.weight_rms,
+    )
+    row: dict[str, object] = {
+        "layer": delta.layer,
+        "module": delta.role,
+        "head": delta.head,
+        "name": delta.name,
+        "d_out": delta.shape[0],
+        "d_in": delta.shape[1],
+        "kind": kind,
+        "dtype": str(delta.source_dtype).removeprefix("torch."),
+        "scale": float(delta.update.scale) if factored else None,
+    }
+    row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))
+    return row
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+
+    return {
+        "spectra": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+    }
