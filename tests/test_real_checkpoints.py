@@ -1,0 +1,226 @@
+"""spectra on genuine checkpoints against peft's merge and numpy's SVD.
+
+The base is the real all-MiniLM-L6-v2. Adapters come from real ``peft``;
+full fine-tunes from real ``transformers`` ``save_pretrained``; tiny GPT-2 and
+LLaMA models are built from a ``transformers`` config with random weights to
+check the architecture map where no packaged model exists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import spectra
+from spectra.delta import Factored
+
+from .conftest import MINILM_LAYERS, make_peft_adapter, reference_sigma
+
+
+def _sigma_by_key(report):
+    return {(row["layer"], row["module"]): report.spectrum(row["layer"], row["module"]) for row in report.rows}
+
+
+def _assert_spectrum_matches(sigma, reference_matrix, rtol=1e-9):
+    expected = reference_sigma(reference_matrix)
+    k = len(sigma)
+    np.testing.assert_allclose(sigma, expected[:k], rtol=rtol, atol=1e-12 * expected[0])
+    assert np.all(expected[k:] <= 1e-10 * expected[0]), "reference has rank beyond spectra's values"
+
+
+# ------------------------------------------------------------------- LoRA
+
+
+def test_lora_sigma_matches_peft_merge(lora_adapter):
+    report = spectra.analyze(lora_adapter.path, device="cpu")
+    spectra_by_key = _sigma_by_key(report)
+    assert set(spectra_by_key) == set(lora_adapter.reference)
+    assert len(lora_adapter.reference) == 2 * MINILM_LAYERS
+    for key, delta in lora_adapter.reference.items():
+        _assert_spectrum_matches(spectra_by_key[key], delta)
+    for row in report.rows:
+        assert row["numerical_rank"] == 8
+        assert row["kind"] == "factored" and row["scale"] == 2.0
+    assert report.meta["source"]["variant"] == "LoRA"
+
+
+def test_lora_rebuilt_delta_matches_peft_merge_in_frobenius(lora_adapter):
+    checkpoint = spectra.load(lora_adapter.path)
+    for delta in checkpoint.deltas():
+        assert isinstance(delta.update, Factored)
+        rebuilt = delta.update.to_dense().numpy()
+        reference = lora_adapter.reference[(delta.layer, delta.role)]
+        error = np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference)
+        assert error < 1e-6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"use_rslora": True, "r": 4, "lora_alpha": 8},
+        {
+            "target_modules": ["query", "key", "value"],
+            "rank_pattern": {"key": 4},
+            "alpha_pattern": {"layer.2.attention.self.value": 64},
+        },
+    ],
+    ids=["rslora", "patterns"],
+)
+def test_lora_variants_match_peft_merge(tmp_path, minilm_dir, options):
+    adapter = make_peft_adapter(tmp_path / "adapter", minilm_dir, seed=3, **options)
+    report = spectra.analyze(adapter.path, modules=["q", "k", "v"] if "rank_pattern" in options else None)
+    spectra_by_key = _sigma_by_key(report)
+    assert set(spectra_by_key) == set(adapter.reference)
+    for key, delta in adapter.reference.items():
+        _assert_spectrum_matches(spectra_by_key[key], delta)
+    if "rank_pattern" in options:
+        ranks = {key: row["numerical_rank"] for key, row in zip(spectra_by_key, report.rows, strict=True)}
+        assert all(rank == (4 if key[1] == "k" else 8) for key, rank in ranks.items())
+        assert report.meta["scales"]["L2.v"]["scale"] == 64 / 8
+        assert "alpha_pattern" in report.meta["scales"]["L2.v"]["source"]
+    else:
+        assert report.meta["source"]["variant"] == "rsLoRA"
+        assert report.rows[0]["scale"] == pytest.approx(8 / 2.0)
+
+
+def test_lora_with_base_adds_relative_norm(lora_adapter, minilm_dir):
+    report = spectra.analyze(lora_adapter.path, base=minilm_dir, layers=[0])
+    base = load_file(str(minilm_dir / "model.safetensors"))
+    for row in report.rows:
+        name = {"k": "key", "v": "value"}[row["module"]]
+        w0 = base[f"encoder.layer.0.attention.self.{name}.weight"].astype(np.float64)
+        expected = np.linalg.norm(lora_adapter.reference[(0, row["module"])]) / np.linalg.norm(w0)
+        assert row["relative_norm"] == pytest.approx(expected, rel=1e-9)
+
+
+# ----------------------------------------------------------- full fine-tune
+
+
+def test_full_finetune_matches_numpy_on_saved_difference(bert_finetune):
+    """All three layouts: single safetensors, sharded with an index, legacy .bin."""
+    for method in ("fast", "exact"):
+        report = spectra.analyze(bert_finetune.path, base=bert_finetune.base, method=method)
+        assert report.meta["source"]["format"] == "full"
+        spectra_by_key = _sigma_by_key(report)
+        assert set(spectra_by_key) == set(bert_finetune.planted)
+        base = load_file(str(bert_finetune.base / "model.safetensors"))
+        tuned = _read_tuned(bert_finetune.path)
+        for (layer, role), sigma in spectra_by_key.items():
+            name = f"encoder.layer.{layer}.attention.self.{ {'k': 'key', 'v': 'value'}[role] }.weight"
+            difference = tuned[name].astype(np.float64) - base[name].astype(np.float64)
+            expected = reference_sigma(difference)
+            if method == "exact":
+                np.testing.assert_allclose(sigma, expected, rtol=1e-10, atol=1e-13 * expected[0])
+            else:
+                accurate = expected >= 1e-5 * expected[0]
+                np.testing.assert_allclose(sigma[accurate], expected[accurate], rtol=1e-6)
+            # The planted update had rank 8; float32 rounding of W must not count as rank.
+            planted = reference_sigma(bert_finetune.planted[(layer, role)])
+            np.testing.assert_allclose(sigma[:8], planted[:8], rtol=1e-4)
+        assert all(row["numerical_rank"] == 8 for row in report.rows), [
+            row["numerical_rank"] for row in report.rows
+        ]
+
+
+def _read_tuned(folder):
+    if (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+        return {name: tensor.numpy() for name, tensor in state.items()}
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir, monkeypatch):
+    from .conftest import make_bert_finetune
+
+    finetune = make_bert_finetune(tmp_path / "ft", minilm_dir, "sharded")
+    import spectra.loaders.tensors as tensors
+
+    opened = []
+    original = tensors.safe_open
+
+    def spy(path, framework):
+        opened.append(path)
+        return original(path, framework=framework)
+
+    monkeypatch.setattr(tensors, "safe_open", spy)
+    spectra.analyze(finetune.path, base=minilm_dir, layers=[0])
+    shards = {p for p in opened if "model-0" in p}
+    total = len(list(finetune.path.glob("model-*.safetensors")))
+    assert 1 <= len(shards) < total
+
+
+# --------------------------------------------------- other architectures
+
+
+def _finetune_tiny(model, folder, base_folder, update):
+    model.save_pretrained(str(base_folder))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in update:
+                parameter += update[name]
+    model.save_pretrained(str(folder))
+
+
+def test_gpt2_fused_c_attn_is_split_in_conv1d_layout(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    embed = 64
+    model = GPT2Model(GPT2Config(n_layer=2, n_embd=embed, n_head=4, vocab_size=100, n_positions=32))
+    update = {f"h.{i}.attn.c_attn.weight": 0.1 * torch.randn(embed, 3 * embed) for i in range(2)}
+    _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
+    report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", modules=["q", "k", "v"], method="exact")
+    assert len(report) == 6
+    for row in report.rows:
+        conv1d = update[f"h.{row['layer']}.attn.c_attn.weight"].double().numpy()  # (d_in, 3E)
+        part = {"q": 0, "k": 1, "v": 2}[row["module"]]
+        expected = conv1d.T[part * embed : (part + 1) * embed]  # (d_out, d_in) rows of the role
+        _assert_spectrum_matches(report.spectrum(row["layer"], row["module"]), expected, rtol=1e-6)
+        assert (row["d_out"], row["d_in"]) == (embed, embed)
+
+
+def test_llama_gqa_key_value_shapes(tmp_path):
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    model = LlamaModel(config)
+    kv = 64 // 8 * 2
+    update = {
+        f"layers.{i}.self_attn.{m}.weight": 0.1 * torch.randn(kv, 64) for i in range(2) for m in ("k_proj", "v_proj")
+    }
+    _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
+    report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", method="exact")
+    assert [(row["layer"], row["module"]) for row in report.rows] == [(0, "k"), (0, "v"), (1, "k"), (1, "v")]
+    for row in report.rows:
+        assert (row["d_out"], row["d_in"]) == (kv, 64)
+        name = f"layers.{row['layer']}.self_attn.{row['module']}_proj.weight"
+        _assert_spectrum_matches(report.spectrum(row["layer"], row["module"]), update[name].double().numpy(), 1e-6)
+
+
+def test_bf16_finetune_does_not_count_rounding_as_rank(tmp_path, minilm_dir):
+    """Saved in bf16, a rank-8 update still has numerical rank 8 (not ~384)."""
+    from .conftest import load_bert, planted_update
+
+    model = load_bert(minilm_dir).to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "base"))
+    with torch.no_grad():
+        for layer in range(MINILM_LAYERS):
+            key = model.encoder.layer[layer].attention.self.key
+            key.weight += torch.from_numpy(planted_update(384, 384, 8, seed=layer)).to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "ft"))
+    report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", modules=["k"])
+    assert {row["dtype"] for row in report.rows} == {"bfloat16"}
+    assert [row["numerical_rank"] for row in report.rows] == [8] * MINILM_LAYERS
