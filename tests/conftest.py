@@ -62,7 +62,9 @@ def make_peft_adapter(folder: Path, base: Path, seed: int = 0, **lora_kwargs) ->
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]} | lora_kwargs)
+    config = LoraConfig(
+        **{"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]} | lora_kwargs
+    )
     model = get_peft_model(load_bert(base), config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -115,7 +117,9 @@ def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> 
     with torch.no_grad():
         for layer in range(MINILM_LAYERS):
             for role in ("k", "v"):
-                update = planted_update(MINILM_HIDDEN, MINILM_HIDDEN, rank, seed=10 * layer + len(role))
+                update = planted_update(
+                    MINILM_HIDDEN, MINILM_HIDDEN, rank, seed=10 * layer + len(role)
+                )
                 module = getattr(model.encoder.layer[layer].attention.self, ROLE_MODULES[role])
                 module.weight += torch.from_numpy(update).float()
                 planted[(layer, role)] = update
@@ -134,7 +138,9 @@ def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> 
 
 @pytest.fixture(scope="session", params=["single", "sharded", "bin"])
 def bert_finetune(request, tmp_path_factory, minilm_dir) -> FineTune:
-    return make_bert_finetune(tmp_path_factory.mktemp(f"ft-{request.param}"), minilm_dir, request.param)
+    return make_bert_finetune(
+        tmp_path_factory.mktemp(f"ft-{request.param}"), minilm_dir, request.param
+    )
 
 
 def reference_sigma(matrix: np.ndarray) -> np.ndarray:

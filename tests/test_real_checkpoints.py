@@ -20,7 +20,10 @@ from .conftest import MINILM_LAYERS, make_peft_adapter, reference_sigma
 
 
 def _sigma_by_key(report):
-    return {(row["layer"], row["module"]): report.spectrum(row["layer"], row["module"]) for row in report.rows}
+    return {
+        (row["layer"], row["module"]): report.spectrum(row["layer"], row["module"])
+        for row in report.rows
+    }
 
 
 def _assert_spectrum_matches(sigma, reference_matrix, rtol=1e-9):
@@ -70,13 +73,17 @@ def test_lora_rebuilt_delta_matches_peft_merge_in_frobenius(lora_adapter):
 )
 def test_lora_variants_match_peft_merge(tmp_path, minilm_dir, options):
     adapter = make_peft_adapter(tmp_path / "adapter", minilm_dir, seed=3, **options)
-    report = spectra.analyze(adapter.path, modules=["q", "k", "v"] if "rank_pattern" in options else None)
+    report = spectra.analyze(
+        adapter.path, modules=["q", "k", "v"] if "rank_pattern" in options else None
+    )
     spectra_by_key = _sigma_by_key(report)
     assert set(spectra_by_key) == set(adapter.reference)
     for key, delta in adapter.reference.items():
         _assert_spectrum_matches(spectra_by_key[key], delta)
     if "rank_pattern" in options:
-        ranks = {key: row["numerical_rank"] for key, row in zip(spectra_by_key, report.rows, strict=True)}
+        ranks = {
+            key: row["numerical_rank"] for key, row in zip(spectra_by_key, report.rows, strict=True)
+        }
         assert all(rank == (4 if key[1] == "k" else 8) for key, rank in ranks.items())
         assert report.meta["scales"]["L2.v"]["scale"] == 64 / 8
         assert "alpha_pattern" in report.meta["scales"]["L2.v"]["source"]
@@ -108,7 +115,9 @@ def test_full_finetune_matches_numpy_on_saved_difference(bert_finetune):
         base = load_file(str(bert_finetune.base / "model.safetensors"))
         tuned = _read_tuned(bert_finetune.path)
         for (layer, role), sigma in spectra_by_key.items():
-            name = f"encoder.layer.{layer}.attention.self.{ {'k': 'key', 'v': 'value'}[role] }.weight"
+            name = (
+                f"encoder.layer.{layer}.attention.self.{ {'k': 'key', 'v': 'value'}[role] }.weight"
+            )
             difference = tuned[name].astype(np.float64) - base[name].astype(np.float64)
             expected = reference_sigma(difference)
             if method == "exact":
@@ -174,7 +183,9 @@ def test_gpt2_fused_c_attn_is_split_in_conv1d_layout(tmp_path):
     model = GPT2Model(GPT2Config(n_layer=2, n_embd=embed, n_head=4, vocab_size=100, n_positions=32))
     update = {f"h.{i}.attn.c_attn.weight": 0.1 * torch.randn(embed, 3 * embed) for i in range(2)}
     _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
-    report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", modules=["q", "k", "v"], method="exact")
+    report = spectra.analyze(
+        tmp_path / "ft", base=tmp_path / "base", modules=["q", "k", "v"], method="exact"
+    )
     assert len(report) == 6
     for row in report.rows:
         conv1d = update[f"h.{row['layer']}.attn.c_attn.weight"].double().numpy()  # (d_in, 3E)
@@ -199,15 +210,24 @@ def test_llama_gqa_key_value_shapes(tmp_path):
     model = LlamaModel(config)
     kv = 64 // 8 * 2
     update = {
-        f"layers.{i}.self_attn.{m}.weight": 0.1 * torch.randn(kv, 64) for i in range(2) for m in ("k_proj", "v_proj")
+        f"layers.{i}.self_attn.{m}.weight": 0.1 * torch.randn(kv, 64)
+        for i in range(2)
+        for m in ("k_proj", "v_proj")
     }
     _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
     report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", method="exact")
-    assert [(row["layer"], row["module"]) for row in report.rows] == [(0, "k"), (0, "v"), (1, "k"), (1, "v")]
+    assert [(row["layer"], row["module"]) for row in report.rows] == [
+        (0, "k"),
+        (0, "v"),
+        (1, "k"),
+        (1, "v"),
+    ]
     for row in report.rows:
         assert (row["d_out"], row["d_in"]) == (kv, 64)
         name = f"layers.{row['layer']}.self_attn.{row['module']}_proj.weight"
-        _assert_spectrum_matches(report.spectrum(row["layer"], row["module"]), update[name].double().numpy(), 1e-6)
+        _assert_spectrum_matches(
+            report.spectrum(row["layer"], row["module"]), update[name].double().numpy(), 1e-6
+        )
 
 
 def test_bf16_finetune_does_not_count_rounding_as_rank(tmp_path, minilm_dir):
@@ -219,7 +239,9 @@ def test_bf16_finetune_does_not_count_rounding_as_rank(tmp_path, minilm_dir):
     with torch.no_grad():
         for layer in range(MINILM_LAYERS):
             key = model.encoder.layer[layer].attention.self.key
-            key.weight += torch.from_numpy(planted_update(384, 384, 8, seed=layer)).to(torch.bfloat16)
+            key.weight += torch.from_numpy(planted_update(384, 384, 8, seed=layer)).to(
+                torch.bfloat16
+            )
     model.save_pretrained(str(tmp_path / "ft"))
     report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", modules=["k"])
     assert {row["dtype"] for row in report.rows} == {"bfloat16"}

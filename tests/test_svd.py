@@ -108,7 +108,9 @@ def test_dense_fast_float32_input_matches_float64_reference():
 
 def test_layer_delta_is_accepted_and_result_is_float64_cpu_descending():
     B, A = _random_factors(40, 50, 6, seed=3)
-    delta = LayerDelta(layer=0, role="k", name="x", update=Factored(B, A, 1.0), source_dtype=B.dtype)
+    delta = LayerDelta(
+        layer=0, role="k", name="x", update=Factored(B, A, 1.0), source_dtype=B.dtype
+    )
     sigma = singular_values(delta)
     assert sigma.dtype == torch.float64 and sigma.device.type == "cpu"
     assert torch.all(sigma[:-1] >= sigma[1:])

@@ -1,0 +1,155 @@
+"""The command line through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from spectra_cli.main import cli
+
+from spectra import Report
+
+from .conftest import reference_sigma
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_analyze_adapter_prints_a_table_and_writes_a_report(runner, lora_adapter, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(
+        cli, ["analyze", str(lora_adapter.path), "--out", str(out), "--layers", "0-2,5"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("layer"))
+    for title in (
+        "module",
+        "shape",
+        "rank",
+        "entropy",
+        "eff. rank",
+        "stable rank",
+        "energy rank@0.9",
+    ):
+        assert title in header
+    table = [line.split() for line in lines if line[:5].strip().isdigit()]
+    assert [(int(row[0]), row[1]) for row in table] == [
+        (layer, role) for layer in (0, 1, 2, 5) for role in ("k", "v")
+    ]
+    assert all(row[2] == "384x384" and row[3] == "8" for row in table)
+    report = Report.load(out)
+    sigma = report.spectrum(5, "v")
+    np.testing.assert_allclose(
+        sigma, reference_sigma(lora_adapter.reference[(5, "v")])[:8], rtol=1e-9
+    )
+
+
+def test_analyze_full_finetune_json(runner, bert_finetune):
+    result = runner.invoke(
+        cli,
+        [
+            "analyze",
+            str(bert_finetune.path),
+            "--base",
+            str(bert_finetune.base),
+            "--json",
+            "--exact",
+            "--modules",
+            "v",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["meta"]["method"] == "exact"
+    assert [row["module"] for row in payload["rows"]] == ["v"] * 6
+    assert all(row["numerical_rank"] == 8 for row in payload["rows"])
+
+
+def test_existing_report_is_kept_without_force(runner, lora_adapter, tmp_path):
+    out = tmp_path / "report"
+    assert (
+        runner.invoke(cli, ["analyze", str(lora_adapter.path), "--out", str(out), "-q"]).exit_code
+        == 0
+    )
+    before = (out / "report.json").read_text()
+    result = runner.invoke(
+        cli, ["analyze", str(lora_adapter.path), "--out", str(out), "--layers", "0"]
+    )
+    assert result.exit_code == 1 and "--force" in result.stderr
+    assert (out / "report.json").read_text() == before
+    result = runner.invoke(
+        cli, ["analyze", str(lora_adapter.path), "--out", str(out), "--layers", "0", "--force"]
+    )
+    assert result.exit_code == 0 and len(Report.load(out)) == 2
+
+
+def test_inspect_shows_ranks_scales_and_their_source(runner, lora_adapter):
+    result = runner.invoke(cli, ["inspect", str(lora_adapter.path)])
+    assert result.exit_code == 0, result.output
+    assert "peft (LoRA)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "factored" in line]
+    assert len(rows) == 12
+    assert all(" 8 " in row and "lora_alpha/r = 16/8" in row for row in rows)
+    payload = json.loads(runner.invoke(cli, ["inspect", str(lora_adapter.path), "--json"]).stdout)
+    assert payload["format"] == "peft" and payload["modules"][0]["rank"] == 8
+
+
+def test_inspect_full_model_without_base(runner, minilm_dir):
+    result = runner.invoke(cli, ["inspect", str(minilm_dir)])
+    assert result.exit_code == 0
+    assert "full fine-tune" in result.stdout and "float32" in result.stdout
+    assert "no --base" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["analyze", "{missing}"], "no such file or folder"),
+        (["analyze", "{ft}"], "--base"),
+        (["analyze", "{ft}", "--base", "{ft}", "--modules", "gate"], "--modules"),
+        (["analyze", "{ft}", "--base", "{ft}", "--layers", "40"], "--layers"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(runner, tmp_path, bert_finetune, arguments, message):
+    paths = {"missing": tmp_path / "missing", "ft": bert_finetune.path}
+    result = runner.invoke(cli, [a.format(**paths) for a in arguments])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["analyze", "x", "--layers", "3-1"],
+        ["analyze", "x", "--modules", "k,zz"],
+        ["analyze", "x", "--device", "tpu"],
+    ],
+)
+def test_usage_errors_exit_2(runner, arguments):
+    assert runner.invoke(cli, arguments).exit_code == 2
+
+
+def test_demo_writes_checkpoints_and_reports(runner, tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(cli, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ft, lora = Report.load(out / "reports" / "ft"), Report.load(out / "reports" / "lora")
+    assert ft.meta["source"]["format"] == "full" and lora.meta["source"]["format"] == "peft"
+    # The planted spectra: FT full rank and balanced, LoRA rank 8 with energies 4^-i.
+    assert all(row["numerical_rank"] == 64 for row in ft.rows)
+    assert all(row["numerical_rank"] == 8 for row in lora.rows)
+    assert all(row["top_share@1"] == pytest.approx(0.75 / (1 - 4.0**-8)) for row in lora.rows)
+    assert min(r["normalized_entropy"] for r in ft.rows) > max(
+        r["normalized_entropy"] for r in lora.rows
+    )
+    assert "mean over layers" in result.stdout
+    # A second run without --force keeps the first.
+    assert runner.invoke(cli, ["demo", "--out", str(out)]).exit_code == 1
+    assert runner.invoke(cli, ["demo", "--out", str(out), "--force"]).exit_code == 0

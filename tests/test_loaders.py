@@ -1,0 +1,199 @@
+"""Format detection, the architecture map, selection rules, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import spectra
+from spectra.errors import BaseMismatchError, FormatError, MissingBaseError, SelectionError
+from spectra.loaders import detect_format
+from spectra.loaders.names import canonical_name, layer_index, map_modules
+
+# ------------------------------------------------------------- name map
+
+
+def test_llama_bert_gpt2_names_map_to_roles():
+    names = [
+        "model.layers.3.self_attn.k_proj",
+        "model.layers.3.self_attn.v_proj",
+        "encoder.layer.1.attention.self.key",
+        "bert.encoder.layer.2.attention.self.value",
+        "bert.encoder.layer.2.output.dense",
+        "bert.encoder.layer.2.attention.output.dense",
+        "h.0.attn.c_attn",
+        "model.embed_tokens",
+        "lm_head",
+    ]
+    found = map_modules(names)
+    assert found[(3, "k")].module == "model.layers.3.self_attn.k_proj"
+    assert found[(1, "k")].family == "bert"
+    assert found[(2, "down")].module == "bert.encoder.layer.2.output.dense"
+    assert found[(2, "o")].module == "bert.encoder.layer.2.attention.output.dense"
+    q, k, v = (found[(0, role)] for role in "qkv")
+    assert (q.part, k.part, v.part) == ((0, 3), (1, 3), (2, 3))
+    assert k.conv1d and k.rows(192) == slice(64, 128)
+    assert all(ref.module not in ("model.embed_tokens", "lm_head") for ref in found.values())
+
+
+def test_wrapper_prefixes_are_stripped_and_layers_parsed():
+    assert (
+        canonical_name("base_model.model.module._orig_mod.model.layers.0.x") == "model.layers.0.x"
+    )
+    assert layer_index("transformer.h.11.attn.c_attn") == 11
+    assert layer_index("model.blocks.2.attn") == 2
+    assert layer_index("lm_head") is None
+
+
+def test_unknown_architecture_uses_suffix_names():
+    found = map_modules(["net.blocks.4.mixer.k_proj", "net.blocks.4.mixer.value"])
+    assert found[(4, "k")].family == "generic" and (4, "v") in found
+
+
+def test_two_modules_claiming_one_role_is_an_error():
+    with pytest.raises(FormatError, match="two modules claim layer 0"):
+        map_modules(["encoder.layer.0.attention.self.key", "decoder.layer.0.attention.self.key"])
+
+
+# ------------------------------------------------------------- bad input
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FormatError, match="no such file or folder"):
+        spectra.load(tmp_path / "nope")
+
+
+def test_empty_and_unrelated_folders_list_what_was_found(tmp_path):
+    with pytest.raises(FormatError, match="found nothing"):
+        spectra.load(tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(FormatError, match=r"adapter_config.json.*found notes.txt"):
+        spectra.load(tmp_path)
+
+
+def _tiny_model(folder, layers=2, d=16, names=("k_proj", "v_proj"), seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        f"model.layers.{i}.self_attn.{name}.weight": torch.randn(d, d, generator=generator).to(
+            dtype
+        )
+        for i in range(layers)
+        for name in names
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_full_finetune_without_base_names_the_flag(tmp_path):
+    ckpt = _tiny_model(tmp_path / "ft")
+    assert detect_format(ckpt) == "full"
+    with pytest.raises(MissingBaseError, match="--base"):
+        spectra.analyze(ckpt)
+    # inspect still works: it computes nothing.
+    info = spectra.load(ckpt).describe()
+    assert len(info.modules) == 4 and info.warnings
+
+
+def test_base_with_other_shapes_or_names_is_refused(tmp_path):
+    ckpt = _tiny_model(tmp_path / "ft", d=16)
+    with pytest.raises(BaseMismatchError, match=r"shape \(8, 8\).*\(16, 16\)"):
+        spectra.analyze(ckpt, base=_tiny_model(tmp_path / "small", d=8))
+    with pytest.raises(BaseMismatchError, match="has no layer 0 'k' module"):
+        spectra.analyze(ckpt, base=_tiny_model(tmp_path / "other", names=("q_proj", "o_proj")))
+
+
+def test_missing_base_path_is_reported(tmp_path):
+    with pytest.raises(FormatError, match="--base"):
+        spectra.load(_tiny_model(tmp_path / "ft"), base=tmp_path / "missing")
+
+
+def test_selection_rules(tmp_path):
+    ckpt, base = _tiny_model(tmp_path / "ft", seed=1), _tiny_model(tmp_path / "base")
+    with pytest.raises(
+        SelectionError, match=r"layer\(s\) 5 not in this checkpoint; it has layers 0-1"
+    ):
+        spectra.analyze(ckpt, base=base, layers=[5])
+    with pytest.raises(SelectionError, match=r"no q modules.*--modules k,v"):
+        spectra.analyze(ckpt, base=base, modules=["q"])
+    with pytest.raises(SelectionError, match="unknown module role"):
+        spectra.analyze(ckpt, base=base, modules=["x"])
+    report = spectra.analyze(ckpt, base=base, modules=["v"], layers=[1])
+    assert [(row["layer"], row["module"]) for row in report.rows] == [(1, "v")]
+
+
+def test_default_modules_warn_about_a_missing_role(tmp_path):
+    ckpt = _tiny_model(tmp_path / "ft", names=("q_proj", "v_proj"), seed=1)
+    base = _tiny_model(tmp_path / "base", names=("q_proj", "v_proj"))
+    report = spectra.analyze(ckpt, base=base)
+    assert {row["module"] for row in report.rows} == {"v"}
+    assert any("no 'k' modules" in warning for warning in report.warnings)
+
+
+def _adapter(folder, config, tensors):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(
+        config if isinstance(config, str) else json.dumps(config)
+    )
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+LORA_KEYS = {
+    "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight": torch.randn(4, 16),
+    "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight": torch.randn(16, 4),
+}
+
+
+def test_bad_adapter_configs(tmp_path):
+    with pytest.raises(FormatError, match="invalid JSON"):
+        spectra.load(_adapter(tmp_path / "a", "{not json", LORA_KEYS))
+    with pytest.raises(FormatError, match="peft_type 'LOHA' is not supported"):
+        spectra.load(
+            _adapter(tmp_path / "b", {"peft_type": "LOHA", "r": 4, "lora_alpha": 8}, LORA_KEYS)
+        )
+    with pytest.raises(FormatError, match="field 'lora_alpha'"):
+        spectra.load(_adapter(tmp_path / "c", {"peft_type": "LORA", "r": 4}, LORA_KEYS))
+    with pytest.raises(FormatError, match="DoRA"):
+        spectra.load(
+            _adapter(
+                tmp_path / "d",
+                {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True},
+                LORA_KEYS,
+            )
+        )
+
+
+def test_adapter_shapes_must_agree_with_config(tmp_path):
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16}
+    with pytest.raises(FormatError, match=r"r=8.*found lora_A \(4, 16\)"):
+        spectra.load(_adapter(tmp_path / "a", config, LORA_KEYS))
+
+
+def test_adapter_keys_with_adapter_name_and_missing_factor(tmp_path):
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
+    named = {key.replace(".weight", ".default.weight"): value for key, value in LORA_KEYS.items()}
+    report = spectra.analyze(_adapter(tmp_path / "named", config, named))
+    assert [(row["layer"], row["module"]) for row in report.rows] == [(0, "k")]
+    only_a = {k: v for k, v in LORA_KEYS.items() if "lora_A" in k}
+    with pytest.raises(FormatError, match="no lora_B weight"):
+        spectra.load(_adapter(tmp_path / "half", config, only_a))
+
+
+def test_pickles_are_loaded_weights_only(tmp_path):
+    """A .bin whose pickle would run code is refused, and the code does not run."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.save({"model.layers.0.self_attn.k_proj.weight": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(FormatError, match="weights_only=True"):
+        spectra.analyze(folder, base=folder)
+    assert not marker.exists()

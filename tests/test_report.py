@@ -1,0 +1,98 @@
+"""Report: round trip, file layout, atomic writes and refusal to overwrite."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import spectra
+from spectra import Report
+from spectra.errors import FormatError, ReportExistsError, SpectraError
+from spectra.metrics import METRICS
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, minilm_dir):
+    from .conftest import make_peft_adapter
+
+    adapter = make_peft_adapter(tmp_path_factory.mktemp("adapter"), minilm_dir, seed=5)
+    return spectra.analyze(adapter.path, base=minilm_dir)
+
+
+def test_rows_and_metadata(report, minilm_dir):
+    assert len(report) == 12
+    meta = report.meta
+    assert meta["source"]["format"] == "peft" and meta["source"]["base"] == str(
+        minilm_dir.resolve()
+    )
+    assert meta["device"] == "cpu" and meta["method"] == "fast" and meta["dtype"] == "float64"
+    assert meta["modules"] == ["k", "v"] and meta["layers"] == list(range(6))
+    assert meta["scales"]["L0.k"] == {"scale": 2.0, "source": "config: lora_alpha/r = 16/8"}
+    assert {"torch", "numpy", "python", "spectra"} <= set(meta["versions"])
+    assert all(set(METRICS) <= set(row) for row in report.rows)
+
+
+def test_save_writes_the_documented_files_and_load_reads_them_back_identically(report, tmp_path):
+    out = report.save(tmp_path / "r")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv",
+        "report.json",
+        "spectra.safetensors",
+    ]
+    with open(out / "metrics.csv") as handle:
+        header = next(csv.reader(handle))
+    assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
+    assert header[8:] == list(METRICS)
+    loaded = Report.load(out)
+    assert loaded == report
+    assert np.array_equal(loaded.spectrum(3, "v"), report.spectrum(3, "v"))
+
+
+def test_to_pandas_has_one_row_per_module(report):
+    frame = report.to_pandas()
+    assert list(frame.columns) == report.columns
+    assert frame.shape[0] == 12
+    assert frame["effective_rank"].tolist() == [row["effective_rank"] for row in report.rows]
+
+
+def test_existing_report_needs_force_and_is_replaced_whole(report, tmp_path):
+    out = report.save(tmp_path / "r")
+    (out / "metrics.csv").write_text("stale")  # would break the checksum if kept
+    with pytest.raises(ReportExistsError, match="--force"):
+        report.save(out)
+    report.save(out, force=True)
+    assert Report.load(out) == report
+    assert [p.name for p in tmp_path.iterdir()] == ["r"], "no temporary folder left behind"
+
+
+def test_a_folder_that_is_not_a_report_is_never_replaced(report, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ReportExistsError, match="not a spectra report"):
+        report.save(tmp_path / "mine", force=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_failed_write_leaves_nothing(report, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("spectra.report.save_numpy", broken)
+    with pytest.raises(SpectraError, match="disk full"):
+        report.save(tmp_path / "r")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_refuses_files_that_disagree(report, tmp_path):
+    out = report.save(tmp_path / "r")
+    text = (out / "metrics.csv").read_text().replace(",k,", ",q,", 1)
+    (out / "metrics.csv").write_text(text)
+    with pytest.raises(FormatError, match="checksum"):
+        Report.load(out)
+    with pytest.raises(FormatError, match="missing"):
+        Report.load(tmp_path)
+    meta = json.loads((out / "report.json").read_text())
+    assert meta["sha256"]["metrics.csv"]
