@@ -199,15 +199,27 @@ def inspect(ckpt, base, as_json):
     for key, value in fields.items():
         click.echo(f"{key + ':':<{width}}{format_value(value)}")
     click.echo()
-    header = ["layer", "module", "shape", "dtype", "kind", "rank", "scale", "scale from", "name"]
+    header = [
+        "layer",
+        "module",
+        "shape",
+        "dtype",
+        "kind",
+        "rank",
+        "heads",
+        "scale",
+        "scale from",
+        "name",
+    ]
     rows = [
         [
             m.layer,
-            m.role if m.head is None else f"{m.role}.h{m.head}",
+            m.role,
             f"{m.shape[0]}x{m.shape[1]}",
             m.dtype,
             m.kind,
             m.rank,
+            m.heads,
             m.scale,
             m.scale_source or "-",
             m.name,

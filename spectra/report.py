@@ -27,8 +27,6 @@ import io
 import json
 import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
+from .atomic import replace_folder
 from .delta import Factored, LayerDelta
 from .errors import FormatError, ReportExistsError, SpectraError
 from .loaders import load
@@ -129,32 +128,22 @@ class Report:
         out = Path(directory)
         check_target(out, force)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        except OSError as exc:
-            raise SpectraError(
-                f"{out}: cannot create the report folder ({exc}); choose --out"
-            ) from exc
-        try:
-            csv_bytes = self._csv_bytes()
-            spectra_bytes = save_numpy(dict(self.spectra)) if self.spectra else b""
-            (staging / METRICS_FILE).write_bytes(csv_bytes)
-            (staging / SPECTRA_FILE).write_bytes(spectra_bytes)
-            meta = dict(self.meta)
-            meta["columns"] = [[name, _column_type(name)] for name in self.columns]
-            meta["sha256"] = {
-                METRICS_FILE: hashlib.sha256(csv_bytes).hexdigest(),
-                SPECTRA_FILE: hashlib.sha256(spectra_bytes).hexdigest(),
-            }
-            (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-            _swap_into_place(staging, out)
+            with replace_folder(out) as staging:
+                csv_bytes = self._csv_bytes()
+                spectra_bytes = save_numpy(dict(self.spectra)) if self.spectra else b""
+                (staging / METRICS_FILE).write_bytes(csv_bytes)
+                (staging / SPECTRA_FILE).write_bytes(spectra_bytes)
+                meta = dict(self.meta)
+                meta["columns"] = [[name, _column_type(name)] for name in self.columns]
+                meta["sha256"] = {
+                    METRICS_FILE: hashlib.sha256(csv_bytes).hexdigest(),
+                    SPECTRA_FILE: hashlib.sha256(spectra_bytes).hexdigest(),
+                }
+                (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         except OSError as exc:
             raise SpectraError(
                 f"{out}: writing the report failed ({exc}); nothing was written there"
             ) from exc
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         return out
 
     def _csv_bytes(self) -> bytes:
@@ -263,22 +252,6 @@ def check_target(out: str | os.PathLike, force: bool) -> None:
         raise ReportExistsError(f"{out}: a report is already there; pass --force to replace it")
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an old report is moved aside first and then removed."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)  # put the previous report back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- analysis
 
 
@@ -292,6 +265,7 @@ def analyze(
     *,
     format: str = "auto",
     progress: Progress | None = None,
+    **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
 
@@ -299,13 +273,15 @@ def analyze(
     whichever the checkpoint has. ``layers=None`` means every layer.
     ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
     for dense ΔW; factored ΔW always takes the exact QR core.
-    ``progress(done, total, label)`` is called after each module.
+    ``progress(done, total, label)`` is called after each module. ``options``
+    go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
+    ``lora_alpha``).
     """
-    checkpoint = load(path, base=base, format=format)
+    checkpoint = load(path, base=base, format=format, **options)
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)
-    described = {(m.layer, m.role, m.head): m for m in checkpoint.describe().modules}
+    described = {(m.layer, m.role): m for m in checkpoint.describe().modules}
     warnings = [*checkpoint.warnings(), *selection.warnings]
     rows: list[dict[str, object]] = []
     spectra: dict[str, np.ndarray] = {}
@@ -317,7 +293,7 @@ def analyze(
         key = spectrum_key(delta.layer, delta.role, delta.head)
         rows.append(row)
         spectra[key] = sigma.numpy()
-        info = described.get((delta.layer, delta.role, delta.head))
+        info = described.get((delta.layer, delta.role))
         if info is not None and info.scale is not None:
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         if row["spectral_norm"] == 0:
@@ -329,9 +305,10 @@ def analyze(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {
             "path": str(Path(path).resolve()),
-            "base": str(Path(base).resolve()) if base is not None else None,
+            "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
             "format": checkpoint.format,
             "variant": checkpoint.variant,
+            "options": {k: v for k, v in options.items() if v not in (None, False)},
         },
         "modules": list(dict.fromkeys(role for _, role in selection.keys)),
         "layers": sorted({layer for layer, _ in selection.keys}),

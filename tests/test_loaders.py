@@ -34,8 +34,8 @@ def test_llama_bert_gpt2_names_map_to_roles():
     assert found[(2, "down")].module == "bert.encoder.layer.2.output.dense"
     assert found[(2, "o")].module == "bert.encoder.layer.2.attention.output.dense"
     q, k, v = (found[(0, role)] for role in "qkv")
-    assert (q.part, k.part, v.part) == ((0, 3), (1, 3), (2, 3))
-    assert k.conv1d and k.rows(192) == slice(64, 128)
+    assert (q.index, k.index, v.index, k.fused) == (0, 1, 2, "thirds")
+    assert k.conv1d and k.rows(192, 64) == slice(64, 128)
     assert all(ref.module not in ("model.embed_tokens", "lm_head") for ref in found.values())
 
 
@@ -151,20 +151,28 @@ LORA_KEYS = {
 def test_bad_adapter_configs(tmp_path):
     with pytest.raises(FormatError, match="invalid JSON"):
         spectra.load(_adapter(tmp_path / "a", "{not json", LORA_KEYS))
-    with pytest.raises(FormatError, match="peft_type 'LOHA' is not supported"):
-        spectra.load(
-            _adapter(tmp_path / "b", {"peft_type": "LOHA", "r": 4, "lora_alpha": 8}, LORA_KEYS)
-        )
-    with pytest.raises(FormatError, match="field 'lora_alpha'"):
+    with pytest.raises(FormatError, match="peft_type 'OFT' is not supported; spectra reads"):
+        spectra.load(_adapter(tmp_path / "b", {"peft_type": "OFT", "r": 4}, LORA_KEYS))
+    with pytest.raises(FormatError, match="number for lora_alpha"):
         spectra.load(_adapter(tmp_path / "c", {"peft_type": "LORA", "r": 4}, LORA_KEYS))
-    with pytest.raises(FormatError, match="DoRA"):
-        spectra.load(
-            _adapter(
-                tmp_path / "d",
-                {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True},
-                LORA_KEYS,
-            )
-        )
+
+
+def test_dora_without_base_names_the_config_field_and_the_flags(tmp_path):
+    config = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "use_dora": True,
+        "base_model_name_or_path": "org/not-downloaded",
+    }
+    keys = dict(LORA_KEYS)
+    keys["base_model.model.model.layers.0.self_attn.k_proj.lora_magnitude_vector"] = torch.ones(16)
+    folder = _adapter(tmp_path / "dora", config, keys)
+    with pytest.raises(MissingBaseError, match=r"'org/not-downloaded'.*--base DIR.*--directional-only"):
+        spectra.analyze(folder)
+    report = spectra.analyze(folder, directional_only=True)
+    assert report.rows[0]["kind"] == "factored"
+    assert any("directional part" in warning for warning in report.warnings)
 
 
 def test_adapter_shapes_must_agree_with_config(tmp_path):
@@ -179,7 +187,7 @@ def test_adapter_keys_with_adapter_name_and_missing_factor(tmp_path):
     report = spectra.analyze(_adapter(tmp_path / "named", config, named))
     assert [(row["layer"], row["module"]) for row in report.rows] == [(0, "k")]
     only_a = {k: v for k, v in LORA_KEYS.items() if "lora_A" in k}
-    with pytest.raises(FormatError, match="no lora_B weight"):
+    with pytest.raises(FormatError, match="has no lora_B tensor"):
         spectra.load(_adapter(tmp_path / "half", config, only_a))
 
 

@@ -1,13 +1,24 @@
 """Checkpoint loading: detect the format of a path and map its modules.
 
-``load(path, base=None, format="auto")`` returns a ``Checkpoint`` whose
-``describe()`` says what is there and whose ``deltas()`` yields one
+``load(path, base=None, format="auto", **options)`` returns a ``Checkpoint``
+whose ``describe()`` says what is there and whose ``deltas()`` yields one
 ``LayerDelta`` per module, reading lazily. Detection:
 
-- a folder with ``adapter_config.json`` → a PEFT adapter (``format="peft"``);
-- a folder with ``model.safetensors``, ``model.safetensors.index.json``,
-  ``pytorch_model.bin`` or its index, or a bare ``.safetensors`` / ``.bin`` /
-  ``.pt`` file → a full fine-tune (``format="full"``), which needs ``base``.
+- a folder with ``adapter_config.json`` whose ``peft_type`` is
+  ``SPECTRA_MULTILORA`` → spectra's MultiLoRA layout (``"multilora"``);
+- a folder with ``adapter_config.json`` (or adapters in sub-folders) → a PEFT
+  adapter (``"peft"``);
+- a ``.pt`` / ``.bin`` / ``.safetensors`` file holding ``lora_scaling``
+  tensors → a MultiLoRA checkpoint in the reference layout (``"multilora"``);
+- a model folder (``model.safetensors``, ``model.safetensors.index.json``,
+  ``pytorch_model.bin`` or its index) or any other tensor file → a full
+  fine-tune (``"full"``), which needs ``base``.
+
+Options, each for the formats it applies to (others raise ``FormatError``):
+``adapter`` (peft: a sub-folder adapter), ``per_head`` (peft multi-head,
+multilora: one row per head), ``directional_only`` (peft DoRA: analyse
+s·B@A alone), ``lora_alpha`` (multilora: α, which the reference layout does
+not save).
 """
 
 from __future__ import annotations
@@ -17,54 +28,79 @@ from pathlib import Path
 from ..errors import FormatError
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
+from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file, write_multilora
 from .names import ROLES
-from .peft import ADAPTER_CONFIG, LoraCheckpoint, read_adapter_config
-from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
+from .peft import ADAPTER_CONFIG, PEFT_TYPES, PeftCheckpoint, read_adapter_config, sub_adapters
+from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, open_store
 
 __all__ = [
     "DEFAULT_MODULES",
     "FORMATS",
+    "PEFT_TYPES",
     "ROLES",
     "Checkpoint",
     "CheckpointInfo",
     "ModuleInfo",
+    "MultiLoraCheckpoint",
     "Selection",
     "detect_format",
     "load",
+    "write_multilora",
 ]
 
-FORMATS = ("auto", "full", "peft")
+FORMATS = ("auto", "full", "peft", "multilora")
+_OPTIONS = {
+    "full": (),
+    "peft": ("adapter", "per_head", "directional_only"),
+    "multilora": ("lora_alpha", "per_head"),
+}
+_FLAGS = {
+    "adapter": "--adapter",
+    "per_head": "--per-head",
+    "directional_only": "--directional-only",
+    "lora_alpha": "--lora-alpha",
+}
 
 
 def detect_format(path: str | Path) -> str:
-    """``"peft"`` or ``"full"`` for a checkpoint path; ``FormatError`` if neither."""
+    """``"peft"``, ``"multilora"`` or ``"full"`` for a checkpoint path; ``FormatError`` if none."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder (expected a checkpoint folder or file)")
     if path.is_dir():
         if (path / ADAPTER_CONFIG).is_file():
+            peft_type = read_adapter_config(path).get("peft_type")
+            return "multilora" if peft_type == MULTILORA_TYPE else "peft"
+        if sub_adapters(path):
             return "peft"
         if find_model_file(path) is not None:
             return "full"
         found = sorted(p.name for p in path.iterdir())
         listing = ", ".join(found[:12]) + (" …" if len(found) > 12 else "") if found else "nothing"
         raise FormatError(
-            f"{path}: no checkpoint recognised; expected {ADAPTER_CONFIG} (a PEFT adapter) or "
-            f"one of {', '.join(MODEL_FILES)} (a model); found {listing}"
+            f"{path}: no checkpoint recognised; expected {ADAPTER_CONFIG} (an adapter) or one of "
+            f"{', '.join(MODEL_FILES)} (a model); found {listing}"
         )
     if path.suffix in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
-        return "full"
+        return "multilora" if is_multilora_file(open_store(path)) else "full"
     raise FormatError(
         f"{path}: not a checkpoint file; expected a folder, or a .safetensors, .bin or .pt file"
     )
 
 
-def load(path: str | Path, base: str | Path | None = None, format: str = "auto") -> Checkpoint:
+def load(
+    path: str | Path,
+    base: str | Path | None = None,
+    format: str = "auto",
+    **options: object,
+) -> Checkpoint:
     """Open a checkpoint lazily; nothing but headers and configs is read here.
 
     ``base`` is the model the checkpoint was tuned from: required to analyse a
-    full fine-tune, optional for a LoRA adapter (it adds ``relative_norm``).
-    ``format`` is ``"auto"`` (detect), ``"full"`` or ``"peft"``.
+    full fine-tune or a DoRA adapter, optional otherwise (it adds
+    ``relative_norm``). ``format`` is ``"auto"`` (detect) or one of
+    ``"full"``, ``"peft"``, ``"multilora"``. ``options`` are listed in the
+    module docstring.
     """
     path = Path(path)
     base_path = Path(base) if base is not None else None
@@ -77,6 +113,15 @@ def load(path: str | Path, base: str | Path | None = None, format: str = "auto")
         raise FormatError(f"{path}: looks like a {detected} checkpoint, not {format} (--format)")
     if base_path is not None and not base_path.exists():
         raise FormatError(f"{base_path}: no such file or folder (--base)")
+    given = {key: value for key, value in options.items() if value not in (None, False)}
+    unknown = [key for key in given if key not in _OPTIONS[detected]]
+    if unknown:
+        raise FormatError(
+            f"{path}: {', '.join(_FLAGS.get(k, k) for k in unknown)} does not apply to a "
+            f"{detected} checkpoint"
+        )
     if detected == "peft":
-        return LoraCheckpoint(path, base_path, read_adapter_config(path))
+        return PeftCheckpoint(path, base_path, **given)
+    if detected == "multilora":
+        return MultiLoraCheckpoint(path, base_path, **given)
     return FullCheckpoint(path, base_path)

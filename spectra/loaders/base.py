@@ -47,7 +47,7 @@ class ModuleInfo:
     rank: int | None = None  # the adapter rank r; None for a dense ΔW
     scale: float | None = None
     scale_source: str | None = None  # where the scale came from, e.g. "config: lora_alpha/r"
-    head: int | None = None
+    heads: int | None = None  # number of heads of a multi-head module
 
 
 @dataclass

@@ -10,6 +10,7 @@ difference is taken in float64, never in the checkpoint dtype.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +58,7 @@ def _open_model(path: Path, flag: str) -> TensorStore:
 
 
 class ModelWeights:
-    """One side (tuned or base) of a full fine-tune: its store and module map."""
+    """One model checkpoint (tuned or base): its tensors, module map and head count."""
 
     def __init__(self, path: Path, flag: str):
         self.path = path
@@ -68,34 +69,58 @@ class ModelWeights:
                 names[canonical_name(name)[: -len(".weight")]] = name
         self._tensor_names = names  # canonical module path -> raw tensor name
         self.modules = map_modules(names)
+        self.heads = read_heads(path if path.is_dir() else path.parent)
 
     def tensor_name(self, ref: ModuleRef) -> str:
         return self._tensor_names[ref.module]
 
-    def shape(self, ref: ModuleRef) -> tuple[int, int]:
-        """(d_out, d_in) of the role's weight, from the header only."""
+    def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
+        """(d_out, d_in) of the whole module weight (all roles of a fused one)."""
         info = self.store.info(self.tensor_name(ref))
         if len(info.shape) != 2:
             raise FormatError(
                 f"{info.path}: {self.tensor_name(ref)} should be a 2-D weight; "
                 f"has shape {info.shape}"
             )
-        d_out, d_in = (info.shape[1], info.shape[0]) if ref.conv1d else info.shape
-        rows = ref.rows(d_out)
-        return (rows.stop - rows.start, d_in)
+        if not info.dtype.is_floating_point:
+            raise FormatError(
+                f"{info.path}: {self.tensor_name(ref)} has dtype {info.dtype}; spectra reads "
+                "floating-point weights only (dequantise the checkpoint first)"
+            )
+        return (info.shape[1], info.shape[0]) if ref.conv1d else tuple(info.shape)
+
+    def shape(self, ref: ModuleRef) -> tuple[int, int]:
+        """(d_out, d_in) of the role's weight, from the header only."""
+        d_out, d_in = self.module_shape(ref)
+        return (len(torch.arange(d_out)[ref.rows(d_out, d_in, self.heads)]), d_in)
 
     def dtype(self, ref: ModuleRef) -> torch.dtype:
         return self.store.info(self.tensor_name(ref)).dtype
 
-    def weight(self, ref: ModuleRef) -> torch.Tensor:
-        """The role's weight ``(d_out, d_in)`` in float64."""
+    def module_weight(self, ref: ModuleRef) -> torch.Tensor:
+        """The whole module weight ``(d_out, d_in)`` in float64 (Conv1D transposed)."""
         tensor = self.store.load(self.tensor_name(ref))
         if ref.conv1d:
             tensor = tensor.T  # Conv1D stores (d_in, d_out)
-        return tensor[ref.rows(tensor.shape[0])].to(torch.float64)  # (d_out, d_in)
+        return tensor.to(torch.float64)  # (d_out, d_in)
+
+    def weight(self, ref: ModuleRef) -> torch.Tensor:
+        """The role's weight ``(d_out, d_in)`` in float64."""
+        tensor = self.module_weight(ref)
+        return tensor[ref.rows(*tensor.shape, self.heads)]
 
     def other_modules(self) -> list[str]:
         return sorted(self._tensor_names)
+
+
+def read_heads(folder: Path) -> int | None:
+    """``num_attention_heads`` from a model folder's ``config.json``, if there is one."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
+    return heads if isinstance(heads, int) else None
 
 
 class FullCheckpoint(Checkpoint):

@@ -7,9 +7,15 @@ Names are first put in canonical form by stripping wrapper prefixes
 (``base_model.model.`` from PEFT, ``module.`` from DDP, ``_orig_mod.`` from
 ``torch.compile``); ``model.`` is part of Hugging Face names and is kept.
 
-A fused projection (GPT-2's ``c_attn``) maps to one ``ModuleRef`` per role
-with ``part = (index, count)``: the role's rows are the index-th of ``count``
-equal blocks of the output dimension.
+A fused projection maps to one ``ModuleRef`` per role, whose ``rows()``
+picks that role's output rows:
+
+- ``thirds`` (GPT-2 ``c_attn``, Conv1D layout): q, k, v are equal blocks;
+  ``halves`` (Phi-3 ``gate_up_proj``): gate, then up;
+- ``neox`` (GPT-NeoX / Pythia ``query_key_value``): interleaved per head, the
+  output viewed as ``(heads, 3, head_dim)``; needs the number of heads;
+- ``phi3`` (Phi-3 ``qkv_proj``): q has ``d_in`` rows (the hidden size), then
+  k and v have ``(d_out − d_in) / 2`` rows each.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import FormatError
 
@@ -33,7 +41,8 @@ class ModuleRef:
 
     ``module`` is the canonical module path (tensor name without ``.weight``);
     ``conv1d`` says the weight is stored ``(d_in, d_out)`` (GPT-2 ``Conv1D``);
-    ``part`` selects a block of the output rows of a fused projection.
+    ``fused`` names the layout of a fused projection (``thirds``, ``neox``,
+    ``phi3``) and ``index`` the role's place in it.
     """
 
     layer: int
@@ -41,20 +50,39 @@ class ModuleRef:
     module: str
     family: str
     conv1d: bool = False
-    part: tuple[int, int] | None = None
+    fused: str | None = None
+    index: int = 0
 
-    def rows(self, d_out: int) -> slice:
-        """The output rows of this role in a weight with ``d_out`` output rows."""
-        if self.part is None:
+    @property
+    def needs_heads(self) -> bool:
+        return self.fused == "neox"
+
+    def rows(self, d_out: int, d_in: int, heads: int | None = None) -> slice | torch.Tensor:
+        """This role's output rows in a module weight of shape ``(d_out, d_in)``."""
+        if self.fused is None:
             return slice(0, d_out)
-        index, count = self.part
-        if d_out % count:
+        if self.fused in ("thirds", "halves"):
+            count = 3 if self.fused == "thirds" else 2
+            return slice(*self._block(d_out, [d_out // count] * count))
+        if self.fused == "phi3":
+            return slice(*self._block(d_out, [d_in, (d_out - d_in) // 2, (d_out - d_in) // 2]))
+        if heads is None or heads <= 0 or d_out % (3 * heads):
             raise FormatError(
-                f"{self.module}: fused projection with {d_out} output rows cannot be split "
-                f"into {count} equal parts"
+                f"{self.module}: an interleaved query_key_value of {d_out} rows needs the number "
+                f"of attention heads (from the model's config.json; got {heads}): pass --base"
             )
-        size = d_out // count
-        return slice(index * size, (index + 1) * size)
+        head_dim = d_out // (3 * heads)
+        index = torch.arange(d_out).view(heads, 3, head_dim)  # (heads, q/k/v, head_dim)
+        return index[:, self.index].reshape(-1)  # (heads·head_dim,)
+
+    def _block(self, d_out: int, sizes: list[int]) -> tuple[int, int]:
+        if sum(sizes) != d_out or min(sizes) <= 0:
+            raise FormatError(
+                f"{self.module}: a fused {self.fused} projection with {d_out} output rows cannot "
+                f"be split into {len(sizes)} blocks of sizes {sizes}"
+            )
+        start = sum(sizes[: self.index])
+        return start, start + sizes[self.index]
 
 
 @dataclass(frozen=True)
@@ -63,10 +91,13 @@ class _Rule:
     roles: tuple[str, ...]  # one role, or the roles of a fused projection in row order
     family: str
     conv1d: bool = False
+    fused: str | None = None
 
 
-def _rule(suffix: str, roles: str, family: str, conv1d: bool = False) -> _Rule:
-    return _Rule(re.compile(rf"(?:^|\.){suffix}$"), tuple(roles.split(",")), family, conv1d)
+def _rule(
+    suffix: str, roles: str, family: str, conv1d: bool = False, fused: str | None = None
+) -> _Rule:
+    return _Rule(re.compile(rf"(?:^|\.){suffix}$"), tuple(roles.split(",")), family, conv1d, fused)
 
 
 # Exact architecture rules first; the generic suffix fallback comes last.
@@ -87,10 +118,18 @@ _RULES = (
     _rule(r"layer\.\d+\.intermediate\.dense", "up", "bert"),
     _rule(r"layer\.\d+\.output\.dense", "down", "bert"),
     # GPT-2: Conv1D weights stored (d_in, d_out); c_attn fuses q, k, v in thirds
-    _rule(r"attn\.c_attn", "q,k,v", "gpt2", conv1d=True),
+    _rule(r"attn\.c_attn", "q,k,v", "gpt2", conv1d=True, fused="thirds"),
     _rule(r"attn\.c_proj", "o", "gpt2", conv1d=True),
     _rule(r"mlp\.c_fc", "up", "gpt2", conv1d=True),
     _rule(r"mlp\.c_proj", "down", "gpt2", conv1d=True),
+    # GPT-NeoX / Pythia: q, k, v interleaved per head
+    _rule(r"layers\.\d+\.attention\.query_key_value", "q,k,v", "gpt_neox", fused="neox"),
+    _rule(r"layers\.\d+\.attention\.dense", "o", "gpt_neox"),
+    _rule(r"mlp\.dense_h_to_4h", "up", "gpt_neox"),
+    _rule(r"mlp\.dense_4h_to_h", "down", "gpt_neox"),
+    # Phi-3: rows q, then k, then v; gate then up in halves
+    _rule(r"self_attn\.qkv_proj", "q,k,v", "phi3", fused="phi3"),
+    _rule(r"mlp\.gate_up_proj", "gate,up", "phi3", fused="halves"),
     # Unknown architectures: the usual suffix names
     _rule(r"(?:q_proj|query)", "q", "generic"),
     _rule(r"(?:k_proj|key)", "k", "generic"),
@@ -134,8 +173,7 @@ def map_modules(modules: Iterable[str]) -> dict[tuple[int, str], ModuleRef]:
         if rule is None:
             continue
         for index, role in enumerate(rule.roles):
-            part = (index, len(rule.roles)) if len(rule.roles) > 1 else None
-            ref = ModuleRef(layer, role, module, rule.family, rule.conv1d, part)
+            ref = ModuleRef(layer, role, module, rule.family, rule.conv1d, rule.fused, index)
             previous = found.get((layer, role))
             if previous is not None:
                 raise FormatError(

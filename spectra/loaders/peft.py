@@ -1,43 +1,64 @@
-"""PEFT LoRA adapters: ``adapter_config.json`` + ``adapter_model.safetensors`` (or ``.bin``).
+"""PEFT adapters: ``adapter_config.json`` + ``adapter_model.safetensors`` (or ``.bin``).
 
-ΔW = s · B @ A per adapted module, kept factored (FORMATS.md §2):
+Each ``peft_type`` has a variant that knows its tensors and rebuilds ΔW as
+the method defines it (FORMATS.md §2, checked against peft's own merge):
 
-- ``s = lora_alpha / r``, or ``lora_alpha / √r`` with ``use_rslora``;
-- ``rank_pattern`` / ``alpha_pattern`` override r and α per module: a key
-  matches a module path when ``(.*\\.)?{key}$`` matches it, first key wins
-  (PEFT's ``get_pattern_key``);
-- ``fan_in_fan_out`` (GPT-2 ``Conv1D``) changes only how PEFT adds ΔW to the
-  stored weight: B @ A is already ``(d_out, d_in)``;
-- a fused projection (GPT-2 ``c_attn``) keeps its factored form per role by
-  slicing the rows of B.
+| variant | ΔW |
+|---|---|
+| LoRA / rsLoRA | ``s · B @ A``, ``s = α/r`` or ``α/√r`` (factored) |
+| DoRA | ``diag(m / ‖V‖_row) · V − W0`` with ``V = W0 + s·B@A`` (dense; needs the base) |
+| multi-head (HydraLoRA) | per head ``s · B_j @ A``; mixture ``s · mean_j(B_j) @ A`` (factored) |
+| AdaLoRA | ``B @ (A ⊙ E) · α / (init_r + 1e-5)`` (factored; pruned ranks are zero rows) |
+| LoHa | ``(w1a @ w1b) ⊙ (w2a @ w2b) · α/r`` (dense) |
+| LoKr | ``kron(w1, w2) · α/r``, each factor whole or ``_a @ _b`` (dense) |
+| VeRA | ``diag(λ_b) B diag(λ_d) A`` with shared, sliced ``A``, ``B`` (factored) |
 
-Variants whose ΔW is not s·B@A (DoRA, AdaLoRA, LoHa, LoKr, VeRA, …) are
-refused with a ``FormatError`` rather than analysed wrongly.
+``rank_pattern`` / ``alpha_pattern`` override r and α per module: a key
+matches a module path when ``(.*\\.)?{key}$`` matches it, first key wins
+(PEFT's ``get_pattern_key``). ``fan_in_fan_out`` changes only how PEFT adds
+ΔW to a Conv1D weight: ``B @ A`` is already ``(d_out, d_in)``. A fused
+projection keeps its form per role by selecting rows of B (or of dense ΔW).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..delta import Factored, LayerDelta
-from ..errors import BaseMismatchError, FormatError
-from .base import Checkpoint, CheckpointInfo, ModuleInfo, Selection
-from .full import ModelWeights
+from ..delta import Dense, Factored
+from ..errors import FormatError, MissingBaseError, SpectraError
+from .adapter import AdapterCheckpoint, Rows, Update
+from .base import CheckpointInfo, ModuleInfo, Selection
+from .full import find_model_file
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
 
-__all__ = ["ADAPTER_FILES", "LoraCheckpoint", "read_adapter_config"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FILES",
+    "PEFT_TYPES",
+    "PeftCheckpoint",
+    "adapter_folder",
+    "read_adapter_config",
+    "resolve_base",
+]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_LORA_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<factor>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
+_PARTS = (
+    r"lora_A|lora_B\d*|lora_E|lora_magnitude_vector|lora_route"
+    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|vera_lambda_[bd]"
+)
+_KEY = re.compile(rf"^(?P<module>.+)\.(?P<part>{_PARTS})(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$")
+_SHARED_VERA = re.compile(
+    r"^(?:base_model\.)?vera_(?P<which>[AB])(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$"
+)
 # init_lora_weights values that move W0, so that s·B@A is not W_merged − W_original.
 _W0_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "eva")
 
@@ -56,38 +77,103 @@ def read_adapter_config(folder: Path) -> dict:
     return config
 
 
-@dataclass(frozen=True)
-class _Adapted:
-    """One adapted module: its A and B tensor names, rank and scale."""
-
-    module: str
-    a_name: str
-    b_name: str
-    rank: int
-    alpha: float
-    scale: float
-    scale_source: str
+def sub_adapters(folder: Path) -> list[str]:
+    """Names of the adapters PEFT saved in sub-folders (non-default adapters)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / ADAPTER_CONFIG).is_file())
 
 
-def _pattern_value(patterns: dict, module: str) -> tuple[str, object] | None:
-    for key, value in patterns.items():
+def adapter_folder(path: Path, adapter: str | None) -> Path:
+    """The folder of the adapter to read: ``path`` itself or ``path/NAME`` (``--adapter``)."""
+    names = sub_adapters(path)
+    top_level = (path / ADAPTER_CONFIG).is_file()
+    if adapter is not None and not (adapter == "default" and top_level and adapter not in names):
+        if adapter not in names:
+            raise FormatError(
+                f"{path}: no adapter named {adapter!r}; sub-folder adapters here: "
+                f"{', '.join(names) or 'none'} (--adapter)"
+            )
+        return path / adapter
+    if top_level:
+        return path
+    raise FormatError(
+        f"{path}: holds several adapters in sub-folders ({', '.join(names)}); "
+        "choose one with --adapter NAME"
+    )
+
+
+def resolve_base(name: object) -> Path | None:
+    """A local folder for ``base_model_name_or_path``: the path itself, or the HF cache."""
+    if not isinstance(name, str) or not name:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir() and find_model_file(path) is not None:
+        return path
+    if name.count("/") != 1:
+        return None
+    cache = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
+    repo = cache / f"models--{name.replace('/', '--')}"
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / "main"
+    candidates = []
+    if ref.is_file():
+        candidates.append(snapshots / ref.read_text().strip())
+    if snapshots.is_dir():
+        candidates += sorted(snapshots.iterdir())
+    for snapshot in candidates:
+        if snapshot.is_dir() and find_model_file(snapshot) is not None:
+            return snapshot
+    return None
+
+
+def _pattern_value(patterns: object, module: str) -> tuple[str, object] | None:
+    for key, value in (patterns or {}).items() if isinstance(patterns, dict) else ():
         if re.match(rf"(.*\.)?({key})$", module):
             return key, value
     return None
 
 
-class LoraCheckpoint(Checkpoint):
-    """A PEFT LoRA or rsLoRA adapter; ``base`` is optional (it adds ``relative_norm``)."""
+@dataclass
+class _Adapted:
+    """One adapted module: its tensor names by part, and (once known) rank and scale."""
+
+    module: str
+    parts: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+    scale: float = 1.0
+    scale_source: str = ""
+    heads: int | None = None
+
+
+class PeftCheckpoint(AdapterCheckpoint):
+    """A PEFT adapter of any supported ``peft_type``; see the module docstring."""
 
     format = "peft"
 
-    def __init__(self, path: Path, base: Path | None, config: dict):
-        super().__init__(path, base)
-        self.config = config
-        self.config_path = path / ADAPTER_CONFIG
-        self._check_supported()
+    def __init__(
+        self,
+        path: Path,
+        base: Path | None,
+        *,
+        adapter: str | None = None,
+        per_head: bool = False,
+        directional_only: bool = False,
+    ):
+        folder = adapter_folder(path, adapter)
+        super().__init__(folder, base)
+        self.config = read_adapter_config(folder)
+        self.config_path = folder / ADAPTER_CONFIG
+        self.per_head = per_head
+        self.directional_only = directional_only
+        self.peft_type = str(self.config.get("peft_type", "")).upper()
+        self._notes: list[str] = []
+        self.rebuild = self._variant()
         self.store = self._open_weights()
-        self.adapted = self._read_modules()
+        self.adapted, self.shared, self.skipped = self._read_modules()
         self.modules = map_modules(self.adapted)
         if not self.modules:
             raise FormatError(
@@ -95,28 +181,20 @@ class LoraCheckpoint(Checkpoint):
                 f"{', '.join(sorted(self.adapted)[:10]) or 'none'}. "
                 "This architecture is not mapped yet"
             )
-        self.base_weights = ModelWeights(base, "--base") if base is not None else None
+        for adapted in self.adapted.values():
+            self.rebuild.describe(self, adapted)
+        self.open_base(base if base is not None else self._found_base())
 
     # -- reading -----------------------------------------------------------
 
-    def _check_supported(self) -> None:
-        peft_type = str(self.config.get("peft_type", "")).upper()
-        if peft_type != "LORA":
+    def _variant(self) -> _Variant:
+        variant = _VARIANTS.get(self.peft_type)
+        if variant is None:
             raise FormatError(
-                f"{self.config_path}: peft_type {self.config.get('peft_type')!r} is not supported "
-                "yet; spectra reads peft_type LORA (plain LoRA and rsLoRA)"
+                f"{self.config_path}: peft_type {self.config.get('peft_type')!r} is not supported; "
+                f"spectra reads {', '.join(sorted(_VARIANTS))}"
             )
-        if self.config.get("use_dora"):
-            raise FormatError(
-                f"{self.config_path}: use_dora is true: DoRA's ΔW depends on the base weight "
-                "and its magnitude vector, which spectra does not rebuild yet"
-            )
-        for field_name in ("r", "lora_alpha"):
-            if not isinstance(self.config.get(field_name), int | float):
-                raise FormatError(
-                    f"{self.config_path}: expected a number in field {field_name!r}, found "
-                    f"{self.config.get(field_name)!r}"
-                )
+        return variant
 
     def _open_weights(self) -> TensorStore:
         for name in ADAPTER_FILES:
@@ -127,117 +205,162 @@ class LoraCheckpoint(Checkpoint):
             f"{', '.join(ADAPTER_FILES)}"
         )
 
-    def _read_modules(self) -> dict[str, _Adapted]:
-        factors: dict[str, dict[str, str]] = {}
-        self.skipped: list[str] = []
+    def _read_modules(self) -> tuple[dict[str, _Adapted], dict[str, str], list[str]]:
+        adapted: dict[str, _Adapted] = {}
+        shared: dict[str, str] = {}
+        skipped: list[str] = []
         for name in self.store.names():
-            match = _LORA_KEY.match(name)
-            if match is None:
-                self.skipped.append(name)
+            stem = name.removesuffix(".weight")
+            match = _KEY.match(stem)
+            if match is not None:
+                module = canonical_name(match["module"])
+                adapted.setdefault(module, _Adapted(module)).parts[match["part"]] = name
                 continue
-            module = canonical_name(match["module"])
-            factors.setdefault(module, {})[match["factor"]] = name
-        adapted = {}
-        for module, pair in factors.items():
-            if set(pair) != {"A", "B"}:
-                missing = "lora_B" if "A" in pair else "lora_A"
-                raise FormatError(
-                    f"{self.store.path}: module {module} has no {missing} weight; "
-                    "the adapter file is incomplete"
-                )
-            adapted[module] = self._module_scale(module, pair["A"], pair["B"])
-        return adapted
+            match = _SHARED_VERA.match(stem)
+            if match is not None:
+                shared[f"vera_{match['which']}"] = name
+            else:
+                skipped.append(name)
+        return adapted, shared, skipped
 
-    def _module_scale(self, module: str, a_name: str, b_name: str) -> _Adapted:
-        rank, alpha = self.config["r"], self.config["lora_alpha"]
-        rank_source, alpha_source = "r", "lora_alpha"
-        pattern = _pattern_value(self.config.get("rank_pattern") or {}, module)
+    def _found_base(self) -> Path | None:
+        heads_needed = any(ref.needs_heads for ref in self.modules.values())
+        if not (self.rebuild.needs_base(self) or heads_needed):
+            return None
+        name = self.config.get("base_model_name_or_path")
+        found = resolve_base(name)
+        if found is not None:
+            self._notes.append(f"base model found from base_model_name_or_path {name!r}: {found}")
+        return found
+
+    def need(self, adapted: _Adapted, *parts: str) -> list[torch.Tensor]:
+        """Load the named parts of a module, with a clear error for a missing one."""
+        missing = [part for part in parts if part not in adapted.parts]
+        if missing:
+            raise FormatError(
+                f"{self.store.path}: module {adapted.module} has no {', '.join(missing)} "
+                f"tensor, which {self.peft_type} needs; the adapter file is incomplete"
+            )
+        return [self.store.load(adapted.parts[part]) for part in parts]
+
+    def shape_of(self, adapted: _Adapted, part: str) -> tuple[int, ...]:
+        if part not in adapted.parts:
+            self.need(adapted, part)
+        return self.store.info(adapted.parts[part]).shape
+
+    def rank_and_alpha(self, module: str, alpha_field: str) -> tuple[int, float, str, str]:
+        """r and α of a module from the config and its patterns, with where each came from."""
+        rank, alpha = self.config.get("r"), self.config.get(alpha_field)
+        rank_source, alpha_source = "r", alpha_field
+        pattern = _pattern_value(self.config.get("rank_pattern"), module)
         if pattern:
             rank, rank_source = pattern[1], f"rank_pattern[{pattern[0]!r}]"
-        pattern = _pattern_value(self.config.get("alpha_pattern") or {}, module)
+        pattern = _pattern_value(self.config.get("alpha_pattern"), module)
         if pattern:
             alpha, alpha_source = pattern[1], f"alpha_pattern[{pattern[0]!r}]"
-        a_shape = self.store.info(a_name).shape
-        b_shape = self.store.info(b_name).shape
-        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != rank or b_shape[1] != rank:
-            raise FormatError(
-                f"{self.store.path}: {module} should have lora_A ({rank}, d_in) and lora_B "
-                f"(d_out, {rank}) for r={rank} from {self.config_path.name} ({rank_source}); "
-                f"found lora_A {a_shape} and lora_B {b_shape}"
-            )
-        root = "√" if self.config.get("use_rslora") else ""  # rsLoRA: α/√r
-        scale = alpha / (math.sqrt(rank) if root else rank)
-        source = f"config: {alpha_source}/{root}{rank_source} = {alpha:g}/{root}{rank}"
-        return _Adapted(module, a_name, b_name, rank, alpha, scale, source)
+        for value, source in ((rank, rank_source), (alpha, alpha_source)):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise FormatError(
+                    f"{self.config_path}: expected a number for {source}, found {value!r}"
+                )
+        return int(rank), float(alpha), rank_source, alpha_source
 
     # -- Checkpoint --------------------------------------------------------
 
     @property
     def variant(self) -> str:
-        return "rsLoRA" if self.config.get("use_rslora") else "LoRA"
+        return self.rebuild.name(self)
 
     def available(self):
         return self.modules.keys()
 
     def warnings(self) -> list[str]:
-        warnings = []
+        warnings = list(self._notes)
         init = self.config.get("init_lora_weights")
         if isinstance(init, str) and init.lower().startswith(_W0_CHANGING_INITS):
             warnings.append(
-                f"init_lora_weights={init!r} changes W0 during initialisation: s·B@A is the "
-                "update from the modified W0, not W_merged − W_original"
+                f"init_lora_weights={init!r} changes W0 when the adapter is created: the "
+                "rebuilt ΔW is the update from that modified W0, not W_merged − W_original"
             )
-        others = [name for name in self.skipped if "modules_to_save" in name]
-        if others:
+        saved = self._modules_to_save()
+        if saved:
             warnings.append(
-                f"{len(others)} modules_to_save tensors (full weights, not deltas) skipped"
+                f"{len(saved)} modules_to_save tensors (full weights, not deltas) skipped: "
+                f"{', '.join(saved[:4])}{' …' if len(saved) > 4 else ''}"
             )
-        unknown = [name for name in self.skipped if "modules_to_save" not in name]
+        unknown = [name for name in self.skipped if name not in saved]
         if unknown:
             warnings.append(
-                f"{len(unknown)} tensors that are not lora_A/lora_B skipped: "
+                f"{len(unknown)} tensors of no known adapter part skipped: "
                 f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}"
             )
+        warnings += self.rebuild.warnings(self)
         return warnings
 
-    def _shape(self, ref: ModuleRef) -> tuple[int, int]:
-        adapted = self.adapted[ref.module]
-        d_out = self.store.info(adapted.b_name).shape[0]
-        rows = ref.rows(d_out)
-        return (rows.stop - rows.start, self.store.info(adapted.a_name).shape[1])
+    def _modules_to_save(self) -> list[str]:
+        names = self.config.get("modules_to_save") or []
+        return [
+            tensor
+            for tensor in self.skipped
+            if any(re.search(rf"(?:^|\.){re.escape(n)}\.", canonical_name(tensor)) for n in names)
+        ]
+
+    def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
+        return self.rebuild.module_shape(self, self.adapted[ref.module])
+
+    def module_dtype(self, ref: ModuleRef) -> torch.dtype:
+        return self.store.info(next(iter(self.adapted[ref.module].parts.values()))).dtype
+
+    def updates(self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None):
+        return self.rebuild.updates(self, self.adapted[ref.module], rows, base)
 
     def check(self, selection: Selection) -> None:
-        if self.base_weights is None:
-            return
-        for key in selection.keys:
-            base_ref = self.base_weights.modules.get(key)
-            shape = self._shape(self.modules[key])
-            if base_ref is None or self.base_weights.shape(base_ref) != shape:
-                found = "nothing" if base_ref is None else str(self.base_weights.shape(base_ref))
-                raise BaseMismatchError(
-                    f"{self.base_weights.store.path}: expected a layer {key[0]} {key[1]!r} weight "
-                    f"of shape {shape} to match the adapter, found {found}; is --base the "
-                    "model this adapter was trained on?"
-                )
+        if self.rebuild.needs_base(self) and self.base_weights is None:
+            name = self.config.get("base_model_name_or_path")
+            dora_hint = " (or --directional-only for DoRA's s·B@A alone)"
+            raise MissingBaseError(
+                f"{self.config_path}: {self.rebuild.why_base} The config's "
+                f"base_model_name_or_path is {name!r}, which is neither a local model folder nor "
+                f"in the local Hugging Face cache: pass --base DIR{dora_hint}"
+            )
+        super().check(selection)
 
     def describe(self) -> CheckpointInfo:
         modules = []
         for key in sorted(self.modules):
             ref = self.modules[key]
             adapted = self.adapted[ref.module]
+            first = next(iter(adapted.parts.values()))
+            try:
+                shape = self.role_shape(ref)
+            except SpectraError:  # an interleaved projection before --base is known
+                shape = self.module_shape(ref)
             modules.append(
                 ModuleInfo(
                     layer=ref.layer,
                     role=ref.role,
                     name=ref.module,
-                    shape=self._shape(ref),
-                    dtype=str(self.store.info(adapted.a_name).dtype).removeprefix("torch."),
-                    kind="factored",
+                    shape=shape,
+                    dtype=str(self.store.info(first).dtype).removeprefix("torch."),
+                    kind=self.rebuild.kind(self),
                     rank=adapted.rank,
                     scale=adapted.scale,
                     scale_source=adapted.scale_source,
+                    heads=adapted.heads,
                 )
             )
+        details = {
+            "weights": str(self.store.path),
+            "peft_type": self.config.get("peft_type"),
+            "r": self.config.get("r"),
+            "target_modules": self.config.get("target_modules"),
+            "base_model_name_or_path": self.config.get("base_model_name_or_path"),
+        }
+        if self.config.get("modules_to_save"):
+            details["modules_to_save"] = self._modules_to_save()
+        adapters = sub_adapters(self.path)
+        if adapters:
+            details["other_adapters"] = adapters
         return CheckpointInfo(
             path=str(self.path),
             format=self.format,
@@ -245,32 +368,319 @@ class LoraCheckpoint(Checkpoint):
             base=str(self.base) if self.base else None,
             modules=modules,
             warnings=self.warnings(),
-            details={
-                "weights": str(self.store.path),
-                "peft_type": self.config.get("peft_type"),
-                "r": self.config.get("r"),
-                "lora_alpha": self.config.get("lora_alpha"),
-                "use_rslora": bool(self.config.get("use_rslora")),
-                "target_modules": self.config.get("target_modules"),
-                "base_model_name_or_path": self.config.get("base_model_name_or_path"),
-            },
+            details=details,
         )
 
-    def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
-        ref = self.modules[key]
-        adapted = self.adapted[ref.module]
-        A = self.store.load(adapted.a_name)  # (r, d_in)
-        B = self.store.load(adapted.b_name)  # (d_out, r), all roles of a fused projection
-        B = B[ref.rows(B.shape[0])]  # (d_out of this role, r)
-        base_norm = None
-        if self.base_weights is not None:
-            base = self.base_weights.weight(self.base_weights.modules[key])  # (d_out, d_in)
-            base_norm = float(torch.linalg.vector_norm(base))
-        yield LayerDelta(
-            layer=ref.layer,
-            role=ref.role,
-            name=ref.module,
-            update=Factored(B, A, adapted.scale),
-            source_dtype=A.dtype,
-            base_norm=base_norm,
+
+# ---------------------------------------------------------------- variants
+
+
+class _Variant:
+    """How one ``peft_type`` names its tensors and rebuilds ΔW."""
+
+    why_base = ""
+
+    def name(self, ckpt: PeftCheckpoint) -> str:
+        raise NotImplementedError
+
+    def kind(self, ckpt: PeftCheckpoint) -> str:
+        return "factored"
+
+    def needs_base(self, ckpt: PeftCheckpoint) -> bool:
+        return False
+
+    def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
+        return []
+
+    def describe(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> None:
+        """Fill in rank and scale (with their source), checking shapes against the config."""
+        raise NotImplementedError
+
+    def module_shape(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> tuple[int, int]:
+        """(d_out, d_in) of the whole adapted module."""
+        raise NotImplementedError
+
+    def updates(
+        self, ckpt: PeftCheckpoint, adapted: _Adapted, rows: Rows, base: torch.Tensor | None
+    ) -> list[tuple[int | None, Update]]:
+        raise NotImplementedError
+
+
+class _Lora(_Variant):
+    """LoRA, rsLoRA, DoRA and multi-head LoRA (HydraLoRA / R-LoRA: ``lora_B{j}``)."""
+
+    why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
+
+    def name(self, ckpt):
+        if self._heads(ckpt):
+            return "multi-head LoRA (" + ("per head" if ckpt.per_head else "uniform mixture") + ")"
+        base = "rsLoRA" if ckpt.config.get("use_rslora") else "LoRA"
+        if ckpt.config.get("use_dora"):
+            return f"DoRA ({base}{', directional part only' if ckpt.directional_only else ''})"
+        return base
+
+    def _heads(self, ckpt) -> int | None:
+        heads = ckpt.config.get("lora_nums")
+        return heads if isinstance(heads, int) and heads > 0 else None
+
+    def kind(self, ckpt):
+        dora = ckpt.config.get("use_dora") and not ckpt.directional_only
+        return "dense" if dora else "factored"
+
+    def needs_base(self, ckpt):
+        return bool(ckpt.config.get("use_dora")) and not ckpt.directional_only
+
+    def warnings(self, ckpt):
+        notes = []
+        if ckpt.config.get("use_dora") and ckpt.directional_only:
+            notes.append(
+                "DoRA analysed as its directional part s·B@A only (--directional-only): the "
+                "magnitude vector is ignored, so this is not the update DoRA applies"
+            )
+        if self._heads(ckpt):
+            notes.append(
+                "multi-head LoRA: its ΔW depends on the input through the router; "
+                + (
+                    "each head's s·B_j@A is reported"
+                    if ckpt.per_head
+                    else "the uniform mixture s·mean_j(B_j)@A is reported (--per-head: each)"
+                )
+                + ". The scale follows the config's use_rslora; R-LoRA's α/√r is not recorded "
+                "on disk"
+            )
+        return notes
+
+    def _b_parts(self, ckpt, adapted) -> list[str]:
+        heads = self._heads(ckpt)
+        if heads:
+            return [f"lora_B{j}" for j in range(heads)]
+        return ["lora_B"]
+
+    def describe(self, ckpt, adapted):
+        rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "lora_alpha")
+        a_shape = ckpt.shape_of(adapted, "lora_A")
+        b_shapes = [ckpt.shape_of(adapted, part) for part in self._b_parts(ckpt, adapted)]
+        if (
+            len(a_shape) != 2
+            or a_shape[0] != rank
+            or any(len(b) != 2 or b[1] != rank for b in b_shapes)
+        ):
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} should have lora_A ({rank}, d_in) and "
+                f"lora_B (d_out, {rank}) for r={rank} from {ckpt.config_path.name} "
+                f"({rank_source}); found lora_A {a_shape} and lora_B {b_shapes[0]}"
+            )
+        root = "√" if ckpt.config.get("use_rslora") else ""  # rsLoRA: α/√r
+        adapted.rank = rank
+        adapted.scale = alpha / (math.sqrt(rank) if root else rank)
+        adapted.scale_source = (
+            f"config: {alpha_source}/{root}{rank_source} = {alpha:g}/{root}{rank}"
         )
+        adapted.heads = self._heads(ckpt)
+
+    def module_shape(self, ckpt, adapted):
+        return (
+            ckpt.shape_of(adapted, self._b_parts(ckpt, adapted)[0])[0],
+            ckpt.shape_of(adapted, "lora_A")[1],
+        )
+
+    def updates(self, ckpt, adapted, rows, base):
+        (A,) = ckpt.need(adapted, "lora_A")  # (r, d_in)
+        Bs = ckpt.need(adapted, *self._b_parts(ckpt, adapted))  # each (d_out_all, r)
+        s = adapted.scale
+        if self._heads(ckpt):
+            if ckpt.per_head:
+                return [(j, Factored(B[rows], A, s)) for j, B in enumerate(Bs)]
+            mixture = torch.stack([B.double() for B in Bs]).mean(0)  # (d_out_all, r)
+            return [(None, Factored(mixture[rows], A, s))]
+        (B,) = Bs
+        if not ckpt.config.get("use_dora") or ckpt.directional_only:
+            return [(None, Factored(B[rows], A, s))]
+        (magnitude,) = ckpt.need(adapted, "lora_magnitude_vector")  # (d_out_all,)
+        V = base + s * (B.double() @ A.double())  # (d_out_all, d_in)
+        row_norm = torch.linalg.vector_norm(V, dim=1)  # (d_out_all,)
+        tuned = (magnitude.double().reshape(-1) / row_norm)[:, None] * V  # (d_out_all, d_in)
+        return [(None, Dense((tuned - base)[rows]))]
+
+
+class _AdaLora(_Variant):
+    """AdaLoRA: ΔW = B @ (A ⊙ E) · α / (init_r + 1e-5); ranknum is init_r, not saved."""
+
+    def name(self, ckpt):
+        return "AdaLoRA"
+
+    def describe(self, ckpt, adapted):
+        init_r = ckpt.config.get("init_r")
+        alpha = ckpt.config.get("lora_alpha")
+        if not isinstance(init_r, int) or not isinstance(alpha, int | float):
+            raise FormatError(
+                f"{ckpt.config_path}: AdaLoRA needs numbers in init_r and lora_alpha; found "
+                f"init_r={init_r!r}, lora_alpha={alpha!r}"
+            )
+        a, b, e = (ckpt.shape_of(adapted, part) for part in ("lora_A", "lora_B", "lora_E"))
+        kept = a[0]
+        if b[1] != kept or tuple(e) != (kept, 1) or kept > init_r:
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} should have lora_A (k, d_in), lora_E "
+                f"(k, 1) and lora_B (d_out, k) with k ≤ init_r={init_r}; found {a}, {e}, {b}"
+            )
+        alpha = alpha if alpha > 0 else float(init_r)
+        adapted.rank = kept
+        adapted.scale = alpha / (init_r + 1e-5)
+        adapted.scale_source = f"config: lora_alpha/(init_r + 1e-5) = {alpha:g}/({init_r} + 1e-5)"
+
+    def module_shape(self, ckpt, adapted):
+        return (ckpt.shape_of(adapted, "lora_B")[0], ckpt.shape_of(adapted, "lora_A")[1])
+
+    def updates(self, ckpt, adapted, rows, base):
+        A, B, E = ckpt.need(adapted, "lora_A", "lora_B", "lora_E")  # (k, d_in), (d_out, k), (k, 1)
+        return [(None, Factored(B[rows], A * E, adapted.scale))]
+
+
+class _LoHa(_Variant):
+    """LoHa: ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · α/r, a dense Hadamard product."""
+
+    def name(self, ckpt):
+        return "LoHa"
+
+    def kind(self, ckpt):
+        return "dense"
+
+    def describe(self, ckpt, adapted):
+        if "hada_t1" in adapted.parts or "hada_t2" in adapted.parts:
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} uses LoHa's CP decomposition (hada_t1/t2, "
+                "for convolutions); spectra reads LoHa on linear layers only"
+            )
+        rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "alpha")
+        w1a, w1b = ckpt.shape_of(adapted, "hada_w1_a"), ckpt.shape_of(adapted, "hada_w1_b")
+        if w1a[1] != rank or w1b[0] != rank:
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} should have hada_w1_a (d_out, {rank}) for "
+                f"r={rank} ({rank_source}); found {w1a} and {w1b}"
+            )
+        adapted.rank = rank
+        adapted.scale = alpha / rank
+        adapted.scale_source = f"config: {alpha_source}/{rank_source} = {alpha:g}/{rank}"
+
+    def module_shape(self, ckpt, adapted):
+        return (ckpt.shape_of(adapted, "hada_w1_a")[0], ckpt.shape_of(adapted, "hada_w1_b")[1])
+
+    def updates(self, ckpt, adapted, rows, base):
+        w1a, w1b, w2a, w2b = (
+            t.double()
+            for t in ckpt.need(adapted, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        )
+        delta = (w1a @ w1b) * (w2a @ w2b) * adapted.scale  # (d_out, d_in)
+        return [(None, Dense(delta[rows]))]
+
+
+class _LoKr(_Variant):
+    """LoKr: ΔW = kron(w1, w2) · α/r, each factor stored whole or as ``_a @ _b``."""
+
+    def name(self, ckpt):
+        return "LoKr"
+
+    def kind(self, ckpt):
+        return "dense"
+
+    def describe(self, ckpt, adapted):
+        if "lokr_t2" in adapted.parts:
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} uses LoKr's CP decomposition (lokr_t2, for "
+                "convolutions); spectra reads LoKr on linear layers only"
+            )
+        rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "alpha")
+        adapted.rank = rank
+        adapted.scale = alpha / rank
+        adapted.scale_source = f"config: {alpha_source}/{rank_source} = {alpha:g}/{rank}"
+
+    def _factor_shape(self, ckpt, adapted, which: str) -> tuple[int, int]:
+        if which in adapted.parts:
+            return tuple(ckpt.shape_of(adapted, which))
+        a, b = ckpt.shape_of(adapted, f"{which}_a"), ckpt.shape_of(adapted, f"{which}_b")
+        return (a[0], b[1])
+
+    def _factor(self, ckpt, adapted, which: str) -> torch.Tensor:
+        if which in adapted.parts:
+            return ckpt.need(adapted, which)[0].double()
+        a, b = ckpt.need(adapted, f"{which}_a", f"{which}_b")
+        return a.double() @ b.double()
+
+    def module_shape(self, ckpt, adapted):
+        w1 = self._factor_shape(ckpt, adapted, "lokr_w1")
+        w2 = self._factor_shape(ckpt, adapted, "lokr_w2")
+        return (w1[0] * w2[0], w1[1] * w2[1])
+
+    def updates(self, ckpt, adapted, rows, base):
+        w1 = self._factor(ckpt, adapted, "lokr_w1")
+        w2 = self._factor(ckpt, adapted, "lokr_w2")
+        delta = torch.kron(w1, w2) * adapted.scale  # (d_out, d_in)
+        return [(None, Dense(delta[rows]))]
+
+
+class _Vera(_Variant):
+    """VeRA: ΔW = diag(λ_b) B[:d_out] diag(λ_d) A[:, :d_in], A and B shared by all modules."""
+
+    def name(self, ckpt):
+        return "VeRA"
+
+    def warnings(self, ckpt):
+        if ckpt.base_weights is None:
+            width = ckpt.store.info(ckpt.shared["vera_A"]).shape[1]
+            return [
+                f"VeRA: each module's d_in is taken as the width of the shared vera_A ({width}); "
+                "pass --base to read each module's own d_in"
+            ]
+        return []
+
+    def describe(self, ckpt, adapted):
+        missing = [name for name in ("vera_A", "vera_B") if name not in ckpt.shared]
+        if missing:
+            hint = (
+                " (save_projection is false: peft regenerates them from projection_prng_key)"
+                if ckpt.config.get("save_projection") is False
+                else ""
+            )
+            raise FormatError(
+                f"{ckpt.store.path}: VeRA's shared {' and '.join(missing)} are not in the file"
+                f"{hint}; re-save the adapter with save_projection=True"
+            )
+        rank = ckpt.store.info(ckpt.shared["vera_A"]).shape[0]
+        lambda_d = ckpt.shape_of(adapted, "vera_lambda_d")
+        if tuple(lambda_d) != (rank,):
+            raise FormatError(
+                f"{ckpt.store.path}: {adapted.module} should have vera_lambda_d ({rank},) to "
+                f"match vera_A; found {lambda_d}"
+            )
+        adapted.rank = rank
+        adapted.scale = 1.0
+        adapted.scale_source = "VeRA: the scaling vectors λ_b, λ_d carry the scale"
+
+    def module_shape(self, ckpt, adapted):
+        d_out = ckpt.shape_of(adapted, "vera_lambda_b")[0]
+        if ckpt.base_weights is not None:
+            ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
+            base_ref = ckpt.base_weights.modules.get((ref.layer, ref.role))
+            if base_ref is not None:
+                return (d_out, ckpt.base_weights.module_shape(base_ref)[1])
+        return (d_out, ckpt.store.info(ckpt.shared["vera_A"]).shape[1])
+
+    def updates(self, ckpt, adapted, rows, base):
+        d_out, d_in = self.module_shape(ckpt, adapted)
+        A = ckpt.store.load(ckpt.shared["vera_A"])[:, :d_in]  # (r, d_in)
+        B = ckpt.store.load(ckpt.shared["vera_B"])[:d_out]  # (d_out, r)
+        lambda_b, lambda_d = ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")  # (d_out,), (r,)
+        scaled_B = lambda_b.double()[:, None] * B.double()  # (d_out, r)
+        scaled_A = lambda_d.double()[:, None] * A.double()  # (r, d_in)
+        return [(None, Factored(scaled_B[rows], scaled_A, 1.0))]
+
+
+_VARIANTS: dict[str, _Variant] = {
+    "LORA": _Lora(),
+    "ADALORA": _AdaLora(),
+    "LOHA": _LoHa(),
+    "LOKR": _LoKr(),
+    "VERA": _Vera(),
+}
+PEFT_TYPES = tuple(_VARIANTS)

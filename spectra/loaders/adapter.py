@@ -1,0 +1,104 @@
+"""What checkpoints that store ΔW's factors (PEFT adapters, MultiLoRA) share.
+
+An ``AdapterCheckpoint`` maps (layer, role) to the adapted module, knows each
+module's whole shape, and rebuilds the module's update(s); this class adds the
+optional base model (for ``relative_norm``, DoRA, and the head count of
+interleaved projections), checks the base against the adapter, selects the
+rows of a fused projection, and yields the ``LayerDelta``s.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..delta import Dense, Factored, LayerDelta
+from ..errors import BaseMismatchError, MissingBaseError
+from .base import Checkpoint, Selection
+from .full import ModelWeights
+from .names import ModuleRef
+
+__all__ = ["AdapterCheckpoint", "Rows", "Update"]
+
+Rows = slice | torch.Tensor
+Update = Dense | Factored
+
+
+class AdapterCheckpoint(Checkpoint):
+    """A checkpoint of adapted modules; subclasses fill ``modules`` and rebuild updates."""
+
+    modules: dict[tuple[int, str], ModuleRef]
+    base_weights: ModelWeights | None = None
+
+    def open_base(self, base: Path | None) -> None:
+        self.base = base
+        self.base_weights = ModelWeights(base, "--base") if base is not None else None
+
+    @abstractmethod
+    def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
+        """(d_out, d_in) of the whole adapted module (all roles of a fused one)."""
+
+    @abstractmethod
+    def module_dtype(self, ref: ModuleRef) -> torch.dtype:
+        """The dtype the module's adapter tensors were saved in."""
+
+    @abstractmethod
+    def updates(
+        self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None
+    ) -> list[tuple[int | None, Update]]:
+        """The (head, update) pairs of one role; ``base`` is the whole module weight or None."""
+
+    def available(self):
+        return self.modules.keys()
+
+    def heads(self) -> int | None:
+        return self.base_weights.heads if self.base_weights is not None else None
+
+    def rows(self, ref: ModuleRef) -> Rows:
+        """The output rows of ``ref``'s role in its module (all rows unless fused)."""
+        if ref.needs_heads and self.heads() is None:
+            raise MissingBaseError(
+                f"{self.path}: {ref.module} interleaves q, k and v per attention head; the head "
+                "count comes from the base model's config.json: pass --base"
+            )
+        return ref.rows(*self.module_shape(ref), self.heads())
+
+    def role_shape(self, ref: ModuleRef) -> tuple[int, int]:
+        """(d_out, d_in) of ΔW for this role."""
+        d_out, d_in = self.module_shape(ref)
+        return (len(torch.arange(d_out)[self.rows(ref)]), d_in)
+
+    def check(self, selection: Selection) -> None:
+        for key in selection.keys:
+            shape = self.role_shape(self.modules[key])
+            if self.base_weights is None:
+                continue
+            base_ref = self.base_weights.modules.get(key)
+            found = None if base_ref is None else self.base_weights.shape(base_ref)
+            if found != shape:
+                raise BaseMismatchError(
+                    f"{self.base_weights.store.path}: expected a layer {key[0]} {key[1]!r} weight "
+                    f"of shape {shape} to match the adapter, found {found or 'nothing'}; is --base "
+                    "the model this adapter was trained on?"
+                )
+
+    def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
+        ref = self.modules[key]
+        rows = self.rows(ref)
+        base_module = base_norm = None
+        if self.base_weights is not None:
+            base_module = self.base_weights.module_weight(self.base_weights.modules[key])
+            base_norm = float(torch.linalg.vector_norm(base_module[rows]))
+        for head, update in self.updates(ref, rows, base_module):
+            yield LayerDelta(
+                layer=ref.layer,
+                role=ref.role,
+                name=ref.module,
+                update=update,
+                source_dtype=self.module_dtype(ref),
+                head=head,
+                base_norm=base_norm,
+            )

@@ -1,0 +1,270 @@
+"""MultiLoRA checkpoints: n parallel LoRAs with learnable scaling vectors.
+
+ΔW = (α/r) · Σ_i diag(c_i) · B_i @ A_i (Wang et al., 2023, "MultiLoRA:
+democratizing LoRA for better multi-task learning"), with ``A_i (r, d_in)``,
+``B_i (d_out, r)`` and ``c_i (d_out,)``. It is kept factored as
+``[diag(c_1)B_1 … diag(c_n)B_n] @ [A_1; …; A_n]`` (rank ≤ n·r); with
+``per_head=True`` each ΔW_i = (α/r)·diag(c_i)·B_i@A_i is its own row.
+
+Two layouts are read:
+
+- the reference layout: a ``torch.save`` state dict (``*.pt``) with keys
+  ``{module}.lora_A`` ``(n, r, d_in)``, ``{module}.lora_B`` ``(n, d_out, r)``
+  and ``{module}.lora_scaling`` ``(n, d_out)``; the frozen base weights may sit
+  alongside and are ignored. No config is saved: r and n come from the
+  shapes and α from the user (``lora_alpha=`` / ``--lora-alpha``);
+- spectra's own layout (written by ``write_multilora`` / ``spectra convert``):
+  a folder with ``adapter_config.json`` (``peft_type: "SPECTRA_MULTILORA"``,
+  ``r``, ``lora_alpha``, ``num_heads``, ``format_version``) and
+  ``adapter_model.safetensors`` holding the same stacked keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..atomic import replace_folder
+from ..delta import Factored
+from ..errors import FormatError, ReportExistsError
+from .adapter import AdapterCheckpoint, Rows
+from .base import CheckpointInfo, ModuleInfo
+from .names import ModuleRef, canonical_name, map_modules
+from .tensors import TensorStore, open_store
+
+__all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file", "write_multilora"]
+
+MULTILORA_TYPE = "SPECTRA_MULTILORA"
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|scaling)(?:\.weight)?$")
+
+
+def is_multilora_file(store: TensorStore) -> bool:
+    """Whether a state dict holds MultiLoRA's ``lora_scaling`` vectors."""
+    return any(_KEY.match(name) and ".lora_scaling" in name for name in store.names())
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """One MultiLoRA module: its stacked tensors and their sizes."""
+
+    module: str
+    a: str
+    b: str
+    scaling: str
+    heads: int
+    rank: int
+    d_out: int
+    d_in: int
+
+
+class MultiLoraCheckpoint(AdapterCheckpoint):
+    """A MultiLoRA checkpoint in the reference ``.pt`` layout or spectra's own folder."""
+
+    format = "multilora"
+
+    def __init__(
+        self,
+        path: Path,
+        base: Path | None,
+        *,
+        lora_alpha: float | None = None,
+        per_head: bool = False,
+    ):
+        super().__init__(path, base)
+        self.per_head = per_head
+        self.config: dict = {}
+        if path.is_dir():
+            from .peft import ADAPTER_CONFIG, read_adapter_config
+
+            self.config = read_adapter_config(path)
+            self.config_path = path / ADAPTER_CONFIG
+            weights = path / "adapter_model.safetensors"
+            if not weights.is_file():
+                raise FormatError(f"{path}: has {ADAPTER_CONFIG} but no adapter_model.safetensors")
+            self.store = open_store(weights)
+        else:
+            self.store = open_store(path)
+        self.alpha, self.alpha_source = self._alpha(lora_alpha)
+        self.stacked = self._read_modules()
+        self.modules = map_modules(self.stacked)
+        if not self.modules:
+            raise FormatError(
+                f"{self.store.path}: no attention or MLP projection among the MultiLoRA modules "
+                f"{', '.join(sorted(self.stacked)[:10])}; this architecture is not mapped yet"
+            )
+        self.open_base(base)
+
+    def _alpha(self, lora_alpha: float | None) -> tuple[float | None, str]:
+        if lora_alpha is not None:
+            return float(lora_alpha), "--lora-alpha"
+        alpha = self.config.get("lora_alpha")
+        if isinstance(alpha, int | float) and not isinstance(alpha, bool):
+            return float(alpha), "config: lora_alpha"
+        return None, "none"
+
+    def _read_modules(self) -> dict[str, _Stacked]:
+        parts: dict[str, dict[str, str]] = {}
+        for name in self.store.names():
+            match = _KEY.match(name)
+            if match:
+                parts.setdefault(canonical_name(match["module"]), {})[match["part"]] = name
+        stacked = {}
+        for module, names in parts.items():
+            if set(names) != {"A", "B", "scaling"}:
+                missing = sorted({"A", "B", "scaling"} - set(names))
+                raise FormatError(
+                    f"{self.store.path}: MultiLoRA module {module} lacks "
+                    f"{', '.join('lora_' + m for m in missing)}; "
+                    "expected lora_A, lora_B and lora_scaling"
+                )
+            a, b, c = (self.store.info(names[p]).shape for p in ("A", "B", "scaling"))
+            ok = len(a) == 3 and len(b) == 3 and len(c) == 2
+            if not ok or a[0] != b[0] or a[0] != c[0] or a[1] != b[2] or b[1] != c[1]:
+                raise FormatError(
+                    f"{self.store.path}: MultiLoRA module {module} should have lora_A "
+                    f"(n, r, d_in), lora_B (n, d_out, r) and lora_scaling (n, d_out); "
+                    f"found {a}, {b}, {c}"
+                )
+            stacked[module] = _Stacked(
+                module, names["A"], names["B"], names["scaling"], a[0], a[1], b[1], a[2]
+            )
+        return stacked
+
+    @property
+    def variant(self) -> str:
+        return "MultiLoRA (" + ("per head" if self.per_head else "sum of heads") + ")"
+
+    def scale(self, stacked: _Stacked) -> float:
+        return 1.0 if self.alpha is None else self.alpha / stacked.rank
+
+    def scale_source(self, stacked: _Stacked) -> str:
+        if self.alpha is None:
+            return "none: α unknown, ΔW = Σ diag(c_i) B_i A_i without α/r (--lora-alpha)"
+        return f"{self.alpha_source}/r = {self.alpha:g}/{stacked.rank}"
+
+    def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
+        stacked = self.stacked[ref.module]
+        return (stacked.d_out, stacked.d_in)
+
+    def module_dtype(self, ref: ModuleRef) -> torch.dtype:
+        return self.store.info(self.stacked[ref.module].a).dtype
+
+    def updates(self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None):
+        stacked = self.stacked[ref.module]
+        A = self.store.load(stacked.a).double()  # (n, r, d_in)
+        B = self.store.load(stacked.b).double()  # (n, d_out, r)
+        c = self.store.load(stacked.scaling).double()  # (n, d_out)
+        scaled_B = (c[:, :, None] * B)[:, rows]  # (n, d_out of role, r): diag(c_i) B_i
+        s = self.scale(stacked)
+        if self.per_head:
+            return [(i, Factored(scaled_B[i], A[i], s)) for i in range(stacked.heads)]
+        n, d_out, r = scaled_B.shape
+        B_cat = scaled_B.permute(1, 0, 2).reshape(d_out, n * r)  # (d_out, n·r) = [c_1B_1 … c_nB_n]
+        A_cat = A.reshape(n * r, stacked.d_in)  # (n·r, d_in) = [A_1; …; A_n]
+        return [(None, Factored(B_cat, A_cat, s))]
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.alpha is None:
+            notes.append(
+                "MultiLoRA saves no α: norms are those of Σ diag(c_i) B_i A_i without α/r; "
+                "balance metrics are scale-invariant and unaffected (--lora-alpha sets α)"
+            )
+        zero = [
+            module
+            for module, stacked in self.stacked.items()
+            if not torch.any(self.store.load(stacked.scaling))
+        ]
+        if len(zero) == len(self.stacked):
+            notes.append(
+                "every lora_scaling vector is zero (an untrained MultiLoRA: scalings start at 0), "
+                "so ΔW = 0 in every module"
+            )
+        elif zero:
+            notes.append(f"{len(zero)} modules have all-zero lora_scaling, so ΔW = 0 there")
+        return notes
+
+    def describe(self) -> CheckpointInfo:
+        modules = []
+        for key in sorted(self.modules):
+            ref = self.modules[key]
+            stacked = self.stacked[ref.module]
+            try:
+                shape = self.role_shape(ref)
+            except FormatError:
+                shape = self.module_shape(ref)
+            modules.append(
+                ModuleInfo(
+                    layer=ref.layer,
+                    role=ref.role,
+                    name=ref.module,
+                    shape=shape,
+                    dtype=str(self.module_dtype(ref)).removeprefix("torch."),
+                    kind="factored",
+                    rank=stacked.rank,
+                    scale=self.scale(stacked),
+                    scale_source=self.scale_source(stacked),
+                    heads=stacked.heads,
+                )
+            )
+        others = len(self.store.names()) - 3 * len(self.stacked)
+        return CheckpointInfo(
+            path=str(self.path),
+            format=self.format,
+            variant=self.variant,
+            base=str(self.base) if self.base else None,
+            modules=modules,
+            warnings=self.warnings(),
+            details={
+                "weights": str(self.store.path),
+                "heads": sorted({s.heads for s in self.stacked.values()}),
+                "r": sorted({s.rank for s in self.stacked.values()}),
+                "lora_alpha": self.alpha,
+                "other_tensors_ignored": others,
+            },
+        )
+
+
+def write_multilora(
+    checkpoint: MultiLoraCheckpoint, destination: str | Path, force: bool = False
+) -> Path:
+    """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically)."""
+    out = Path(destination)
+    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
+    if occupied and not (force and (out / "adapter_config.json").is_file()):
+        raise ReportExistsError(
+            f"{out}: already exists; pass --force to replace a MultiLoRA folder written there"
+        )
+    ranks = {s.rank for s in checkpoint.stacked.values()}
+    heads = {s.heads for s in checkpoint.stacked.values()}
+    if len(ranks) != 1 or len(heads) != 1:
+        raise FormatError(
+            f"{checkpoint.store.path}: modules differ in r {sorted(ranks)} or n {sorted(heads)}; "
+            "spectra's MultiLoRA layout holds one r and one n"
+        )
+    tensors = {}
+    for stacked in checkpoint.stacked.values():
+        for part, name in (
+            ("lora_A", stacked.a),
+            ("lora_B", stacked.b),
+            ("lora_scaling", stacked.scaling),
+        ):
+            tensors[f"{stacked.module}.{part}"] = checkpoint.store.load(name).contiguous()
+    config = {
+        "peft_type": MULTILORA_TYPE,
+        "format_version": 1,
+        "r": ranks.pop(),
+        "num_heads": heads.pop(),
+        "lora_alpha": checkpoint.alpha,
+        "source": str(checkpoint.path),
+        "formula": "ΔW = (lora_alpha / r) · Σ_i diag(lora_scaling[i]) · lora_B[i] @ lora_A[i]",
+    }
+    with replace_folder(out) as staging:
+        save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
