@@ -57,35 +57,53 @@ class Adapter:
     config: dict
 
 
-def make_peft_adapter(folder: Path, base: Path, seed: int = 0, **lora_kwargs) -> Adapter:
-    """Train-free LoRA: peft initialises A, we set B to random values (B = 0 at init)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        **{"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]} | lora_kwargs
-    )
-    model = get_peft_model(load_bert(base), config)
+def randomize_adapter(model, seed: int) -> None:
+    """Give every trainable adapter tensor random values (many start at zero)."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.05)
-    model.save_pretrained(str(folder))
+            if not parameter.requires_grad:
+                continue
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            if "magnitude" in name:  # DoRA's magnitude: stay near the row norms of W0
+                parameter.mul_(1.0 + 0.1 * noise)
+            else:
+                parameter.copy_(0.05 * noise)
 
-    # Reference: peft's own load and merge, in float64, minus the base weight.
+
+def merged_reference(folder: Path, base: Path, adapter_name: str | None = None) -> dict:
+    """peft's own load and merge in float64, minus the base weight, per (layer, role)."""
+    from peft import PeftModel
+
     base_model = load_bert(base, torch.float64)
     originals = {
         (layer, role): bert_weight(base_model, layer, role)
         for layer in range(MINILM_LAYERS)
         for role in ROLE_MODULES
     }
-    merged = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
-    reference = {
+    kwargs = {} if adapter_name is None else {"adapter_name": adapter_name}
+    merged = PeftModel.from_pretrained(base_model, str(folder), **kwargs).merge_and_unload()
+    return {
         key: bert_weight(merged, *key) - original
         for key, original in originals.items()
         if np.any(bert_weight(merged, *key) != original)
     }
-    return Adapter(folder, reference, config.to_dict())
+
+
+def make_peft_adapter(
+    folder: Path, base: Path, seed: int = 0, config=None, **lora_kwargs
+) -> Adapter:
+    """A real peft adapter with random weights, saved in float32, and its merged reference."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    if config is None:
+        defaults = {"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]}
+        config = LoraConfig(**(defaults | lora_kwargs))
+    model = get_peft_model(load_bert(base), config)
+    randomize_adapter(model, seed)
+    model.save_pretrained(str(folder))
+    return Adapter(folder, merged_reference(folder, base), config.to_dict())
 
 
 @pytest.fixture(scope="session")

@@ -168,7 +168,9 @@ def test_dora_without_base_names_the_config_field_and_the_flags(tmp_path):
     keys = dict(LORA_KEYS)
     keys["base_model.model.model.layers.0.self_attn.k_proj.lora_magnitude_vector"] = torch.ones(16)
     folder = _adapter(tmp_path / "dora", config, keys)
-    with pytest.raises(MissingBaseError, match=r"'org/not-downloaded'.*--base DIR.*--directional-only"):
+    with pytest.raises(
+        MissingBaseError, match=r"'org/not-downloaded'.*--base DIR.*--directional-only"
+    ):
         spectra.analyze(folder)
     report = spectra.analyze(folder, directional_only=True)
     assert report.rows[0]["kind"] == "factored"

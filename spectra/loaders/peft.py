@@ -299,11 +299,11 @@ class PeftCheckpoint(AdapterCheckpoint):
 
     def _modules_to_save(self) -> list[str]:
         names = self.config.get("modules_to_save") or []
-        return [
+        return sorted(
             tensor
             for tensor in self.skipped
             if any(re.search(rf"(?:^|\.){re.escape(n)}\.", canonical_name(tensor)) for n in names)
-        ]
+        )
 
     def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
         return self.rebuild.module_shape(self, self.adapted[ref.module])

@@ -1,0 +1,219 @@
+"""Every PEFT variant, made with real peft on the real MiniLM, against peft's own merge.
+
+spectra's rebuilt ΔW (dense, in the test) must match ``merge_and_unload()``
+minus the base weight to 1e-6 relative Frobenius error, and its singular
+values must match numpy's SVD of that difference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import spectra
+from spectra.errors import FormatError, MissingBaseError
+
+from .conftest import make_peft_adapter, merged_reference, randomize_adapter, reference_sigma
+
+
+def _check_against_reference(adapter, report_options=None, load_options=None, modules=None):
+    """Dense rebuild and σ of every module against the merged reference."""
+    options = load_options or {}
+    checkpoint = spectra.load(adapter.path, **options)
+    seen = set()
+    for delta in checkpoint.deltas(modules=modules):
+        reference = adapter.reference[(delta.layer, delta.role)]
+        rebuilt = delta.update.to_dense().numpy()
+        error = np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference)
+        assert error < 1e-6, (delta.label, error)
+        seen.add((delta.layer, delta.role))
+    assert seen == set(adapter.reference)
+    report = spectra.analyze(adapter.path, modules=modules, **(report_options or options))
+    for row in report.rows:
+        sigma = report.spectrum(row["layer"], row["module"])
+        expected = reference_sigma(adapter.reference[(row["layer"], row["module"])])
+        k = len(sigma)
+        # Dense ΔW takes the Gram path: values below √(max(d)·ε₆₄)·σ_1 ≈ 3e-7·σ_1 are noise.
+        floor = 3e-7 if row["kind"] == "dense" else 1e-9
+        np.testing.assert_allclose(sigma, expected[:k], rtol=1e-6, atol=floor * expected[0])
+        assert np.all(expected[k:] <= 1e-9 * expected[0])
+    return report
+
+
+@pytest.fixture(scope="module")
+def dora(tmp_path_factory, minilm_dir):
+    from peft import LoraConfig
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["key", "value"], use_dora=True)
+    return make_peft_adapter(tmp_path_factory.mktemp("dora"), minilm_dir, seed=11, config=config)
+
+
+def test_dora_matches_peft_merge(dora, minilm_dir):
+    report = _check_against_reference(dora, load_options={"base": minilm_dir})
+    assert report.meta["source"]["variant"] == "DoRA (LoRA)"
+    assert {row["kind"] for row in report.rows} == {"dense"}
+    # The magnitude vector makes ΔW full rank, unlike its rank-4 directional part.
+    assert min(row["numerical_rank"] for row in report.rows) > 4
+
+
+def test_dora_finds_its_base_from_the_config(dora):
+    """peft wrote base_model_name_or_path = the MiniLM folder, so no --base is needed."""
+    report = spectra.analyze(dora.path, layers=[0])
+    assert any("base model found from base_model_name_or_path" in w for w in report.warnings)
+    assert report.rows[0]["kind"] == "dense"
+
+
+def test_dora_directional_part_on_request(dora, tmp_path):
+    folder = tmp_path / "dora"
+    shutil.copytree(dora.path, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "nowhere/to-be-found"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(MissingBaseError, match="nowhere/to-be-found"):
+        spectra.analyze(folder)
+    report = spectra.analyze(folder, directional_only=True)
+    assert [row["numerical_rank"] for row in report.rows] == [4] * 12
+
+
+def test_adalora_with_pruned_and_rank_0_modules(tmp_path, minilm_dir):
+    from peft import AdaLoraConfig, get_peft_model
+
+    from .conftest import load_bert
+
+    config = AdaLoraConfig(
+        init_r=6, target_r=3, lora_alpha=8, target_modules=["key", "value"], total_step=100
+    )
+    model = get_peft_model(load_bert(minilm_dir), config)
+    randomize_adapter(model, seed=5)
+    # Budget allocation's outcome: a keep-mask per module; layer 1's key keeps nothing.
+    pattern = {}
+    for layer in range(6):
+        for role in ("key", "value"):
+            keep = [True, False, True, True, False, False]
+            if layer == 1 and role == "key":
+                keep = [False] * 6
+            pattern[f"encoder.layer.{layer}.attention.self.{role}.lora_E"] = keep
+    model.peft_config["default"].rank_pattern = pattern
+    folder = tmp_path / "adalora"
+    model.save_pretrained(str(folder))
+    reference = merged_reference(folder, minilm_dir)
+    assert (1, "k") not in reference  # ΔW = 0 there: peft's merge leaves W0 as it was
+
+    report = spectra.analyze(folder)
+    assert report.meta["source"]["variant"] == "AdaLoRA"
+    for row in report.rows:
+        key = (row["layer"], row["module"])
+        sigma = report.spectrum(*key)
+        if key == (1, "k"):
+            assert len(sigma) == 0 and row["numerical_rank"] == 0 and row["effective_rank"] == 0
+            continue
+        expected = reference_sigma(reference[key])
+        np.testing.assert_allclose(sigma, expected[:3], rtol=1e-6)
+        assert row["numerical_rank"] == 3
+        assert row["scale"] == pytest.approx(8 / (6 + 1e-5))
+    assert any("L1.k: ΔW is exactly zero" in warning for warning in report.warnings)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr", "lokr_both", "vera"])
+def test_lycoris_and_vera_match_peft_merge(tmp_path, minilm_dir, kind):
+    from peft import LoHaConfig, LoKrConfig, VeraConfig
+
+    config = {
+        "loha": LoHaConfig(r=4, alpha=8, target_modules=["key", "value"]),
+        "lokr": LoKrConfig(r=4, alpha=6, target_modules=["key", "value"]),
+        "lokr_both": LoKrConfig(r=2, alpha=4, target_modules=["key", "value"], decompose_both=True),
+        "vera": VeraConfig(r=16, target_modules=["key", "value"], save_projection=True),
+    }[kind]
+    adapter = make_peft_adapter(tmp_path / kind, minilm_dir, seed=7, config=config)
+    report = _check_against_reference(adapter)
+    expected_kind = "factored" if kind == "vera" else "dense"
+    assert {row["kind"] for row in report.rows} == {expected_kind}
+
+
+def test_vera_with_base_reads_each_modules_width(tmp_path, minilm_dir):
+    from peft import VeraConfig
+
+    config = VeraConfig(r=8, target_modules=["query", "value"], save_projection=True)
+    adapter = make_peft_adapter(tmp_path / "vera", minilm_dir, seed=2, config=config)
+    without = spectra.analyze(adapter.path, modules=["q", "v"])
+    assert any("width of the shared vera_A" in w for w in without.warnings)
+    _check_against_reference(adapter, load_options={"base": minilm_dir}, modules=["q", "v"])
+
+
+def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, minilm_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from .conftest import load_bert
+
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["key", "value"], modules_to_save=["pooler.dense"]
+    )
+    model = get_peft_model(load_bert(minilm_dir), config)
+    randomize_adapter(model, seed=3)
+    folder = tmp_path / "bin"
+    model.save_pretrained(str(folder), safe_serialization=False)
+    assert (folder / "adapter_model.bin").is_file()
+    reference = merged_reference(folder, minilm_dir)
+    config_path = folder / "adapter_config.json"
+    data = json.loads(config_path.read_text())
+    data["init_lora_weights"] = "pissa"
+    config_path.write_text(json.dumps(data))
+
+    info = spectra.load(folder).describe()
+    assert info.details["modules_to_save"] == [
+        "base_model.model.pooler.dense.bias",
+        "base_model.model.pooler.dense.weight",
+    ]
+    assert any("modules_to_save" in w for w in info.warnings)
+    assert any("pissa" in w and "modifi" in w for w in info.warnings)
+    report = spectra.analyze(folder)
+    for row in report.rows:
+        expected = reference_sigma(reference[(row["layer"], row["module"])])
+        np.testing.assert_allclose(
+            report.spectrum(row["layer"], row["module"]), expected[:4], rtol=1e-9
+        )
+
+
+def test_sub_folder_adapters_need_a_name(tmp_path, minilm_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from .conftest import load_bert
+
+    model = get_peft_model(
+        load_bert(minilm_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["key", "value"])
+    )
+    model.add_adapter("other", LoraConfig(r=2, lora_alpha=2, target_modules=["query"]))
+    randomize_adapter(model, seed=1)
+    model.set_adapter("other")
+    randomize_adapter(model, seed=9)
+    folder = tmp_path / "two"
+    model.save_pretrained(str(folder), selected_adapters=["other"])
+    assert (folder / "other" / "adapter_config.json").is_file()
+    with pytest.raises(FormatError, match=r"sub-folders \(other\).*--adapter NAME"):
+        spectra.load(folder)
+    with pytest.raises(FormatError, match="no adapter named 'missing'"):
+        spectra.load(folder, adapter="missing")
+    reference = merged_reference(folder / "other", minilm_dir, adapter_name="other")
+    report = spectra.analyze(folder, adapter="other", modules=["q"])
+    assert [row["numerical_rank"] for row in report.rows] == [2] * 6
+    for row in report.rows:
+        expected = reference_sigma(reference[(row["layer"], "q")])
+        np.testing.assert_allclose(report.spectrum(row["layer"], "q"), expected[:2], rtol=1e-9)
+
+
+def test_base_found_in_a_local_hugging_face_cache(tmp_path, minilm_dir, lora_adapter, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--acme--minilm" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).symlink_to(minilm_dir / name)
+    (tmp_path / "hub" / "models--acme--minilm" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--minilm" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from spectra.loaders.peft import resolve_base
+
+    assert resolve_base("acme/minilm") == snapshot
+    assert resolve_base("acme/other") is None
+    assert resolve_base(str(minilm_dir)) == minilm_dir
