@@ -1,4 +1,4 @@
-"""The ``spectra`` command group: ``analyze``, ``inspect`` and ``demo``.
+"""The ``spectra`` command group: ``analyze``, ``inspect``, ``convert`` and ``demo``.
 
 Each command parses its options, calls the public ``spectra`` API, and
 prints. A ``SpectraError`` becomes one red line on stderr and exit status 1;
@@ -17,6 +17,7 @@ import click
 import spectra
 from spectra.demo import write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
+from spectra.loaders import write_multilora
 from spectra.report import check_target
 
 from .options import LAYERS, MODULES
@@ -90,7 +91,7 @@ def _metrics_table(report: spectra.Report) -> str:
     return render([title for _, title in TABLE_COLUMNS], rows)
 
 
-def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label):
+def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label, **options):
     bar = _ProgressBar(quiet, label)
     try:
         return spectra.analyze(
@@ -101,6 +102,7 @@ def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label):
             device=device,
             method="exact" if exact else "fast",
             progress=bar,
+            **options,
         )
     finally:
         bar.close()
@@ -120,9 +122,47 @@ def cli() -> None:
 _path = click.Path(path_type=Path)
 
 
+def loader_options(command):
+    """Options that say how to read a checkpoint, shared by analyze, inspect and convert."""
+    options = [
+        click.option("--adapter", help="A PEFT adapter saved in a sub-folder of CKPT, by name."),
+        click.option(
+            "--per-head",
+            is_flag=True,
+            help="Multi-head LoRA and MultiLoRA: one row per head instead of the whole ΔW.",
+        ),
+        click.option(
+            "--directional-only",
+            is_flag=True,
+            help="DoRA without a base: analyse the directional part s·B@A alone.",
+        ),
+        click.option(
+            "--lora-alpha",
+            type=float,
+            help="MultiLoRA: α, which its checkpoints do not save (norms scale by α/r).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
+    return {
+        "adapter": adapter,
+        "per_head": per_head,
+        "directional_only": directional_only,
+        "lora_alpha": lora_alpha,
+    }
+
+
 @cli.command()
 @click.argument("ckpt", type=_path)
-@click.option("--base", type=_path, help="Base model folder (needed for full fine-tunes).")
+@click.option(
+    "--base",
+    type=_path,
+    help="Base model folder: needed for full fine-tunes and DoRA, optional otherwise (adds relative_norm).",
+)
 @click.option(
     "--modules",
     type=MODULES,
@@ -147,11 +187,15 @@ _path = click.Path(path_type=Path)
 @click.option("--force", is_flag=True, help="Replace an existing report at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and metadata as JSON.")
-def analyze(ckpt, base, modules, layers, device, exact, out, force, quiet, as_json):
-    """Analyse the ΔW of each layer of CKPT (an adapter folder or a model folder)."""
+@loader_options
+def analyze(ckpt, base, modules, layers, device, exact, out, force, quiet, as_json, **options):
+    """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
+    checkpoint, or a fine-tuned model folder (with --base)."""
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
-    report = _run_analysis(ckpt, base, modules, layers, device, exact, quiet, "analysing")
+    report = _run_analysis(
+        ckpt, base, modules, layers, device, exact, quiet, "analysing", **_load_options(**options)
+    )
     if as_json:
         click.echo(json.dumps({"meta": report.meta, "rows": report.rows}, indent=2, default=str))
     else:
@@ -177,9 +221,11 @@ def analyze(ckpt, base, modules, layers, device, exact, out, force, quiet, as_js
 @click.argument("ckpt", type=_path)
 @click.option("--base", type=_path, help="Base model folder, to check it matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def inspect(ckpt, base, as_json):
-    """Show what CKPT holds (format, modules, shapes, dtypes, ranks, scales) without computing."""
-    checkpoint = spectra.load(ckpt, base=base)
+@loader_options
+def inspect(ckpt, base, as_json, **options):
+    """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
+    where each scale came from, heads, warnings) without computing anything."""
+    checkpoint = spectra.load(ckpt, base=base, **_load_options(**options))
     info = checkpoint.describe()
     if base is not None:
         checkpoint.plan(modules=sorted({m.role for m in info.modules}))
@@ -228,6 +274,24 @@ def inspect(ckpt, base, as_json):
     ]
     click.echo(render(header, rows))
     _warn(info.warnings)
+
+
+@cli.command()
+@click.argument("src", type=_path)
+@click.argument("dst", type=_path)
+@click.option("--lora-alpha", type=float, help="α to record (the reference layout saves none).")
+@click.option("--force", is_flag=True, help="Replace a MultiLoRA folder already at DST.")
+def convert(src, dst, lora_alpha, force):
+    """Convert a MultiLoRA checkpoint SRC (reference .pt layout) to spectra's folder DST.
+
+    DST holds adapter_config.json (peft_type SPECTRA_MULTILORA, r, num_heads,
+    lora_alpha) and adapter_model.safetensors with the stacked lora_A (n, r, d_in),
+    lora_B (n, d_out, r) and lora_scaling (n, d_out) of each module.
+    """
+    checkpoint = spectra.load(src, format="multilora", lora_alpha=lora_alpha)
+    out = write_multilora(checkpoint, dst, force=force)
+    click.echo(f"{len(checkpoint.stacked)} MultiLoRA modules written to {out}/")
+    _warn(checkpoint.warnings())
 
 
 @cli.command()
