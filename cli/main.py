@@ -161,7 +161,8 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
 @click.option(
     "--base",
     type=_path,
-    help="Base model folder: needed for full fine-tunes and DoRA, optional otherwise (adds relative_norm).",
+    help="Base model folder: needed for full fine-tunes and DoRA; optional otherwise "
+    "(adds relative_norm).",
 )
 @click.option(
     "--modules",
