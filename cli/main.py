@@ -113,9 +113,10 @@ def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label, **op
 def cli() -> None:
     """spectra: what did fine-tuning do to each layer?
 
-    Rebuilds the weight update ΔW of each layer from a full fine-tune or a
-    PEFT LoRA adapter, takes its singular values, and measures how balanced
-    they are (entropy, effective rank, stable rank, energy rank, …).
+    Rebuilds the weight update ΔW of each layer from a full fine-tune, a PEFT
+    adapter (LoRA, rsLoRA, DoRA, AdaLoRA, LoHa, LoKr, VeRA, multi-head LoRA)
+    or a MultiLoRA checkpoint, takes its singular values, and measures how
+    balanced they are (entropy, effective rank, stable rank, energy rank, …).
     """
 
 

@@ -1,8 +1,8 @@
 """spectra: the spectral analysis of fine-tuning updates.
 
-Rebuild the weight update ΔW of each layer from a full fine-tune or a PEFT
-LoRA adapter, take its singular values (on the GPU when there is one), and
-measure how balanced it is::
+Rebuild the weight update ΔW of each layer from a full fine-tune, a PEFT
+adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
+(on the GPU when there is one), and measure how balanced it is::
 
     import spectra
     report = spectra.analyze("adapter/")            # k and v projections

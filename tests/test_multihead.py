@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from spectra_cli.main import cli
 from torch import nn
 
 import spectra
 from spectra import Report
-from spectra_cli.main import cli
 
 from .conftest import MINILM_LAYERS, load_bert, reference_sigma
 

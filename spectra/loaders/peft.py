@@ -349,10 +349,9 @@ class PeftCheckpoint(AdapterCheckpoint):
                     heads=adapted.heads,
                 )
             )
-        details = {
-            "weights": str(self.store.path),
-            "peft_type": self.config.get("peft_type"),
-            "r": self.config.get("r"),
+        details = {"weights": str(self.store.path), "peft_type": self.config.get("peft_type")}
+        details |= {k: self.config[k] for k in self.rebuild.config_fields if k in self.config}
+        details |= {
             "target_modules": self.config.get("target_modules"),
             "base_model_name_or_path": self.config.get("base_model_name_or_path"),
         }
@@ -379,6 +378,7 @@ class _Variant:
     """How one ``peft_type`` names its tensors and rebuilds ΔW."""
 
     why_base = ""
+    config_fields: tuple[str, ...] = ("r", "alpha", "rank_pattern", "alpha_pattern")
 
     def name(self, ckpt: PeftCheckpoint) -> str:
         raise NotImplementedError
@@ -410,6 +410,17 @@ class _Lora(_Variant):
     """LoRA, rsLoRA, DoRA and multi-head LoRA (HydraLoRA / R-LoRA: ``lora_B{j}``)."""
 
     why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
+    config_fields = (
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "use_dora",
+        "lora_nums",
+        "fan_in_fan_out",
+        "rank_pattern",
+        "alpha_pattern",
+        "init_lora_weights",
+    )
 
     def name(self, ckpt):
         if self._heads(ckpt):
@@ -505,6 +516,8 @@ class _Lora(_Variant):
 
 class _AdaLora(_Variant):
     """AdaLoRA: ΔW = B @ (A ⊙ E) · α / (init_r + 1e-5); ranknum is init_r, not saved."""
+
+    config_fields = ("init_r", "target_r", "lora_alpha")
 
     def name(self, ckpt):
         return "AdaLoRA"
@@ -621,6 +634,8 @@ class _LoKr(_Variant):
 
 class _Vera(_Variant):
     """VeRA: ΔW = diag(λ_b) B[:d_out] diag(λ_d) A[:, :d_in], A and B shared by all modules."""
+
+    config_fields = ("r", "save_projection", "projection_prng_key", "d_initial")
 
     def name(self, ckpt):
         return "VeRA"
