@@ -256,3 +256,58 @@ def test_all_modules_of_a_llama_model(tmp_path):
     _assert_role_spectra(
         report, {(0, role): stored[f"layers.0.{name}.weight"] for role, name in names.items()}
     )
+
+
+def test_llama_gqa_lora_matches_peft_merge(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    LlamaModel(config).save_pretrained(str(tmp_path / "base"))
+    model = LlamaModel.from_pretrained(str(tmp_path / "base"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=["k_proj", "v_proj"])
+    )
+    randomize_adapter(peft_model, seed=8)
+    peft_model.save_pretrained(str(tmp_path / "lora"))
+    reference_model = LlamaModel.from_pretrained(str(tmp_path / "base"), dtype=torch.float64)
+    names = {"k": "k_proj", "v": "v_proj"}
+    before = {
+        (i, role): getattr(reference_model.layers[i].self_attn, name).weight.detach().clone()
+        for i in range(2)
+        for role, name in names.items()
+    }
+    merged = PeftModel.from_pretrained(reference_model, str(tmp_path / "lora")).merge_and_unload()
+    expected = {
+        key: (
+            getattr(merged.layers[key[0]].self_attn, names[key[1]]).weight.detach() - weight
+        ).numpy()
+        for key, weight in before.items()
+    }
+    report = spectra.analyze(tmp_path / "lora")
+    _assert_role_spectra(report, expected)
+    assert {(row["d_out"], row["d_in"]) for row in report.rows} == {(16, HIDDEN)}
+    assert {row["scale"] for row in report.rows} == {16 / 2.0}  # α/√r
+
+
+def test_unknown_architecture_lists_the_module_names_found(tmp_path):
+    from safetensors.torch import save_file
+
+    from spectra.errors import FormatError
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    save_file(
+        {"trunk.mixers.0.wqkv.weight": torch.zeros(6, 4), "head.weight": torch.zeros(2, 4)},
+        str(folder / "model.safetensors"),
+    )
+    with pytest.raises(FormatError, match=r"module names found: head, trunk.mixers.0.wqkv"):
+        spectra.load(folder)
