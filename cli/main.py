@@ -1,4 +1,4 @@
-"""The ``spectra`` command group: ``analyze``, ``inspect``, ``convert`` and ``demo``.
+"""The ``spectra`` command group: analyze, inspect, compare, plot, convert, demo.
 
 Each command parses its options, calls the public ``spectra`` API, and
 prints. A ``SpectraError`` becomes one red line on stderr and exit status 1;
@@ -15,9 +15,12 @@ from pathlib import Path
 import click
 
 import spectra
-from spectra.demo import write_demo_checkpoints
+from spectra import plot as plot_module
+from spectra.comparison import SUMMARY_METRICS, check_comparison_target
+from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
 from spectra.loaders import write_multilora
+from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target
 
 from .options import LAYERS, MODULES
@@ -296,18 +299,142 @@ def convert(src, dst, lora_alpha, force):
     _warn(checkpoint.warnings())
 
 
+def _print_summary(comparison) -> None:
+    rows = [
+        [row["method"], row["module"], *(row[m] for m in SUMMARY_METRICS)]
+        for row in comparison.summary()
+    ]
+    click.echo(render(["method", "module", *SUMMARY_TITLES], rows))
+
+
+SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
+_figure_format = click.option(
+    "--format",
+    "figure_format",
+    type=click.Choice(["png", "pdf", "svg"]),
+    default="png",
+    show_default=True,
+    help="Figure file format.",
+)
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=_path)
+@click.option(
+    "--label", "labels", multiple=True, help="One label per source, in order (e.g. FT, LoRA)."
+)
+@click.option("--base", type=_path, help="Base model folder, for the sources that use one.")
+@click.option("--modules", type=MODULES, default=None, help="Roles to analyse [default: k,v].")
+@click.option("--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all].")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--exact", is_flag=True, help="Dense ΔW: float64 SVD instead of Gram eigenvalues.")
+@click.option(
+    "--lora-alpha", type=float, help="α for MultiLoRA sources (their checkpoints save none)."
+)
+@click.option("--per-head", is_flag=True, help="Multi-head sources: one row per head.")
+@click.option(
+    "--out", type=_path, required=True, help="Folder for summary.csv, reports and figures."
+)
+@click.option("--force", is_flag=True, help="Replace an earlier comparison at --out.")
+@_figure_format
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def compare(
+    sources,
+    labels,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    lora_alpha,
+    per_head,
+    out,
+    force,
+    figure_format,
+    quiet,
+):
+    """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
+    summary per method and module (mean over layers), and write summary.csv, the
+    reports and the figures (Figure 2 histograms, spectra, metrics by layer) to --out."""
+    check_comparison_target(out, force)
+    bar = _ProgressBar(quiet, "analysing")
+    try:
+        comparison = spectra.compare(
+            sources,
+            labels or None,
+            base=base,
+            modules=modules,
+            layers=layers,
+            device=device,
+            method="exact" if exact else "fast",
+            progress=bar,
+            lora_alpha=lora_alpha,
+            per_head=per_head,
+        )
+    finally:
+        bar.close()
+    _print_summary(comparison)
+    for label, report in zip(comparison.labels, comparison.reports, strict=True):
+        _warn(f"{label}: {warning}" for warning in report.warnings)
+    comparison.save(out, force=force, figure_format=figure_format)
+    click.echo(f"summary, reports and figures written to {out}/", err=True)
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=_path)
+@click.option("--label", "labels", multiple=True, help="One label per report, in order.")
+@click.option("--out", type=_path, required=True, help="Folder for the figures.")
+@click.option(
+    "--normalize",
+    type=click.Choice(list(NORMALIZATIONS)),
+    default="sigma1",
+    show_default=True,
+    help="Histogram x axis: σ/σ₁, σ/‖ΔW‖_F or raw σ.",
+)
+@click.option("--log-x", is_flag=True, help="Histogram with log-spaced bins.")
+@click.option(
+    "--layer", help="Histogram of one layer (a number) or of each layer (grid) [default: pooled]."
+)
+@click.option("--force", is_flag=True, help="Overwrite figures already in --out.")
+@_figure_format
+def plot(reports, labels, out, normalize, log_x, layer, force, figure_format):
+    """Redraw the figures from saved REPORT folders, without recomputing anything."""
+    loaded = [spectra.Report.load(path) for path in reports]
+    names = list(labels) or [path.name for path in reports]
+    if layer not in (None, "grid") and not layer.isdigit():
+        raise click.BadParameter(
+            f"{layer!r} is neither a layer number nor grid", param_hint="--layer"
+        )
+    targets = [out / f"{name}.{figure_format}" for name in ("figure2", "spectrum")]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
+    modules = [
+        m for m in ("k", "v") if all(any(r["module"] == m for r in rep.rows) for rep in loaded)
+    ] or None
+    layer_value = int(layer) if layer and layer.isdigit() else layer
+    figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer_value)
+    plot_module.save_figure(figure, targets[0])
+    figure, _ = plot_module.spectrum(loaded, names, modules)
+    plot_module.save_figure(figure, targets[1])
+    click.echo(f"figures written to {out}/: {', '.join(path.name for path in targets)}")
+
+
 @cli.command()
 @click.option(
     "--out",
     type=_path,
     default=Path("spectra-demo"),
     show_default=True,
-    help="Folder for the example checkpoints and reports.",
+    help="Folder for the example checkpoints, reports and figures.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing demo folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def demo(out, force, quiet):
-    """Write a small FT and LoRA example in their real formats and analyse both."""
+    """Write a small FT, LoRA and MultiLoRA example in their real formats, analyse
+    and compare them, and draw the Figure 2 histograms."""
     if out.exists() and any(out.iterdir()):
         if not force:
             raise ReportExistsError(
@@ -318,39 +445,32 @@ def demo(out, force, quiet):
                 f"{out}: exists and is not a spectra demo folder; choose another --out"
             )
     paths = write_demo_checkpoints(out / "checkpoints")
-    click.echo(f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora)")
-    reports = {
-        "FT": _run_analysis(paths["ft"], paths["base"], None, None, "auto", False, quiet, "FT"),
-        "LoRA": _run_analysis(paths["lora"], None, None, None, "auto", False, quiet, "LoRA"),
-    }
-    summary = []
-    for label, report in reports.items():
-        report.save(out / "reports" / label.lower(), force=True)
-        for role in report.meta["modules"]:
-            rows = [row for row in report.rows if row["module"] == role]
-            summary.append(
-                [label, role, f"{rows[0]['d_out']}x{rows[0]['d_in']}"]
-                + [sum(row[m] for row in rows) / len(rows) for m in _SUMMARY_METRICS]
-            )
+    click.echo(
+        f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora, multilora.pt)"
+    )
+    bar = _ProgressBar(quiet, "analysing")
+    try:
+        comparison = spectra.compare(
+            [paths["ft"], paths["lora"], paths["multilora"]],
+            ["FT", "LoRA", "MultiLoRA"],
+            base=paths["base"],
+            progress=bar,
+            lora_alpha=DEMO_LORA_ALPHA,
+        )
+    finally:
+        bar.close()
     click.echo("\nmean over layers:")
-    click.echo(render(["method", "module", "shape", *_SUMMARY_TITLES], summary))
+    _print_summary(comparison)
     click.echo(
-        "\nFT spreads its update over many directions (high normalized entropy, large "
-        "effective rank); LoRA's update is led by a few (top-1 share near 3/4)."
+        "\nFT and MultiLoRA spread their updates over many directions (high normalized "
+        "entropy, effective rank close to the rank); LoRA's update is led by a few "
+        "(top-1 share near 3/4)."
     )
+    comparison.save(out / "comparison", force=True)
     click.echo(
-        f"reports written to {out / 'reports'}/ (ft, lora): metrics.csv, report.json, spectra"
+        f"reports, summary.csv and figures (figure2.png: the Figure 2 histograms) written to "
+        f"{out / 'comparison'}/"
     )
-
-
-_SUMMARY_METRICS = (
-    "normalized_entropy",
-    "effective_rank",
-    "stable_rank",
-    "energy_rank@0.9",
-    "top_share@1",
-)
-_SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
 __version__ = "0.1.0"
 
 from . import metrics
+from .comparison import Comparison, compare
 from .delta import Dense, Factored, LayerDelta
 from .errors import (
     BaseMismatchError,
@@ -34,6 +35,7 @@ __all__ = [
     "BaseMismatchError",
     "Checkpoint",
     "CheckpointInfo",
+    "Comparison",
     "Dense",
     "DeviceError",
     "Factored",
@@ -47,6 +49,7 @@ __all__ = [
     "SpectraError",
     "__version__",
     "analyze",
+    "compare",
     "load",
     "metrics",
     "singular_values",

@@ -11,11 +11,15 @@ peft or transformers:
 - ``lora/``: a PEFT LoRA adapter folder (``adapter_config.json`` +
   ``adapter_model.safetensors``, PEFT's key names) with r = 8, α = 16 on
   k_proj and v_proj, whose update is dominated by a few directions
-  (σ_i ∝ 2^-i within the rank).
+  (σ_i ∝ 2^-i within the rank);
+- ``multilora.pt``: a MultiLoRA checkpoint in the reference layout (n = 4
+  heads of rank 2, the same total rank 8, α = 16), whose random factors and
+  scaling vectors spread the update evenly over its 8 directions.
 
-The spectra are planted by construction (random orthonormal bases times
-chosen singular values), so the demo shows the contrast the MultiLoRA paper
-describes: a balanced FT update against a LoRA update led by a few directions.
+The FT and LoRA spectra are planted by construction (random orthonormal bases
+times chosen singular values), so the demo shows the contrast the MultiLoRA
+paper describes: FT and MultiLoRA updates spread over many directions, a
+LoRA update led by a few.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["DEMO_SHAPE", "write_demo_checkpoints"]
+__all__ = ["DEMO_LORA_ALPHA", "DEMO_SHAPE", "write_demo_checkpoints"]
 
 DEMO_SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "intermediate": 512}
 _LORA_RANK, _LORA_ALPHA = 8, 16
+DEMO_LORA_ALPHA = _LORA_ALPHA  # α of the LoRA and MultiLoRA examples
+_MULTILORA_HEADS, _MULTILORA_RANK = 4, 2
 
 
 def _orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +95,10 @@ def _write_model(folder: Path, weights: dict[str, torch.Tensor]) -> None:
 
 
 def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``base/``, ``ft/`` and ``lora/`` under ``folder``; return their paths."""
+    """Write ``base/``, ``ft/``, ``lora/`` and ``multilora.pt`` under ``folder``.
+
+    Returns their paths by name.
+    """
     folder = Path(folder)
     generator = torch.Generator().manual_seed(seed)
     base = _base_weights(generator)
@@ -113,7 +122,12 @@ def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]
             A = S[:_LORA_RANK].sqrt()[:, None] * Vh[:_LORA_RANK]  # (r, d_in)
             adapter[f"base_model.model.{name}.lora_A.weight"] = A.float().contiguous()
             adapter[f"base_model.model.{name}.lora_B.weight"] = B.float().contiguous()
-    paths = {"base": folder / "base", "ft": folder / "ft", "lora": folder / "lora"}
+    paths = {
+        "base": folder / "base",
+        "ft": folder / "ft",
+        "lora": folder / "lora",
+        "multilora": folder / "multilora.pt",
+    }
     _write_model(paths["base"], base)
     _write_model(paths["ft"], tuned)
     paths["lora"].mkdir(parents=True, exist_ok=True)
@@ -135,4 +149,20 @@ def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]
         "init_lora_weights": True,
     }
     (paths["lora"] / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.save(_multilora_state(base, generator), paths["multilora"])
     return paths
+
+
+def _multilora_state(base: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+    """MultiLoRA's reference layout: stacked lora_A, lora_B, lora_scaling per module."""
+    n, r = _MULTILORA_HEADS, _MULTILORA_RANK
+    state = {}
+    for layer in range(DEMO_SHAPE["layers"]):
+        for module in ("k_proj", "v_proj"):
+            name = f"model.layers.{layer}.self_attn.{module}"
+            d_out, d_in = base[f"{name}.weight"].shape
+            state[f"{name}.weight"] = base[f"{name}.weight"]  # the frozen base sits alongside
+            state[f"{name}.lora_A"] = torch.randn(n, r, d_in, generator=generator) / d_in**0.5
+            state[f"{name}.lora_B"] = 0.05 * torch.randn(n, d_out, r, generator=generator)
+            state[f"{name}.lora_scaling"] = 1.0 + 0.1 * torch.randn(n, d_out, generator=generator)
+    return state

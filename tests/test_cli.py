@@ -136,20 +136,25 @@ def test_usage_errors_exit_2(runner, arguments):
     assert runner.invoke(cli, arguments).exit_code == 2
 
 
-def test_demo_writes_checkpoints_and_reports(runner, tmp_path):
+def test_demo_writes_checkpoints_reports_and_figure(runner, tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(cli, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    ft, lora = Report.load(out / "reports" / "ft"), Report.load(out / "reports" / "lora")
+    reports = out / "comparison" / "reports"
+    ft, lora, multilora = (Report.load(reports / name) for name in ("FT", "LoRA", "MultiLoRA"))
     assert ft.meta["source"]["format"] == "full" and lora.meta["source"]["format"] == "peft"
-    # The planted spectra: FT full rank and balanced, LoRA rank 8 with energies 4^-i.
+    assert multilora.meta["source"]["format"] == "multilora"
+    # The planted spectra: FT full rank, LoRA rank 8 with energies 4^-i, MultiLoRA 4 heads × rank 2.
     assert all(row["numerical_rank"] == 64 for row in ft.rows)
-    assert all(row["numerical_rank"] == 8 for row in lora.rows)
+    assert all(row["numerical_rank"] == 8 for row in lora.rows + multilora.rows)
     assert all(row["top_share@1"] == pytest.approx(0.75 / (1 - 4.0**-8)) for row in lora.rows)
-    assert min(r["normalized_entropy"] for r in ft.rows) > max(
-        r["normalized_entropy"] for r in lora.rows
-    )
+    entropy = {
+        name: [r["normalized_entropy"] for r in rep.rows]
+        for name, rep in [("ft", ft), ("lora", lora), ("ml", multilora)]
+    }
+    assert min(entropy["ft"]) > max(entropy["ml"]) > max(entropy["lora"])
     assert "mean over layers" in result.stdout
+    assert (out / "comparison" / "figure2.png").stat().st_size > 10_000
     # A second run without --force keeps the first.
     assert runner.invoke(cli, ["demo", "--out", str(out)]).exit_code == 1
     assert runner.invoke(cli, ["demo", "--out", str(out), "--force"]).exit_code == 0

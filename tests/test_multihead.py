@@ -1,81 +1,39 @@
-"""MultiLoRA and multi-head LoRA (HydraLoRA) against reference modules written here.
+"""MultiLoRA and multi-head LoRA (HydraLoRA) checkpoints against numpy.
 
-The reference modules implement the forward passes of FORMATS.md §3–4 on the
-real MiniLM's key and value projections, are trained a few steps (so the
-scaling vectors and routers move away from their initial values), and are
-saved in the reference on-disk layouts. Their ΔW is rebuilt here in numpy
-from the saved tensors, independently of spectra.
+``spectra.reference``'s layers wrap the real MiniLM's key and value
+projections, are trained a few steps (so the scaling vectors and routers
+move away from their initial values), and are saved in the reference
+on-disk layouts. ΔW is rebuilt here in numpy from the saved tensors with the
+formulas of FORMATS.md §3–4, independently of spectra's loaders, and the
+layer's forward pass is checked against that formula too.
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from spectra_cli.main import cli
-from torch import nn
 
 import spectra
 from spectra import Report
+from spectra.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
 
 from .conftest import MINILM_LAYERS, load_bert, reference_sigma
 
 HEADS, RANK, ALPHA = 3, 4, 8.0
 
 
-class MultiLoRALinear(nn.Module):
-    """y = W x + (α/r) Σ_i c_i ⊙ (B_i A_i x), c_i zero-initialised (MultiLoRA)."""
-
-    def __init__(self, base: nn.Linear, heads: int, rank: int, alpha: float):
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        d_out, d_in = base.weight.shape
-        self.scale = alpha / rank
-        self.lora_A = nn.Parameter(torch.randn(heads, rank, d_in) / math.sqrt(d_in))  # (n, r, d_in)
-        self.lora_B = nn.Parameter(0.1 * torch.randn(heads, d_out, rank))  # (n, d_out, r)
-        self.lora_scaling = nn.Parameter(torch.zeros(heads, d_out))  # (n, d_out)
-
-    def forward(self, x):  # x (..., d_in)
-        h = torch.einsum("...i,nri->...nr", x, self.lora_A)  # (..., n, r)
-        h = torch.einsum("...nr,nor->...no", h, self.lora_B)  # (..., n, d_out)
-        return self.base(x) + self.scale * (self.lora_scaling * h).sum(-2)
-
-
-class HydraLoRALinear(nn.Module):
-    """y = W x + s · Σ_j softmax(route(x))_j B_j A x (one shared A, several B heads)."""
-
-    def __init__(self, base: nn.Linear, heads: int, rank: int, alpha: float):
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        d_out, d_in = base.weight.shape
-        self.scale = alpha / rank
-        self.lora_A = nn.Linear(d_in, rank, bias=False)  # weight (r, d_in)
-        for j in range(heads):
-            setattr(self, f"lora_B{j}", nn.Linear(rank, d_out, bias=False))  # weight (d_out, r)
-        self.lora_route = nn.Linear(d_in, heads, bias=False)  # weight (N, d_in)
-        self.heads = heads
-
-    def forward(self, x):
-        weights = torch.softmax(self.lora_route(x), dim=-1)  # (..., N)
-        h = self.lora_A(x)  # (..., r)
-        heads = torch.stack([getattr(self, f"lora_B{j}")(h) for j in range(self.heads)], -1)
-        return self.base(x) + self.scale * (heads * weights[..., None, :]).sum(-1)
-
-
 def _wrap_and_train(minilm_dir, module_class, steps=5, seed=0):
     torch.manual_seed(seed)
     model = load_bert(minilm_dir)
-    for layer in model.encoder.layer:
-        for role in ("key", "value"):
-            setattr(
-                layer.attention.self,
-                role,
-                module_class(getattr(layer.attention.self, role), HEADS, RANK, ALPHA),
-            )
+    replaced = wrap(
+        model, ["key", "value"], lambda linear: module_class(linear, HEADS, RANK, ALPHA)
+    )
+    assert len(replaced) == 2 * MINILM_LAYERS
     if steps:
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(parameters, lr=1e-2)
@@ -195,13 +153,22 @@ def test_untrained_multilora_is_exactly_zero_with_defined_metrics(tmp_path, mini
 
 @pytest.fixture(scope="module")
 def hydra(tmp_path_factory, minilm_dir):
-    model = _wrap_and_train(minilm_dir, HydraLoRALinear, seed=3)
+    model = _wrap_and_train(minilm_dir, MultiHeadLoRALinear, seed=3)
     folder = tmp_path_factory.mktemp("hydra")
     state = {}
     for name, tensor in model.state_dict().items():
         if "lora_" in name:
             state[f"base_model.model.{name}"] = tensor.detach().clone()
     torch.save(state, folder / "adapter_model.bin")
+    module = model.encoder.layer[2].attention.self.value
+    x = torch.randn(5, 384)
+    with torch.no_grad():
+        route = torch.softmax(x @ module.lora_route.weight.T, -1).double().numpy()  # (5, N)
+        heads = _hydra_heads(state, 2, "v")  # each (d_out, d_in)
+        delta_x = sum(route[:, j : j + 1] * (x.double().numpy() @ heads[j].T) for j in range(HEADS))
+        np.testing.assert_allclose(
+            (module(x) - module.base(x)).double().numpy(), delta_x, atol=1e-5
+        )
     config = {
         "peft_type": "LORA",
         "r": RANK,

@@ -45,6 +45,7 @@ __all__ = [
     "Selection",
     "detect_format",
     "load",
+    "option_names",
     "write_multilora",
 ]
 
@@ -60,6 +61,11 @@ _FLAGS = {
     "directional_only": "--directional-only",
     "lora_alpha": "--lora-alpha",
 }
+
+
+def option_names(format: str) -> tuple[str, ...]:
+    """The ``load`` options that apply to checkpoints of ``format``."""
+    return _OPTIONS[format]
 
 
 def detect_format(path: str | Path) -> str:

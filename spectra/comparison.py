@@ -1,0 +1,166 @@
+"""Compare methods: analyse several checkpoints (or load saved reports) side by side.
+
+``compare(sources, labels)`` returns a ``Comparison`` holding one ``Report``
+per source, a summary (per method and module: the mean over layers of
+normalized entropy, effective rank, stable rank, energy rank at 90 % and the
+top-1 share), and ``save(out)``, which writes ``summary.csv``, the reports
+(``reports/<label>/``) and the figures: Figure 2 (``figure2.<ext>``), the
+spectra (``spectrum.<ext>``) and two metrics by layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import replace_folder
+from .errors import ReportExistsError, SpectraError
+from .loaders import detect_format, option_names
+from .report import META_FILE, Progress, Report, analyze
+
+__all__ = ["SUMMARY_METRICS", "Comparison", "compare", "is_report", "write_figures"]
+
+SUMMARY_METRICS = (
+    "normalized_entropy",
+    "effective_rank",
+    "stable_rank",
+    "energy_rank@0.9",
+    "top_share@1",
+)
+SUMMARY_FILE = "summary.csv"
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def is_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a report folder written by ``Report.save``."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "method"
+
+
+@dataclass
+class Comparison:
+    """Reports of several methods under their labels, with a summary."""
+
+    labels: list[str]
+    reports: list[Report]
+
+    def summary(self) -> list[dict[str, object]]:
+        """One row per (method, module): the mean over layers (and heads) of SUMMARY_METRICS."""
+        rows = []
+        for label, report in zip(self.labels, self.reports, strict=True):
+            for module in dict.fromkeys(row["module"] for row in report.rows):
+                selected = [row for row in report.rows if row["module"] == module]
+                summary: dict[str, object] = {
+                    "method": label,
+                    "module": module,
+                    "rows": len(selected),
+                }
+                for metric in SUMMARY_METRICS:
+                    summary[metric] = sum(float(row[metric]) for row in selected) / len(selected)
+                rows.append(summary)
+        return rows
+
+    def summary_csv(self) -> str:
+        buffer = io.StringIO()
+        fields = ["method", "module", "rows", *SUMMARY_METRICS]
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for row in self.summary():
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        return buffer.getvalue()
+
+    def save(self, out: str | os.PathLike, force: bool = False, figure_format: str = "png") -> Path:
+        """Write summary.csv, reports/<label>/ and the figures into ``out``, atomically."""
+        out = Path(out)
+        check_comparison_target(out, force)
+        with replace_folder(out) as staging:
+            (staging / SUMMARY_FILE).write_text(self.summary_csv())
+            for label, report in zip(self.labels, self.reports, strict=True):
+                report.save(staging / "reports" / _slug(label))
+            write_figures(self.reports, self.labels, staging, figure_format)
+        return out
+
+
+def check_comparison_target(out: Path, force: bool) -> None:
+    """A comparison folder may replace an empty folder, or an earlier comparison with force."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / SUMMARY_FILE).is_file():
+        raise ReportExistsError(
+            f"{out}: exists and is not a spectra comparison; spectra will not replace it: "
+            "choose another --out"
+        )
+    if not force:
+        raise ReportExistsError(f"{out}: a comparison is already there; pass --force to replace it")
+
+
+def write_figures(
+    reports: Sequence[Report], labels: Sequence[str], folder: Path, figure_format: str = "png"
+) -> list[Path]:
+    """Figure 2, the spectra and two metrics by layer, as ``<name>.<figure_format>``."""
+    from . import plot
+
+    if figure_format not in FIGURE_FORMATS:
+        raise SpectraError(f"unknown figure format {figure_format!r}: expected png, pdf or svg")
+    modules = [
+        m for m in ("k", "v") if all(any(r["module"] == m for r in rep.rows) for rep in reports)
+    ]
+    modules = modules or None
+    figures = {
+        "figure2": plot.histogram(reports, labels, modules=modules)[0],
+        "spectrum": plot.spectrum(reports, labels, modules=modules)[0],
+        "effective_rank_by_layer": plot.layer_curves(reports, "effective_rank", labels, modules)[0],
+        "normalized_entropy_by_layer": plot.layer_curves(
+            reports, "normalized_entropy", labels, modules
+        )[0],
+    }
+    return [
+        plot.save_figure(fig, folder / f"{name}.{figure_format}") for name, fig in figures.items()
+    ]
+
+
+def compare(
+    sources: Sequence[str | os.PathLike],
+    labels: Sequence[str] | None = None,
+    base: str | os.PathLike | None = None,
+    modules: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    device: str = "auto",
+    method: str = "fast",
+    *,
+    progress: Progress | None = None,
+    **options: object,
+) -> Comparison:
+    """Analyse each source that is not already a report folder, and pair them with labels.
+
+    ``base`` and ``options`` (``lora_alpha``, ``per_head``, …) go to each
+    source whose format uses them; report folders are loaded as saved.
+    """
+    if not sources:
+        raise SpectraError("nothing to compare: give at least one checkpoint or report folder")
+    labels = list(labels) if labels else [Path(s).name for s in sources]
+    if len(labels) != len(sources):
+        raise SpectraError(
+            f"{len(labels)} labels for {len(sources)} sources: give one --label per source"
+        )
+    if len(set(labels)) != len(labels):
+        raise SpectraError(f"labels must differ; got {labels}")
+    reports = []
+    for source in sources:
+        if is_report(source):
+            reports.append(Report.load(source))
+            continue
+        usable = option_names(detect_format(source))
+        given = {key: value for key, value in options.items() if key in usable}
+        reports.append(
+            analyze(source, base, modules, layers, device, method, progress=progress, **given)
+        )
+    return Comparison(labels, reports)
