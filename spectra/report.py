@@ -42,7 +42,7 @@ from .delta import Factored, LayerDelta
 from .errors import FormatError, ReportExistsError, SpectraError
 from .loaders import load
 from .metrics import METRICS, compute, rank_tolerance
-from .svd import accuracy_floor, check_method, resolve_device, singular_values
+from .svd import accuracy_floor, check_method, resolve_device, singular_values_stream
 
 __all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "spectrum_key"]
 
@@ -265,6 +265,8 @@ def analyze(
     *,
     format: str = "auto",
     progress: Progress | None = None,
+    prefetch: int = 1,
+    batch_size: int | None = None,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -273,7 +275,11 @@ def analyze(
     whichever the checkpoint has. ``layers=None`` means every layer.
     ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
     for dense ΔW; factored ΔW always takes the exact QR core.
-    ``progress(done, total, label)`` is called after each module. ``options``
+    ``progress(done, total, label)`` is called after each module. The next
+    module is read on a background thread while one is decomposed
+    (``prefetch`` modules ahead, 0 to read in turn); same-shaped dense updates
+    are decomposed in batches of ``batch_size`` (default 8 on CUDA, 1 on the
+    CPU); neither changes the results. ``options``
     go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
     ``lora_alpha``).
     """
@@ -287,8 +293,10 @@ def analyze(
     spectra: dict[str, np.ndarray] = {}
     scales: dict[str, dict[str, object]] = {}
     total = len(selection.keys)
-    for delta in checkpoint.deltas_for(selection):
-        sigma = singular_values(delta, target, method)  # (k,) float64, descending
+    stream = singular_values_stream(
+        checkpoint.deltas_for(selection), target, method, prefetch=prefetch, batch_size=batch_size
+    )
+    for delta, sigma in stream:  # σ: (k,) float64, descending
         row = _row(delta, sigma, method)
         key = spectrum_key(delta.layer, delta.role, delta.head)
         rows.append(row)

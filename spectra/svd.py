@@ -14,6 +14,10 @@ Two paths, chosen by the kind of update:
   ``"exact"`` is a float64 SVD (``torch.linalg.svdvals``), backward stable:
   absolute error about ``max(d)·ε₆₄·σ_1`` on every value.
 
+``singular_values_stream`` decomposes a stream of deltas, reading the next
+ones on a background thread while the current one is decomposed, and
+batching same-shaped dense matrices on a GPU.
+
 Everything returns a float64 CPU tensor sorted in descending order, of length
 ``min(d_out, d_in)`` for dense updates and ``min(r, d_out, d_in)`` for
 factored ones (the remaining singular values are exact zeros; metrics count
@@ -23,13 +27,25 @@ them through the shape).
 from __future__ import annotations
 
 import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 
 import torch
 
 from .delta import Dense, Factored, LayerDelta
 from .errors import DeviceError, SpectraError
 
-__all__ = ["METHODS", "accuracy_floor", "check_method", "resolve_device", "singular_values"]
+__all__ = [
+    "METHODS",
+    "accuracy_floor",
+    "check_method",
+    "dense_gram_batched",
+    "read_ahead",
+    "resolve_device",
+    "singular_values",
+    "singular_values_stream",
+]
 
 METHODS = ("fast", "exact")
 _EPS64 = torch.finfo(torch.float64).eps
@@ -120,13 +136,131 @@ def _factored(update: Factored, device: torch.device) -> torch.Tensor:
 
 
 def _dense_gram(matrix: torch.Tensor, device: torch.device) -> torch.Tensor:
-    M = matrix.to(device=device, dtype=torch.float64)  # (d_out, d_in)
-    gram = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M  # (n, n), n = min(d_out, d_in)
-    eigenvalues = torch.linalg.eigvalsh(gram)  # (n,) ascending
+    return _gram_spectrum(matrix.to(device=device, dtype=torch.float64))  # (n,)
+
+
+def _gram_spectrum(M: torch.Tensor) -> torch.Tensor:
+    """σ of each float64 matrix in ``M`` ``(..., d_out, d_in)`` from its Gram matrix, descending."""
+    Mt = M.transpose(-2, -1)  # (..., d_in, d_out)
+    gram = M @ Mt if M.shape[-2] <= M.shape[-1] else Mt @ M  # (..., n, n), n = min(d_out, d_in)
+    eigenvalues = torch.linalg.eigvalsh(gram)  # (..., n) ascending
     # Rounding can make eigenvalues of a PSD matrix slightly negative: those are zeros.
-    return eigenvalues.flip(0).clamp_min(0.0).sqrt()
+    return eigenvalues.flip(-1).clamp_min(0.0).sqrt()
 
 
 def _dense_exact(matrix: torch.Tensor, device: torch.device) -> torch.Tensor:
     M = matrix.to(device=device, dtype=torch.float64)  # (d_out, d_in)
     return torch.linalg.svdvals(M)  # (min(d_out, d_in),) descending
+
+
+def singular_values_stream(
+    deltas: Iterable[LayerDelta],
+    device: str | torch.device = "auto",
+    method: str = "fast",
+    *,
+    prefetch: int = 1,
+    batch_size: int | None = None,
+) -> Iterator[tuple[LayerDelta, torch.Tensor]]:
+    """Yield ``(delta, σ)`` for each delta, in order, overlapping reading with computing.
+
+    A background thread reads up to ``prefetch`` deltas ahead (``0`` reads in
+    the calling thread), so at most ``prefetch + 2`` modules are in memory:
+    the one being decomposed, those read ahead, and the one being read.
+    Consecutive dense deltas of one shape are decomposed together in batches
+    of ``batch_size`` (default: 8 on CUDA, 1 on the CPU, where batching buys
+    nothing); the results equal the one-at-a-time path.
+    """
+    check_method(method)
+    target = resolve_device(device)
+    size = batch_size if batch_size is not None else (8 if target.type == "cuda" else 1)
+    if size < 1:
+        raise SpectraError(f"batch_size must be >= 1; got {size}")
+    source = read_ahead(deltas, prefetch) if prefetch > 0 else iter(deltas)
+    pending: list[LayerDelta] = []
+    for delta in source:
+        if pending and (len(pending) >= size or not _batchable(pending[0], delta, method)):
+            yield from _flush(pending, target, method)
+            pending = []
+        pending.append(delta)
+    yield from _flush(pending, target, method)
+
+
+def _batchable(first: LayerDelta, delta: LayerDelta, method: str) -> bool:
+    return (
+        method == "fast"
+        and isinstance(first.update, Dense)
+        and isinstance(delta.update, Dense)
+        and first.shape == delta.shape
+    )
+
+
+def _flush(
+    pending: list[LayerDelta], device: torch.device, method: str
+) -> Iterator[tuple[LayerDelta, torch.Tensor]]:
+    if len(pending) == 1:
+        yield pending[0], singular_values(pending[0], device, method)
+    elif pending:
+        matrices = [delta.update.matrix for delta in pending]
+        yield from zip(pending, dense_gram_batched(matrices, device), strict=True)
+
+
+def dense_gram_batched(
+    matrices: list[torch.Tensor], device: str | torch.device
+) -> list[torch.Tensor]:
+    """The fast (Gram) path for several same-shaped matrices at once; float64 CPU results."""
+    target = resolve_device(device)
+    M = torch.stack(
+        [m.to(device=target, dtype=torch.float64) for m in matrices]
+    )  # (b, d_out, d_in)
+    Mt = M.transpose(1, 2)  # (b, d_in, d_out)
+    gram = M @ Mt if M.shape[1] <= M.shape[2] else Mt @ M  # (b, n, n)
+    eigenvalues = torch.linalg.eigvalsh(gram)  # (b, n) ascending
+    sigma = eigenvalues.flip(-1).clamp_min(0.0).sqrt().cpu()  # (b, n) descending
+    return list(sigma.unbind(0))
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterable, depth: int = 1) -> Iterator:
+    """Iterate ``items`` on a background thread, keeping up to ``depth`` items ready.
+
+    Exceptions raised while producing are re-raised in the consumer; if the
+    consumer stops early (an error, KeyboardInterrupt, ``break``), the thread
+    stops at its next item.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put((_DONE, exc))
+
+    thread = threading.Thread(target=produce, name="spectra-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)

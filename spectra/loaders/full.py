@@ -97,17 +97,23 @@ class ModelWeights:
     def dtype(self, ref: ModuleRef) -> torch.dtype:
         return self.store.info(self.tensor_name(ref)).dtype
 
-    def module_weight(self, ref: ModuleRef) -> torch.Tensor:
-        """The whole module weight ``(d_out, d_in)`` in float64 (Conv1D transposed)."""
+    def module_weight(
+        self, ref: ModuleRef, dtype: torch.dtype | None = torch.float64
+    ) -> torch.Tensor:
+        """The whole module weight ``(d_out, d_in)`` (Conv1D transposed), in ``dtype``.
+
+        ``dtype=None`` keeps the checkpoint's dtype (no copy beyond the read).
+        """
         tensor = self.store.load(self.tensor_name(ref))
         if ref.conv1d:
             tensor = tensor.T  # Conv1D stores (d_in, d_out)
-        return tensor.to(torch.float64)  # (d_out, d_in)
+        return tensor if dtype is None else tensor.to(dtype)  # (d_out, d_in)
 
-    def weight(self, ref: ModuleRef) -> torch.Tensor:
-        """The role's weight ``(d_out, d_in)`` in float64."""
-        tensor = self.module_weight(ref)
-        return tensor[ref.rows(*tensor.shape, self.heads)]
+    def weight(self, ref: ModuleRef, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+        """The role's weight ``(d_out, d_in)``, in ``dtype`` (``None``: as stored)."""
+        tensor = self.module_weight(ref, dtype=None)
+        role = tensor[ref.rows(*tensor.shape, self.heads)]
+        return role if dtype is None else role.to(dtype)
 
     def other_modules(self) -> list[str]:
         return sorted(self._tensor_names)
@@ -200,21 +206,20 @@ class FullCheckpoint(Checkpoint):
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
         assert self.base_weights is not None  # enforced by check()
         ref, base_ref = self.tuned.modules[key], self.base_weights.modules[key]
-        tuned = self.tuned.weight(ref)  # (d_out, d_in) float64
-        base = self.base_weights.weight(base_ref)  # (d_out, d_in) float64
+        tuned = self.tuned.weight(ref, dtype=None)  # (d_out, d_in), as stored
+        base = self.base_weights.weight(base_ref, dtype=None)  # (d_out, d_in), as stored
+        delta = tuned.to(torch.float64)  # one float64 copy, then subtract in place
+        delta -= base
         # The coarser of the two dtypes sets the rounding floor of the difference.
-        dtype = max(
-            (self.tuned.dtype(ref), self.base_weights.dtype(base_ref)),
-            key=lambda d: torch.finfo(d).eps if d.is_floating_point else 0.0,
-        )
-        base_norm = float(torch.linalg.vector_norm(base))
+        dtype = max((tuned.dtype, base.dtype), key=lambda d: torch.finfo(d).eps)
+        base_norm = float(torch.linalg.vector_norm(base, dtype=torch.float64))
+        tuned_norm = float(torch.linalg.vector_norm(tuned, dtype=torch.float64))
         yield LayerDelta(
             layer=ref.layer,
             role=ref.role,
             name=self.tuned.tensor_name(ref),
-            update=Dense(tuned - base),  # (d_out, d_in)
+            update=Dense(delta),  # (d_out, d_in) float64
             source_dtype=dtype,
-            weight_rms=max(base_norm, float(torch.linalg.vector_norm(tuned)))
-            / math.sqrt(base.numel()),
+            weight_rms=max(base_norm, tuned_norm) / math.sqrt(base.numel()),
             base_norm=base_norm,
         )
