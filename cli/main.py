@@ -48,6 +48,10 @@ class SpectraGroup(click.Group):
             message = " ".join(str(exc).split())
             click.secho(f"error: {message}", fg="red", err=True)
             ctx.exit(1)
+        except OSError as exc:  # unreadable files, full disks: still one line, not a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.secho("interrupted: no report was written", fg="red", err=True)
             ctx.exit(130)
@@ -192,14 +196,42 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
 @click.option("--force", is_flag=True, help="Replace an existing report at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and metadata as JSON.")
+@click.option(
+    "--skip-nonfinite",
+    is_flag=True,
+    help="Leave out modules whose weights hold NaN or Inf (named in the warnings) "
+    "instead of refusing the checkpoint.",
+)
 @loader_options
-def analyze(ckpt, base, modules, layers, device, exact, out, force, quiet, as_json, **options):
+def analyze(
+    ckpt,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    out,
+    force,
+    quiet,
+    as_json,
+    skip_nonfinite,
+    **options,
+):
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
     checkpoint, or a fine-tuned model folder (with --base)."""
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
     report = _run_analysis(
-        ckpt, base, modules, layers, device, exact, quiet, "analysing", **_load_options(**options)
+        ckpt,
+        base,
+        modules,
+        layers,
+        device,
+        exact,
+        quiet,
+        "analysing",
+        skip_nonfinite=skip_nonfinite,
+        **_load_options(**options),
     )
     if as_json:
         click.echo(json.dumps({"meta": report.meta, "rows": report.rows}, indent=2, default=str))

@@ -10,6 +10,7 @@ __all__ = [
     "DeviceError",
     "FormatError",
     "MissingBaseError",
+    "NonFiniteError",
     "ReportExistsError",
     "SelectionError",
     "SpectraError",
@@ -34,6 +35,10 @@ class BaseMismatchError(SpectraError):
 
 class SelectionError(SpectraError):
     """The modules or layers asked for are not in the checkpoint."""
+
+
+class NonFiniteError(SpectraError):
+    """A weight holds NaN or Inf, so no spectrum of it means anything."""
 
 
 class DeviceError(SpectraError):

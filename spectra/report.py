@@ -27,7 +27,7 @@ import io
 import json
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +39,16 @@ from safetensors.numpy import save as save_numpy
 from . import __version__
 from .atomic import replace_folder
 from .delta import Factored, LayerDelta
-from .errors import FormatError, ReportExistsError, SpectraError
+from .errors import FormatError, NonFiniteError, ReportExistsError, SpectraError
 from .loaders import load
 from .metrics import METRICS, compute, rank_tolerance
-from .svd import accuracy_floor, check_method, resolve_device, singular_values_stream
+from .svd import (
+    accuracy_floor,
+    check_finite,
+    check_method,
+    resolve_device,
+    singular_values_stream,
+)
 
 __all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "spectrum_key"]
 
@@ -267,6 +273,7 @@ def analyze(
     progress: Progress | None = None,
     prefetch: int = 1,
     batch_size: int | None = None,
+    skip_nonfinite: bool = False,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -279,7 +286,9 @@ def analyze(
     module is read on a background thread while one is decomposed
     (``prefetch`` modules ahead, 0 to read in turn); same-shaped dense updates
     are decomposed in batches of ``batch_size`` (default 8 on CUDA, 1 on the
-    CPU); neither changes the results. ``options``
+    CPU); neither changes the results. A module whose weights hold NaN or Inf
+    raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
+    named in the warnings and in ``meta["skipped"]``. ``options``
     go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
     ``lora_alpha``).
     """
@@ -287,27 +296,35 @@ def analyze(
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)
-    described = {(m.layer, m.role): m for m in checkpoint.describe().modules}
     warnings = [*checkpoint.warnings(), *selection.warnings]
     rows: list[dict[str, object]] = []
     spectra: dict[str, np.ndarray] = {}
     scales: dict[str, dict[str, object]] = {}
     total = len(selection.keys)
+    skipped: list[str] = []
+    deltas = checkpoint.deltas_for(selection)
+    if skip_nonfinite:
+        deltas = _finite_only(deltas, skipped)
     stream = singular_values_stream(
-        checkpoint.deltas_for(selection), target, method, prefetch=prefetch, batch_size=batch_size
+        deltas, target, method, prefetch=prefetch, batch_size=batch_size
     )
     for delta, sigma in stream:  # σ: (k,) float64, descending
         row = _row(delta, sigma, method)
         key = spectrum_key(delta.layer, delta.role, delta.head)
         rows.append(row)
         spectra[key] = sigma.numpy()
-        info = described.get((delta.layer, delta.role))
-        if info is not None and info.scale is not None:
+        info = checkpoint.module_info((delta.layer, delta.role))
+        if info.scale is not None:
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         if row["spectral_norm"] == 0:
             warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
         if progress is not None:
-            progress(len(rows), total, key)
+            progress(len(rows) + len(skipped), total, key)
+    if skipped:
+        warnings.append(
+            f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "
+            f"{', '.join(skipped)}; this report is not the whole selection"
+        )
     meta = {
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -330,8 +347,20 @@ def analyze(
         ),
         "versions": _versions(),
         "warnings": warnings,
+        "skipped": skipped,
     }
     return Report(rows=rows, spectra=spectra, meta=meta)
+
+
+def _finite_only(deltas: Iterator[LayerDelta], skipped: list[str]) -> Iterator[LayerDelta]:
+    """Pass on the deltas whose weights are finite; record the others in ``skipped``."""
+    for delta in deltas:
+        try:
+            check_finite(delta)
+        except NonFiniteError:
+            skipped.append(delta.label)
+            continue
+        yield delta
 
 
 def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, object]:

@@ -34,11 +34,12 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from .delta import Dense, Factored, LayerDelta
-from .errors import DeviceError, SpectraError
+from .errors import DeviceError, NonFiniteError, SpectraError
 
 __all__ = [
     "METHODS",
     "accuracy_floor",
+    "check_finite",
     "check_method",
     "dense_gram_batched",
     "read_ahead",
@@ -104,6 +105,8 @@ def singular_values(
     exact QR-core path, which is both faster and exact.
     """
     check_method(method)
+    if isinstance(delta, LayerDelta):
+        check_finite(delta)
     update = delta.update if isinstance(delta, LayerDelta) else delta
     target = resolve_device(device)
     if isinstance(update, Factored):
@@ -117,6 +120,18 @@ def singular_values(
     else:
         raise TypeError(f"expected a LayerDelta, Dense or Factored, got {type(update).__name__}")
     return sigma.cpu()
+
+
+def check_finite(delta: LayerDelta) -> None:
+    """Raise ``NonFiniteError`` naming the tensor if ΔW's data holds NaN or Inf."""
+    update = delta.update
+    tensors = (update.B, update.A) if isinstance(update, Factored) else (update.matrix,)
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        raise NonFiniteError(
+            f"{delta.name} (layer {delta.layer}, {delta.role}): the weights hold NaN or Inf, so "
+            "ΔW has no spectrum; re-export the checkpoint, or pass --skip-nonfinite to leave "
+            "such modules out (the report then says which)"
+        )
 
 
 def check_method(method: str) -> None:
@@ -200,6 +215,8 @@ def _flush(
     if len(pending) == 1:
         yield pending[0], singular_values(pending[0], device, method)
     elif pending:
+        for delta in pending:
+            check_finite(delta)
         matrices = [delta.update.matrix for delta in pending]
         yield from zip(pending, dense_gram_batched(matrices, device), strict=True)
 

@@ -93,8 +93,24 @@ class Checkpoint(ABC):
         """Every (layer, role) this checkpoint has a ΔW for."""
 
     @abstractmethod
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        """What is known of one (layer, role) before computing: shape, dtype, rank, scale."""
+
+    def details(self) -> dict[str, object]:
+        """Format-specific facts for ``describe()`` (files, config fields)."""
+        return {}
+
     def describe(self) -> CheckpointInfo:
-        """What is in the checkpoint, computing nothing."""
+        """What is in the checkpoint, computing nothing (the ``inspect`` command)."""
+        return CheckpointInfo(
+            path=str(self.path),
+            format=self.format,
+            variant=self.variant,
+            base=str(self.base) if self.base else None,
+            modules=[self.module_info(key) for key in sorted(self.available())],
+            warnings=self.warnings(),
+            details=self.details(),
+        )
 
     @abstractmethod
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:

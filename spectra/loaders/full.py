@@ -19,7 +19,7 @@ import torch
 
 from ..delta import Dense, LayerDelta
 from ..errors import BaseMismatchError, FormatError, MissingBaseError
-from .base import Checkpoint, CheckpointInfo, ModuleInfo, Selection
+from .base import Checkpoint, ModuleInfo, Selection
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
 
@@ -115,6 +115,21 @@ class ModelWeights:
         role = tensor[ref.rows(*tensor.shape, self.heads)]
         return role if dtype is None else role.to(dtype)
 
+    def check_one_dtype(self, refs: list[ModuleRef]) -> None:
+        """Refuse selected weights saved in different dtypes: a sign of a patched checkpoint."""
+        dtypes: dict[torch.dtype, str] = {}
+        for ref in refs:
+            dtypes.setdefault(self.dtype(ref), self.tensor_name(ref))
+        if len(dtypes) > 1:
+            found = ", ".join(
+                f"{str(d).removeprefix('torch.')} ({name})" for d, name in dtypes.items()
+            )
+            raise FormatError(
+                f"{self.store.path}: expected one dtype for the weights analysed, found {found}; "
+                "the rounding floor of ΔW depends on it. Re-save the checkpoint in one dtype, or "
+                "select modules of one dtype with --layers/--modules"
+            )
+
     def other_modules(self) -> list[str]:
         return sorted(self._tensor_names)
 
@@ -158,6 +173,10 @@ class FullCheckpoint(Checkpoint):
                 f"{self.path} is a full model checkpoint: ΔW = W_tuned − W_base needs the "
                 "base model it was fine-tuned from; pass --base DIR (base=... in Python)"
             )
+        for side in (self.tuned, self.base_weights):
+            side.check_one_dtype(
+                [side.modules[key] for key in selection.keys if key in side.modules]
+            )
         for key in selection.keys:
             ref = self.tuned.modules[key]
             base_ref = self.base_weights.modules.get(key)
@@ -175,33 +194,25 @@ class FullCheckpoint(Checkpoint):
                     "is --base the model this checkpoint was fine-tuned from?"
                 )
 
-    def describe(self) -> CheckpointInfo:
-        modules = []
-        for key in sorted(self.tuned.modules):
-            ref = self.tuned.modules[key]
-            modules.append(
-                ModuleInfo(
-                    layer=ref.layer,
-                    role=ref.role,
-                    name=self.tuned.tensor_name(ref),
-                    shape=self.tuned.shape(ref),
-                    dtype=str(self.tuned.dtype(ref)).removeprefix("torch."),
-                    kind="dense",
-                )
-            )
-        warnings = [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        ref = self.tuned.modules[key]
+        return ModuleInfo(
+            layer=ref.layer,
+            role=ref.role,
+            name=self.tuned.tensor_name(ref),
+            shape=self.tuned.shape(ref),
+            dtype=str(self.tuned.dtype(ref)).removeprefix("torch."),
+            kind="dense",
+        )
+
+    def warnings(self) -> list[str]:
+        return [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
+
+    def details(self) -> dict[str, object]:
         details = {"weights": str(self.tuned.store.path)}
         if self.base_weights:
             details["base_weights"] = str(self.base_weights.store.path)
-        return CheckpointInfo(
-            path=str(self.path),
-            format=self.format,
-            variant=self.variant,
-            base=str(self.base) if self.base else None,
-            modules=modules,
-            warnings=warnings,
-            details=details,
-        )
+        return details
 
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
         assert self.base_weights is not None  # enforced by check()

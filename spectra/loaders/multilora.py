@@ -31,9 +31,9 @@ from safetensors.torch import save_file
 
 from ..atomic import replace_folder
 from ..delta import Factored
-from ..errors import FormatError, ReportExistsError
+from ..errors import FormatError, ReportExistsError, SpectraError
 from .adapter import AdapterCheckpoint, Rows
-from .base import CheckpointInfo, ModuleInfo
+from .base import ModuleInfo
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
 
@@ -189,45 +189,34 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             notes.append(f"{len(zero)} modules have all-zero lora_scaling, so ΔW = 0 there")
         return notes
 
-    def describe(self) -> CheckpointInfo:
-        modules = []
-        for key in sorted(self.modules):
-            ref = self.modules[key]
-            stacked = self.stacked[ref.module]
-            try:
-                shape = self.role_shape(ref)
-            except FormatError:
-                shape = self.module_shape(ref)
-            modules.append(
-                ModuleInfo(
-                    layer=ref.layer,
-                    role=ref.role,
-                    name=ref.module,
-                    shape=shape,
-                    dtype=str(self.module_dtype(ref)).removeprefix("torch."),
-                    kind="factored",
-                    rank=stacked.rank,
-                    scale=self.scale(stacked),
-                    scale_source=self.scale_source(stacked),
-                    heads=stacked.heads,
-                )
-            )
-        others = len(self.store.names()) - 3 * len(self.stacked)
-        return CheckpointInfo(
-            path=str(self.path),
-            format=self.format,
-            variant=self.variant,
-            base=str(self.base) if self.base else None,
-            modules=modules,
-            warnings=self.warnings(),
-            details={
-                "weights": str(self.store.path),
-                "heads": sorted({s.heads for s in self.stacked.values()}),
-                "r": sorted({s.rank for s in self.stacked.values()}),
-                "lora_alpha": self.alpha,
-                "other_tensors_ignored": others,
-            },
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        ref = self.modules[key]
+        stacked = self.stacked[ref.module]
+        try:
+            shape = self.role_shape(ref)
+        except SpectraError:  # an interleaved projection before --base is known
+            shape = self.module_shape(ref)
+        return ModuleInfo(
+            layer=ref.layer,
+            role=ref.role,
+            name=ref.module,
+            shape=shape,
+            dtype=str(self.module_dtype(ref)).removeprefix("torch."),
+            kind="factored",
+            rank=stacked.rank,
+            scale=self.scale(stacked),
+            scale_source=self.scale_source(stacked),
+            heads=stacked.heads,
         )
+
+    def details(self) -> dict[str, object]:
+        return {
+            "weights": str(self.store.path),
+            "heads": sorted({s.heads for s in self.stacked.values()}),
+            "r": sorted({s.rank for s in self.stacked.values()}),
+            "lora_alpha": self.alpha,
+            "other_tensors_ignored": len(self.store.names()) - 3 * len(self.stacked),
+        }
 
 
 def write_multilora(

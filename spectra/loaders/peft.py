@@ -34,7 +34,7 @@ import torch
 from ..delta import Dense, Factored
 from ..errors import FormatError, MissingBaseError, SpectraError
 from .adapter import AdapterCheckpoint, Rows, Update
-from .base import CheckpointInfo, ModuleInfo, Selection
+from .base import ModuleInfo, Selection
 from .full import find_model_file
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
@@ -325,30 +325,27 @@ class PeftCheckpoint(AdapterCheckpoint):
             )
         super().check(selection)
 
-    def describe(self) -> CheckpointInfo:
-        modules = []
-        for key in sorted(self.modules):
-            ref = self.modules[key]
-            adapted = self.adapted[ref.module]
-            first = next(iter(adapted.parts.values()))
-            try:
-                shape = self.role_shape(ref)
-            except SpectraError:  # an interleaved projection before --base is known
-                shape = self.module_shape(ref)
-            modules.append(
-                ModuleInfo(
-                    layer=ref.layer,
-                    role=ref.role,
-                    name=ref.module,
-                    shape=shape,
-                    dtype=str(self.store.info(first).dtype).removeprefix("torch."),
-                    kind=self.rebuild.kind(self),
-                    rank=adapted.rank,
-                    scale=adapted.scale,
-                    scale_source=adapted.scale_source,
-                    heads=adapted.heads,
-                )
-            )
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        ref = self.modules[key]
+        adapted = self.adapted[ref.module]
+        try:
+            shape = self.role_shape(ref)
+        except SpectraError:  # an interleaved projection before --base is known
+            shape = self.module_shape(ref)
+        return ModuleInfo(
+            layer=ref.layer,
+            role=ref.role,
+            name=ref.module,
+            shape=shape,
+            dtype=str(self.module_dtype(ref)).removeprefix("torch."),
+            kind=self.rebuild.kind(self),
+            rank=adapted.rank,
+            scale=adapted.scale,
+            scale_source=adapted.scale_source,
+            heads=adapted.heads,
+        )
+
+    def details(self) -> dict[str, object]:
         details = {"weights": str(self.store.path), "peft_type": self.config.get("peft_type")}
         details |= {k: self.config[k] for k in self.rebuild.config_fields if k in self.config}
         details |= {
@@ -360,15 +357,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         adapters = sub_adapters(self.path)
         if adapters:
             details["other_adapters"] = adapters
-        return CheckpointInfo(
-            path=str(self.path),
-            format=self.format,
-            variant=self.variant,
-            base=str(self.base) if self.base else None,
-            modules=modules,
-            warnings=self.warnings(),
-            details=details,
-        )
+        return details
 
 
 # ---------------------------------------------------------------- variants

@@ -73,10 +73,18 @@ class _SafetensorsFile:
         return self._handle
 
     def keys(self) -> list[str]:
-        return list(self._open().keys())
+        try:
+            return list(self._open().keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FormatError(f"{self.path}: not a readable safetensors file ({exc})") from exc
 
     def info(self, name: str) -> TensorInfo:
-        view = self._open().get_slice(name)
+        try:
+            view = self._open().get_slice(name)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FormatError(
+                f"{self.path}: cannot read the header of tensor {name} ({exc})"
+            ) from exc
         dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
         if dtype is None:
             raise FormatError(
