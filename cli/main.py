@@ -60,7 +60,7 @@ class SpectraGroup(click.Group):
 class _ProgressBar:
     """A progress bar over modules on stderr, shown only on a terminal and without --quiet."""
 
-    def __init__(self, quiet: bool, label: str):
+    def __init__(self, quiet: bool, label: str = "analysing"):
         self.enabled = not quiet and sys.stderr.isatty()
         self.label = label
         self._bar = None
@@ -98,19 +98,11 @@ def _metrics_table(report: spectra.Report) -> str:
     return render([title for _, title in TABLE_COLUMNS], rows)
 
 
-def _run_analysis(ckpt, base, modules, layers, device, exact, quiet, label, **options):
-    bar = _ProgressBar(quiet, label)
+def _with_progress(quiet: bool, call, *args, **kwargs):
+    """Run ``spectra.analyze`` or ``spectra.compare`` with a progress bar over modules."""
+    bar = _ProgressBar(quiet, "analysing")
     try:
-        return spectra.analyze(
-            ckpt,
-            base=base,
-            modules=modules,
-            layers=layers,
-            device=device,
-            method="exact" if exact else "fast",
-            progress=bar,
-            **options,
-        )
+        return call(*args, progress=bar, **kwargs)
     finally:
         bar.close()
 
@@ -221,15 +213,15 @@ def analyze(
     checkpoint, or a fine-tuned model folder (with --base)."""
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
-    report = _run_analysis(
-        ckpt,
-        base,
-        modules,
-        layers,
-        device,
-        exact,
+    report = _with_progress(
         quiet,
-        "analysing",
+        spectra.analyze,
+        ckpt,
+        base=base,
+        modules=modules,
+        layers=layers,
+        device=device,
+        method="exact" if exact else "fast",
         skip_nonfinite=skip_nonfinite,
         **_load_options(**options),
     )
@@ -391,22 +383,19 @@ def compare(
     summary per method and module (mean over layers), and write summary.csv, the
     reports and the figures (Figure 2 histograms, spectra, metrics by layer) to --out."""
     check_comparison_target(out, force)
-    bar = _ProgressBar(quiet, "analysing")
-    try:
-        comparison = spectra.compare(
-            sources,
-            labels or None,
-            base=base,
-            modules=modules,
-            layers=layers,
-            device=device,
-            method="exact" if exact else "fast",
-            progress=bar,
-            lora_alpha=lora_alpha,
-            per_head=per_head,
-        )
-    finally:
-        bar.close()
+    comparison = _with_progress(
+        quiet,
+        spectra.compare,
+        sources,
+        labels or None,
+        base=base,
+        modules=modules,
+        layers=layers,
+        device=device,
+        method="exact" if exact else "fast",
+        lora_alpha=lora_alpha,
+        per_head=per_head,
+    )
     _print_summary(comparison)
     for label, report in zip(comparison.labels, comparison.reports, strict=True):
         _warn(f"{label}: {warning}" for warning in report.warnings)
@@ -480,17 +469,14 @@ def demo(out, force, quiet):
     click.echo(
         f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora, multilora.pt)"
     )
-    bar = _ProgressBar(quiet, "analysing")
-    try:
-        comparison = spectra.compare(
-            [paths["ft"], paths["lora"], paths["multilora"]],
-            ["FT", "LoRA", "MultiLoRA"],
-            base=paths["base"],
-            progress=bar,
-            lora_alpha=DEMO_LORA_ALPHA,
-        )
-    finally:
-        bar.close()
+    comparison = _with_progress(
+        quiet,
+        spectra.compare,
+        [paths["ft"], paths["lora"], paths["multilora"]],
+        ["FT", "LoRA", "MultiLoRA"],
+        base=paths["base"],
+        lora_alpha=DEMO_LORA_ALPHA,
+    )
     click.echo("\nmean over layers:")
     _print_summary(comparison)
     click.echo(

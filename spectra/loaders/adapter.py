@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from ..delta import Dense, Factored, LayerDelta
-from ..errors import BaseMismatchError, MissingBaseError
-from .base import Checkpoint, Selection
+from ..errors import BaseMismatchError, MissingBaseError, SpectraError
+from .base import Checkpoint, ModuleInfo, Selection
 from .full import ModelWeights
 from .names import ModuleRef
 
@@ -46,6 +46,10 @@ class AdapterCheckpoint(Checkpoint):
         """The dtype the module's adapter tensors were saved in."""
 
     @abstractmethod
+    def factors(self, ref: ModuleRef) -> dict[str, object]:
+        """``kind``, ``rank``, ``scale``, ``scale_source`` and ``heads`` of a module."""
+
+    @abstractmethod
     def updates(
         self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None
     ) -> list[tuple[int | None, Update]]:
@@ -70,6 +74,21 @@ class AdapterCheckpoint(Checkpoint):
         """(d_out, d_in) of ΔW for this role."""
         d_out, d_in = self.module_shape(ref)
         return (len(torch.arange(d_out)[self.rows(ref)]), d_in)
+
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        ref = self.modules[key]
+        try:
+            shape = self.role_shape(ref)
+        except SpectraError:  # an interleaved projection before --base is known
+            shape = self.module_shape(ref)
+        return ModuleInfo(
+            layer=ref.layer,
+            role=ref.role,
+            name=ref.module,
+            shape=shape,
+            dtype=str(self.module_dtype(ref)).removeprefix("torch."),
+            **self.factors(ref),
+        )
 
     def check(self, selection: Selection) -> None:
         for key in selection.keys:

@@ -31,9 +31,8 @@ from safetensors.torch import save_file
 
 from ..atomic import replace_folder
 from ..delta import Factored
-from ..errors import FormatError, ReportExistsError, SpectraError
+from ..errors import FormatError, ReportExistsError
 from .adapter import AdapterCheckpoint, Rows
-from .base import ModuleInfo
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
 
@@ -189,25 +188,15 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             notes.append(f"{len(zero)} modules have all-zero lora_scaling, so ΔW = 0 there")
         return notes
 
-    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
-        ref = self.modules[key]
+    def factors(self, ref: ModuleRef) -> dict[str, object]:
         stacked = self.stacked[ref.module]
-        try:
-            shape = self.role_shape(ref)
-        except SpectraError:  # an interleaved projection before --base is known
-            shape = self.module_shape(ref)
-        return ModuleInfo(
-            layer=ref.layer,
-            role=ref.role,
-            name=ref.module,
-            shape=shape,
-            dtype=str(self.module_dtype(ref)).removeprefix("torch."),
-            kind="factored",
-            rank=stacked.rank,
-            scale=self.scale(stacked),
-            scale_source=self.scale_source(stacked),
-            heads=stacked.heads,
-        )
+        return {
+            "kind": "factored",
+            "rank": stacked.rank,
+            "scale": self.scale(stacked),
+            "scale_source": self.scale_source(stacked),
+            "heads": stacked.heads,
+        }
 
     def details(self) -> dict[str, object]:
         return {

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from ..delta import Dense, Factored
-from ..errors import FormatError, MissingBaseError, SpectraError
+from ..errors import FormatError, MissingBaseError
 from .adapter import AdapterCheckpoint, Rows, Update
-from .base import ModuleInfo, Selection
+from .base import Selection
 from .full import find_model_file
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
@@ -325,25 +325,15 @@ class PeftCheckpoint(AdapterCheckpoint):
             )
         super().check(selection)
 
-    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
-        ref = self.modules[key]
+    def factors(self, ref: ModuleRef) -> dict[str, object]:
         adapted = self.adapted[ref.module]
-        try:
-            shape = self.role_shape(ref)
-        except SpectraError:  # an interleaved projection before --base is known
-            shape = self.module_shape(ref)
-        return ModuleInfo(
-            layer=ref.layer,
-            role=ref.role,
-            name=ref.module,
-            shape=shape,
-            dtype=str(self.module_dtype(ref)).removeprefix("torch."),
-            kind=self.rebuild.kind(self),
-            rank=adapted.rank,
-            scale=adapted.scale,
-            scale_source=adapted.scale_source,
-            heads=adapted.heads,
-        )
+        return {
+            "kind": self.rebuild.kind(self),
+            "rank": adapted.rank,
+            "scale": adapted.scale,
+            "scale_source": adapted.scale_source,
+            "heads": adapted.heads,
+        }
 
     def details(self) -> dict[str, object]:
         details = {"weights": str(self.store.path), "peft_type": self.config.get("peft_type")}
