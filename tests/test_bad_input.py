@@ -49,7 +49,7 @@ def test_truncated_safetensors(pair):
     ft, base = pair
     data = (ft / "model.safetensors").read_bytes()
     (ft / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(FormatError, match=r"ft/model.safetensors: not a readable safetensors file"):
+    with pytest.raises(FormatError, match=r"ft/model.safetensors: tensor .* the file is truncated"):
         spectra.analyze(ft, base=base)
 
 

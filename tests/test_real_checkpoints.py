@@ -150,13 +150,13 @@ def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir,
     import spectra.loaders.tensors as tensors
 
     opened = []
-    original = tensors.safe_open
+    original = tensors._SafetensorsFile._read_header
 
-    def spy(path, framework):
-        opened.append(path)
-        return original(path, framework=framework)
+    def spy(self):
+        opened.append(str(self.path))
+        return original(self)
 
-    monkeypatch.setattr(tensors, "safe_open", spy)
+    monkeypatch.setattr(tensors._SafetensorsFile, "_read_header", spy)
     spectra.analyze(finetune.path, base=minilm_dir, layers=[0])
     shards = {p for p in opened if "model-0" in p}
     total = len(list(finetune.path.glob("model-*.safetensors")))

@@ -182,7 +182,7 @@ class PeftCheckpoint(AdapterCheckpoint):
                 "This architecture is not mapped yet"
             )
         for adapted in self.adapted.values():
-            self.rebuild.describe(self, adapted)
+            self.rebuild.resolve_scale(self, adapted)
         self.open_base(base if base is not None else self._found_base())
 
     # -- reading -----------------------------------------------------------
@@ -233,19 +233,22 @@ class PeftCheckpoint(AdapterCheckpoint):
             self._notes.append(f"base model found from base_model_name_or_path {name!r}: {found}")
         return found
 
-    def need(self, adapted: _Adapted, *parts: str) -> list[torch.Tensor]:
-        """Load the named parts of a module, with a clear error for a missing one."""
+    def _require(self, adapted: _Adapted, parts: tuple[str, ...]) -> None:
         missing = [part for part in parts if part not in adapted.parts]
         if missing:
             raise FormatError(
                 f"{self.store.path}: module {adapted.module} has no {', '.join(missing)} "
                 f"tensor, which {self.peft_type} needs; the adapter file is incomplete"
             )
+
+    def need(self, adapted: _Adapted, *parts: str) -> list[torch.Tensor]:
+        """Load the named parts of a module, with a clear error for a missing one."""
+        self._require(adapted, parts)
         return [self.store.load(adapted.parts[part]) for part in parts]
 
     def shape_of(self, adapted: _Adapted, part: str) -> tuple[int, ...]:
-        if part not in adapted.parts:
-            self.need(adapted, part)
+        """The shape of one part of a module, from the header."""
+        self._require(adapted, (part,))
         return self.store.info(adapted.parts[part]).shape
 
     def rank_and_alpha(self, module: str, alpha_field: str) -> tuple[int, float, str, str]:
@@ -371,7 +374,7 @@ class _Variant:
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
         return []
 
-    def describe(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> None:
+    def resolve_scale(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> None:
         """Fill in rank and scale (with their source), checking shapes against the config."""
         raise NotImplementedError
 
@@ -446,7 +449,7 @@ class _Lora(_Variant):
             return [f"lora_B{j}" for j in range(heads)]
         return ["lora_B"]
 
-    def describe(self, ckpt, adapted):
+    def resolve_scale(self, ckpt, adapted):
         rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "lora_alpha")
         a_shape = ckpt.shape_of(adapted, "lora_A")
         b_shapes = [ckpt.shape_of(adapted, part) for part in self._b_parts(ckpt, adapted)]
@@ -501,7 +504,7 @@ class _AdaLora(_Variant):
     def name(self, ckpt):
         return "AdaLoRA"
 
-    def describe(self, ckpt, adapted):
+    def resolve_scale(self, ckpt, adapted):
         init_r = ckpt.config.get("init_r")
         alpha = ckpt.config.get("lora_alpha")
         if not isinstance(init_r, int) or not isinstance(alpha, int | float):
@@ -538,7 +541,7 @@ class _LoHa(_Variant):
     def kind(self, ckpt):
         return "dense"
 
-    def describe(self, ckpt, adapted):
+    def resolve_scale(self, ckpt, adapted):
         if "hada_t1" in adapted.parts or "hada_t2" in adapted.parts:
             raise FormatError(
                 f"{ckpt.store.path}: {adapted.module} uses LoHa's CP decomposition (hada_t1/t2, "
@@ -576,7 +579,7 @@ class _LoKr(_Variant):
     def kind(self, ckpt):
         return "dense"
 
-    def describe(self, ckpt, adapted):
+    def resolve_scale(self, ckpt, adapted):
         if "lokr_t2" in adapted.parts:
             raise FormatError(
                 f"{ckpt.store.path}: {adapted.module} uses LoKr's CP decomposition (lokr_t2, for "
@@ -628,7 +631,7 @@ class _Vera(_Variant):
             ]
         return []
 
-    def describe(self, ckpt, adapted):
+    def resolve_scale(self, ckpt, adapted):
         missing = [name for name in ("vera_A", "vera_B") if name not in ckpt.shared]
         if missing:
             hint = (

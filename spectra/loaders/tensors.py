@@ -2,23 +2,24 @@
 
 A ``TensorStore`` answers ``names()``, ``info(name)`` (shape and dtype, read
 from headers where the format has them) and ``load(name)`` without reading
-any other tensor. It covers a bare ``.safetensors`` file, a sharded folder
-with ``*.safetensors.index.json`` (a shard is opened only when one of its
-tensors is asked for), and pickled ``.bin`` / ``.pt`` files, which are loaded
-with ``weights_only=True`` (never running code from the file) and memory-mapped
+any other tensor. It covers a bare ``.safetensors`` file (its header checked
+against the file size, each tensor read by offset), a sharded folder with
+``*.safetensors.index.json`` (a shard is opened only when one of its tensors
+is asked for), and pickled ``.bin`` / ``.pt`` files, which are loaded with
+``weights_only=True`` (never running code from the file) and memory-mapped
 where the file allows it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..errors import FormatError
 
@@ -51,52 +52,97 @@ class TensorInfo:
 
 
 class _SafetensorsFile:
-    """One ``.safetensors`` file, opened on first use and kept open."""
+    """One ``.safetensors`` file: its header parsed once, each tensor read with ``pread``.
+
+    Reading by offset instead of memory-mapping keeps the memory of a tensor
+    to the tensor itself: pages of a mapped file stay in the process's
+    resident set, which would then grow with the size of the model read.
+    The layout (an 8-byte little-endian header length, a JSON header of
+    ``dtype``, ``shape`` and ``data_offsets`` per tensor, then the data) is
+    checked against the file size before anything is read.
+    """
+
+    _MAX_HEADER = 100 * 2**20
 
     def __init__(self, path: Path):
         self.path = path
-        self._handle = None
+        self._header: dict[str, dict] | None = None
+        self._data_start = 0
 
-    def _open(self):
-        if self._handle is None:
-            if not self.path.is_file():
+    def _read_header(self) -> dict[str, dict]:
+        if self._header is not None:
+            return self._header
+        if not self.path.is_file():
+            raise FormatError(f"{self.path}: shard file is missing (expected a .safetensors file)")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 2 <= length <= min(self._MAX_HEADER, size - 8):
                 raise FormatError(
-                    f"{self.path}: shard file is missing (expected a .safetensors file)"
+                    f"{self.path}: not a readable safetensors file (header length {length} in a "
+                    f"file of {size} bytes); re-download or re-save the checkpoint"
                 )
-            try:
-                self._handle = safe_open(str(self.path), framework="pt")
-            except (SafetensorError, OSError, ValueError) as exc:
-                raise FormatError(
-                    f"{self.path}: not a readable safetensors file ({exc}); "
-                    "re-download or re-save the checkpoint"
-                ) from exc
-        return self._handle
+            raw = handle.read(length)
+        try:
+            header = json.loads(raw)
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except ValueError as exc:
+            raise FormatError(
+                f"{self.path}: not a readable safetensors file (corrupted header: {exc}); "
+                "re-download or re-save the checkpoint"
+            ) from exc
+        header.pop("__metadata__", None)
+        self._data_start = 8 + length
+        for name, entry in header.items():
+            self._check_entry(name, entry, size - self._data_start)
+        self._header = header
+        return header
+
+    def _check_entry(self, name: str, entry: object, data_size: int) -> None:
+        try:
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+            count = math.prod(shape)
+            valid = min(shape, default=0) >= 0 and 0 <= begin <= end <= data_size
+            valid = valid and end - begin == count * torch.empty(0, dtype=dtype).element_size()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(
+                f"{self.path}: tensor {name} has a malformed header entry ({exc}); the file is "
+                "corrupted or not safetensors"
+            ) from exc
+        if not valid:
+            raise FormatError(
+                f"{self.path}: tensor {name} claims bytes {entry['data_offsets']} for shape "
+                f"{entry['shape']} in a data section of {data_size} bytes; the file is truncated "
+                "or corrupted: re-download it"
+            )
 
     def keys(self) -> list[str]:
-        try:
-            return list(self._open().keys())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise FormatError(f"{self.path}: not a readable safetensors file ({exc})") from exc
+        return list(self._read_header())
 
     def info(self, name: str) -> TensorInfo:
-        try:
-            view = self._open().get_slice(name)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise FormatError(
-                f"{self.path}: cannot read the header of tensor {name} ({exc})"
-            ) from exc
-        dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
-        if dtype is None:
-            raise FormatError(
-                f"{self.path}: tensor {name} has unsupported dtype {view.get_dtype()}"
-            )
-        return TensorInfo(tuple(view.get_shape()), dtype, self.path)
+        entry = self._read_header()[name]
+        return TensorInfo(tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]], self.path)
 
     def load(self, name: str) -> torch.Tensor:
+        entry = self._read_header()[name]
+        begin, end = entry["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        buffer = bytearray(end - begin)
         try:
-            return self._open().get_tensor(name)
-        except (SafetensorError, OSError, ValueError) as exc:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._data_start + begin)
+                read = handle.readinto(buffer)
+        except OSError as exc:
             raise FormatError(f"{self.path}: cannot read tensor {name} ({exc})") from exc
+        if read != len(buffer):
+            raise FormatError(f"{self.path}: tensor {name} is cut short; the file is truncated")
+        if not buffer:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
 
 
 class _PickleFile:
