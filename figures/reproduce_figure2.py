@@ -53,6 +53,7 @@ class TaskMixture:
     """The four synthetic tasks, drawn from the tokenizer's whole-word vocabulary."""
 
     def __init__(self, vocab_file: Path, seed: int):
+        """The task lexicons come from ``seed``; ``resample(seed)`` draws other sentences."""
         words = [line.strip() for line in vocab_file.read_text().splitlines()]
         self.cls, self.sep = words.index("[CLS]"), words.index("[SEP]")
         ids = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 4 and i > 2000]
@@ -65,6 +66,13 @@ class TaskMixture:
         self.markers = pool[280:283]  # count marker, order A, order B
         self.filler = pool[283:3283]
         self.generator = generator
+
+    def resample(self, seed: int) -> TaskMixture:
+        """The same tasks (lexicons, markers), with sentences drawn from another seed."""
+        other = object.__new__(TaskMixture)
+        other.__dict__.update(self.__dict__)
+        other.generator = torch.Generator().manual_seed(seed)
+        return other
 
     def _randint(self, high: int, size: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(high, size, generator=self.generator)
@@ -181,7 +189,7 @@ def main() -> None:
             wrap(encoder, targets, layer)
         model = MultiTaskModel(encoder, 384)
         seconds = train(model, data, args.steps, settings["lr"], args.batch)
-        scores = accuracy(model, TaskMixture(base / "vocab.txt", args.seed + 1000))
+        scores = accuracy(model, data.resample(args.seed + 1000))  # held-out sentences
         print(f"  accuracy {scores}  ({seconds:.0f} s)", flush=True)
         if name == "FT":
             encoder.save_pretrained(str(work / "ft"))
