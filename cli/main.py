@@ -76,7 +76,7 @@ class _ProgressBar:
             self._bar.__enter__()
         rate = done / max(time.perf_counter() - self._start, 1e-9)
         self._bar.label = f"{self.label} {key} ({rate:.1f} modules/s)"
-        self._bar.update(1)
+        self._bar.update(done - self._bar.pos)  # heads of one module share a step
 
     def close(self) -> None:
         if self._bar is not None:

@@ -300,7 +300,8 @@ def analyze(
     rows: list[dict[str, object]] = []
     spectra: dict[str, np.ndarray] = {}
     scales: dict[str, dict[str, object]] = {}
-    total = len(selection.keys)
+    total = len(selection.keys)  # progress counts modules; a module may have several heads
+    done: set[tuple[int, str]] = set()
     skipped: list[str] = []
     deltas = checkpoint.deltas_for(selection)
     if skip_nonfinite:
@@ -318,8 +319,9 @@ def analyze(
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         if row["spectral_norm"] == 0:
             warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+        done.add((delta.layer, delta.role))
         if progress is not None:
-            progress(len(rows) + len(skipped), total, key)
+            progress(len(done) + len(skipped), total, key)
     if skipped:
         warnings.append(
             f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "
