@@ -189,8 +189,8 @@ def weightwatcher_run(tuned: Path, base: Path) -> float | str:
         return f"failed: {type(exc).__name__}: {exc}"[:200]
 
 
-def section_c(quick: bool, cache: Path) -> list[dict]:
-    layers, d = (4, 1024) if quick else (32, 4096)
+def section_c(quick: bool, cache: Path, layers: int) -> list[dict]:
+    layers, d = (4, 1024) if quick else (layers, 4096)
     base, tuned = make_llama_shaped(cache, layers, d)
     t_spectra, report = timed(lambda: spectra.analyze(tuned, base=base, device="cpu"))
     t_naive, naive = timed(lambda: naive_script(tuned, base))
@@ -226,8 +226,8 @@ def peak_rss_mb(arguments: list[str]) -> float:
     return int(out.stdout.strip()) / 1024  # ru_maxrss is in KiB on Linux
 
 
-def section_d(quick: bool, cache: Path) -> list[dict]:
-    layers, d = (4, 1024) if quick else (32, 4096)
+def section_d(quick: bool, cache: Path, layers: int) -> list[dict]:
+    layers, d = (4, 1024) if quick else (layers, 4096)
     base, tuned = make_llama_shaped(cache, layers, d)
     cli = [
         sys.executable,
@@ -260,6 +260,9 @@ def main() -> None:
         "--cache", type=Path, default=ROOT / ".cache", help="where section c's models go"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--layers", type=int, default=32, help="layers of the c/d model (k and v each)"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -276,8 +279,8 @@ def main() -> None:
     runners = {
         "a": lambda: section_a(args.quick),
         "b": lambda: section_b(args.quick),
-        "c": lambda: section_c(args.quick, args.cache),
-        "d": lambda: section_d(args.quick, args.cache),
+        "c": lambda: section_c(args.quick, args.cache, args.layers),
+        "d": lambda: section_d(args.quick, args.cache, args.layers),
     }
     for name in args.sections.split(","):
         print(f"section {name} …", file=sys.stderr, flush=True)
