@@ -182,7 +182,7 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
     "--exact",
     is_flag=True,
     help="Dense ΔW: float64 SVD instead of the faster Gram eigenvalues "
-    "(fast is accurate to 1e-6 relative for σ ≥ 1e-5·σ_1).",
+    "(fast is accurate to about 1e-6 relative for σ ≥ 1e-5·σ_1).",
 )
 @click.option("--out", type=_path, help="Write the report folder here.")
 @click.option("--force", is_flag=True, help="Replace an existing report at --out.")

@@ -9,9 +9,10 @@ Two paths, chosen by the kind of update:
 - ``Dense``: two methods.
   ``"fast"`` (default) takes the eigenvalues of the float64 Gram matrix of
   the smaller side (ΔWᵀΔW or ΔWΔWᵀ; on the CPU formed by BLAS ``dsyrk``,
-  which computes only the triangle ``eigvalsh`` reads). Squaring makes the relative error of
-  σ_i about ½·ε₆₄·(σ_1/σ_i)²: ≤ 1e-6 for σ_i ≥ 1e-5·σ_1, ~1e-8 at
-  1e-4·σ_1, growing below; values under ``σ_1·√(max(d)·ε₆₄)`` are noise.
+  which computes only the triangle ``eigvalsh`` reads). Squaring makes the
+  relative error of σ_i about ½·ε₆₄·(σ_1/σ_i)²: ~1e-6 for σ_i ≥ 1e-5·σ_1,
+  ~1e-8 at 1e-4·σ_1, growing below; values under ``σ_1·√(max(d)·ε₆₄)`` are
+  noise.
   ``"exact"`` is a float64 SVD (``torch.linalg.svdvals``), backward stable:
   absolute error about ``max(d)·ε₆₄·σ_1`` on every value.
 
