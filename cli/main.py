@@ -156,7 +156,7 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
     }
 
 
-@cli.command()
+@cli.command(short_help="Analyse the ΔW of each layer of a checkpoint.")
 @click.argument("ckpt", type=_path)
 @click.option(
     "--base",
@@ -246,7 +246,7 @@ def analyze(
             )
 
 
-@cli.command()
+@cli.command(short_help="Show what a checkpoint holds, computing nothing.")
 @click.argument("ckpt", type=_path)
 @click.option("--base", type=_path, help="Base model folder, to check it matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
@@ -305,7 +305,7 @@ def inspect(ckpt, base, as_json, **options):
     _warn(info.warnings)
 
 
-@cli.command()
+@cli.command(short_help="Convert a MultiLoRA .pt checkpoint to spectra's layout.")
 @click.argument("src", type=_path)
 @click.argument("dst", type=_path)
 @click.option("--lora-alpha", type=float, help="α to record (the reference layout saves none).")
@@ -342,7 +342,7 @@ _figure_format = click.option(
 )
 
 
-@cli.command()
+@cli.command(short_help="Compare methods: summary table, reports and figures.")
 @click.argument("sources", nargs=-1, required=True, type=_path)
 @click.option(
     "--label", "labels", multiple=True, help="One label per source, in order (e.g. FT, LoRA)."
@@ -403,7 +403,7 @@ def compare(
     click.echo(f"summary, reports and figures written to {out}/", err=True)
 
 
-@cli.command()
+@cli.command(short_help="Redraw the figures from saved reports.")
 @click.argument("reports", nargs=-1, required=True, type=_path)
 @click.option("--label", "labels", multiple=True, help="One label per report, in order.")
 @click.option("--out", type=_path, required=True, help="Folder for the figures.")
@@ -443,7 +443,7 @@ def plot(reports, labels, out, normalize, log_x, layer, force, figure_format):
     click.echo(f"figures written to {out}/: {', '.join(path.name for path in targets)}")
 
 
-@cli.command()
+@cli.command(short_help="Run everything on a small built-in example.")
 @click.option(
     "--out",
     type=_path,
