@@ -161,6 +161,21 @@ def bert_finetune(request, tmp_path_factory, minilm_dir) -> FineTune:
     )
 
 
+def tiny_llama(layers: int = 2, heads: int = 8, intermediate: int = 96):
+    """A LLaMA model with random weights, hidden 64, grouped-query attention (2 k/v heads)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    return LlamaModel(config)
+
+
 def reference_sigma(matrix: np.ndarray) -> np.ndarray:
     """numpy's float64 SVD: the independent reference for every spectrum."""
     return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)

@@ -14,7 +14,7 @@ import torch
 import spectra
 from spectra.errors import MissingBaseError
 
-from .conftest import randomize_adapter, reference_sigma
+from .conftest import randomize_adapter, reference_sigma, tiny_llama
 
 HIDDEN, HEADS = 64, 4
 
@@ -216,18 +216,8 @@ def test_phi3_qkv_proj_rows_q_then_k_then_v(tmp_path):
 
 
 def test_all_modules_of_a_llama_model(tmp_path):
-    from transformers import LlamaConfig, LlamaModel
-
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=100,
-    )
-    model = LlamaModel(config)
+    model = tiny_llama(layers=1, heads=4)
     names = {
         "q": "self_attn.q_proj",
         "k": "self_attn.k_proj",
@@ -260,18 +250,10 @@ def test_all_modules_of_a_llama_model(tmp_path):
 
 def test_llama_gqa_lora_matches_peft_merge(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
     torch.manual_seed(1)
-    config = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=100,
-    )
-    LlamaModel(config).save_pretrained(str(tmp_path / "base"))
+    tiny_llama().save_pretrained(str(tmp_path / "base"))
     model = LlamaModel.from_pretrained(str(tmp_path / "base"))
     peft_model = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=["k_proj", "v_proj"])

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 import spectra
 from spectra.delta import Factored
 
-from .conftest import MINILM_LAYERS, make_peft_adapter, reference_sigma
+from .conftest import MINILM_LAYERS, make_peft_adapter, reference_sigma, tiny_llama
 
 
 def _sigma_by_key(report):
@@ -196,18 +196,8 @@ def test_gpt2_fused_c_attn_is_split_in_conv1d_layout(tmp_path):
 
 
 def test_llama_gqa_key_value_shapes(tmp_path):
-    from transformers import LlamaConfig, LlamaModel
-
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=100,
-    )
-    model = LlamaModel(config)
+    model = tiny_llama(intermediate=128)
     kv = 64 // 8 * 2
     update = {
         f"layers.{i}.self_attn.{m}.weight": 0.1 * torch.randn(kv, 64)
