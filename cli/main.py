@@ -122,6 +122,13 @@ def cli() -> None:
 _path = click.Path(path_type=Path)
 
 
+def _with_options(command, options):
+    """Apply click options so that they show in ``--help`` in the order listed."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def loader_options(command):
     """Options that say how to read a checkpoint, shared by analyze, inspect and convert."""
     options = [
@@ -142,9 +149,36 @@ def loader_options(command):
             help="MultiLoRA: α, which its checkpoints do not save (norms scale by α/r).",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with_options(command, options)
+
+
+def analysis_options(command):
+    """What to analyse and how, shared by analyze and compare."""
+    options = [
+        click.option(
+            "--modules",
+            type=MODULES,
+            default=None,
+            help="Roles to analyse, e.g. k,v or q,k,v,o,up,down,gate or all [default: k,v].",
+        ),
+        click.option(
+            "--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all]."
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where to take singular values; auto uses CUDA when present.",
+        ),
+        click.option(
+            "--exact",
+            is_flag=True,
+            help="Dense ΔW: float64 SVD instead of the faster Gram eigenvalues "
+            "(fast is accurate to about 1e-6 relative for σ ≥ 1e-5·σ_1).",
+        ),
+    ]
+    return _with_options(command, options)
 
 
 def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
@@ -164,26 +198,7 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
     help="Base model folder: needed for full fine-tunes and DoRA; optional otherwise "
     "(adds relative_norm).",
 )
-@click.option(
-    "--modules",
-    type=MODULES,
-    default=None,
-    help="Roles to analyse, e.g. k,v or q,k,v,o,up,down,gate or all [default: k,v].",
-)
-@click.option("--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all].")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to take singular values; auto uses CUDA when present.",
-)
-@click.option(
-    "--exact",
-    is_flag=True,
-    help="Dense ΔW: float64 SVD instead of the faster Gram eigenvalues "
-    "(fast is accurate to about 1e-6 relative for σ ≥ 1e-5·σ_1).",
-)
+@analysis_options
 @click.option("--out", type=_path, help="Write the report folder here.")
 @click.option("--force", is_flag=True, help="Replace an existing report at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
@@ -348,12 +363,7 @@ _figure_format = click.option(
     "--label", "labels", multiple=True, help="One label per source, in order (e.g. FT, LoRA)."
 )
 @click.option("--base", type=_path, help="Base model folder, for the sources that use one.")
-@click.option("--modules", type=MODULES, default=None, help="Roles to analyse [default: k,v].")
-@click.option("--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all].")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("--exact", is_flag=True, help="Dense ΔW: float64 SVD instead of Gram eigenvalues.")
+@analysis_options
 @click.option(
     "--lora-alpha", type=float, help="α for MultiLoRA sources (their checkpoints save none)."
 )
