@@ -241,14 +241,9 @@ def dense_gram_batched(
 ) -> list[torch.Tensor]:
     """The fast (Gram) path for several same-shaped matrices at once; float64 CPU results."""
     target = resolve_device(device)
-    M = torch.stack(
-        [m.to(device=target, dtype=torch.float64) for m in matrices]
-    )  # (b, d_out, d_in)
-    Mt = M.transpose(1, 2)  # (b, d_in, d_out)
-    gram = M @ Mt if M.shape[1] <= M.shape[2] else Mt @ M  # (b, n, n)
-    eigenvalues = torch.linalg.eigvalsh(gram)  # (b, n) ascending
-    sigma = eigenvalues.flip(-1).clamp_min(0.0).sqrt().cpu()  # (b, n) descending
-    return list(sigma.unbind(0))
+    stacked = [m.to(device=target, dtype=torch.float64) for m in matrices]
+    M = torch.stack(stacked)  # (b, d_out, d_in)
+    return list(_gram_spectrum(M).cpu().unbind(0))  # b × (n,)
 
 
 _DONE = object()
