@@ -16,6 +16,7 @@ import click
 
 import spectra
 from spectra import plot as plot_module
+from spectra.atomic import check_replaceable
 from spectra.comparison import SUMMARY_METRICS, check_comparison_target
 from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
@@ -466,15 +467,7 @@ def plot(reports, labels, out, normalize, log_x, layer, force, figure_format):
 def demo(out, force, quiet):
     """Write a small FT, LoRA and MultiLoRA example in their real formats, analyse
     and compare them, and draw the Figure 2 histograms."""
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise ReportExistsError(
-                f"{out}: folder exists; pass --force to replace the demo, or --out DIR"
-            )
-        if not (out / "checkpoints").is_dir():
-            raise ReportExistsError(
-                f"{out}: exists and is not a spectra demo folder; choose another --out"
-            )
+    check_replaceable(out, force, "checkpoints", "demo folder")
     paths = write_demo_checkpoints(out / "checkpoints")
     click.echo(
         f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora, multilora.pt)"

@@ -13,7 +13,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["replace_folder"]
+from .errors import ReportExistsError
+
+__all__ = ["check_replaceable", "replace_folder"]
+
+
+def check_replaceable(
+    out: str | os.PathLike, force: bool, marker: str, what: str, flag: str = "--out"
+) -> None:
+    """Raise ``ReportExistsError`` unless ``replace_folder(out)`` may run.
+
+    A missing or empty folder is fine. A folder holding ``marker`` (a file or
+    folder spectra writes there, naming it a ``what``) is replaced only with
+    ``force``; a folder of anything else, or a file, is never replaced.
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ReportExistsError(f"{out}: exists and is not a folder; choose another {flag}")
+    if not any(out.iterdir()):
+        return
+    if not (out / marker).exists():
+        raise ReportExistsError(
+            f"{out}: folder exists and is not a spectra {what}; spectra will not replace it, "
+            f"even with --force: choose another {flag}"
+        )
+    if not force:
+        raise ReportExistsError(f"{out}: a {what} is already there; pass --force to replace it")
 
 
 @contextmanager

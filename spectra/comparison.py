@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import replace_folder
-from .errors import ReportExistsError, SpectraError
+from .atomic import check_replaceable, replace_folder
+from .errors import SpectraError
 from .loaders import detect_format, option_names
-from .report import META_FILE, Progress, Report, analyze
+from .report import Progress, Report, analyze, is_report
 
-__all__ = ["SUMMARY_METRICS", "Comparison", "compare", "is_report", "write_figures"]
+__all__ = ["SUMMARY_METRICS", "Comparison", "check_comparison_target", "compare", "write_figures"]
 
 SUMMARY_METRICS = (
     "normalized_entropy",
@@ -34,11 +34,6 @@ SUMMARY_METRICS = (
 )
 SUMMARY_FILE = "summary.csv"
 FIGURE_FORMATS = ("png", "pdf", "svg")
-
-
-def is_report(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a report folder written by ``Report.save``."""
-    return (Path(path) / META_FILE).is_file()
 
 
 def _slug(label: str) -> str:
@@ -89,17 +84,9 @@ class Comparison:
         return out
 
 
-def check_comparison_target(out: Path, force: bool) -> None:
-    """A comparison folder may replace an empty folder, or an earlier comparison with force."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not (out / SUMMARY_FILE).is_file():
-        raise ReportExistsError(
-            f"{out}: exists and is not a spectra comparison; spectra will not replace it: "
-            "choose another --out"
-        )
-    if not force:
-        raise ReportExistsError(f"{out}: a comparison is already there; pass --force to replace it")
+def check_comparison_target(out: str | os.PathLike, force: bool) -> None:
+    """A comparison may replace an empty folder, or an earlier comparison with ``force``."""
+    check_replaceable(out, force, SUMMARY_FILE, "comparison")
 
 
 def write_figures(

@@ -37,9 +37,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
-from .atomic import replace_folder
+from .atomic import check_replaceable, replace_folder
 from .delta import Factored, LayerDelta
-from .errors import FormatError, NonFiniteError, ReportExistsError, SpectraError
+from .errors import FormatError, NonFiniteError, SpectraError
 from .loaders import load
 from .metrics import METRICS, compute, rank_tolerance
 from .svd import (
@@ -50,7 +50,7 @@ from .svd import (
     singular_values_stream,
 )
 
-__all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "spectrum_key"]
+__all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "is_report", "spectrum_key"]
 
 METRICS_FILE, SPECTRA_FILE, META_FILE = "metrics.csv", "spectra.safetensors", "report.json"
 REPORT_FILES = (METRICS_FILE, SPECTRA_FILE, META_FILE)
@@ -232,8 +232,9 @@ def _parse_cell(cell: str, kind: str) -> object:
     return cell
 
 
-def _is_report(folder: Path) -> bool:
-    return (folder / META_FILE).is_file()
+def is_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a report folder written by ``Report.save``."""
+    return (Path(path) / META_FILE).is_file()
 
 
 def check_target(out: str | os.PathLike, force: bool) -> None:
@@ -242,20 +243,7 @@ def check_target(out: str | os.PathLike, force: bool) -> None:
     A missing or empty folder is fine; an existing report needs ``force``; a
     folder of anything else is never replaced.
     """
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ReportExistsError(f"{out}: exists and is not a folder; choose another --out")
-    if not any(out.iterdir()):
-        return
-    if not _is_report(out):
-        raise ReportExistsError(
-            f"{out}: folder exists and is not a spectra report; spectra will not replace it, "
-            "even with --force: choose another --out"
-        )
-    if not force:
-        raise ReportExistsError(f"{out}: a report is already there; pass --force to replace it")
+    check_replaceable(out, force, META_FILE, "report")
 
 
 # ---------------------------------------------------------------- analysis

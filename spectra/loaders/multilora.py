@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import replace_folder
+from ..atomic import check_replaceable, replace_folder
 from ..delta import Factored
-from ..errors import FormatError, ReportExistsError
+from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
 from .names import ModuleRef, canonical_name, map_modules
 from .tensors import TensorStore, open_store
@@ -213,11 +213,7 @@ def write_multilora(
 ) -> Path:
     """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically)."""
     out = Path(destination)
-    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if occupied and not (force and (out / "adapter_config.json").is_file()):
-        raise ReportExistsError(
-            f"{out}: already exists; pass --force to replace a MultiLoRA folder written there"
-        )
+    check_replaceable(out, force, "adapter_config.json", "MultiLoRA folder", flag="DST")
     ranks = {s.rank for s in checkpoint.stacked.values()}
     heads = {s.heads for s in checkpoint.stacked.values()}
     if len(ranks) != 1 or len(heads) != 1:
