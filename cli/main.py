@@ -443,9 +443,7 @@ def plot(reports, labels, out, normalize, log_x, layer, force, figure_format):
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
-    modules = [
-        m for m in ("k", "v") if all(any(r["module"] == m for r in rep.rows) for rep in loaded)
-    ] or None
+    modules = plot_module.common_modules(loaded)
     layer_value = int(layer) if layer and layer.isdigit() else layer
     figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer_value)
     plot_module.save_figure(figure, targets[0])

@@ -97,10 +97,7 @@ def write_figures(
 
     if figure_format not in FIGURE_FORMATS:
         raise SpectraError(f"unknown figure format {figure_format!r}: expected png, pdf or svg")
-    modules = [
-        m for m in ("k", "v") if all(any(r["module"] == m for r in rep.rows) for rep in reports)
-    ]
-    modules = modules or None
+    modules = plot.common_modules(reports)
     figures = {
         "figure2": plot.histogram(reports, labels, modules=modules)[0],
         "spectrum": plot.spectrum(reports, labels, modules=modules)[0],

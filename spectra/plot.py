@@ -28,6 +28,7 @@ from .report import Report
 
 __all__ = [
     "NORMALIZATIONS",
+    "common_modules",
     "histogram",
     "layer_curves",
     "method_colors",
@@ -98,6 +99,16 @@ def _modules(reports: Sequence[Report], modules: Sequence[str] | None) -> list[s
             f"no {', '.join(missing)} rows in these reports; they have {sorted(set(present))}"
         )
     return list(modules)
+
+
+def common_modules(
+    reports: Sequence[Report], preferred: Sequence[str] = ("k", "v")
+) -> list[str] | None:
+    """The preferred roles that every report has (``None``, meaning all, if there are none)."""
+    shared = [
+        m for m in preferred if all(any(r["module"] == m for r in rep.rows) for rep in reports)
+    ]
+    return shared or None
 
 
 def _normalized(sigma: np.ndarray, normalize: str) -> np.ndarray:
