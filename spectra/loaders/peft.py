@@ -148,6 +148,15 @@ class _Adapted:
     scale_source: str = ""
     heads: int | None = None
 
+    def scale_by(
+        self, rank: int, alpha: float, rank_source: str, alpha_source: str, root: bool = False
+    ) -> None:
+        """Set rank and the scale α/r (α/√r with ``root``), saying where each came from."""
+        sign = "√" if root else ""
+        self.rank = rank
+        self.scale = alpha / (math.sqrt(rank) if root else rank)
+        self.scale_source = f"config: {alpha_source}/{sign}{rank_source} = {alpha:g}/{sign}{rank}"
+
 
 class PeftCheckpoint(AdapterCheckpoint):
     """A PEFT adapter of any supported ``peft_type``; see the module docstring."""
@@ -463,12 +472,8 @@ class _Lora(_Variant):
                 f"lora_B (d_out, {rank}) for r={rank} from {ckpt.config_path.name} "
                 f"({rank_source}); found lora_A {a_shape} and lora_B {b_shapes[0]}"
             )
-        root = "√" if ckpt.config.get("use_rslora") else ""  # rsLoRA: α/√r
-        adapted.rank = rank
-        adapted.scale = alpha / (math.sqrt(rank) if root else rank)
-        adapted.scale_source = (
-            f"config: {alpha_source}/{root}{rank_source} = {alpha:g}/{root}{rank}"
-        )
+        rslora = bool(ckpt.config.get("use_rslora"))  # rsLoRA: α/√r
+        adapted.scale_by(rank, alpha, rank_source, alpha_source, root=rslora)
         adapted.heads = self._heads(ckpt)
 
     def module_shape(self, ckpt, adapted):
@@ -554,9 +559,7 @@ class _LoHa(_Variant):
                 f"{ckpt.store.path}: {adapted.module} should have hada_w1_a (d_out, {rank}) for "
                 f"r={rank} ({rank_source}); found {w1a} and {w1b}"
             )
-        adapted.rank = rank
-        adapted.scale = alpha / rank
-        adapted.scale_source = f"config: {alpha_source}/{rank_source} = {alpha:g}/{rank}"
+        adapted.scale_by(rank, alpha, rank_source, alpha_source)
 
     def module_shape(self, ckpt, adapted):
         return (ckpt.shape_of(adapted, "hada_w1_a")[0], ckpt.shape_of(adapted, "hada_w1_b")[1])
@@ -586,9 +589,7 @@ class _LoKr(_Variant):
                 "convolutions); spectra reads LoKr on linear layers only"
             )
         rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "alpha")
-        adapted.rank = rank
-        adapted.scale = alpha / rank
-        adapted.scale_source = f"config: {alpha_source}/{rank_source} = {alpha:g}/{rank}"
+        adapted.scale_by(rank, alpha, rank_source, alpha_source)
 
     def _factor_shape(self, ckpt, adapted, which: str) -> tuple[int, int]:
         if which in adapted.parts:
