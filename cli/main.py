@@ -196,8 +196,8 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
 @click.option(
     "--base",
     type=_path,
-    help="Base model folder: needed for full fine-tunes and DoRA; optional otherwise "
-    "(adds relative_norm).",
+    help="Base model folder or Hub id: needed for full fine-tunes and DoRA; optional "
+    "otherwise (adds relative_norm).",
 )
 @analysis_options
 @click.option("--out", type=_path, help="Write the report folder here.")
@@ -226,7 +226,11 @@ def analyze(
     **options,
 ):
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
-    checkpoint, or a fine-tuned model folder (with --base)."""
+    checkpoint, or a fine-tuned model folder (with --base).
+
+    CKPT and --base may also be Hub ids (org/name or org/name@revision), found
+    in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME); with the hub
+    extra installed, fetched unless HF_HUB_OFFLINE=1."""
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
     report = _with_progress(
@@ -264,7 +268,7 @@ def analyze(
 
 @cli.command(short_help="Show what a checkpoint holds, computing nothing.")
 @click.argument("ckpt", type=_path)
-@click.option("--base", type=_path, help="Base model folder, to check it matches.")
+@click.option("--base", type=_path, help="Base model folder or Hub id, to check it matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @loader_options
 def inspect(ckpt, base, as_json, **options):
@@ -363,7 +367,9 @@ _figure_format = click.option(
 @click.option(
     "--label", "labels", multiple=True, help="One label per source, in order (e.g. FT, LoRA)."
 )
-@click.option("--base", type=_path, help="Base model folder, for the sources that use one.")
+@click.option(
+    "--base", type=_path, help="Base model folder or Hub id, for the sources that use one."
+)
 @analysis_options
 @click.option(
     "--lora-alpha", type=float, help="α for MultiLoRA sources (their checkpoints save none)."

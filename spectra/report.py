@@ -40,6 +40,7 @@ from . import __version__
 from .atomic import check_replaceable, replace_folder
 from .delta import Factored, LayerDelta
 from .errors import FormatError, NonFiniteError, SpectraError
+from .hub import is_hub_id, resolve
 from .loaders import load
 from .metrics import METRICS, compute, rank_tolerance
 from .svd import (
@@ -319,7 +320,8 @@ def analyze(
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {
-            "path": str(Path(path).resolve()),
+            "path": str(resolve(path, "CKPT").resolve()),
+            "hub_id": os.fspath(path) if is_hub_id(path) else None,
             "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
             "format": checkpoint.format,
             "variant": checkpoint.variant,

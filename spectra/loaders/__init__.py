@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError
+from ..hub import resolve
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
 from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file, write_multilora
@@ -69,8 +70,8 @@ def option_names(format: str) -> tuple[str, ...]:
 
 
 def detect_format(path: str | Path) -> str:
-    """``"peft"``, ``"multilora"`` or ``"full"`` for a checkpoint path; ``FormatError`` if none."""
-    path = Path(path)
+    """``"peft"``, ``"multilora"`` or ``"full"`` for a path or Hub id; ``FormatError`` if none."""
+    path = resolve(path, "CKPT")
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder (expected a checkpoint folder or file)")
     if path.is_dir():
@@ -102,14 +103,15 @@ def load(
 ) -> Checkpoint:
     """Open a checkpoint lazily; nothing but headers and configs is read here.
 
-    ``base`` is the model the checkpoint was tuned from: required to analyse a
+    ``path`` and ``base`` are local paths or Hub ids (``org/name[@revision]``,
+    see ``spectra.hub``). ``base`` is the model the checkpoint was tuned from: required to analyse a
     full fine-tune or a DoRA adapter, optional otherwise (it adds
     ``relative_norm``). ``format`` is ``"auto"`` (detect) or one of
     ``"full"``, ``"peft"``, ``"multilora"``. ``options`` are listed in the
     module docstring.
     """
-    path = Path(path)
-    base_path = Path(base) if base is not None else None
+    path = resolve(path, "CKPT")
+    base_path = resolve(base, "--base") if base is not None else None
     if format not in FORMATS:
         raise FormatError(
             f"unknown format {format!r}: expected one of {', '.join(FORMATS)} (--format)"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 from ..delta import Dense, Factored
 from ..errors import FormatError, MissingBaseError
+from ..hub import resolve_cached
 from .adapter import AdapterCheckpoint, Rows, Update
 from .base import Selection
 from .full import find_model_file
@@ -104,29 +104,18 @@ def adapter_folder(path: Path, adapter: str | None) -> Path:
 
 
 def resolve_base(name: object) -> Path | None:
-    """A local folder for ``base_model_name_or_path``: the path itself, or the HF cache."""
+    """A local folder for ``base_model_name_or_path``: the path itself, or its cached snapshot.
+
+    Only the local Hub cache is read (``hub.resolve_cached``): an analysis never
+    downloads a base model it was not asked for.
+    """
     if not isinstance(name, str) or not name:
         return None
     path = Path(name).expanduser()
-    if path.is_dir() and find_model_file(path) is not None:
+    if not path.is_dir():
+        path = resolve_cached(name)
+    if path is not None and path.is_dir() and find_model_file(path) is not None:
         return path
-    if name.count("/") != 1:
-        return None
-    cache = Path(
-        os.environ.get("HF_HUB_CACHE")
-        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    )
-    repo = cache / f"models--{name.replace('/', '--')}"
-    snapshots = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    candidates = []
-    if ref.is_file():
-        candidates.append(snapshots / ref.read_text().strip())
-    if snapshots.is_dir():
-        candidates += sorted(snapshots.iterdir())
-    for snapshot in candidates:
-        if snapshot.is_dir() and find_model_file(snapshot) is not None:
-            return snapshot
     return None
 
 
