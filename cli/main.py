@@ -1,4 +1,4 @@
-"""The ``spectra`` command group: analyze, inspect, compare, plot, convert, demo.
+"""The ``spectra`` command group: analyze, inspect, compare, sweep, plot, convert, demo.
 
 Each command parses its options, calls the public ``spectra`` API, and
 prints. A ``SpectraError`` becomes one red line on stderr and exit status 1;
@@ -23,6 +23,7 @@ from spectra.errors import ReportExistsError, SpectraError
 from spectra.loaders import write_multilora
 from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target
+from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
 from .options import LAYERS, MODULES
 from .table import format_value, render
@@ -61,9 +62,10 @@ class SpectraGroup(click.Group):
 class _ProgressBar:
     """A progress bar over modules on stderr, shown only on a terminal and without --quiet."""
 
-    def __init__(self, quiet: bool, label: str = "analysing"):
+    def __init__(self, quiet: bool, label: str = "analysing", unit: str = "modules"):
         self.enabled = not quiet and sys.stderr.isatty()
         self.label = label
+        self.unit = unit
         self._bar = None
         self._start = time.perf_counter()
 
@@ -76,7 +78,7 @@ class _ProgressBar:
             )
             self._bar.__enter__()
         rate = done / max(time.perf_counter() - self._start, 1e-9)
-        self._bar.label = f"{self.label} {key} ({rate:.1f} modules/s)"
+        self._bar.label = f"{self.label} {key} ({rate:.1f} {self.unit}/s)"
         self._bar.update(done - self._bar.pos)  # heads of one module share a step
 
     def close(self) -> None:
@@ -131,7 +133,7 @@ def _with_options(command, options):
 
 
 def loader_options(command):
-    """Options that say how to read a checkpoint, shared by analyze, inspect and convert."""
+    """Options that say how to read a checkpoint, shared by analyze, inspect, sweep, convert."""
     options = [
         click.option("--adapter", help="A PEFT adapter saved in a sub-folder of CKPT, by name."),
         click.option(
@@ -154,7 +156,7 @@ def loader_options(command):
 
 
 def analysis_options(command):
-    """What to analyse and how, shared by analyze and compare."""
+    """What to analyse and how, shared by analyze, compare and sweep."""
     options = [
         click.option(
             "--modules",
@@ -418,6 +420,129 @@ def compare(
         _warn(f"{label}: {warning}" for warning in report.warnings)
     comparison.save(out, force=force, figure_format=figure_format)
     click.echo(f"summary, reports and figures written to {out}/", err=True)
+
+
+@cli.command(short_help="Analyse every checkpoint of a training run, cached by content.")
+@click.argument("run", type=_path)
+@click.option(
+    "--out", type=_path, required=True, help="Folder for sweep.csv, sweep.json and the figure."
+)
+@click.option(
+    "--glob",
+    "pattern",
+    help="Which checkpoints, as a glob relative to RUN (e.g. 'seed*/step-*') "
+    "[default: the Trainer's checkpoint-<step>/ folders].",
+)
+@click.option("--base", type=_path, help="Base model folder or Hub id, for full fine-tunes.")
+@analysis_options
+@loader_options
+@click.option(
+    "--metrics",
+    "metric_names",
+    default=",".join(SWEEP_METRICS),
+    show_default=True,
+    help="Metrics to plot against step, comma-separated.",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=_path,
+    help="Report cache folder [default: $SPECTRA_CACHE or ~/.cache/spectra].",
+)
+@click.option("--no-cache", is_flag=True, help="Analyse every checkpoint; store nothing.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local processes to analyse checkpoints in parallel.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each checkpoint as a Ray task (one GPU each where there are GPUs): --ray alone "
+    "starts or joins Ray as ray.init() does, --ray ADDRESS joins that cluster. Needs the ray "
+    "extra; checkpoint paths must be readable by the workers.",
+)
+@click.option("--force", is_flag=True, help="Replace an earlier sweep at --out.")
+@_figure_format
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
+def sweep(
+    run,
+    out,
+    pattern,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    adapter,
+    per_head,
+    directional_only,
+    lora_alpha,
+    metric_names,
+    cache_dir,
+    no_cache,
+    workers,
+    ray_address,
+    force,
+    figure_format,
+    quiet,
+):
+    """Analyse every checkpoint of the training run in RUN (checkpoint-<step>/ folders, or
+    --glob), reuse cached results of unchanged checkpoints, and write one table
+    (sweep.csv: a row per step and module) and a figure of metrics against step."""
+    check_sweep_target(out, force)
+    metrics = [name.strip() for name in metric_names.split(",") if name.strip()]
+    unknown = [name for name in metrics if name not in spectra.METRICS]
+    if unknown:
+        raise click.BadParameter(f"unknown metric {unknown[0]!r}", param_hint="--metrics")
+    bar = _ProgressBar(quiet, "sweeping", unit="checkpoints")
+    try:
+        result = run_sweep(
+            run,
+            base,
+            modules,
+            layers,
+            device,
+            "exact" if exact else "fast",
+            pattern=pattern,
+            cache=False if no_cache else (cache_dir or True),
+            workers=workers,
+            ray=ray_address,
+            progress=bar,
+            **_load_options(adapter, per_head, directional_only, lora_alpha),
+        )
+    finally:
+        bar.close()
+    if not quiet:
+        _print_sweep(result)
+    _warn(result.warnings)
+    result.save(out, force=force, figure_format=figure_format, metrics=metrics)
+    hits = sum(result.cached)
+    click.echo(
+        f"{len(result.reports)} checkpoints ({hits} from the cache): sweep.csv, sweep.json and "
+        f"sweep.{figure_format} written to {out}/",
+        err=True,
+    )
+
+
+def _print_sweep(result) -> None:
+    columns = ("normalized_entropy", "effective_rank", "stable_rank")
+    rows = []
+    for checkpoint, report, hit in zip(
+        result.checkpoints, result.reports, result.cached, strict=True
+    ):
+        means = [sum(float(r[c]) for r in report.rows) / len(report.rows) for c in columns]
+        rows.append([checkpoint.step, checkpoint.path.name, "yes" if hit else "", *means])
+    click.echo("mean over modules:")
+    click.echo(
+        render(["step", "checkpoint", "cached", "norm. entropy", "eff. rank", "stable rank"], rows)
+    )
 
 
 @cli.command(short_help="Redraw the figures from saved reports.")

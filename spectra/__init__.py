@@ -9,6 +9,7 @@ adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
     df = report.to_pandas()                         # one row per layer × module
     report.save("adapter-report/")                  # metrics.csv, report.json, spectra
     spectra.metrics.effective_rank(report.spectrum(0, "v"))
+    runs = spectra.sweep("output/")                 # every checkpoint-<step>/, cached
 """
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, load
 from .metrics import METRICS
 from .report import Report, analyze
 from .svd import singular_values
+from .sweeps import Sweep, find_checkpoints, run_sweep, sweep
 
 __all__ = [
     "METRICS",
@@ -49,10 +51,14 @@ __all__ = [
     "ReportExistsError",
     "SelectionError",
     "SpectraError",
+    "Sweep",
     "__version__",
     "analyze",
     "compare",
+    "find_checkpoints",
     "load",
     "metrics",
+    "run_sweep",
     "singular_values",
+    "sweep",
 ]

@@ -20,6 +20,7 @@ from ..errors import BaseMismatchError, MissingBaseError, SpectraError
 from .base import Checkpoint, ModuleInfo, Selection
 from .full import ModelWeights
 from .names import ModuleRef
+from .tensors import TensorStore
 
 __all__ = ["AdapterCheckpoint", "Rows", "Update"]
 
@@ -31,6 +32,8 @@ class AdapterCheckpoint(Checkpoint):
     """A checkpoint of adapted modules; subclasses fill ``modules`` and rebuild updates."""
 
     modules: dict[tuple[int, str], ModuleRef]
+    store: TensorStore  # the adapter's tensors
+    config_path: Path | None = None  # its config file, when it has one
     base_weights: ModelWeights | None = None
 
     def open_base(self, base: Path | None) -> None:
@@ -57,6 +60,11 @@ class AdapterCheckpoint(Checkpoint):
 
     def available(self):
         return self.modules.keys()
+
+    def source_files(self) -> list[Path]:
+        config = [self.config_path] if self.config_path is not None else []
+        own = [*config, *self.store.files()]
+        return own + (self.base_weights.files() if self.base_weights is not None else [])
 
     def heads(self) -> int | None:
         return self.base_weights.heads if self.base_weights is not None else None

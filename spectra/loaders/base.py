@@ -119,6 +119,10 @@ class Checkpoint(ABC):
     def check(self, selection: Selection) -> None:  # noqa: B027 - optional hook
         """Raise before any work if the selection cannot be analysed (e.g. no base)."""
 
+    @abstractmethod
+    def source_files(self) -> list[Path]:
+        """Every file an analysis reads (weights, configs, the base's): what a cache key hashes."""
+
     def warnings(self) -> list[str]:
         """Warnings about the checkpoint as a whole (scales guessed, inits that moved W0, …)."""
         return []

@@ -74,6 +74,11 @@ class ModelWeights:
     def tensor_name(self, ref: ModuleRef) -> str:
         return self._tensor_names[ref.module]
 
+    def files(self) -> list[Path]:
+        """The tensor files and the config.json (head count) this model is read from."""
+        config = (self.path if self.path.is_dir() else self.path.parent) / "config.json"
+        return [*self.store.files(), *([config] if config.is_file() else [])]
+
     def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
         """(d_out, d_in) of the whole module weight (all roles of a fused one)."""
         info = self.store.info(self.tensor_name(ref))
@@ -207,6 +212,10 @@ class FullCheckpoint(Checkpoint):
 
     def warnings(self) -> list[str]:
         return [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
+
+    def source_files(self) -> list[Path]:
+        base = self.base_weights.files() if self.base_weights is not None else []
+        return [*self.tuned.files(), *base]
 
     def details(self) -> dict[str, object]:
         details = {"weights": str(self.tuned.store.path)}

@@ -218,6 +218,11 @@ class TensorStore:
     def file_of(self, name: str) -> Path:
         return self._files[name].path
 
+    def files(self) -> list[Path]:
+        """Every file the store reads: the index (if any) and each tensor file once."""
+        found = dict.fromkeys(reader.path for reader in self._files.values())
+        return list(dict.fromkeys([self.path, *found]))
+
     def info(self, name: str) -> TensorInfo:
         return self._files[name].info(name)
 

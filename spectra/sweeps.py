@@ -1,0 +1,376 @@
+"""Sweeps: analyse every checkpoint of a training run, cached by content, as one table.
+
+``find_checkpoints(run, pattern=None)`` lists a run's checkpoints with their
+steps: the ``checkpoint-<step>/`` folders the Hugging Face Trainer writes, or
+whatever ``pattern`` (a glob, relative to ``run``) matches. The step is
+``global_step`` from a ``trainer_state.json`` inside, else the last number in
+the name.
+
+``run_sweep(...)`` analyses each one that is not already in the report cache
+(``spectra.cache``), serially, on a local process pool (``workers > 1``) or as
+Ray tasks (``ray=...``, one GPU each where the cluster has GPUs), and returns
+a ``Sweep``; ``sweep(...)`` returns its ``to_pandas()``. Every executor runs
+the same ``analyze`` on the same inputs, so their results are equal.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import json
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import check_replaceable, replace_folder
+from .cache import ReportCache, analysis_key
+from .errors import SpectraError
+from .loaders import detect_format, load, option_names
+from .report import Progress, Report, analyze
+
+__all__ = [
+    "SWEEP_METRICS",
+    "RunCheckpoint",
+    "Sweep",
+    "check_sweep_target",
+    "find_checkpoints",
+    "run_sweep",
+    "sweep",
+]
+
+SWEEP_METRICS = ("normalized_entropy", "effective_rank", "stable_rank", "frobenius_norm")
+SWEEP_FILE = "sweep.csv"
+_TRAINER_FOLDER = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """One checkpoint of a run: its training step and where it is."""
+
+    step: int
+    path: Path
+
+
+def _step_of(path: Path) -> int | None:
+    state = path / "trainer_state.json"
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    numbers = re.findall(r"\d+", path.name)
+    return int(numbers[-1]) if numbers else None
+
+
+def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list[RunCheckpoint]:
+    """The checkpoints of a run, by step; ``SpectraError`` if there are none."""
+    run = Path(run)
+    if not run.is_dir():
+        raise SpectraError(f"{run}: no such folder (expected a training run's output folder)")
+    if pattern is None:
+        found = [p for p in run.iterdir() if p.is_dir() and _TRAINER_FOLDER.match(p.name)]
+        what = "checkpoint-<step>/ folders (Hugging Face Trainer)"
+    else:
+        found = sorted(run.glob(pattern))
+        what = f"paths matching {pattern!r}"
+    if not found:
+        listing = ", ".join(sorted(p.name for p in run.iterdir())[:12]) or "nothing"
+        raise SpectraError(
+            f"{run}: no checkpoints found; expected {what}, found {listing}. "
+            "Name others with --glob PATTERN"
+        )
+    checkpoints = []
+    for path in found:
+        step = _step_of(path)
+        if step is None:
+            raise SpectraError(
+                f"{path}: cannot tell its training step: no trainer_state.json and no number in "
+                "its name; choose the checkpoints with --glob"
+            )
+        checkpoints.append(RunCheckpoint(step, path))
+    checkpoints.sort(key=lambda c: (c.step, str(c.path)))
+    steps = [c.step for c in checkpoints]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    if repeated:
+        names = [str(c.path) for c in checkpoints if c.step in repeated]
+        raise SpectraError(
+            f"{run}: several checkpoints share step {repeated[0]}: {', '.join(names[:4])}; "
+            "narrow the selection with --glob"
+        )
+    return checkpoints
+
+
+@dataclass
+class Sweep:
+    """The reports of a run's checkpoints, in step order, and where each came from."""
+
+    run: Path
+    checkpoints: list[RunCheckpoint]
+    reports: list[Report]
+    cached: list[bool] = field(default_factory=list)  # whether each report was a cache hit
+
+    @property
+    def columns(self) -> list[str]:
+        columns = ["step", "checkpoint"]
+        for report in self.reports:
+            columns += [c for c in report.columns if c not in columns]
+        return columns
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per (checkpoint, module[, head]), with ``step`` and ``checkpoint`` first."""
+        rows = []
+        for checkpoint, report in zip(self.checkpoints, self.reports, strict=True):
+            for row in report.rows:
+                rows.append({"step": checkpoint.step, "checkpoint": str(checkpoint.path), **row})
+        return rows
+
+    def to_pandas(self):
+        """The rows as one ``pandas.DataFrame`` (pandas is imported only here)."""
+        import pandas as pd
+
+        columns = self.columns
+        return pd.DataFrame(
+            [{c: row.get(c) for c in columns} for row in self.rows()], columns=columns
+        )
+
+    def csv(self) -> str:
+        """The rows as CSV, floats written exactly (``repr``), missing values empty."""
+        columns = self.columns
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for row in self.rows():
+            values = (row.get(c) for c in columns)
+            writer.writerow(
+                repr(v) if isinstance(v, float) else "" if v is None else v for v in values
+            )
+        return buffer.getvalue()
+
+    def save(
+        self,
+        out: str | os.PathLike,
+        force: bool = False,
+        figure_format: str = "png",
+        metrics: Sequence[str] = SWEEP_METRICS,
+    ) -> Path:
+        """Write ``sweep.csv``, ``sweep.json`` and ``sweep.<figure_format>`` into ``out``."""
+        from .plot_sweep import sweep_curves
+
+        out = Path(out)
+        check_sweep_target(out, force)
+        figure = sweep_curves(self.rows(), metrics)[0]
+        with replace_folder(out) as staging:
+            (staging / SWEEP_FILE).write_text(self.csv())
+            meta = {
+                "run": str(self.run.resolve()),
+                "checkpoints": [
+                    {
+                        "step": c.step,
+                        "path": str(c.path.resolve()),
+                        "cached": hit,
+                        "source": report.meta.get("source"),
+                    }
+                    for c, report, hit in zip(
+                        self.checkpoints, self.reports, self.cached, strict=True
+                    )
+                ],
+                "warnings": self.warnings,
+            }
+            (staging / "sweep.json").write_text(json.dumps(meta, indent=2, default=str))
+            from .plot import save_figure
+
+            save_figure(figure, staging / f"sweep.{figure_format}")
+        return out
+
+    @property
+    def warnings(self) -> list[str]:
+        return [
+            f"step {c.step}: {warning}"
+            for c, report in zip(self.checkpoints, self.reports, strict=True)
+            for warning in report.warnings
+        ]
+
+
+def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
+    """A sweep may replace an empty folder, or an earlier sweep with ``force``."""
+    check_replaceable(out, force, SWEEP_FILE, "sweep")
+
+
+# ---------------------------------------------------------------- running
+
+
+def _analyze_job(job: dict) -> Report:
+    """One checkpoint's analysis; module-level so that process pools and Ray can ship it."""
+    return analyze(**job)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_sweep(
+    run: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    modules: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    device: str = "auto",
+    method: str = "fast",
+    *,
+    pattern: str | None = None,
+    cache: bool | str | os.PathLike | ReportCache = True,
+    workers: int = 1,
+    ray: bool | str | None = None,
+    progress: Progress | None = None,
+    **options: object,
+) -> Sweep:
+    """Analyse every checkpoint of ``run`` (see the module docstring) and gather the reports.
+
+    ``cache`` is True (the default folder, ``spectra.cache.default_folder()``),
+    a folder, a ``ReportCache``, or False (analyse everything, store nothing).
+    ``workers > 1`` runs that many processes; ``ray`` (True, or a cluster
+    address) runs Ray tasks instead, on an already initialised Ray or one
+    that ``ray.init`` starts or joins. ``progress(done, total, label)`` is
+    called after each checkpoint. Other arguments are ``analyze``'s.
+    """
+    if workers < 1:
+        raise SpectraError(f"--workers must be at least 1, got {workers}")
+    checkpoints = find_checkpoints(run, pattern)
+    store = _cache(cache)
+    jobs, keys = [], []
+    for checkpoint in checkpoints:
+        usable = option_names(detect_format(checkpoint.path))
+        given = {k: v for k, v in options.items() if k in usable and v not in (None, False)}
+        job = {
+            "path": checkpoint.path,
+            "base": base,
+            "modules": modules,
+            "layers": layers,
+            "device": device,
+            "method": method,
+            **given,
+        }
+        jobs.append(job)
+        keys.append(_key(job, store) if store is not None else None)
+    reports: list[Report | None] = [
+        store.get(key) if store is not None and key is not None else None for key in keys
+    ]
+    cached = [report is not None for report in reports]
+    missing = [i for i, report in enumerate(reports) if report is None]
+    total, done = len(checkpoints), sum(cached)
+    if progress is not None and done:
+        progress(done, total, f"{done} from the cache")
+
+    def finished(index: int, report: Report) -> None:
+        nonlocal done
+        reports[index] = report
+        if store is not None:
+            store.put(keys[index], report)
+        done += 1
+        if progress is not None:
+            progress(done, total, f"step {checkpoints[index].step}")
+
+    todo = [jobs[i] for i in missing]
+    if ray is not None and ray is not False:
+        _run_on_ray(todo, missing, ray, finished)
+    elif workers > 1 and len(todo) > 1:
+        _run_on_processes(todo, missing, workers, finished)
+    else:
+        for index, job in zip(missing, todo, strict=True):
+            finished(index, _analyze_job(job))
+    for index in range(total):
+        if cached[index]:  # a hit keeps the result but says where the content is now
+            assert reports[index] is not None
+            reports[index].meta["source"]["path"] = str(checkpoints[index].path.resolve())
+    return Sweep(Path(run), checkpoints, [r for r in reports if r is not None], cached)
+
+
+def sweep(run: str | os.PathLike, *args: object, **kwargs: object):
+    """``run_sweep(...).to_pandas()``: one DataFrame, a ``step`` column first."""
+    return run_sweep(run, *args, **kwargs).to_pandas()
+
+
+def _cache(cache: bool | str | os.PathLike | ReportCache) -> ReportCache | None:
+    if cache is False or cache is None:
+        return None
+    if isinstance(cache, ReportCache):
+        return cache
+    return ReportCache(None if cache is True else cache)
+
+
+def _key(job: dict, store: ReportCache) -> str:
+    """The content key of one job: what it reads, and every parameter but the device."""
+    loader_options = {
+        k: v
+        for k, v in job.items()
+        if k not in ("path", "base", "modules", "layers", "device", "method")
+    }
+    checkpoint = load(job["path"], base=job["base"], **loader_options)
+    digests = store.digests(checkpoint.source_files())
+    files = [(Path(path).name, digest) for path, digest in digests.items()]
+    parameters = {
+        "format": checkpoint.format,
+        "modules": sorted(job["modules"]) if job["modules"] else None,
+        "layers": sorted(job["layers"]) if job["layers"] else None,
+        "method": job["method"],
+        "options": loader_options,
+    }
+    return analysis_key(files, parameters)
+
+
+def _run_on_processes(
+    jobs: list[dict], indices: list[int], workers: int, finished: Callable[[int, Report], None]
+) -> None:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_set_threads, initargs=(threads,)
+    ) as pool:
+        futures = {
+            pool.submit(_analyze_job, job): index for job, index in zip(jobs, indices, strict=True)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            finished(futures[future], future.result())
+
+
+def _run_on_ray(
+    jobs: list[dict],
+    indices: list[int],
+    address: bool | str,
+    finished: Callable[[int, Report], None],
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SpectraError(
+            "--ray needs Ray, which is not installed: pip install 'spectra[ray]'"
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(
+            address=address if isinstance(address, str) and address else None, log_to_driver=False
+        )
+        started = True
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_analyze_job)
+        pending = {task.remote(job): index for job, index in zip(jobs, indices, strict=True)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready[0])
+            try:
+                report = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, SpectraError):
+                    raise cause from None
+                raise SpectraError(f"{jobs[indices.index(index)]['path']}: {exc}") from exc
+            finished(index, report)
+    finally:
+        if started:
+            ray.shutdown()
