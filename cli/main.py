@@ -23,6 +23,7 @@ from spectra.errors import ReportExistsError, SpectraError
 from spectra.loaders import write_multilora
 from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target
+from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
 from .options import LAYERS, MODULES
@@ -346,11 +347,28 @@ def convert(src, dst, lora_alpha, force):
 
 
 def _print_summary(comparison) -> None:
+    extra = [c for c in ("amplification", "intruder_dimensions") if c in comparison.columns]
     rows = [
-        [row["method"], row["module"], *(row[m] for m in SUMMARY_METRICS)]
+        [row["method"], row["module"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
         for row in comparison.summary()
     ]
-    click.echo(render(["method", "module", *SUMMARY_TITLES], rows))
+    titles = [*SUMMARY_TITLES, *(("amplification", "intruders") if extra else ())]
+    click.echo(render(["method", "module", *titles], rows))
+    if comparison.subspace is not None and comparison.subspace.pairs:
+        pairs: dict[tuple[str, str, str], list[float]] = {}
+        for row in comparison.subspace.pairs:
+            key = (row["method_a"], row["method_b"], row["module"])
+            pairs.setdefault(key, []).append(row["similarity"])
+        click.echo(
+            f"\nsubspace similarity of the top-{comparison.subspace.rank} left singular "
+            "vectors, mean over layers:"
+        )
+        click.echo(
+            render(
+                ["method a", "method b", "module", "similarity"],
+                [[a, b, m, sum(v) / len(v)] for (a, b, m), v in pairs.items()],
+            )
+        )
 
 
 SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
@@ -378,6 +396,34 @@ _figure_format = click.option(
 )
 @click.option("--per-head", is_flag=True, help="Multi-head sources: one row per head.")
 @click.option(
+    "--subspace",
+    is_flag=True,
+    help="Also compare singular vectors: subspace similarity of each pair of methods per "
+    "layer (heat-map), amplification and intruder dimensions (these need --base). Takes "
+    "a full SVD per dense module.",
+)
+@click.option(
+    "--subspace-rank",
+    type=click.IntRange(min=1),
+    default=SUBSPACE_RANK,
+    show_default=True,
+    help="Top-k singular vectors compared (and r of the amplification).",
+)
+@click.option(
+    "--intruder-top",
+    type=click.IntRange(min=1),
+    default=INTRUDER_TOP,
+    show_default=True,
+    help="Intruders are sought among this many top singular vectors of W0+ΔW.",
+)
+@click.option(
+    "--intruder-eps",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=INTRUDER_EPS,
+    show_default=True,
+    help="A vector is an intruder when its max |cos| with W0's singular vectors is below this.",
+)
+@click.option(
     "--out", type=_path, required=True, help="Folder for summary.csv, reports and figures."
 )
 @click.option("--force", is_flag=True, help="Replace an earlier comparison at --out.")
@@ -393,6 +439,10 @@ def compare(
     exact,
     lora_alpha,
     per_head,
+    subspace,
+    subspace_rank,
+    intruder_top,
+    intruder_eps,
     out,
     force,
     figure_format,
@@ -400,7 +450,11 @@ def compare(
 ):
     """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
     summary per method and module (mean over layers), and write summary.csv, the
-    reports and the figures (Figure 2 histograms, spectra, metrics by layer) to --out."""
+    reports and the figures (Figure 2 histograms, spectra, metrics by layer) to --out.
+
+    With --subspace, also the subspace similarity between methods (subspace_similarity.csv
+    and its heat-map), and amplification and intruder dimensions per method
+    (subspace_modules.csv)."""
     check_comparison_target(out, force)
     comparison = _with_progress(
         quiet,
@@ -414,8 +468,14 @@ def compare(
         method="exact" if exact else "fast",
         lora_alpha=lora_alpha,
         per_head=per_head,
+        subspace=subspace,
+        subspace_rank=subspace_rank,
+        intruder_top=intruder_top,
+        intruder_eps=intruder_eps,
     )
     _print_summary(comparison)
+    if comparison.subspace is not None:
+        _warn(comparison.subspace.warnings)
     for label, report in zip(comparison.labels, comparison.reports, strict=True):
         _warn(f"{label}: {warning}" for warning in report.warnings)
     comparison.save(out, force=force, figure_format=figure_format)

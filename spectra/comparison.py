@@ -6,6 +6,13 @@ normalized entropy, effective rank, stable rank, energy rank at 90 % and the
 top-1 share), and ``save(out)``, which writes ``summary.csv``, the reports
 (``reports/<label>/``) and the figures: Figure 2 (``figure2.<ext>``), the
 spectra (``spectrum.<ext>``) and two metrics by layer.
+
+With ``subspace=True`` (``spectra compare --subspace``) it also measures the
+subspace metrics of ``spectra.subspace`` on the modules all sources share:
+the summary gains the mean amplification and intruder-dimension count per
+method and module, and ``save`` writes ``subspace_similarity.csv`` (each pair
+of methods per layer), ``subspace_modules.csv`` (each method per layer) and
+the heat-map ``subspace_similarity.<ext>``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from .atomic import check_replaceable, replace_folder
 from .errors import SpectraError
 from .loaders import detect_format, option_names
 from .report import Progress, Report, analyze, is_report
+from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from .subspace_report import SubspaceResult, measure_subspaces
 
 __all__ = ["SUMMARY_METRICS", "Comparison", "check_comparison_target", "compare", "write_figures"]
 
@@ -46,9 +55,20 @@ class Comparison:
 
     labels: list[str]
     reports: list[Report]
+    subspace: SubspaceResult | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The summary's columns: subspace ones only when they were measured."""
+        extra = ["amplification", "intruder_dimensions"] if self.subspace is not None else []
+        return ["method", "module", "rows", *SUMMARY_METRICS, *extra]
 
     def summary(self) -> list[dict[str, object]]:
-        """One row per (method, module): the mean over layers (and heads) of SUMMARY_METRICS."""
+        """One row per (method, module): the mean over layers (and heads) of SUMMARY_METRICS.
+
+        With subspace metrics, also the mean over layers of the amplification
+        and of the intruder-dimension count (None without a base).
+        """
         rows = []
         for label, report in zip(self.labels, self.reports, strict=True):
             for module in dict.fromkeys(row["module"] for row in report.rows):
@@ -60,16 +80,23 @@ class Comparison:
                 }
                 for metric in SUMMARY_METRICS:
                     summary[metric] = sum(float(row[metric]) for row in selected) / len(selected)
+                if self.subspace is not None:
+                    for column in ("amplification", "intruder_dimensions"):
+                        summary[column] = self.subspace.mean_by_method(label, module, column)
                 rows.append(summary)
         return rows
 
     def summary_csv(self) -> str:
         buffer = io.StringIO()
-        fields = ["method", "module", "rows", *SUMMARY_METRICS]
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         for row in self.summary():
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow(
+                {
+                    k: repr(v) if isinstance(v, float) else "" if v is None else v
+                    for k, v in row.items()
+                }
+            )
         return buffer.getvalue()
 
     def save(self, out: str | os.PathLike, force: bool = False, figure_format: str = "png") -> Path:
@@ -81,7 +108,20 @@ class Comparison:
             for label, report in zip(self.labels, self.reports, strict=True):
                 report.save(staging / "reports" / _slug(label))
             write_figures(self.reports, self.labels, staging, figure_format)
+            if self.subspace is not None:
+                self._save_subspace(staging, figure_format)
         return out
+
+    def _save_subspace(self, folder: Path, figure_format: str) -> None:
+        assert self.subspace is not None
+        (folder / "subspace_similarity.csv").write_text(self.subspace.pairs_csv())
+        (folder / "subspace_modules.csv").write_text(self.subspace.modules_csv())
+        if self.subspace.pairs:
+            from .plot import save_figure
+            from .plot_subspace import similarity_heatmap
+
+            figure = similarity_heatmap(self.subspace)[0]
+            save_figure(figure, folder / f"subspace_similarity.{figure_format}")
 
 
 def check_comparison_target(out: str | os.PathLike, force: bool) -> None:
@@ -120,6 +160,10 @@ def compare(
     device: str = "auto",
     method: str = "fast",
     *,
+    subspace: bool = False,
+    subspace_rank: int = SUBSPACE_RANK,
+    intruder_top: int = INTRUDER_TOP,
+    intruder_eps: float = INTRUDER_EPS,
     progress: Progress | None = None,
     **options: object,
 ) -> Comparison:
@@ -127,6 +171,9 @@ def compare(
 
     ``base`` and ``options`` (``lora_alpha``, ``per_head``, …) go to each
     source whose format uses them; report folders are loaded as saved.
+    ``subspace=True`` adds the subspace metrics (module docstring) with the
+    top ``subspace_rank`` singular vectors, and intruders among the top
+    ``intruder_top`` vectors of W0 + ΔW below ``intruder_eps``.
     """
     if not sources:
         raise SpectraError("nothing to compare: give at least one checkpoint or report folder")
@@ -147,4 +194,25 @@ def compare(
         reports.append(
             analyze(source, base, modules, layers, device, method, progress=progress, **given)
         )
-    return Comparison(labels, reports)
+    measured = None
+    if subspace:
+        measured = measure_subspaces(
+            sources,
+            labels,
+            _shared_roles(reports),
+            layers,
+            base,
+            device,
+            rank=subspace_rank,
+            intruder_top=intruder_top,
+            intruder_eps=intruder_eps,
+            progress=progress,
+            **options,
+        )
+    return Comparison(labels, reports, measured)
+
+
+def _shared_roles(reports: Sequence[Report]) -> list[str]:
+    """The roles every report has, in the first report's order."""
+    roles = dict.fromkeys(str(row["module"]) for row in reports[0].rows)
+    return [m for m in roles if all(any(r["module"] == m for r in rep.rows) for rep in reports)]

@@ -61,6 +61,12 @@ class AdapterCheckpoint(Checkpoint):
     def available(self):
         return self.modules.keys()
 
+    def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
+        if self.base_weights is None:
+            return None
+        module = self.base_weights.module_weight(self.base_weights.modules[key])
+        return module[self.rows(self.modules[key])].to(torch.float64)  # (d_out, d_in)
+
     def source_files(self) -> list[Path]:
         config = [self.config_path] if self.config_path is not None else []
         own = [*config, *self.store.files()]

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..delta import LayerDelta
 from ..errors import SelectionError
 from .names import ROLES
@@ -122,6 +124,10 @@ class Checkpoint(ABC):
     @abstractmethod
     def source_files(self) -> list[Path]:
         """Every file an analysis reads (weights, configs, the base's): what a cache key hashes."""
+
+    def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
+        """W0 of one (layer, role), ``(d_out, d_in)`` float64, or None without a base."""
+        return None
 
     def warnings(self) -> list[str]:
         """Warnings about the checkpoint as a whole (scales guessed, inits that moved W0, …)."""

@@ -213,6 +213,11 @@ class FullCheckpoint(Checkpoint):
     def warnings(self) -> list[str]:
         return [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
 
+    def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
+        if self.base_weights is None:
+            return None
+        return self.base_weights.weight(self.base_weights.modules[key])  # (d_out, d_in) float64
+
     def source_files(self) -> list[Path]:
         base = self.base_weights.files() if self.base_weights is not None else []
         return [*self.tuned.files(), *base]

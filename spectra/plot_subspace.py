@@ -1,0 +1,61 @@
+"""The subspace heat-map: similarity of the methods' top singular vectors, per layer.
+
+``similarity_heatmap(result)`` takes a ``SubspaceResult`` and draws one panel
+per role: a row per layer, a column per pair of methods, the cell coloured by
+``‖U_aᵀ U_b‖_F² / min(k_a, k_b)`` from 0 (orthogonal subspaces) to 1 (one
+contains the other), with the value written in the cell when there is room.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .errors import SpectraError
+from .plot import _figure, _style
+from .subspace_report import SubspaceResult
+
+__all__ = ["similarity_heatmap"]
+
+
+def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
+    """One panel per role: layers down, method pairs across, similarity as colour."""
+    if not result.pairs:
+        raise SpectraError("no pairs to draw: subspace similarity needs at least two methods")
+    roles = list(dict.fromkeys(str(row["module"]) for row in result.pairs))
+    layers = sorted({int(row["layer"]) for row in result.pairs})
+    pairs = list(dict.fromkeys((str(r["method_a"]), str(r["method_b"])) for r in result.pairs))
+    fig, axes = _figure(
+        1, len(roles), width=1.2 + 1.3 * len(pairs), height=0.9 + 0.32 * len(layers)
+    )
+    with _style():
+        for ax, role in zip(axes[0], roles, strict=True):
+            grid = np.full((len(layers), len(pairs)), np.nan)
+            for row in result.pairs:
+                if row["module"] == role:
+                    pair = (row["method_a"], row["method_b"])
+                    grid[layers.index(int(row["layer"])), pairs.index(pair)] = row["similarity"]
+            image = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
+            if grid.size <= 300:
+                for (i, j), value in np.ndenumerate(grid):
+                    if np.isfinite(value):
+                        ax.text(
+                            j,
+                            i,
+                            f"{value:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="white" if value < 0.6 else "black",
+                        )
+            ax.set_xticks(range(len(pairs)), [f"{a}\nvs {b}" for a, b in pairs])
+            ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+            ax.set_ylabel("layer")
+            ax.set_title(f"{role} projection")
+        bar = fig.colorbar(image, ax=axes.ravel().tolist())
+        bar.set_label("subspace similarity")
+        fig.suptitle(
+            f"Similarity of the top-{result.rank} left singular vectors of ΔW, "
+            "‖U_aᵀU_b‖²_F / min(k_a, k_b)"
+        )
+    return fig, axes
