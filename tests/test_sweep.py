@@ -162,6 +162,16 @@ def test_ray_missing_is_a_clear_error(lora_run, monkeypatch):
         spectra.run_sweep(lora_run, cache=False, ray=True)
 
 
+def test_cli_ray_flag_takes_an_optional_address(lora_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for extra in (["--ray"], ["--ray", "10.0.0.1:6379"]):
+        args = ["sweep", str(lora_run), "--out", str(tmp_path / "o"), "--no-cache", *extra]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert "pip install 'spectra[ray]'" in result.output
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
 def test_cli_sweep_writes_table_and_figure_and_refuses_to_overwrite(lora_run, tmp_path):
     out, cache = tmp_path / "sweep", tmp_path / "cache"
     args = ["sweep", str(lora_run), "--out", str(out), "--cache", str(cache), "--layers", "0-1"]
