@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -112,7 +113,18 @@ class MultiTaskModel(nn.Module):
         return self.heads[task](hidden.mean(dim=1))  # (batch, classes)
 
 
-def train(model: MultiTaskModel, data: TaskMixture, steps: int, lr: float, batch: int) -> float:
+def train(
+    model: MultiTaskModel,
+    data: TaskMixture,
+    steps: int,
+    lr: float,
+    batch: int,
+    after_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """AdamW with a 30-step warm-up; ``after_step(step, mean task loss)``, step from 1.
+
+    Returns the seconds spent.
+    """
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
@@ -127,6 +139,8 @@ def train(model: MultiTaskModel, data: TaskMixture, steps: int, lr: float, batch
         loss.backward()
         optimizer.step()
         schedule.step()
+        if after_step is not None:
+            after_step(step + 1, loss.item() / len(TASKS))
         if step % 100 == 0 or step == steps - 1:
             print(f"  step {step:4d}  loss {loss.item() / len(TASKS):.3f}", flush=True)
     return time.perf_counter() - start

@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from reproduce_figure2 import TASKS, MultiTaskModel, TaskMixture, accuracy
+from reproduce_figure2 import MultiTaskModel, TaskMixture, accuracy, train
 
 
 def main() -> None:
@@ -60,28 +59,15 @@ def main() -> None:
     config = LoraConfig(r=16, lora_alpha=32, target_modules=["query", "key", "value"])
     encoder = get_peft_model(BertModel.from_pretrained(str(base)), config)
     model = MultiTaskModel(encoder, 384)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        model.train()
-        loss = sum(
-            nn.functional.cross_entropy(model(ids, task), labels)
-            for task in TASKS
-            for ids, labels in [data.batch(task, args.batch // len(TASKS))]
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+
+    def save(step: int, loss: float) -> None:
         if step % args.every == 0:
             folder = run / f"checkpoint-{step}"
             encoder.save_pretrained(str(folder))
-            state = {"global_step": step, "loss": loss.item() / len(TASKS)}
+            state = {"global_step": step, "loss": loss}
             (folder / "trainer_state.json").write_text(json.dumps(state))
-            print(f"  step {step:4d}  loss {state['loss']:.3f}", flush=True)
-    seconds = time.perf_counter() - start
+
+    seconds = train(model, data, args.steps, 1e-3, args.batch, after_step=save)
     scores = accuracy(model, data.resample(args.seed + 1000))
 
     start = time.perf_counter()

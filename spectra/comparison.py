@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .atomic import check_replaceable, replace_folder
 from .errors import SpectraError
-from .loaders import detect_format, option_names
+from .loaders import options_for
 from .report import Progress, Report, analyze, is_report
 from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .subspace_report import SubspaceResult, measure_subspaces
@@ -189,8 +189,7 @@ def compare(
         if is_report(source):
             reports.append(Report.load(source))
             continue
-        usable = option_names(detect_format(source))
-        given = {key: value for key, value in options.items() if key in usable}
+        given = options_for(source, options)
         reports.append(
             analyze(source, base, modules, layers, device, method, progress=progress, **given)
         )

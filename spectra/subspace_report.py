@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import SpectraError
-from .loaders import Checkpoint, detect_format, load, option_names
+from .loaders import Checkpoint, load, options_for
 from .report import Progress, Report, is_report
 from .subspace import (
     INTRUDER_EPS,
@@ -98,8 +98,7 @@ def _open(
                 "instead of the report"
             )
         return load(path, base=saved.get("base"), **saved.get("options", {}))
-    usable = option_names(detect_format(source))
-    return load(source, base=base, **{k: v for k, v in options.items() if k in usable})
+    return load(source, base=base, **options_for(source, options))
 
 
 def measure_subspaces(

@@ -29,7 +29,7 @@ from pathlib import Path
 from .atomic import check_replaceable, replace_folder
 from .cache import ReportCache, analysis_key
 from .errors import SpectraError
-from .loaders import detect_format, load, option_names
+from .loaders import Checkpoint, load, options_for
 from .report import Progress, Report, analyze
 
 __all__ = [
@@ -243,11 +243,12 @@ def run_sweep(
     checkpoints = find_checkpoints(run, pattern)
     store = _cache(cache)
     jobs, keys = [], []
-    for checkpoint in checkpoints:
-        usable = option_names(detect_format(checkpoint.path))
-        given = {k: v for k, v in options.items() if k in usable and v not in (None, False)}
+    for found in checkpoints:  # every one is opened and its selection checked before any work
+        given = options_for(found.path, options)
+        checkpoint = load(found.path, base=base, **given)
+        checkpoint.plan(modules, layers)
         job = {
-            "path": checkpoint.path,
+            "path": found.path,
             "base": base,
             "modules": modules,
             "layers": layers,
@@ -256,7 +257,7 @@ def run_sweep(
             **given,
         }
         jobs.append(job)
-        keys.append(_key(job, store) if store is not None else None)
+        keys.append(_key(checkpoint, job, given, store) if store is not None else None)
     reports: list[Report | None] = [
         store.get(key) if store is not None and key is not None else None for key in keys
     ]
@@ -303,14 +304,10 @@ def _cache(cache: bool | str | os.PathLike | ReportCache) -> ReportCache | None:
     return ReportCache(None if cache is True else cache)
 
 
-def _key(job: dict, store: ReportCache) -> str:
+def _key(
+    checkpoint: Checkpoint, job: dict, loader_options: dict[str, object], store: ReportCache
+) -> str:
     """The content key of one job: what it reads, and every parameter but the device."""
-    loader_options = {
-        k: v
-        for k, v in job.items()
-        if k not in ("path", "base", "modules", "layers", "device", "method")
-    }
-    checkpoint = load(job["path"], base=job["base"], **loader_options)
     digests = store.digests(checkpoint.source_files())
     files = [(Path(path).name, digest) for path, digest in digests.items()]
     parameters = {

@@ -133,6 +133,12 @@ def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatc
     assert spectra.run_sweep(run, cache=cache, layers=[0]).cached == [False] * 3
 
 
+def test_a_bad_selection_fails_before_any_work(lora_run, tmp_path):
+    with pytest.raises(SpectraError, match="'o'"):
+        spectra.run_sweep(lora_run, modules=["o"], cache=tmp_path / "cache", workers=2)
+    assert not (tmp_path / "cache" / "reports").exists()
+
+
 def test_process_pool_equals_serial(lora_run):
     serial = spectra.run_sweep(lora_run, cache=False, layers=[0, 5])
     pooled = spectra.run_sweep(lora_run, cache=False, layers=[0, 5], workers=2)

@@ -47,6 +47,7 @@ __all__ = [
     "detect_format",
     "load",
     "option_names",
+    "options_for",
     "write_multilora",
 ]
 
@@ -67,6 +68,16 @@ _FLAGS = {
 def option_names(format: str) -> tuple[str, ...]:
     """The ``load`` options that apply to checkpoints of ``format``."""
     return _OPTIONS[format]
+
+
+def options_for(path: str | Path, options: dict[str, object]) -> dict[str, object]:
+    """The ``options`` that apply to ``path``'s format and are set (not None or False).
+
+    For commands over several sources (compare, sweep), where an option such
+    as ``lora_alpha`` is meant for the sources that use it.
+    """
+    usable = _OPTIONS[detect_format(path)]
+    return {k: v for k, v in options.items() if k in usable and v not in (None, False)}
 
 
 def detect_format(path: str | Path) -> str:
