@@ -134,7 +134,7 @@ def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatc
 
 
 def test_a_bad_selection_fails_before_any_work(lora_run, tmp_path):
-    with pytest.raises(SpectraError, match="'o'"):
+    with pytest.raises(SpectraError, match="checkpoint-10: no o modules"):
         spectra.run_sweep(lora_run, modules=["o"], cache=tmp_path / "cache", workers=2)
     assert not (tmp_path / "cache" / "reports").exists()
 
