@@ -136,7 +136,9 @@ def _with_options(command, options):
 def loader_options(command):
     """Options that say how to read a checkpoint, shared by analyze, inspect, sweep, convert."""
     options = [
-        click.option("--adapter", help="A PEFT adapter saved in a sub-folder of CKPT, by name."),
+        click.option(
+            "--adapter", help="A PEFT adapter saved in a sub-folder of the checkpoint, by name."
+        ),
         click.option(
             "--per-head",
             is_flag=True,
@@ -493,7 +495,11 @@ def compare(
     help="Which checkpoints, as a glob relative to RUN (e.g. 'seed*/step-*') "
     "[default: the Trainer's checkpoint-<step>/ folders].",
 )
-@click.option("--base", type=_path, help="Base model folder or Hub id, for full fine-tunes.")
+@click.option(
+    "--base",
+    type=_path,
+    help="Base model folder or Hub id: needed for full fine-tunes and DoRA; optional otherwise.",
+)
 @analysis_options
 @loader_options
 @click.option(
