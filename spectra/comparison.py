@@ -17,8 +17,6 @@ the heat-map ``subspace_similarity.<ext>``.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from pathlib import Path
 from .atomic import check_replaceable, replace_folder
 from .errors import SpectraError
 from .loaders import options_for
-from .report import Progress, Report, analyze, is_report
+from .report import Progress, Report, analyze, csv_text, is_report
 from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .subspace_report import SubspaceResult, measure_subspaces
 
@@ -87,17 +85,7 @@ class Comparison:
         return rows
 
     def summary_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        for row in self.summary():
-            writer.writerow(
-                {
-                    k: repr(v) if isinstance(v, float) else "" if v is None else v
-                    for k, v in row.items()
-                }
-            )
-        return buffer.getvalue()
+        return csv_text(self.columns, self.summary())
 
     def save(self, out: str | os.PathLike, force: bool = False, figure_format: str = "png") -> Path:
         """Write summary.csv, reports/<label>/ and the figures into ``out``, atomically."""

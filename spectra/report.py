@@ -27,7 +27,7 @@ import io
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,12 +154,7 @@ class Report:
         return out
 
     def _csv_bytes(self) -> bytes:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.columns)
-        for row in self.rows:
-            writer.writerow([_format_cell(row.get(column)) for column in self.columns])
-        return buffer.getvalue().encode()
+        return csv_text(self.columns, self.rows).encode()
 
     # -- reading -----------------------------------------------------------
 
@@ -213,6 +208,20 @@ def _column_type(name: str) -> str:
     if name in types:
         return types[name]
     return "int" if name in _INT_METRICS else "float"
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    """Rows as CSV text with these columns: floats exact (``repr``), None empty.
+
+    Every table spectra writes (metrics, summaries, sweeps, subspaces) goes
+    through here, so all of them read back the same way.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format_cell(row.get(column)) for column in columns])
+    return buffer.getvalue()
 
 
 def _format_cell(value: object) -> str:

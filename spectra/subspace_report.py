@@ -16,8 +16,6 @@ A source given as a saved report is re-opened from the checkpoint its
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import os
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ import torch
 
 from .errors import SpectraError
 from .loaders import Checkpoint, load, options_for
-from .report import Progress, Report, is_report
+from .report import Progress, Report, csv_text, is_report
 from .subspace import (
     INTRUDER_EPS,
     INTRUDER_TOP,
@@ -68,20 +66,10 @@ class SubspaceResult:
         return sum(values) / len(values) if values else None
 
     def pairs_csv(self) -> str:
-        return _csv(PAIR_COLUMNS, self.pairs)
+        return csv_text(PAIR_COLUMNS, self.pairs)
 
     def modules_csv(self) -> str:
-        return _csv(MODULE_COLUMNS, self.modules)
-
-
-def _csv(columns: Sequence[str], rows: list[dict[str, object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        values = (row.get(c) for c in columns)
-        writer.writerow(repr(v) if isinstance(v, float) else "" if v is None else v for v in values)
-    return buffer.getvalue()
+        return csv_text(MODULE_COLUMNS, self.modules)
 
 
 def _open(
@@ -130,14 +118,15 @@ def measure_subspaces(
         raise SpectraError("subspace metrics compare whole modules: drop --per-head")
     target = resolve_device(device)
     result = SubspaceResult(rank, intruder_top, intruder_eps)
-    checkpoints = [_open(source, base, dict(options)) for source in sources]
+    checkpoints = [_open(source, base, options) for source in sources]
     keys = _shared_keys(checkpoints, labels, modules, layers)
     base_vectors: dict[tuple[str, tuple[int, str]], torch.Tensor] = {}
     without_base = set(labels)
     for done, key in enumerate(keys, start=1):
         vectors = {}
         for label, checkpoint in zip(labels, checkpoints, strict=True):
-            (delta,) = [d for d in checkpoint.deltas(*_selection(key)) if d.head is None]
+            layer, role = key
+            (delta,) = [d for d in checkpoint.deltas([role], [layer]) if d.head is None]
             vectors[label] = singular_vectors(delta.update, rank, target)
             row: dict[str, object] = {
                 "method": label,
@@ -186,10 +175,6 @@ def measure_subspaces(
                 "(they need W0: pass --base)"
             )
     return result
-
-
-def _selection(key: tuple[int, str]) -> tuple[list[str], list[int]]:
-    return [key[1]], [key[0]]
 
 
 def _shared_keys(

@@ -16,8 +16,6 @@ the same ``analyze`` on the same inputs, so their results are equal.
 from __future__ import annotations
 
 import concurrent.futures
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -30,7 +28,7 @@ from .atomic import check_replaceable, replace_folder
 from .cache import ReportCache, analysis_key
 from .errors import SpectraError
 from .loaders import Checkpoint, load, options_for
-from .report import Progress, Report, analyze
+from .report import Progress, Report, analyze, csv_text
 
 __all__ = [
     "SWEEP_METRICS",
@@ -139,16 +137,7 @@ class Sweep:
 
     def csv(self) -> str:
         """The rows as CSV, floats written exactly (``repr``), missing values empty."""
-        columns = self.columns
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        for row in self.rows():
-            values = (row.get(c) for c in columns)
-            writer.writerow(
-                repr(v) if isinstance(v, float) else "" if v is None else v for v in values
-            )
-        return buffer.getvalue()
+        return csv_text(self.columns, self.rows())
 
     def save(
         self,
