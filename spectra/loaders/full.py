@@ -149,6 +149,30 @@ def read_heads(folder: Path) -> int | None:
     return heads if isinstance(heads, int) else None
 
 
+_STRIP_ROWS = 512  # rows converted to float64 at a time: no whole-matrix temporaries
+
+
+def difference(tuned: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """``tuned − base`` in float64, with the Frobenius norms of both sides.
+
+    The only full-size allocation is the float64 result: the base is
+    converted a strip of rows at a time into one reused buffer, where
+    subtracting a bf16 matrix from a float64 one, or taking its norm in
+    float64, would each make a whole float64 copy first.
+    """
+    delta = tuned.to(torch.float64)  # (d_out, d_in)
+    tuned_norm = float(torch.linalg.vector_norm(delta))
+    strip = torch.empty(min(_STRIP_ROWS, base.shape[0]), base.shape[1], dtype=torch.float64)
+    base_squares = 0.0
+    for start in range(0, base.shape[0], _STRIP_ROWS):
+        rows = slice(start, start + _STRIP_ROWS)
+        base_rows = strip[: delta[rows].shape[0]]  # (rows, d_in)
+        base_rows.copy_(base[rows])
+        base_squares += float(torch.linalg.vector_norm(base_rows)) ** 2
+        delta[rows] -= base_rows
+    return delta, tuned_norm, math.sqrt(base_squares)
+
+
 class FullCheckpoint(Checkpoint):
     """A full fine-tune; ``deltas()`` needs the base model."""
 
@@ -233,12 +257,9 @@ class FullCheckpoint(Checkpoint):
         ref, base_ref = self.tuned.modules[key], self.base_weights.modules[key]
         tuned = self.tuned.weight(ref, dtype=None)  # (d_out, d_in), as stored
         base = self.base_weights.weight(base_ref, dtype=None)  # (d_out, d_in), as stored
-        delta = tuned.to(torch.float64)  # one float64 copy, then subtract in place
-        delta -= base
+        delta, tuned_norm, base_norm = difference(tuned, base)
         # The coarser of the two dtypes sets the rounding floor of the difference.
         dtype = max((tuned.dtype, base.dtype), key=lambda d: torch.finfo(d).eps)
-        base_norm = float(torch.linalg.vector_norm(base, dtype=torch.float64))
-        tuned_norm = float(torch.linalg.vector_norm(tuned, dtype=torch.float64))
         yield LayerDelta(
             layer=ref.layer,
             role=ref.role,
