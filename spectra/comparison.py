@@ -152,6 +152,7 @@ def compare(
     subspace_rank: int = SUBSPACE_RANK,
     intruder_top: int = INTRUDER_TOP,
     intruder_eps: float = INTRUDER_EPS,
+    jobs: int | None = None,
     progress: Progress | None = None,
     **options: object,
 ) -> Comparison:
@@ -161,7 +162,8 @@ def compare(
     source whose format uses them; report folders are loaded as saved.
     ``subspace=True`` adds the subspace metrics (module docstring) with the
     top ``subspace_rank`` singular vectors, and intruders among the top
-    ``intruder_top`` vectors of W0 + ΔW below ``intruder_eps``.
+    ``intruder_top`` vectors of W0 + ΔW below ``intruder_eps``. ``jobs`` is
+    ``analyze``'s.
     """
     if not sources:
         raise SpectraError("nothing to compare: give at least one checkpoint or report folder")
@@ -179,7 +181,17 @@ def compare(
             continue
         given = options_for(source, options)
         reports.append(
-            analyze(source, base, modules, layers, device, method, progress=progress, **given)
+            analyze(
+                source,
+                base,
+                modules,
+                layers,
+                device,
+                method,
+                jobs=jobs,
+                progress=progress,
+                **given,
+            )
         )
     measured = None
     if subspace:

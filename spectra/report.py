@@ -271,6 +271,7 @@ def analyze(
     progress: Progress | None = None,
     prefetch: int = 1,
     batch_size: int | None = None,
+    jobs: int | None = None,
     skip_nonfinite: bool = False,
     **options: object,
 ) -> Report:
@@ -280,11 +281,15 @@ def analyze(
     whichever the checkpoint has. ``layers=None`` means every layer.
     ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
     for dense ΔW; factored ΔW always takes the exact QR core.
-    ``progress(done, total, label)`` is called after each module. The next
-    module is read on a background thread while one is decomposed
-    (``prefetch`` modules ahead, 0 to read in turn); same-shaped dense updates
-    are decomposed in batches of ``batch_size`` (default 8 on CUDA, 1 on the
-    CPU); neither changes the results. A module whose weights hold NaN or Inf
+    ``progress(done, total, label)`` is called after each module. Reading
+    overlaps computing: on the CPU, ``jobs`` modules (default 2, 1 on a
+    single thread) are read and decomposed side by side, each on
+    ``torch.get_num_threads() // jobs`` threads; with ``jobs=1`` or on a GPU,
+    the next module is read on a background thread while one is decomposed
+    (``prefetch`` modules ahead, 0 to read in turn), and on a GPU same-shaped
+    dense updates are decomposed in batches of ``batch_size`` (default 8).
+    None of these changes the results beyond rounding (identical for the
+    same thread count). A module whose weights hold NaN or Inf
     raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
     named in the warnings and in ``meta["skipped"]``. ``options``
     go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
@@ -305,7 +310,7 @@ def analyze(
     if skip_nonfinite:
         deltas = _finite_only(deltas, skipped)
     stream = singular_values_stream(
-        deltas, target, method, prefetch=prefetch, batch_size=batch_size
+        deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
     for delta, sigma in stream:  # σ: (k,) float64, descending
         row = _row(delta, sigma, method)
@@ -320,6 +325,7 @@ def analyze(
         done.add((delta.layer, delta.role))
         if progress is not None:
             progress(len(done) + len(skipped), total, key)
+        del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
     if skipped:
         warnings.append(
             f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "

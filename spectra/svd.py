@@ -8,17 +8,20 @@ Two paths, chosen by the kind of update:
   backward-stable QR and SVD: about ``max(d) · ε₆₄ · σ_1`` absolute.
 - ``Dense``: two methods.
   ``"fast"`` (default) takes the eigenvalues of the float64 Gram matrix of
-  the smaller side (ΔWᵀΔW or ΔWΔWᵀ; on the CPU formed by BLAS ``dsyrk``,
-  which computes only the triangle ``eigvalsh`` reads). Squaring makes the
+  the smaller side (ΔWᵀΔW or ΔWΔWᵀ; on the CPU only the triangle
+  ``eigvalsh`` reads is formed, half the flops). Squaring makes the
   relative error of σ_i about ½·ε₆₄·(σ_1/σ_i)²: ~1e-6 for σ_i ≥ 1e-5·σ_1,
   ~1e-8 at 1e-4·σ_1, growing below; values under ``σ_1·√(max(d)·ε₆₄)`` are
   noise.
   ``"exact"`` is a float64 SVD (``torch.linalg.svdvals``), backward stable:
   absolute error about ``max(d)·ε₆₄·σ_1`` on every value.
 
-``singular_values_stream`` decomposes a stream of deltas, reading the next
-ones on a background thread while the current one is decomposed, and
-batching same-shaped dense matrices on a GPU.
+``singular_values_stream`` decomposes a stream of deltas, overlapping reading
+with computing: on the CPU, ``jobs`` modules are decomposed side by side on
+``threads // jobs`` threads each (two by default: the eigensolvers do not
+scale with threads, so two at once give more throughput); on a GPU, the next
+modules are read on a background thread and same-shaped dense matrices are
+decomposed in batches.
 
 Everything returns a float64 CPU tensor sorted in descending order, of length
 ``min(d_out, d_in)`` for dense updates and ``min(r, d_out, d_in)`` for
@@ -29,23 +32,21 @@ them through the shape).
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 
 import torch
-from scipy.linalg import blas
 
 from .delta import Dense, Factored, LayerDelta
 from .errors import DeviceError, NonFiniteError, SpectraError
+from .pipeline import ordered_map, read_ahead
 
 __all__ = [
     "METHODS",
     "accuracy_floor",
     "check_finite",
     "check_method",
+    "default_jobs",
     "dense_gram_batched",
-    "read_ahead",
     "resolve_device",
     "singular_values",
     "singular_values_stream",
@@ -157,16 +158,30 @@ def _dense_gram(matrix: torch.Tensor, device: torch.device) -> torch.Tensor:
     M = matrix.to(device=device, dtype=torch.float64)  # (d_out, d_in)
     if device.type != "cpu":
         return _gram_spectrum(M)  # (n,)
-    # On the CPU, BLAS dsyrk forms only the upper triangle that eigvalsh reads: half
-    # the flops of M @ Mᵀ (1.25 s against 2.4 s at 4096² on 2 cores).
-    transposed = M.numpy().T  # (d_in, d_out), Fortran order: no copy
-    if M.shape[0] <= M.shape[1]:
-        gram = blas.dsyrk(1.0, transposed, trans=1)  # (d_out, d_out) = M Mᵀ, upper triangle
-    else:
-        gram = blas.dsyrk(1.0, transposed, trans=0)  # (d_in, d_in) = Mᵀ M, upper triangle
-    # gram is Fortran-ordered: its transpose is C-contiguous, with the triangle below.
-    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram).T, UPLO="L")  # (n,) ascending
+    gram = _lower_gram(M)  # (n, n), lower triangle only
+    eigenvalues = torch.linalg.eigvalsh(gram, UPLO="L")  # (n,) ascending
     return eigenvalues.flip(-1).clamp_min(0.0).sqrt()
+
+
+_GRAM_STRIP = 512  # rows of the Gram matrix formed per product
+
+
+def _lower_gram(M: torch.Tensor) -> torch.Tensor:
+    """The lower triangle of the smaller Gram matrix of ``M``, the only part eigvalsh reads.
+
+    Formed in strips of rows: strip i is ``X[rows_i] @ X[:end_i]ᵀ``, so the
+    products cover the lower triangle and the diagonal blocks, about half the
+    flops of ``X @ Xᵀ`` at 4096² (like BLAS ``syrk``, but through torch's own
+    BLAS, which honours the calling thread's thread count). Above the
+    diagonal blocks the matrix is left zero.
+    """
+    X = M if M.shape[0] <= M.shape[1] else M.T  # (n, k), n = min(d_out, d_in)
+    n = X.shape[0]
+    gram = torch.zeros(n, n, dtype=X.dtype)  # (n, n)
+    for start in range(0, n, _GRAM_STRIP):
+        end = min(start + _GRAM_STRIP, n)
+        torch.mm(X[start:end], X[:end].T, out=gram[start:end, :end])  # (strip, end), in place
+    return gram
 
 
 def _gram_spectrum(M: torch.Tensor) -> torch.Tensor:
@@ -190,21 +205,32 @@ def singular_values_stream(
     *,
     prefetch: int = 1,
     batch_size: int | None = None,
+    jobs: int | None = None,
 ) -> Iterator[tuple[LayerDelta, torch.Tensor]]:
     """Yield ``(delta, σ)`` for each delta, in order, overlapping reading with computing.
 
-    A background thread reads up to ``prefetch`` deltas ahead (``0`` reads in
-    the calling thread), so at most ``prefetch + 2`` modules are in memory:
-    the one being decomposed, those read ahead, and the one being read.
-    Consecutive dense deltas of one shape are decomposed together in batches
-    of ``batch_size`` (default: 8 on CUDA, 1 on the CPU, where batching buys
-    nothing); the results equal the one-at-a-time path.
+    On the CPU, ``jobs`` threads (default: 2, or 1 where torch has a single
+    thread) each read the next delta and decompose it on
+    ``torch.get_num_threads() // jobs`` threads; at most ``jobs`` modules are
+    in memory besides the one the caller holds. With ``jobs=1``, or on a GPU,
+    a background thread reads up to ``prefetch`` deltas ahead (``0`` reads in
+    the calling thread) while one is decomposed, so at most ``prefetch + 2``
+    modules are in memory. On a GPU, consecutive dense deltas of one shape
+    are decomposed together in batches of ``batch_size`` (default 8; 1 on the
+    CPU, where batching buys nothing). Results equal the one-at-a-time path:
+    exactly for the same thread count, to rounding otherwise.
     """
     check_method(method)
     target = resolve_device(device)
     size = batch_size if batch_size is not None else (8 if target.type == "cuda" else 1)
     if size < 1:
         raise SpectraError(f"batch_size must be >= 1; got {size}")
+    workers = default_jobs(target) if jobs is None else jobs
+    if workers < 1:
+        raise SpectraError(f"jobs must be >= 1; got {workers} (--jobs)")
+    if target.type == "cpu" and workers > 1:
+        yield from _side_by_side(deltas, method, workers)
+        return
     source = read_ahead(deltas, prefetch) if prefetch > 0 else iter(deltas)
     pending: list[LayerDelta] = []
     for delta in source:
@@ -213,6 +239,29 @@ def singular_values_stream(
             pending = []
         pending.append(delta)
     yield from _flush(pending, target, method)
+
+
+def default_jobs(device: torch.device) -> int:
+    """Decompositions run side by side: 2 on a CPU with 2 or more threads, else 1."""
+    return min(2, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+def _side_by_side(
+    deltas: Iterable[LayerDelta], method: str, jobs: int
+) -> Iterator[tuple[LayerDelta, torch.Tensor]]:
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    per_job = max(1, threads // jobs)
+
+    def setup() -> None:  # torch's thread count is per OpenMP thread: set it in each worker
+        torch.set_num_threads(per_job)
+
+    try:
+        yield from ordered_map(
+            lambda delta: singular_values(delta, cpu, method), deltas, jobs, setup=setup
+        )
+    finally:
+        torch.set_num_threads(threads)  # the workers also set MKL's process-wide count
 
 
 def _batchable(first: LayerDelta, delta: LayerDelta, method: str) -> bool:
@@ -244,50 +293,3 @@ def dense_gram_batched(
     stacked = [m.to(device=target, dtype=torch.float64) for m in matrices]
     M = torch.stack(stacked)  # (b, d_out, d_in)
     return list(_gram_spectrum(M).cpu().unbind(0))  # b × (n,)
-
-
-_DONE = object()
-
-
-def read_ahead(items: Iterable, depth: int = 1) -> Iterator:
-    """Iterate ``items`` on a background thread, keeping up to ``depth`` items ready.
-
-    Exceptions raised while producing are re-raised in the consumer; if the
-    consumer stops early (an error, KeyboardInterrupt, ``break``), the thread
-    stops at its next item.
-    """
-    ready: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ready.put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            ready.put((_DONE, exc))
-
-    thread = threading.Thread(target=produce, name="spectra-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = ready.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.1)

@@ -215,6 +215,7 @@ def run_sweep(
     cache: bool | str | os.PathLike | ReportCache = True,
     workers: int = 1,
     ray: bool | str | None = None,
+    jobs: int | None = None,
     progress: Progress | None = None,
     **options: object,
 ) -> Sweep:
@@ -225,13 +226,15 @@ def run_sweep(
     ``workers > 1`` runs that many processes; ``ray`` (True, or a cluster
     address) runs Ray tasks instead, on an already initialised Ray or one
     that ``ray.init`` starts or joins. ``progress(done, total, label)`` is
-    called after each checkpoint. Other arguments are ``analyze``'s.
+    called after each checkpoint. Other arguments are ``analyze``'s (``jobs``
+    applies inside each worker, whose default follows its own thread count;
+    it is not part of the cache key, as it changes σ only by rounding).
     """
     if workers < 1:
         raise SpectraError(f"--workers must be at least 1, got {workers}")
     checkpoints = find_checkpoints(run, pattern)
     store = _cache(cache)
-    jobs, keys = [], []
+    tasks, keys = [], []
     for found in checkpoints:  # every one is opened and its selection checked before any work
         given = options_for(found.path, options)
         checkpoint = load(found.path, base=base, **given)
@@ -243,9 +246,10 @@ def run_sweep(
             "layers": layers,
             "device": device,
             "method": method,
+            "jobs": jobs,
             **given,
         }
-        jobs.append(job)
+        tasks.append(job)
         keys.append(_key(checkpoint, job, given, store) if store is not None else None)
     reports: list[Report | None] = [
         store.get(key) if store is not None and key is not None else None for key in keys
@@ -265,7 +269,7 @@ def run_sweep(
         if progress is not None:
             progress(done, total, f"step {checkpoints[index].step}")
 
-    todo = [jobs[i] for i in missing]
+    todo = [tasks[i] for i in missing]
     if ray is not None and ray is not False:
         _run_on_ray(todo, missing, ray, finished)
     elif workers > 1 and len(todo) > 1:

@@ -61,6 +61,8 @@ def test_analyze_full_finetune_json(runner, bert_finetune):
             "--exact",
             "--modules",
             "v",
+            "--jobs",
+            "3",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -130,6 +132,7 @@ def test_bad_input_is_one_line_and_exit_1(runner, tmp_path, bert_finetune, argum
         ["analyze", "x", "--layers", "3-1"],
         ["analyze", "x", "--modules", "k,zz"],
         ["analyze", "x", "--device", "tpu"],
+        ["analyze", "x", "--jobs", "0"],
     ],
 )
 def test_usage_errors_exit_2(runner, arguments):
