@@ -164,6 +164,7 @@ def _dense_gram(matrix: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 _GRAM_STRIP = 512  # rows of the Gram matrix formed per product
+_GRAM_CHUNK = 1024  # columns of M per product: sums of at most this many terms
 
 
 def _lower_gram(M: torch.Tensor) -> torch.Tensor:
@@ -174,13 +175,28 @@ def _lower_gram(M: torch.Tensor) -> torch.Tensor:
     flops of ``X @ Xᵀ`` at 4096² (like BLAS ``syrk``, but through torch's own
     BLAS, which honours the calling thread's thread count). Above the
     diagonal blocks the matrix is left zero.
+
+    Each strip is the sum of separate products over ``_GRAM_CHUNK`` columns:
+    MKL's dgemm accumulates a long inner dimension with errors that grow with
+    its length, which at 4096² made σ at 1e-5·σ_1 five times less accurate
+    (9.7e-7 relative, at the bound; OpenBLAS 1.9e-7); chunks of 1024 bring it
+    to 1.5–1.7e-7 for about 5 % more time in the Gram.
     """
     X = M if M.shape[0] <= M.shape[1] else M.T  # (n, k), n = min(d_out, d_in)
-    n = X.shape[0]
+    n, k = X.shape
     gram = torch.zeros(n, n, dtype=X.dtype)  # (n, n)
+    product = torch.empty(min(_GRAM_STRIP, n), n, dtype=X.dtype)  # (strip, n), reused
     for start in range(0, n, _GRAM_STRIP):
         end = min(start + _GRAM_STRIP, n)
-        torch.mm(X[start:end], X[:end].T, out=gram[start:end, :end])  # (strip, end), in place
+        strip = gram[start:end, :end]  # (rows, end), a view
+        if k <= _GRAM_CHUNK:
+            torch.mm(X[start:end], X[:end].T, out=strip)
+            continue
+        part = product[: end - start, :end]  # (rows, end)
+        for first in range(0, k, _GRAM_CHUNK):
+            columns = slice(first, first + _GRAM_CHUNK)
+            torch.mm(X[start:end, columns], X[:end, columns].T, out=part)
+            strip += part
     return gram
 
 
