@@ -21,6 +21,7 @@ from spectra.comparison import SUMMARY_METRICS, check_comparison_target
 from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
 from spectra.loaders import write_multilora
+from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target
 from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
@@ -121,6 +122,7 @@ def cli() -> None:
     or a MultiLoRA checkpoint, takes its singular values, and measures how
     balanced they are (entropy, effective rank, stable rank, energy rank, …).
     """
+    release_large_blocks()  # peak memory that does not grow with the model (spectra.memory)
 
 
 _path = click.Path(path_type=Path)

@@ -198,9 +198,13 @@ def _analyze_job(job: dict) -> Report:
 
 
 def _set_threads(threads: int) -> None:
+    """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
     import torch
 
+    from .memory import release_large_blocks
+
     torch.set_num_threads(threads)
+    release_large_blocks()
 
 
 def run_sweep(
