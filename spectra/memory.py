@@ -19,7 +19,6 @@ The setting is process-wide, so the command line makes it, and so do
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["release_large_blocks"]
@@ -31,15 +30,13 @@ MMAP_THRESHOLD = 4 * 1024 * 1024  # bytes
 def release_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     """Serve blocks of ``threshold`` bytes or more by mmap, at a fixed threshold (glibc).
 
-    Returns whether the setting was made (False off Linux, or without glibc).
+    Returns whether the setting was made (False off Linux, or where the C
+    library has no ``mallopt``).
     """
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library Python itself is linked with
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -185,15 +185,15 @@ def _lower_gram(M: torch.Tensor) -> torch.Tensor:
     X = M if M.shape[0] <= M.shape[1] else M.T  # (n, k), n = min(d_out, d_in)
     n, k = X.shape
     gram = torch.zeros(n, n, dtype=X.dtype)  # (n, n)
-    product = torch.empty(min(_GRAM_STRIP, n), n, dtype=X.dtype)  # (strip, n), reused
+    product = None  # (strip, n), reused for the chunks after the first
     for start in range(0, n, _GRAM_STRIP):
         end = min(start + _GRAM_STRIP, n)
         strip = gram[start:end, :end]  # (rows, end), a view
-        if k <= _GRAM_CHUNK:
-            torch.mm(X[start:end], X[:end].T, out=strip)
-            continue
-        part = product[: end - start, :end]  # (rows, end)
-        for first in range(0, k, _GRAM_CHUNK):
+        torch.mm(X[start:end, :_GRAM_CHUNK], X[:end, :_GRAM_CHUNK].T, out=strip)
+        for first in range(_GRAM_CHUNK, k, _GRAM_CHUNK):
+            if product is None:
+                product = torch.empty(min(_GRAM_STRIP, n), n, dtype=X.dtype)
+            part = product[: end - start, :end]  # (rows, end)
             columns = slice(first, first + _GRAM_CHUNK)
             torch.mm(X[start:end, columns], X[:end, columns].T, out=part)
             strip += part

@@ -197,7 +197,7 @@ def _analyze_job(job: dict) -> Report:
     return analyze(**job)
 
 
-def _set_threads(threads: int) -> None:
+def _worker_setup(threads: int) -> None:
     """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
     import torch
 
@@ -323,7 +323,7 @@ def _run_on_processes(
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_set_threads, initargs=(threads,)
+        max_workers=workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
     ) as pool:
         futures = {
             pool.submit(_analyze_job, job): index for job, index in zip(jobs, indices, strict=True)

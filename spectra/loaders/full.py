@@ -165,11 +165,11 @@ def difference(tuned: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, f
     strip = torch.empty(min(_STRIP_ROWS, base.shape[0]), base.shape[1], dtype=torch.float64)
     base_squares = 0.0
     for start in range(0, base.shape[0], _STRIP_ROWS):
-        rows = slice(start, start + _STRIP_ROWS)
-        base_rows = strip[: delta[rows].shape[0]]  # (rows, d_in)
-        base_rows.copy_(base[rows])
+        end = min(start + _STRIP_ROWS, base.shape[0])
+        base_rows = strip[: end - start]  # (rows, d_in)
+        base_rows.copy_(base[start:end])
         base_squares += float(torch.linalg.vector_norm(base_rows)) ** 2
-        delta[rows] -= base_rows
+        delta[start:end] -= base_rows
     return delta, tuned_norm, math.sqrt(base_squares)
 
 
