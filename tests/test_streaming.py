@@ -126,18 +126,39 @@ def test_fast_path_keeps_float64_accuracy_over_a_long_inner_dimension():
 
 
 @pytest.mark.parametrize(
-    "dtypes", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)]
+    "dtypes",
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float32),  # tuned coarser: the base is rounded to float16 first
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.bfloat16),  # base coarser: its values are already on tuned's grid
+        (torch.float64, torch.float64),
+    ],
 )
-def test_difference_in_float64_with_both_norms(dtypes):
+def test_difference_on_the_tuned_grid_with_both_norms(dtypes):
     generator = torch.Generator().manual_seed(2)
     tuned = torch.randn(1100, 70, generator=generator).to(dtypes[0])  # more rows than one strip
     base = torch.randn(1100, 70, generator=generator).to(dtypes[1])
+    tuned_before, base_before = tuned.clone(), base.clone()
     delta, tuned_norm, base_norm = difference(tuned, base)
     tuned64, base64 = tuned.double().numpy(), base.double().numpy()
+    coarser = torch.finfo(dtypes[0]).eps > torch.finfo(dtypes[1]).eps
+    # numpy reference: the base rounded to the tuned dtype when the tuned grid is coarser
+    on_grid = base.to(dtypes[0]).double().numpy() if coarser else base64
     assert delta.dtype == torch.float64
-    assert np.array_equal(delta.numpy(), tuned64 - base64)  # exact: float64 holds both
+    assert np.array_equal(delta.numpy(), tuned64 - on_grid)  # exact: float64 holds both
     assert tuned_norm == pytest.approx(np.linalg.norm(tuned64), rel=1e-13)
-    assert base_norm == pytest.approx(np.linalg.norm(base64), rel=1e-13)
+    assert base_norm == pytest.approx(np.linalg.norm(base64), rel=1e-13)  # the base as stored
+    # neither input is written into (a float64 tuned tensor used to be subtracted in place)
+    assert torch.equal(tuned, tuned_before) and torch.equal(base, base_before)
+    assert delta.data_ptr() != tuned.data_ptr()
+
+
+def test_difference_of_an_untouched_bf16_cast_is_exactly_zero():
+    """A float32 release cast to bf16 with no training: ΔW = 0, not bf16 rounding error."""
+    base = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))
+    delta, _, _ = difference(base.to(torch.bfloat16), base)
+    assert not delta.any()
 
 
 def _slowly(delays: dict[int, float]):

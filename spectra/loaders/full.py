@@ -152,16 +152,29 @@ def read_heads(folder: Path) -> int | None:
 _STRIP_ROWS = 512  # rows converted to float64 at a time: no whole-matrix temporaries
 
 
-def difference(tuned: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """``tuned − base`` in float64, with the Frobenius norms of both sides.
+def coarser_dtype(first: torch.dtype, second: torch.dtype) -> torch.dtype:
+    """The dtype of the two with the wider rounding grid (the larger machine ε)."""
+    return max((first, second), key=lambda dtype: torch.finfo(dtype).eps)
 
-    The only full-size allocation is the float64 result: the base is
-    converted a strip of rows at a time into one reused buffer, where
-    subtracting a bf16 matrix from a float64 one, or taking its norm in
-    float64, would each make a whole float64 copy first.
+
+def difference(tuned: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """``tuned − base`` in float64, on the tuned checkpoint's grid, with both Frobenius norms.
+
+    When the tuned weights were saved on a coarser grid than the base (a
+    float32 release fine-tuned and saved in bf16, the common case), the base
+    is first rounded to the tuned dtype, as the tuned weights were: a weight
+    the fine-tune left alone then gives exactly 0 instead of its rounding
+    error, and what remains is the update (and the rounding of the updated
+    weights). ``base_norm`` is ‖W_base‖_F as stored.
+
+    Neither input is written into: the result is a new float64 tensor (a
+    pickle reader hands out the same cached tensor on every read). The only
+    full-size allocation is that result; the base is converted a strip of
+    rows at a time into one reused buffer.
     """
-    delta = tuned.to(torch.float64)  # (d_out, d_in)
+    delta = tuned.to(torch.float64, copy=True)  # (d_out, d_in), never an alias of ``tuned``
     tuned_norm = float(torch.linalg.vector_norm(delta))
+    rounding = coarser_dtype(tuned.dtype, base.dtype) == tuned.dtype != base.dtype
     strip = torch.empty(min(_STRIP_ROWS, base.shape[0]), base.shape[1], dtype=torch.float64)
     base_squares = 0.0
     for start in range(0, base.shape[0], _STRIP_ROWS):
@@ -169,6 +182,8 @@ def difference(tuned: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, f
         base_rows = strip[: end - start]  # (rows, d_in)
         base_rows.copy_(base[start:end])
         base_squares += float(torch.linalg.vector_norm(base_rows)) ** 2
+        if rounding:  # round to the tuned grid: (rows, d_in) in tuned.dtype, back to float64
+            base_rows.copy_(base[start:end].to(tuned.dtype))
         delta[start:end] -= base_rows
     return delta, tuned_norm, math.sqrt(base_squares)
 
@@ -235,7 +250,29 @@ class FullCheckpoint(Checkpoint):
         )
 
     def warnings(self) -> list[str]:
-        return [] if self.base_weights else ["no --base given: ΔW cannot be computed yet"]
+        if self.base_weights is None:
+            return ["no --base given: ΔW cannot be computed yet"]
+        shared = [key for key in self.tuned.modules if key in self.base_weights.modules]
+        pairs = {
+            (
+                self.tuned.dtype(self.tuned.modules[key]),
+                self.base_weights.dtype(self.base_weights.modules[key]),
+            )
+            for key in shared
+        }
+        rounded = sorted(
+            {
+                (str(t).removeprefix("torch."), str(b).removeprefix("torch."))
+                for t, b in pairs
+                if t != b and coarser_dtype(t, b) == t
+            }
+        )
+        return [
+            f"the tuned weights are {tuned} and the base {base}: the base is rounded to {tuned} "
+            "before subtracting, so weights the fine-tune left alone give ΔW = 0, not their "
+            "rounding error"
+            for tuned, base in rounded
+        ]
 
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
         if self.base_weights is None:
@@ -259,7 +296,7 @@ class FullCheckpoint(Checkpoint):
         base = self.base_weights.weight(base_ref, dtype=None)  # (d_out, d_in), as stored
         delta, tuned_norm, base_norm = difference(tuned, base)
         # The coarser of the two dtypes sets the rounding floor of the difference.
-        dtype = max((tuned.dtype, base.dtype), key=lambda d: torch.finfo(d).eps)
+        dtype = coarser_dtype(tuned.dtype, base.dtype)
         yield LayerDelta(
             layer=ref.layer,
             role=ref.role,
