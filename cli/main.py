@@ -23,7 +23,7 @@ from spectra.errors import ReportExistsError, SpectraError
 from spectra.loaders import write_multilora
 from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS
-from spectra.report import check_target
+from spectra.report import check_target, noise_warning
 from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
@@ -94,13 +94,25 @@ def _warn(messages) -> None:
 
 
 def _metrics_table(report: spectra.Report) -> str:
+    """The analyze table; rows at the rounding-noise floor are marked in a last column."""
+    noisy = [noise_warning(row) is not None for row in report.rows]
     rows = []
-    for row in report.rows:
+    for row, noise in zip(report.rows, noisy, strict=True):
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
         if row.get("head") is not None:
             values["module"] = f"{row['module']}.h{row['head']}"
-        rows.append([values[key] for key, _ in TABLE_COLUMNS])
-    return render([title for _, title in TABLE_COLUMNS], rows)
+        rows.append(
+            [values[key] for key, _ in TABLE_COLUMNS]
+            + (["noise" if noise else ""] if any(noisy) else [])
+        )
+    header = [title for _, title in TABLE_COLUMNS] + (["floor"] if any(noisy) else [])
+    table = render(header, rows)
+    if any(noisy):
+        table += (
+            f"\nnoise: {sum(noisy)} of {len(noisy)} modules are not clearly above their rounding "
+            "floor; their entropy and effective rank measure rounding, not the update"
+        )
+    return table
 
 
 def _with_progress(quiet: bool, call, *args, **kwargs):

@@ -12,7 +12,7 @@ adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
     runs = spectra.sweep("output/")                 # every checkpoint-<step>/, cached
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 from . import metrics
 from .comparison import Comparison, compare

@@ -12,7 +12,8 @@ Conventions, shared by every function:
 - ``n = min(d_out, d_in)`` is the capacity of the layer (``len(σ)`` when no
   shape is given). A factored ΔW passes only its r computed values: the other
   ``n − r`` are exact zeros that add nothing to any sum but count wherever a
-  metric normalises by ``n`` (``normalized_entropy``, ``gini``).
+  metric normalises by ``n`` (``normalized_entropy``); ``gini`` takes only the
+  values above the rank tolerance.
 - The zero spectrum (ΔW = 0, e.g. an untrained MultiLoRA) has no directions:
   **every metric returns 0.0** for it, including the rank-like ones and
   ``condition_number``. The report adds a warning for such modules.
@@ -47,6 +48,8 @@ __all__ = [
     "participation_ratio",
     "rank_tolerance",
     "relative_norm",
+    "rounding_floor",
+    "share_above",
     "spectral_norm",
     "stable_rank",
     "top_share",
@@ -208,23 +211,26 @@ def top_share(sigma: SpectrumLike, m: int = 1) -> float:
     return min(1.0, float(energies[:m].sum() / energies.sum()))
 
 
-def gini(sigma: SpectrumLike, shape: Sequence[int] | None = None) -> float:
-    """Gini coefficient of σ over all n = min(shape) values ∈ [0, 1).
+def gini(
+    sigma: SpectrumLike, shape: Sequence[int] | None = None, tol: float | None = None
+) -> float:
+    """Gini coefficient of the m = ``numerical_rank(σ, shape, tol)`` largest σ ∈ [0, 1).
 
-    0 when all n values are equal; one spike gives 1 − 1/n (→ 1). The n − k
-    exact zeros of a rank-k factored ΔW count, so a flat spectrum of k of n
-    values gives 1 − k/n. ΔW = 0: 0. With x ascending,
-    G = Σ_i (2i − n − 1)·x_i / (n·Σx) (Gini's mean-difference form).
+    Taken over the directions the update uses: exact zeros and values at or
+    below the rank tolerance are left out, so a flat spectrum of k values
+    gives 0 whatever n, and a rank-8 LoRA is told apart from another by how
+    its 8 values spread, not by the n − 8 zeros they share. 0 when m ≤ 1
+    (one direction is both flat and a spike) and for ΔW = 0. With x the m
+    values ascending, G = Σ_i (2i − m − 1)·x_i / (m·Σx) (Gini's
+    mean-difference form); m values with one of them large give 1 − 1/m.
     """
     values = _sorted_spectrum(sigma)
-    n = _capacity(values, shape)
-    unit = _unit_spectrum(values)
-    if unit is None or n == 0:
+    m = numerical_rank(values, shape, tol)
+    if m <= 1:
         return 0.0
-    zeros = torch.zeros(n - unit.numel(), dtype=torch.float64)
-    ascending = torch.cat([zeros, unit.flip(0)])  # (n,) the n − k zeros first
-    index = torch.arange(1, n + 1, dtype=torch.float64)
-    value = float(((2 * index - n - 1) * ascending).sum() / (n * ascending.sum()))
+    ascending = (values[:m] / values[0]).flip(0)  # (m,) the used directions, ascending
+    index = torch.arange(1, m + 1, dtype=torch.float64)
+    value = float(((2 * index - m - 1) * ascending).sum() / (m * ascending.sum()))
     return min(max(value, 0.0), 1.0)
 
 
@@ -249,6 +255,20 @@ def nuclear_norm(sigma: SpectrumLike) -> float:
     return float(_sorted_spectrum(sigma).sum())
 
 
+def rounding_floor(shape: Sequence[int], source_dtype: torch.dtype, weight_rms: float) -> float:
+    """Spectral norm of the rounding noise a checkpoint's dtype leaves in a dense ΔW.
+
+    ``ε · rms(W) · (√d_out + √d_in)`` with ``ε = torch.finfo(source_dtype).eps``
+    (bf16 2^-7, fp16 2^-10, fp32 2^-23): the largest singular value of a
+    ``(d_out, d_in)`` matrix of independent errors of size ε·rms(W) (Gordon's
+    bound for Gaussian matrices). Singular values of ΔW at or below it cannot
+    be told apart from rounding. ``source_dtype`` is the coarser of the two
+    checkpoints' dtypes; ``weight_rms`` the root-mean-square entry of W.
+    """
+    eps = torch.finfo(source_dtype).eps
+    return eps * weight_rms * (math.sqrt(shape[0]) + math.sqrt(shape[1]))
+
+
 def rank_tolerance(
     sigma: SpectrumLike,
     shape: Sequence[int] | None = None,
@@ -259,16 +279,14 @@ def rank_tolerance(
 ) -> float:
     """Default threshold below which a singular value is not counted as rank.
 
-    The largest of:
+    The largest of (METRICS.md, ``numerical_rank``):
 
     - the computation floor ``σ_1 · relative_floor``; by default numpy's
       ``matrix_rank`` rule ``σ_1 · max(d_out, d_in) · ε₆₄`` (σ are computed in
       float64; ``spectra.svd.accuracy_floor`` gives the floor of each path);
-    - the rounding floor of the checkpoint, ``ε · rms(W) · (√d_out + √d_in)``
-      with ``ε = torch.finfo(source_dtype).eps`` (bf16 2^-7, fp16 2^-10, fp32
-      2^-23), when the weights ΔW was subtracted from are known: the spectral
-      norm of a matrix of independent rounding errors of size ε·rms(W). This
-      keeps a bf16 full fine-tune from counting rounding noise as rank.
+    - ``rounding_floor(shape, source_dtype, weight_rms)``, when the weights ΔW
+      was subtracted from are known. This keeps a bf16 full fine-tune from
+      counting rounding noise as rank.
 
     A factored ΔW (LoRA) has no rounding floor: s·B@A is exactly low rank
     whatever the dtype of B and A, so pass no ``weight_rms`` for it.
@@ -279,9 +297,25 @@ def rank_tolerance(
     floor = max(dims) * _EPS64 if relative_floor is None else relative_floor
     tol = sigma_1 * floor
     if source_dtype is not None and weight_rms is not None:
-        eps = torch.finfo(source_dtype).eps
-        tol = max(tol, eps * weight_rms * (math.sqrt(dims[0]) + math.sqrt(dims[1])))
+        tol = max(tol, rounding_floor(dims, source_dtype, weight_rms))
     return tol
+
+
+def share_above(sigma: SpectrumLike, tol: float) -> float:
+    """The share of Σσ (the nuclear norm) in singular values above ``tol``, ∈ [0, 1].
+
+    0 for ΔW = 0. Near 1 when the spectrum stands clear of its floor. A long
+    tail of values at a rounding floor carries little energy (σ²) but much of
+    Σσ, which is what ``entropy`` and ``effective_rank`` weigh: a rank-2 bf16
+    update over 380 noise values can show an effective rank above 100 with
+    95 % of its energy above the floor and 12 % of Σσ. So this share, the
+    stricter of the two, says whether balance metrics describe the update.
+    """
+    values = _sorted_spectrum(sigma)
+    unit = _unit_spectrum(values)
+    if unit is None:
+        return 0.0
+    return min(1.0, float(unit[values > tol].sum() / unit.sum()))
 
 
 def numerical_rank(
@@ -349,7 +383,7 @@ def _registry() -> dict[str, Metric]:
     for m in TOP_SHARE_COUNTS:
         metrics.append(Metric(f"top_share@{m}", "balance", lambda s, m=m: top_share(s, m)))
     metrics += [
-        Metric("gini", "balance", gini, ("shape",)),
+        Metric("gini", "balance", gini, ("shape", "tol")),
         Metric("spectral_norm", "size", spectral_norm),
         Metric("frobenius_norm", "size", frobenius_norm),
         Metric("nuclear_norm", "size", nuclear_norm),

@@ -7,11 +7,20 @@ warnings). ``Report.save(dir)`` writes
 
 - ``metrics.csv``: ``layer``, ``module`` (the role), ``head`` (only when
   there are heads), ``name``, ``d_out``, ``d_in``, ``kind``, ``dtype``,
-  ``scale``, then every metric under its METRICS.md name;
+  ``scale``, the floors below, then every metric under its METRICS.md name;
 - ``spectra.safetensors``: the singular values of each row (float64, keyed
   ``L{layer}.{module}`` or ``L{layer}.{module}.h{head}``);
 - ``report.json``: the metadata, the column types and the SHA-256 of the two
   files above, so ``Report.load`` can refuse a folder whose files disagree.
+
+Every row carries what its σ can be trusted down to: ``accuracy_floor`` (σ_1
+times the SVD path's relative floor, ``svd.accuracy_floor``), ``noise_floor``
+(the rounding floor of a dense ΔW subtracted from stored weights,
+``metrics.rounding_floor``; empty when there is none) and
+``share_above_floor`` (the share of Σσ above the larger of the two, the rank
+tolerance; ``metrics.share_above``). A row with ΔW ≠ 0 and less than
+``NOISE_SHARE`` of Σσ above the tolerance gets a warning: its balance
+metrics measure rounding noise, not the update.
 
 The folder is written under a temporary name and renamed into place, so a
 reader never sees half a report, and an existing report is replaced only
@@ -42,7 +51,7 @@ from .delta import Factored, LayerDelta
 from .errors import FormatError, NonFiniteError, SpectraError
 from .hub import is_hub_id, resolve
 from .loaders import load
-from .metrics import METRICS, compute, rank_tolerance
+from .metrics import METRICS, compute, rounding_floor, share_above
 from .svd import (
     accuracy_floor,
     check_finite,
@@ -51,7 +60,18 @@ from .svd import (
     singular_values_stream,
 )
 
-__all__ = ["REPORT_FILES", "Report", "analyze", "check_target", "is_report", "spectrum_key"]
+__all__ = [
+    "NOISE_SHARE",
+    "REPORT_FILES",
+    "Report",
+    "analyze",
+    "check_target",
+    "is_report",
+    "noise_warning",
+    "rank_tolerance_of",
+    "rounding_floor_of",
+    "spectrum_key",
+]
 
 METRICS_FILE, SPECTRA_FILE, META_FILE = "metrics.csv", "spectra.safetensors", "report.json"
 REPORT_FILES = (METRICS_FILE, SPECTRA_FILE, META_FILE)
@@ -65,8 +85,13 @@ _ID_COLUMNS = (
     ("kind", "str"),
     ("dtype", "str"),
     ("scale", "float"),
+    ("accuracy_floor", "float"),
+    ("noise_floor", "float"),
+    ("share_above_floor", "float"),
 )
 _INT_METRICS = {"numerical_rank"} | {name for name in METRICS if name.startswith("energy_rank@")}
+
+NOISE_SHARE = 0.5  # rows with less of Σσ above the rounding floor get a warning
 
 Progress = Callable[[int, int, str], None]
 
@@ -322,6 +347,9 @@ def analyze(
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         if row["spectral_norm"] == 0:
             warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+        noise = noise_warning(row)
+        if noise is not None:
+            warnings.append(noise)
         done.add((delta.layer, delta.role))
         if progress is not None:
             progress(len(done) + len(skipped), total, key)
@@ -349,8 +377,9 @@ def analyze(
         "dtype": "float64",
         "scales": scales,
         "rank_tolerance": (
-            "max(σ_1·floor, ε(source dtype)·rms(W)·(√d_out+√d_in)); floor = max(d)·ε64 for "
-            "factored and exact, √(max(d)·ε64) for fast; the rounding term only for dense ΔW"
+            "max(accuracy_floor, noise_floor): accuracy_floor = σ_1·max(d)·ε64 for factored "
+            "and exact, σ_1·√(max(d)·ε64) for fast; noise_floor = ε(source dtype)·rms(W)·"
+            "(√d_out+√d_in), only for dense ΔW subtracted from stored weights"
         ),
         "versions": _versions(),
         "warnings": warnings,
@@ -370,16 +399,36 @@ def _finite_only(deltas: Iterator[LayerDelta], skipped: list[str]) -> Iterator[L
         yield delta
 
 
+def rounding_floor_of(delta: LayerDelta) -> float | None:
+    """The rounding-noise floor of a dense ΔW subtracted from known weights, else None.
+
+    A factored ΔW is exactly low rank whatever its factors' dtype, and a dense
+    one rebuilt from adapter factors (DoRA, LoHa, LoKr) is exact in float64:
+    neither carries rounding noise (their ``weight_rms`` is None).
+    """
+    if isinstance(delta.update, Factored) or delta.weight_rms is None:
+        return None
+    return rounding_floor(delta.shape, delta.source_dtype, delta.weight_rms)
+
+
+def rank_tolerance_of(delta: LayerDelta, sigma: torch.Tensor, method: str) -> float:
+    """The numerical-rank tolerance of one ΔW (METRICS.md), for every use of it.
+
+    The largest of the SVD path's accuracy floor (``svd.accuracy_floor``
+    times σ_1) and the checkpoint's rounding floor (``rounding_floor_of``).
+    The report, the subspace metrics and the plots' noise floor all call this.
+    """
+    kind = "factored" if isinstance(delta.update, Factored) else "dense"
+    sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
+    accuracy = sigma_1 * accuracy_floor(delta.shape, kind, method)
+    return max(accuracy, rounding_floor_of(delta) or 0.0)
+
+
 def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, object]:
     factored = isinstance(delta.update, Factored)
     kind = "factored" if factored else "dense"
-    tol = rank_tolerance(
-        sigma,
-        delta.shape,
-        relative_floor=accuracy_floor(delta.shape, kind, method),
-        source_dtype=None if factored else delta.source_dtype,
-        weight_rms=None if factored else delta.weight_rms,
-    )
+    sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
+    tol = rank_tolerance_of(delta, sigma, method)
     row: dict[str, object] = {
         "layer": delta.layer,
         "module": delta.role,
@@ -390,9 +439,35 @@ def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, objec
         "kind": kind,
         "dtype": str(delta.source_dtype).removeprefix("torch."),
         "scale": float(delta.update.scale) if factored else None,
+        "accuracy_floor": sigma_1 * accuracy_floor(delta.shape, kind, method),
+        "noise_floor": rounding_floor_of(delta),
+        "share_above_floor": share_above(sigma, tol),
     }
     row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))
     return row
+
+
+def noise_warning(row: Mapping[str, object]) -> str | None:
+    """A warning for a row whose ΔW is not clearly above its rounding floor, else None.
+
+    Flagged when ΔW ≠ 0 and less than ``NOISE_SHARE`` of Σσ lies in singular
+    values above the rank tolerance: the entropy and effective rank of ΔW are
+    then mostly those of the rounding noise of the checkpoint's dtype (half,
+    because the values at the floor then weigh more in p_i = σ_i/Σσ than the
+    update's own directions).
+    """
+    if row["noise_floor"] is None or not row["spectral_norm"]:
+        return None
+    share = row["share_above_floor"]
+    if share >= NOISE_SHARE:
+        return None
+    key = spectrum_key(row["layer"], row["module"], row["head"])
+    return (
+        f"{key}: ΔW is not clearly above the {row['dtype']} rounding floor "
+        f"(σ ≤ {row['noise_floor']:.3g}): only {share:.0%} of Σσ lies above it "
+        f"(numerical rank {row['numerical_rank']}); its entropy and effective rank measure "
+        "rounding noise, not the update"
+    )
 
 
 def _versions() -> dict[str, str]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from .delta import Dense, Factored
+from .metrics import numerical_rank
+from .svd import accuracy_floor
 
 __all__ = [
     "INTRUDER_EPS",
@@ -59,17 +61,19 @@ class Vectors:
         return float(torch.linalg.vector_norm(self.S))
 
 
-def _numerical_rank(S: torch.Tensor, shape: tuple[int, int]) -> int:
-    if S.numel() == 0 or S[0] == 0:
-        return 0
-    tol = max(shape) * torch.finfo(torch.float64).eps * S[0]
-    return int((tol < S).sum())
-
-
 def singular_vectors(
-    update: Dense | Factored, k: int = SUBSPACE_RANK, device: str | torch.device = "cpu"
+    update: Dense | Factored,
+    k: int = SUBSPACE_RANK,
+    device: str | torch.device = "cpu",
+    rounding_floor: float | None = None,
 ) -> Vectors:
-    """The top-``k`` singular vectors of ΔW (fewer when its rank is lower), in float64."""
+    """The top-``k`` singular vectors of ΔW (fewer when its rank is lower), in float64.
+
+    ``k`` is cut to the numerical rank of METRICS.md, the one the report uses:
+    σ above the larger of the float64 SVD's floor ``σ_1·max(d)·ε₆₄`` and
+    ``rounding_floor`` (``report.rounding_floor_of(delta)`` for a dense ΔW
+    subtracted from stored weights), so no vector of rounding noise is compared.
+    """
     if isinstance(update, Factored):
         Qb, Rb = torch.linalg.qr(update.B.to(device, torch.float64))  # (d_out, r), (r, r)
         Qa, Ra = torch.linalg.qr(update.A.to(device, torch.float64).T)  # (d_in, r), (r, r)
@@ -79,8 +83,12 @@ def singular_vectors(
     else:
         U, S, Vh = torch.linalg.svd(update.matrix.to(device, torch.float64), full_matrices=False)
         V = Vh.T  # (d_in, n)
-    keep = min(k, _numerical_rank(S, update.shape))
-    return Vectors(U[:, :keep].cpu(), S.cpu(), V[:, :keep].cpu())
+    S = S.cpu()
+    kind = "factored" if isinstance(update, Factored) else "dense"
+    sigma_1 = float(S[0]) if S.numel() else 0.0
+    tol = max(sigma_1 * accuracy_floor(update.shape, kind, "exact"), rounding_floor or 0.0)
+    keep = min(k, numerical_rank(S, update.shape, tol=tol))
+    return Vectors(U[:, :keep].cpu(), S, V[:, :keep].cpu())
 
 
 def subspace_similarity(U_a: torch.Tensor, U_b: torch.Tensor) -> float:

@@ -26,7 +26,7 @@ import torch
 
 from .errors import SpectraError
 from .loaders import Checkpoint, load, options_for
-from .report import Progress, Report, csv_text, is_report
+from .report import Progress, Report, csv_text, is_report, rounding_floor_of
 from .subspace import (
     INTRUDER_EPS,
     INTRUDER_TOP,
@@ -127,7 +127,9 @@ def measure_subspaces(
         for label, checkpoint in zip(labels, checkpoints, strict=True):
             layer, role = key
             (delta,) = [d for d in checkpoint.deltas([role], [layer]) if d.head is None]
-            vectors[label] = singular_vectors(delta.update, rank, target)
+            vectors[label] = singular_vectors(
+                delta.update, rank, target, rounding_floor=rounding_floor_of(delta)
+            )
             row: dict[str, object] = {
                 "method": label,
                 "layer": key[0],

@@ -76,8 +76,8 @@ def test_flat_spectrum_closed_forms(k):
     assert metrics.top_share(sigma, 1) == pytest.approx(1 / k)
     assert metrics.top_share(sigma, 8) == pytest.approx(min(8, k) / k)
     assert metrics.energy_entropy(sigma) == (0.0 if k == 1 else pytest.approx(1.0))
-    # k equal values padded with N − k zeros: Gini = 1 − k/N; all N equal: 0.
-    assert metrics.gini(sigma, SHAPE) == pytest.approx(1 - k / N, abs=1e-12)
+    # Gini over the k used directions: k equal values give 0 whatever N.
+    assert metrics.gini(sigma, SHAPE) == pytest.approx(0.0, abs=1e-12)
     assert metrics.numerical_rank(sigma, SHAPE) == k
     assert metrics.condition_number(sigma, SHAPE) == pytest.approx(1.0)
 
@@ -93,7 +93,7 @@ def test_one_spike_closed_forms():
     assert metrics.energy_rank(sigma, 0.99) == 1
     assert metrics.top_share(sigma, 1) == 1.0
     assert metrics.energy_entropy(sigma) == 0.0
-    assert metrics.gini(sigma, SHAPE) == pytest.approx(1 - 1 / N)
+    assert metrics.gini(sigma, SHAPE) == 0.0  # one used direction (m = 1)
     assert metrics.spectral_norm(sigma) == 7.0
     assert metrics.numerical_rank(sigma, SHAPE) == 1
 
@@ -119,13 +119,38 @@ def test_geometric_spectrum_against_hand_computed_sums():
     assert metrics.condition_number(sigma) == pytest.approx(2.0 ** (k - 1))
 
 
+def _gini_by_mean_difference(values: np.ndarray) -> float:
+    """Gini's own definition: mean absolute difference over twice the mean."""
+    m = len(values)
+    mean_difference = np.abs(values[:, None] - values[None, :]).sum() / (m * m)
+    return mean_difference / (2 * values.mean())
+
+
 def test_gini_against_the_mean_absolute_difference_definition():
-    sigma = np.array([5.0, 3.0, 1.0, 0.5])
-    n = 6  # two more exact zeros from the shape
-    values = np.concatenate([sigma, np.zeros(n - len(sigma))])
-    mean_difference = np.abs(values[:, None] - values[None, :]).sum() / (n * n)
-    expected = mean_difference / (2 * values.mean())
-    assert metrics.gini(sigma, (n, 10)) == pytest.approx(expected, rel=1e-12)
+    sigma = np.array([5.0, 3.0, 1.0, 0.5, 0.0, 0.0])  # two exact zeros: not used directions
+    expected = _gini_by_mean_difference(sigma[:4])
+    assert metrics.gini(sigma, (6, 10)) == pytest.approx(expected, rel=1e-12)
+    # the shape's n − k zeros are not counted either
+    assert metrics.gini(sigma[:4], (4096, 4096)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gini_leaves_out_values_below_the_tolerance():
+    used = np.array([4.0, 2.0, 1.0])
+    sigma = np.concatenate([used, np.full(50, 1e-3)])  # a noise tail under tol = 1e-2
+    assert metrics.gini(sigma, (64, 64), tol=1e-2) == pytest.approx(
+        _gini_by_mean_difference(used), rel=1e-12
+    )
+    assert metrics.gini(sigma, (64, 64)) > 0.5  # without the tolerance the tail is counted
+
+
+def test_gini_tells_rank_8_adapters_apart_at_4096():
+    """Over all n values every rank-8 LoRA at 4096 scored ≈ 0.998; over its 8, they differ."""
+    flat, spiked = np.ones(8), np.array([8.0, *[1.0] * 7])
+    assert metrics.gini(flat, (4096, 4096)) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.gini(spiked, (4096, 4096)) == pytest.approx(
+        _gini_by_mean_difference(spiked), rel=1e-12
+    )
+    assert metrics.gini(spiked, (4096, 4096)) > 0.3
 
 
 def weightwatcher_entropy(svals: np.ndarray) -> float:

@@ -45,7 +45,8 @@ def test_save_writes_the_documented_files_and_load_reads_them_back_identically(r
     with open(out / "metrics.csv") as handle:
         header = next(csv.reader(handle))
     assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
-    assert header[8:] == list(METRICS)
+    assert header[8:11] == ["accuracy_floor", "noise_floor", "share_above_floor"]
+    assert header[11:] == list(METRICS)
     loaded = Report.load(out)
     assert loaded == report
     assert np.array_equal(loaded.spectrum(3, "v"), report.spectrum(3, "v"))
