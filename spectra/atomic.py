@@ -1,21 +1,25 @@
 """Atomic folder writes: build under a temporary name, then rename into place.
 
 A reader sees either the previous folder or the complete new one, never half
-of it; a failure leaves no temporary folder behind.
+of it; a failure leaves no temporary folder behind. The folder gets the mode
+``mkdir`` gives (0o777 less the umask), not ``mkdtemp``'s 0o700, so that
+colleagues on a shared server can read a report as they read any other folder.
+``write_safetensors`` writes a safetensors file with ``open``'s mode for the
+same reason (safetensors' ``save_file`` leaves its own temporary file's 0o600).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ReportExistsError
 
-__all__ = ["check_replaceable", "replace_folder"]
+__all__ = ["check_replaceable", "replace_folder", "write_safetensors"]
 
 
 def check_replaceable(
@@ -52,7 +56,7 @@ def replace_folder(out: Path) -> Iterator[Path]:
     removed; if the rename fails, the old folder is put back.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = _staging_folder(out)
     try:
         yield staging
         old = None
@@ -70,3 +74,34 @@ def replace_folder(out: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` in the safetensors format, mode 0o666 less the umask.
+
+    ``safetensors.torch.save_file`` (0.8) writes a temporary file and renames
+    it, so the file keeps mode 0o600 whatever the umask; this serialises to
+    bytes and writes them with ``open``, as every other output file is written.
+    Meant for files written into a staging folder or a fresh one (adapters,
+    the demo's small models), whose size fits in memory twice.
+    """
+    from safetensors.torch import save
+
+    path.write_bytes(save(tensors, metadata=metadata))
+    return path
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new, empty ``.<name>.partial-<random>`` folder beside ``out``.
+
+    Made with ``mkdir`` (mode 0o777 less the umask, as the final folder should
+    have), not ``tempfile.mkdtemp``, which makes it 0o700 whatever the umask.
+    """
+    for _ in range(100):
+        staging = out.parent / f".{out.name}.partial-{secrets.token_hex(6)}"
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            continue
+        return staging
+    raise FileExistsError(f"{out.parent}: no free name for a staging folder beside {out.name}")

@@ -28,7 +28,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from .atomic import write_safetensors
 
 __all__ = ["DEMO_LORA_ALPHA", "DEMO_SHAPE", "write_demo_checkpoints"]
 
@@ -91,7 +92,7 @@ def _write_model(folder: Path, weights: dict[str, torch.Tensor]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(_config(), indent=2) + "\n")
     tensors = {name: tensor.float().contiguous() for name, tensor in weights.items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
 
 
 def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -131,7 +132,7 @@ def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]
     _write_model(paths["base"], base)
     _write_model(paths["ft"], tuned)
     paths["lora"].mkdir(parents=True, exist_ok=True)
-    save_file(adapter, str(paths["lora"] / "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(paths["lora"] / "adapter_model.safetensors", adapter, {"format": "pt"})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

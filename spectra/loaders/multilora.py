@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ..atomic import check_replaceable, replace_folder
+from ..atomic import check_replaceable, replace_folder, write_safetensors
 from ..delta import Factored
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
@@ -239,6 +238,6 @@ def write_multilora(
         "formula": "ΔW = (lora_alpha / r) · Σ_i diag(lora_scaling[i]) · lora_B[i] @ lora_A[i]",
     }
     with replace_folder(out) as staging:
-        save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(staging / "adapter_model.safetensors", tensors, {"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
