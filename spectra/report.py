@@ -316,7 +316,9 @@ def analyze(
     None of these changes the results beyond rounding (identical for the
     same thread count). A module whose weights hold NaN or Inf
     raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
-    named in the warnings and in ``meta["skipped"]``. ``options``
+    named in the warnings and in ``meta["skipped"]``. Every tensor of the
+    checkpoint that no analysed ΔW uses is in ``meta["not_analysed"]`` as
+    ``[tensor, reason]``. ``options``
     go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
     ``lora_alpha``).
     """
@@ -384,6 +386,8 @@ def analyze(
         "versions": _versions(),
         "warnings": warnings,
         "skipped": skipped,
+        # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
+        "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
     }
     return Report(rows=rows, spectra=spectra, meta=meta)
 

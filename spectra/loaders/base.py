@@ -16,6 +16,14 @@ Selection rules, so that a report is never silently partial:
 - A selected (layer, role) pair that is missing while both the layer and the
   role exist elsewhere (e.g. an adapter on some layers' k only) is reported
   in the warnings.
+
+Nothing in a checkpoint vanishes: every tensor of an adapter file (and of a
+full fine-tune) is either part of some (layer, role)'s ΔW or listed by
+``not_analysed()`` as ``(tensor name, reason)`` — a module the architecture
+map does not know, a bias, a router, a full weight of ``modules_to_save``, an
+adapter that was not selected, … ``describe()`` carries that list (the
+``inspect`` command prints it grouped by reason) and ``spectra.analyze`` puts
+it in the report's ``meta["not_analysed"]``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,15 @@ from ..delta import LayerDelta
 from ..errors import SelectionError
 from .names import ROLES
 
-__all__ = ["DEFAULT_MODULES", "Checkpoint", "CheckpointInfo", "ModuleInfo", "Selection"]
+__all__ = [
+    "DEFAULT_MODULES",
+    "Checkpoint",
+    "CheckpointInfo",
+    "ModuleInfo",
+    "Selection",
+    "group_by_reason",
+    "summarise_not_analysed",
+]
 
 DEFAULT_MODULES = ("k", "v")
 
@@ -43,7 +59,7 @@ class ModuleInfo:
     layer: int
     role: str
     name: str  # the tensor (or module) name in the checkpoint
-    shape: tuple[int, int]  # (d_out, d_in) of ΔW
+    shape: tuple[int, int | None]  # (d_out, d_in) of ΔW; d_in None: needs the base (VeRA)
     dtype: str
     kind: str  # "dense" or "factored"
     rank: int | None = None  # the adapter rank r; None for a dense ΔW
@@ -63,9 +79,14 @@ class CheckpointInfo:
     modules: list[ModuleInfo]
     warnings: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
+    not_analysed: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def not_analysed_by_reason(self) -> dict[str, list[str]]:
+        """The tensors left out, grouped by reason (in order of first appearance)."""
+        return group_by_reason(self.not_analysed)
 
 
 @dataclass(frozen=True)
@@ -112,7 +133,12 @@ class Checkpoint(ABC):
             modules=[self.module_info(key) for key in sorted(self.available())],
             warnings=self.warnings(),
             details=self.details(),
+            not_analysed=self.not_analysed(),
         )
+
+    def not_analysed(self) -> list[tuple[str, str]]:
+        """``(tensor name, reason)`` for every tensor of the checkpoint that no ΔW uses."""
+        return []
 
     @abstractmethod
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
@@ -137,7 +163,13 @@ class Checkpoint(ABC):
         self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None
     ) -> Selection:
         """Resolve and check a selection (see the module docstring) without reading weights."""
-        selection = select(sorted(self.available()), modules, layers, self.path)
+        try:
+            selection = select(sorted(self.available()), modules, layers, self.path)
+        except SelectionError as exc:
+            left_out = self.not_analysed()
+            if not left_out:
+                raise
+            raise SelectionError(f"{exc}. {summarise_not_analysed(left_out)}") from exc
         self.check(selection)
         return selection
 
@@ -218,6 +250,23 @@ def select(
             f"{path}: nothing to analyse for roles {roles} in layers {_ranges(chosen_layers)}"
         )
     return Selection(tuple(keys), tuple(warnings))
+
+
+def group_by_reason(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{reason: [tensor, …]}`` from ``(tensor, reason)`` pairs, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for name, reason in pairs:
+        groups.setdefault(reason, []).append(name)
+    return groups
+
+
+def summarise_not_analysed(pairs: Sequence[tuple[str, str]], examples: int = 2) -> str:
+    """One line per reason: how many tensors are not analysed, and why (for warnings, errors)."""
+    parts = []
+    for reason, names in group_by_reason(pairs).items():
+        shown = ", ".join(names[:examples]) + (" …" if len(names) > examples else "")
+        parts.append(f"{len(names)} not analysed ({reason}): {shown}")
+    return "; ".join(parts)
 
 
 def _role_order(role: str) -> int:

@@ -20,7 +20,7 @@ import torch
 from ..delta import Dense, LayerDelta
 from ..errors import BaseMismatchError, FormatError, MissingBaseError
 from .base import Checkpoint, ModuleInfo, Selection
-from .names import ModuleRef, canonical_name, map_modules
+from .names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
 from .tensors import TensorStore, open_store
 
 __all__ = ["FullCheckpoint", "ModelWeights", "find_model_file"]
@@ -68,7 +68,9 @@ class ModelWeights:
             if name.endswith(".weight"):
                 names[canonical_name(name)[: -len(".weight")]] = name
         self._tensor_names = names  # canonical module path -> raw tensor name
-        self.modules = map_modules(names)
+        # T5: decoder blocks are numbered after the encoder's (names.py)
+        self.encoder_layers = encoder_depth(names)
+        self.modules, self._left_out = map_with_reasons(names, self.encoder_layers)
         self.heads = read_heads(path if path.is_dir() else path.parent)
 
     def tensor_name(self, ref: ModuleRef) -> str:
@@ -137,6 +139,26 @@ class ModelWeights:
 
     def other_modules(self) -> list[str]:
         return sorted(self._tensor_names)
+
+    def not_mapped(self) -> list[tuple[str, str]]:
+        """``(tensor name, reason)`` for every tensor that is no mapped projection's weight."""
+        mapped = {ref.module for ref in self.modules.values()}
+        left_out = []
+        for name in self.store.names():
+            module = canonical_name(name).removesuffix(".weight")
+            if name.endswith(".weight") and module in mapped:
+                continue
+            left_out.append((name, self._reason(name, module)))
+        return left_out
+
+    def _reason(self, name: str, module: str) -> str:
+        if name.endswith(".bias"):
+            return "bias vector: spectra analyses weight matrices"
+        if not name.endswith(".weight"):
+            return "not a weight (a buffer or other tensor)"
+        if len(self.store.info(name).shape) != 2:
+            return "not a matrix (a norm or scale vector)"
+        return self._left_out.get(module, "not in the architecture map")
 
 
 def read_heads(folder: Path) -> int | None:
@@ -278,6 +300,9 @@ class FullCheckpoint(Checkpoint):
         if self.base_weights is None:
             return None
         return self.base_weights.weight(self.base_weights.modules[key])  # (d_out, d_in) float64
+
+    def not_analysed(self) -> list[tuple[str, str]]:
+        return self.tuned.not_mapped()
 
     def source_files(self) -> list[Path]:
         base = self.base_weights.files() if self.base_weights is not None else []

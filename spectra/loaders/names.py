@@ -15,7 +15,48 @@ picks that role's output rows:
 - ``neox`` (GPT-NeoX / Pythia ``query_key_value``): interleaved per head, the
   output viewed as ``(heads, 3, head_dim)``; needs the number of heads;
 - ``phi3`` (Phi-3 ``qkv_proj``): q has ``d_in`` rows (the hidden size), then
-  k and v have ``(d_out − d_in) / 2`` rows each.
+  k and v have ``(d_out − d_in) / 2`` rows each;
+- ``falcon`` (Falcon ``self_attention.query_key_value``): the output viewed as
+  ``(kv_heads, heads/kv_heads + 2, head_dim)``, q the first ``heads/kv_heads``
+  slots of each group, then k, then v (transformers' ``FalconAttention._split_heads``).
+  Its three layouts are this one view: ``new_decoder_architecture`` (any
+  ``num_kv_heads``), ``multi_query`` (``kv_heads = 1``: q rows, then one k and
+  one v head) and the original one (``kv_heads = heads``: interleaved per head
+  as GPT-NeoX). ``head_dim = d_in / heads`` and ``kv_heads`` follows from
+  ``d_out = (heads + 2·kv_heads)·head_dim``, so the number of attention heads
+  (from the model's ``config.json``) is all it needs.
+
+Families and their names (per block ``i``; roles q, k, v / o / gate, up, down):
+
+- LLaMA, Mistral, Qwen2, …: ``self_attn.{q,k,v}_proj`` / ``self_attn.o_proj`` /
+  ``mlp.{gate,up,down}_proj``;
+- BERT, RoBERTa, MiniLM: ``attention.self.{query,key,value}`` /
+  ``attention.output.dense`` / up ``intermediate.dense``, down ``output.dense``;
+- GPT-2: ``attn.c_attn`` (thirds, Conv1D) / ``attn.c_proj`` / up ``mlp.c_fc``,
+  down ``mlp.c_proj``;
+- GPT-NeoX: ``attention.query_key_value`` (neox) / ``attention.dense`` /
+  up ``mlp.dense_h_to_4h``, down ``mlp.dense_4h_to_h``;
+- Phi-3: ``self_attn.qkv_proj`` (phi3) / ``self_attn.o_proj`` /
+  ``mlp.gate_up_proj`` (halves), ``mlp.down_proj``;
+- Falcon: ``self_attention.query_key_value`` (falcon) / ``self_attention.dense``
+  / up ``mlp.dense_h_to_4h``, down ``mlp.dense_4h_to_h``;
+- MPT: ``attn.Wqkv`` (thirds) / ``attn.out_proj`` / up ``ffn.up_proj``, down
+  ``ffn.down_proj``;
+- OPT: ``self_attn.{q,k,v}_proj`` / ``self_attn.out_proj`` / up ``fc1``, down ``fc2``;
+- T5: ``SelfAttention.{q,k,v}`` / ``SelfAttention.o`` / ``DenseReluDense``: up
+  ``wi`` (gated: gate ``wi_0``, up ``wi_1``), down ``wo``.
+
+Encoder-decoder (T5): both stacks number their blocks from 0, so the decoder's
+blocks are numbered after the encoder's: decoder block ``i`` is layer
+``encoder_layers + i``, where ``encoder_layers`` is the encoder's depth (one
+more than the highest ``encoder.block.N`` index of the full model's tensors;
+an adapter takes it from its base model). Without that depth a decoder module
+is left out with the reason. Cross-attention (``EncDecAttention``) has no role:
+its k and v read the encoder's output, not the decoder's stream, so it is left
+out with that reason rather than mixed with self-attention.
+
+Every module path that gets no (layer, role) gets a reason instead
+(``map_with_reasons``), so loaders can list what they do not analyse.
 """
 
 from __future__ import annotations
@@ -28,11 +69,21 @@ import torch
 
 from ..errors import FormatError
 
-__all__ = ["ROLES", "ModuleRef", "canonical_name", "layer_index", "map_modules"]
+__all__ = [
+    "ROLES",
+    "ModuleRef",
+    "canonical_name",
+    "encoder_depth",
+    "layer_index",
+    "map_modules",
+    "map_with_reasons",
+]
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 _WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+_ENCODER_BLOCK = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
+_DECODER_BLOCK = re.compile(r"(?:^|\.)decoder\.block\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -41,8 +92,8 @@ class ModuleRef:
 
     ``module`` is the canonical module path (tensor name without ``.weight``);
     ``conv1d`` says the weight is stored ``(d_in, d_out)`` (GPT-2 ``Conv1D``);
-    ``fused`` names the layout of a fused projection (``thirds``, ``neox``,
-    ``phi3``) and ``index`` the role's place in it.
+    ``fused`` names the layout of a fused projection (``thirds``, ``halves``,
+    ``neox``, ``phi3``, ``falcon``) and ``index`` the role's place in it.
     """
 
     layer: int
@@ -55,7 +106,7 @@ class ModuleRef:
 
     @property
     def needs_heads(self) -> bool:
-        return self.fused == "neox"
+        return self.fused in ("neox", "falcon")
 
     def rows(self, d_out: int, d_in: int, heads: int | None = None) -> slice | torch.Tensor:
         """This role's output rows in a module weight of shape ``(d_out, d_in)``."""
@@ -66,6 +117,8 @@ class ModuleRef:
             return slice(*self._block(d_out, [d_out // count] * count))
         if self.fused == "phi3":
             return slice(*self._block(d_out, [d_in, (d_out - d_in) // 2, (d_out - d_in) // 2]))
+        if self.fused == "falcon":
+            return self._falcon_rows(d_out, d_in, heads)
         if heads is None or heads <= 0 or d_out % (3 * heads):
             raise FormatError(
                 f"{self.module}: an interleaved query_key_value of {d_out} rows needs the number "
@@ -74,6 +127,24 @@ class ModuleRef:
         head_dim = d_out // (3 * heads)
         index = torch.arange(d_out).view(heads, 3, head_dim)  # (heads, q/k/v, head_dim)
         return index[:, self.index].reshape(-1)  # (heads·head_dim,)
+
+    def _falcon_rows(self, d_out: int, d_in: int, heads: int | None) -> torch.Tensor:
+        """Falcon's fused rows viewed as ``(kv_heads, heads/kv_heads + 2, head_dim)``."""
+        head_dim = d_in // heads if heads and heads > 0 and d_in % heads == 0 else 0
+        slots = d_out // head_dim if head_dim and d_out % head_dim == 0 else 0
+        kv_heads = (slots - heads) // 2 if slots > heads and (slots - heads) % 2 == 0 else 0
+        if not kv_heads or heads % kv_heads:
+            raise FormatError(
+                f"{self.module}: a Falcon query_key_value of shape ({d_out}, {d_in}) should have "
+                f"(heads + 2·kv_heads)·head_dim rows with head_dim = {d_in}/heads; the model's "
+                f"config.json gives heads = {heads}, which does not fit: pass the right --base"
+            )
+        group = heads // kv_heads + 2  # q slots of one kv group, then k, then v
+        index = torch.arange(d_out).view(kv_heads, group, head_dim)  # (kv, q…qkv, head_dim)
+        picked = (
+            index[:, : group - 2] if self.index == 0 else index[:, group - 3 + self.index]
+        )  # q: (kv, heads/kv, head_dim); k, v: (kv, head_dim)
+        return picked.reshape(-1)
 
     def _block(self, d_out: int, sizes: list[int]) -> tuple[int, int]:
         if sum(sizes) != d_out or min(sizes) <= 0:
@@ -130,11 +201,48 @@ _RULES = (
     # Phi-3: rows q, then k, then v; gate then up in halves
     _rule(r"self_attn\.qkv_proj", "q,k,v", "phi3", fused="phi3"),
     _rule(r"mlp\.gate_up_proj", "gate,up", "phi3", fused="halves"),
+    # Falcon: grouped q…q k v per kv head (see the module docstring)
+    _rule(r"h\.\d+\.self_attention\.query_key_value", "q,k,v", "falcon", fused="falcon"),
+    _rule(r"h\.\d+\.self_attention\.dense", "o", "falcon"),
+    # MPT: Wqkv in thirds (chunk(3))
+    _rule(r"blocks\.\d+\.attn\.Wqkv", "q,k,v", "mpt", fused="thirds"),
+    _rule(r"blocks\.\d+\.attn\.out_proj", "o", "mpt"),
+    _rule(r"ffn\.up_proj", "up", "mpt"),
+    _rule(r"ffn\.down_proj", "down", "mpt"),
+    # OPT (q, k, v_proj as LLaMA)
+    _rule(r"self_attn\.out_proj", "o", "opt"),
+    _rule(r"layers\.\d+\.fc1", "up", "opt"),
+    _rule(r"layers\.\d+\.fc2", "down", "opt"),
+    # T5: self-attention and the feed-forward of encoder and decoder blocks
+    _rule(r"block\.\d+\.layer\.\d+\.SelfAttention\.q", "q", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.SelfAttention\.k", "k", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.SelfAttention\.v", "v", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.SelfAttention\.o", "o", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wi", "up", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wi_0", "gate", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wi_1", "up", "t5"),
+    _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wo", "down", "t5"),
     # Unknown architectures: the usual suffix names
     _rule(r"(?:q_proj|query)", "q", "generic"),
     _rule(r"(?:k_proj|key)", "k", "generic"),
     _rule(r"(?:v_proj|value)", "v", "generic"),
     _rule(r"o_proj", "o", "generic"),
+)
+
+
+# Modules with a layer index that no rule maps, and why (checked before the rules).
+_LEFT_OUT = (
+    (
+        re.compile(r"(?:^|\.)EncDecAttention\.[qkvo]$"),
+        "cross-attention (T5 EncDecAttention): its k and v read the encoder's output, not the "
+        "block's own stream; no role in the architecture map",
+    ),
+)
+NO_LAYER = "outside the transformer blocks (embeddings, pooler, head, …): no layer in the map"
+NO_ROLE = "no role (q, k, v, o, gate, up, down) in the architecture map for this module"
+NO_DEPTH = (
+    "decoder block of an encoder-decoder model: it is numbered after the encoder's blocks, "
+    "whose count comes from the base model (pass --base)"
 )
 
 
@@ -156,21 +264,46 @@ def layer_index(module: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def map_modules(modules: Iterable[str]) -> dict[tuple[int, str], ModuleRef]:
-    """Map canonical module paths to ``(layer, role) → ModuleRef``.
+def encoder_depth(names: Iterable[str]) -> int | None:
+    """The encoder's block count of an encoder-decoder (T5) from its tensor names, or None."""
+    indices = [int(m.group(1)) for name in names if (m := _ENCODER_BLOCK.search(name))]
+    return max(indices) + 1 if indices else None
 
-    Paths outside the transformer blocks, or of no known role, are left out
-    (callers list them in errors). Two paths claiming the same (layer, role),
-    as in an encoder-decoder, raise ``FormatError``: guessing would analyse
-    the wrong matrix.
+
+def map_modules(
+    modules: Iterable[str], encoder_layers: int | None = None
+) -> dict[tuple[int, str], ModuleRef]:
+    """Map canonical module paths to ``(layer, role) → ModuleRef`` (see ``map_with_reasons``)."""
+    return map_with_reasons(modules, encoder_layers)[0]
+
+
+def map_with_reasons(
+    modules: Iterable[str], encoder_layers: int | None = None
+) -> tuple[dict[tuple[int, str], ModuleRef], dict[str, str]]:
+    """Map canonical module paths to ``(layer, role) → ModuleRef``, and say why others are not.
+
+    Returns the map and ``{module: reason}`` for every path left out: outside
+    the transformer blocks, of no known role, cross-attention, or a T5 decoder
+    block when ``encoder_layers`` (the encoder's depth) is not known. Two paths
+    claiming the same (layer, role), as in an encoder-decoder other than T5,
+    raise ``FormatError``: guessing would analyse the wrong matrix.
     """
     found: dict[tuple[int, str], ModuleRef] = {}
+    left_out: dict[str, str] = {}
     for module in modules:
         layer = layer_index(module)
-        if layer is None:
-            continue
+        reason = next((why for pattern, why in _LEFT_OUT if pattern.search(module)), None)
         rule = next((rule for rule in _RULES if rule.pattern.search(module)), None)
-        if rule is None:
+        decoder = _DECODER_BLOCK.search(module) if rule is not None else None
+        if decoder is not None and rule.family == "t5":
+            layer = None if encoder_layers is None else encoder_layers + int(decoder.group(1))
+            reason = reason or (NO_DEPTH if layer is None else None)
+        if reason is None and layer is None:
+            reason = NO_LAYER
+        if reason is None and rule is None:
+            reason = NO_ROLE
+        if reason is not None:
+            left_out[module] = reason
             continue
         for index, role in enumerate(rule.roles):
             ref = ModuleRef(layer, role, module, rule.family, rule.conv1d, rule.fused, index)
@@ -179,7 +312,7 @@ def map_modules(modules: Iterable[str]) -> dict[tuple[int, str], ModuleRef]:
                 raise FormatError(
                     f"two modules claim layer {layer} role {role!r}: {previous.module} and "
                     f"{module}; this architecture is not supported yet (encoder-decoder models "
-                    "need their own map)"
+                    "other than T5 need their own map)"
                 )
             found[(layer, role)] = ref
-    return found
+    return found, left_out
