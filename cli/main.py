@@ -138,6 +138,15 @@ def cli() -> None:
 
 
 _path = click.Path(path_type=Path)
+# checkpoints stay strings: pathlib would make hf://org/name into hf:/org/name
+_source = click.Path(path_type=str)
+HUB_HELP = (
+    "Hub ids: a checkpoint or --base that is not a local path may name a Hugging Face Hub "
+    "model. org/name[@revision] is looked up in the local Hugging Face cache only "
+    "(HF_HUB_CACHE, HF_HOME) and never downloaded, so a mistyped folder is an error, not a "
+    "request. hf://org/name[@revision] downloads it (weights and configs only; needs "
+    "pip install 'spectra[hub]'), or reads only the cache when HF_HUB_OFFLINE=1."
+)
 
 
 def _with_options(command, options):
@@ -219,11 +228,11 @@ def _load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
     }
 
 
-@cli.command(short_help="Analyse the ΔW of each layer of a checkpoint.")
-@click.argument("ckpt", type=_path)
+@cli.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=HUB_HELP)
+@click.argument("ckpt", type=_source)
 @click.option(
     "--base",
-    type=_path,
+    type=_source,
     help="Base model folder or Hub id: needed for full fine-tunes and DoRA; optional "
     "otherwise (adds relative_norm).",
 )
@@ -257,9 +266,8 @@ def analyze(
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
     checkpoint, or a fine-tuned model folder (with --base).
 
-    CKPT and --base may also be Hub ids (org/name or org/name@revision), found
-    in the local Hugging Face cache (HF_HUB_CACHE, HF_HOME); with the hub
-    extra installed, fetched unless HF_HUB_OFFLINE=1."""
+    CKPT and --base may also be Hub ids: org/name[@revision] from the local
+    Hugging Face cache, hf://org/name[@revision] to download (below)."""
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
     report = _with_progress(
@@ -296,9 +304,9 @@ def analyze(
             )
 
 
-@cli.command(short_help="Show what a checkpoint holds, computing nothing.")
-@click.argument("ckpt", type=_path)
-@click.option("--base", type=_path, help="Base model folder or Hub id, to check it matches.")
+@cli.command(short_help="Show what a checkpoint holds, computing nothing.", epilog=HUB_HELP)
+@click.argument("ckpt", type=_source)
+@click.option("--base", type=_source, help="Base model folder or Hub id, to check it matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @loader_options
 def inspect(ckpt, base, as_json, **options):
@@ -355,8 +363,8 @@ def inspect(ckpt, base, as_json, **options):
     _warn(info.warnings)
 
 
-@cli.command(short_help="Convert a MultiLoRA .pt checkpoint to spectra's layout.")
-@click.argument("src", type=_path)
+@cli.command(short_help="Convert a MultiLoRA .pt checkpoint to spectra's layout.", epilog=HUB_HELP)
+@click.argument("src", type=_source)
 @click.argument("dst", type=_path)
 @click.option("--lora-alpha", type=float, help="α to record (the reference layout saves none).")
 @click.option("--force", is_flag=True, help="Replace a MultiLoRA folder already at DST.")
@@ -409,13 +417,13 @@ _figure_format = click.option(
 )
 
 
-@cli.command(short_help="Compare methods: summary table, reports and figures.")
-@click.argument("sources", nargs=-1, required=True, type=_path)
+@cli.command(short_help="Compare methods: summary table, reports and figures.", epilog=HUB_HELP)
+@click.argument("sources", nargs=-1, required=True, type=_source)
 @click.option(
     "--label", "labels", multiple=True, help="One label per source, in order (e.g. FT, LoRA)."
 )
 @click.option(
-    "--base", type=_path, help="Base model folder or Hub id, for the sources that use one."
+    "--base", type=_source, help="Base model folder or Hub id, for the sources that use one."
 )
 @analysis_options
 @click.option(
@@ -511,7 +519,9 @@ def compare(
     click.echo(f"summary, reports and figures written to {out}/", err=True)
 
 
-@cli.command(short_help="Analyse every checkpoint of a training run, cached by content.")
+@cli.command(
+    short_help="Analyse every checkpoint of a training run, cached by content.", epilog=HUB_HELP
+)
 @click.argument("run", type=_path)
 @click.option(
     "--out", type=_path, required=True, help="Folder for sweep.csv, sweep.json and the figure."
@@ -524,7 +534,7 @@ def compare(
 )
 @click.option(
     "--base",
-    type=_path,
+    type=_source,
     help="Base model folder or Hub id: needed for full fine-tunes and DoRA; optional otherwise.",
 )
 @analysis_options

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .atomic import check_replaceable, replace_folder
 from .errors import SpectraError
+from .hub import locate
 from .loaders import options_for
 from .report import Progress, Report, analyze, csv_text, is_report
 from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
@@ -160,6 +161,7 @@ def compare(
 
     ``base`` and ``options`` (``lora_alpha``, ``per_head``, …) go to each
     source whose format uses them; report folders are loaded as saved.
+    Sources and ``base`` may be Hub ids (``spectra.load``), each resolved once.
     ``subspace=True`` adds the subspace metrics (module docstring) with the
     top ``subspace_rank`` singular vectors, and intruders among the top
     ``intruder_top`` vectors of W0 + ΔW below ``intruder_eps``. ``jobs`` is
@@ -174,6 +176,9 @@ def compare(
         )
     if len(set(labels)) != len(labels):
         raise SpectraError(f"labels must differ; got {labels}")
+    # each Hub id resolved once, here: analyze and the subspace pass get the local Source
+    base = locate(base, "--base") if base is not None else None
+    sources = [source if is_report(source) else locate(source, "CKPT") for source in sources]
     reports = []
     for source in sources:
         if is_report(source):

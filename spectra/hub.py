@@ -1,47 +1,94 @@
-"""Checkpoints named by Hugging Face Hub id (``org/name`` or ``org/name@revision``).
+"""Checkpoints named by Hugging Face Hub id, found without turning a typo into a download.
 
-``resolve(source, flag)`` turns a path or a Hub id into a local folder:
+``locate(source, flag)`` turns what a user wrote into a ``Source``: a local
+path, and for a Hub id the id, the revision asked for and the commit of the
+snapshot found. Three spellings:
 
-- an existing path is returned as it is;
-- an id is looked up in the local Hub cache (``HF_HUB_CACHE``, else
-  ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), read at call time.
-  With ``huggingface_hub`` installed (the ``hub`` extra) its
-  ``snapshot_download`` does the lookup, and fetches what is missing unless
-  ``HF_HUB_OFFLINE`` is set; without it, spectra reads the cache layout
-  itself (``models--org--name/refs/<revision>`` → ``snapshots/<commit>/``)
-  and never touches the network.
+- an existing path is taken as it is;
+- ``hf://org/name[@revision]`` (also ``hf:org/name``) asks for the Hub. With
+  ``huggingface_hub`` installed (the ``hub`` extra) its ``snapshot_download``
+  fetches what the cache lacks, weights and configs only (``*.json``,
+  ``*.safetensors``, ``*.bin``, ``*.pt``, never optimizer states), or reads
+  the cache alone when ``HF_HUB_OFFLINE`` is set; without it spectra reads the
+  cache itself and says how to install the extra if the id is not there;
+- a bare ``org/name[@revision]`` that is no existing path is looked up in the
+  local cache only, by spectra itself: no network, no ``huggingface_hub``. So
+  ``ckpts/lroa``, a mistyped folder, is "no such file or folder" (and not in
+  the cache either; write ``hf://ckpts/lroa`` to download it), never a request.
 
-Only weights and configs are fetched (``*.json``, ``*.safetensors``,
-``*.bin``, ``*.pt``), never optimizer states.
+Any other path that does not exist is "no such file or folder". The cache is
+``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``, read
+at call time (layout ``models--org--name/refs/<revision>`` →
+``snapshots/<commit>/``).
+
+Each entry point (``load``, ``analyze``, ``compare``, ``run_sweep``) locates
+its sources once and passes the ``Source`` down; ``locate`` returns a
+``Source`` it is given as it is, so an id is resolved once per run and the
+commit a report records is the one it analysed. ``Source`` is ``os.PathLike``
+(its local path), so it goes wherever a path does.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FormatError
 
-__all__ = ["cache_folder", "is_hub_id", "offline", "resolve", "resolve_cached"]
+__all__ = [
+    "Source",
+    "cache_folder",
+    "is_hub_id",
+    "locate",
+    "offline",
+    "resolve",
+    "resolve_cached",
+]
 
 _HUB_ID = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$"
 )
+# hf://org/name, hf:org/name; also hf:/org/name, which is what pathlib makes of hf://org/name.
+_DOWNLOAD = re.compile(r"^hf:/{0,2}(?P<id>.*)$")
 _FETCHED = ["*.json", "*.safetensors", "*.bin", "*.pt"]
 _NOT_FETCHED = ["optimizer.*", "scheduler.*", "rng_state*", "training_args.bin"]
+_EXPECTED = {"--base": "the base model's folder or file"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint source resolved to a local path.
+
+    ``hub_id`` (``org/name``), ``revision`` (as asked; None for the default
+    branch) and ``commit`` (the snapshot found) are None for a local path.
+    """
+
+    path: Path
+    hub_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return os.fspath(self.path)
 
 
 def is_hub_id(source: object) -> bool:
-    """Whether ``source`` reads as ``org/name[@revision]`` and is not an existing path."""
+    """Whether ``source`` names a Hub id: ``hf://…``, or ``org/name[@revision]`` that is no path."""
+    if isinstance(source, Source):
+        return source.hub_id is not None
     if not isinstance(source, str | os.PathLike):
         return False
     text = os.fspath(source)
-    return (
-        isinstance(text, str)
-        and _HUB_ID.match(text) is not None
-        and not Path(text).expanduser().exists()
-    )
+    if not isinstance(text, str):
+        return False
+    if _DOWNLOAD.match(text):
+        return True
+    return _HUB_ID.match(text) is not None and not Path(text).exists()
 
 
 def cache_folder() -> Path:
@@ -57,11 +104,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def resolve_cached(source: str) -> Path | None:
-    """The cached snapshot folder of a Hub id, read without ``huggingface_hub``; else None."""
-    match = _HUB_ID.match(source)
-    if match is None:
-        return None
+def _cached(match: re.Match) -> Path | None:
     repo = cache_folder() / f"models--{match['repo'].replace('/', '--')}"
     revision = match["revision"] or "main"
     ref = repo / "refs" / revision
@@ -70,27 +113,64 @@ def resolve_cached(source: str) -> Path | None:
     return snapshot if snapshot.is_dir() else None
 
 
-def resolve(source: str | os.PathLike, flag: str) -> Path:
-    """A local path for ``source``: itself if it exists, else its Hub snapshot folder.
-
-    ``flag`` names the argument in messages (``CKPT``, ``--base``).
-    """
-    if not is_hub_id(source):
-        return Path(source)
-    source = os.fspath(source)
+def resolve_cached(source: str) -> Path | None:
+    """The cached snapshot folder of a bare Hub id, read without ``huggingface_hub``; else None."""
     match = _HUB_ID.match(source)
-    assert match is not None
+    return _cached(match) if match is not None else None
+
+
+def locate(source: str | os.PathLike, flag: str) -> Source:
+    """The local ``Source`` of a path or Hub id (module docstring); ``FormatError`` if none.
+
+    ``flag`` names the argument in messages (``CKPT``, ``--base``). Only an
+    ``hf://`` id can reach the network.
+    """
+    if isinstance(source, Source):
+        return source
+    text = os.fspath(source)
+    explicit = _DOWNLOAD.match(text)
+    if explicit is not None:
+        return _download(text, explicit["id"], flag)
+    path = Path(text)
+    if path.exists():
+        return Source(path)
+    expected = _EXPECTED.get(flag, "a checkpoint folder or file")
+    match = _HUB_ID.match(text)
+    if match is None:
+        raise FormatError(f"{text} ({flag}): no such file or folder (expected {expected})")
+    found = _cached(match)
+    if found is None:
+        write = f"{flag} hf://{text}" if flag.startswith("-") else f"hf://{text}"
+        raise FormatError(
+            f"{text} ({flag}): no such file or folder (expected {expected}); it is not in the "
+            f"local Hugging Face cache ({cache_folder()}) either; to download it from the Hub, "
+            f"write {write}"
+        )
+    return Source(found, match["repo"], match["revision"], found.name)
+
+
+def resolve(source: str | os.PathLike, flag: str) -> Path:
+    """``locate(source, flag).path``: the local path of a path or Hub id."""
+    return locate(source, flag).path
+
+
+def _download(text: str, hub_id: str, flag: str) -> Source:
+    """The snapshot of an ``hf://`` id: downloaded with ``huggingface_hub``, else from the cache."""
+    match = _HUB_ID.match(hub_id)
+    if match is None:
+        raise FormatError(
+            f"{text} ({flag}): not a Hub id; expected hf://org/name or hf://org/name@revision"
+        )
     try:
         import huggingface_hub
     except ImportError:
-        found = resolve_cached(source)
+        found = _cached(match)
         if found is None:
             raise FormatError(
-                f"{source} ({flag}): no such folder, and not in the Hugging Face cache at "
-                f"{cache_folder()}; download it first, or pip install 'spectra[hub]' to let "
-                "spectra fetch it"
+                f"{text} ({flag}): not in the local Hugging Face cache ({cache_folder()}), and "
+                "downloading it needs huggingface_hub: pip install 'spectra[hub]'"
             ) from None
-        return found
+        return Source(found, match["repo"], match["revision"], found.name)
     try:
         folder = huggingface_hub.snapshot_download(
             match["repo"],
@@ -101,9 +181,14 @@ def resolve(source: str | os.PathLike, flag: str) -> Path:
             ignore_patterns=_NOT_FETCHED,
         )
     except Exception as exc:  # the hub raises many kinds: missing, offline, gated, network
-        where = "the local cache (HF_HUB_OFFLINE is set)" if offline() else "the Hub"
-        raise FormatError(
-            f"{source} ({flag}): no such folder, and it could not be found in {where} at "
-            f"{cache_folder()}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return Path(folder)
+        reason = " ".join(str(exc).strip().splitlines()[:1]).strip()[:200]
+        if offline():
+            where = (
+                f"not in the local Hugging Face cache ({cache_folder()}), and HF_HUB_OFFLINE is "
+                "set, so nothing was downloaded; unset it to download"
+            )
+        else:
+            where = f"could not be downloaded from the Hub into {cache_folder()}"
+        raise FormatError(f"{text} ({flag}): {where} ({type(exc).__name__}: {reason})") from exc
+    folder = Path(folder)
+    return Source(folder, match["repo"], match["revision"], folder.name)

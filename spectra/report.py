@@ -49,7 +49,7 @@ from . import __version__
 from .atomic import check_replaceable, replace_folder
 from .delta import Factored, LayerDelta
 from .errors import FormatError, NonFiniteError, SpectraError
-from .hub import is_hub_id, resolve
+from .hub import locate
 from .loaders import load
 from .metrics import METRICS, compute, rounding_floor, share_above
 from .svd import (
@@ -302,6 +302,11 @@ def analyze(
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
 
+    ``path`` and ``base`` are as ``spectra.load`` takes them (a path, a Hub id
+    in the local cache, ``hf://org/name[@revision]`` to download); each is
+    resolved once, and ``meta["source"]`` records the Hub id, the revision
+    asked for and the commit of the snapshot analysed (``hub_id``,
+    ``revision``, ``commit``; ``base_hub_id``, ``base_commit`` for the base).
     ``modules`` are roles (``"k"``, ``"v"``, …); ``None`` means k and v,
     whichever the checkpoint has. ``layers=None`` means every layer.
     ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
@@ -322,7 +327,9 @@ def analyze(
     go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
     ``lora_alpha``).
     """
-    checkpoint = load(path, base=base, format=format, **options)
+    source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
+    base_source = locate(base, "--base") if base is not None else None
+    checkpoint = load(source, base=base_source, format=format, **options)
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)
@@ -365,9 +372,13 @@ def analyze(
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {
-            "path": str(resolve(path, "CKPT").resolve()),
-            "hub_id": os.fspath(path) if is_hub_id(path) else None,
+            "path": str(source.path.resolve()),
+            "hub_id": source.hub_id,
+            "revision": source.revision,
+            "commit": source.commit,
             "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
+            "base_hub_id": base_source.hub_id if base_source is not None else None,
+            "base_commit": base_source.commit if base_source is not None else None,
             "format": checkpoint.format,
             "variant": checkpoint.variant,
             "options": {k: v for k, v in options.items() if v not in (None, False)},

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import SpectraError
+from .hub import locate
 from .loaders import Checkpoint, load, options_for
 from .report import Progress, Report, csv_text, is_report, rounding_floor_of
 from .subspace import (
@@ -78,14 +79,19 @@ def _open(
     """The checkpoint behind a source, re-opened from ``report.json`` for a saved report."""
     if is_report(source):
         saved = Report.load(source).meta.get("source", {})
-        path = saved.get("hub_id") or saved.get("path")
-        if not path or not (Path(path).exists() or saved.get("hub_id")):
+        path = saved.get("path")
+        if not (path and Path(path).exists()) and saved.get("hub_id"):
+            # its snapshot folder is gone: the same commit, looked up in the local cache only
+            commit = saved.get("commit")
+            path = f"{saved['hub_id']}@{commit}" if commit else saved["hub_id"]
+        elif not path or not Path(path).exists():
             raise SpectraError(
                 f"{source}: subspace metrics need singular vectors, which reports do not keep, "
                 f"and the checkpoint it was made from ({path}) is gone; pass the checkpoint "
                 "instead of the report"
             )
         return load(path, base=saved.get("base"), **saved.get("options", {}))
+    source = locate(source, "CKPT")  # once, for options_for and load
     return load(source, base=base, **options_for(source, options))
 
 
@@ -118,6 +124,7 @@ def measure_subspaces(
         raise SpectraError("subspace metrics compare whole modules: drop --per-head")
     target = resolve_device(device)
     result = SubspaceResult(rank, intruder_top, intruder_eps)
+    base = locate(base, "--base") if base is not None else None  # once for every source
     checkpoints = [_open(source, base, options) for source in sources]
     keys = _shared_keys(checkpoints, labels, modules, layers)
     base_vectors: dict[tuple[str, tuple[int, str]], torch.Tensor] = {}

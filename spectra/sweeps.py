@@ -27,6 +27,7 @@ from pathlib import Path
 from .atomic import check_replaceable, replace_folder
 from .cache import ReportCache, analysis_key
 from .errors import SpectraError
+from .hub import locate
 from .loaders import Checkpoint, load, options_for
 from .report import Progress, Report, analyze, csv_text
 
@@ -232,11 +233,13 @@ def run_sweep(
     that ``ray.init`` starts or joins. ``progress(done, total, label)`` is
     called after each checkpoint. Other arguments are ``analyze``'s (``jobs``
     applies inside each worker, whose default follows its own thread count;
-    it is not part of the cache key, as it changes σ only by rounding).
+    it is not part of the cache key, as it changes σ only by rounding). A
+    ``base`` given as a Hub id is resolved once, here, for every checkpoint.
     """
     if workers < 1:
         raise SpectraError(f"--workers must be at least 1, got {workers}")
     checkpoints = find_checkpoints(run, pattern)
+    base = locate(base, "--base") if base is not None else None  # a Hub id once, for every job
     store = _cache(cache)
     tasks, keys = [], []
     for found in checkpoints:  # every one is opened and its selection checked before any work

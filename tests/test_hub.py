@@ -110,3 +110,169 @@ def test_cli_analyze_hub_id(hub_cache, tmp_path, lora_adapter):
         spectra.Report.load(out),
         {key: value for key, value in lora_adapter.reference.items() if key[0] == 0},
     )
+
+
+# -- a typo never reaches the network; hf:// is the one way to ask for a download -----------
+
+
+@pytest.fixture()
+def no_hub_calls(monkeypatch):
+    """``huggingface_hub.snapshot_download`` fails the test if anything calls it."""
+    import huggingface_hub
+
+    def called(*args, **kwargs):
+        pytest.fail(f"huggingface_hub.snapshot_download called with {args} {kwargs}")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", called)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # so a call would go online
+
+
+def test_a_typo_is_no_such_folder_and_no_hub_call(hub_cache, no_hub_calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FormatError) as raised:
+        spectra.analyze("ckpts/lroa")
+    message = str(raised.value)
+    assert message.startswith("ckpts/lroa (CKPT): no such file or folder")
+    assert f"not in the local Hugging Face cache ({hub_cache}) either" in message
+    assert message.endswith("to download it from the Hub, write hf://ckpts/lroa")
+    with pytest.raises(FormatError, match=r"org/typo \(--base\).*write --base hf://org/typo$"):
+        spectra.load(tmp_path, base="org/typo")
+    with pytest.raises(FormatError, match=r"ckpts/lroa \(CKPT\): no such file or folder"):
+        spectra.compare(["ckpts/lroa"], ["a"])
+    # not shaped like a Hub id: no cache lookup, just the missing path
+    with pytest.raises(FormatError, match=r"^ckpts/lroa/x \(CKPT\): no such file or folder \("):
+        spectra.load("ckpts/lroa/x")
+
+
+def test_cli_typo_is_one_line_and_exit_1(hub_cache, no_hub_calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["analyze", "ckpts/lroa"], ["inspect", "ckpts/lroa"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+        assert "no such file or folder" in result.stderr and "hf://ckpts/lroa" in result.stderr
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["analyze", "inspect", "compare", "sweep", "convert"])
+def test_help_says_how_to_download(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "hf://org/name[@revision] downloads it" in text
+    assert "org/name[@revision] is looked up in the local Hugging Face cache only" in text
+
+
+@pytest.mark.parametrize("hub_installed", [True, False])
+def test_hf_url_offline_reads_the_cache(hub_cache, lora_adapter, monkeypatch, hub_installed):
+    if not hub_installed:
+        monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    report = spectra.analyze(
+        "hf://lab/minilm-lora", base="hf:sentence-transformers/all-MiniLM-L6-v2", layers=[0]
+    )
+    check_against_merge(
+        report, {key: value for key, value in lora_adapter.reference.items() if key[0] == 0}
+    )
+    source = report.meta["source"]
+    assert source["hub_id"] == "lab/minilm-lora" and source["revision"] is None
+    assert source["commit"] == COMMIT
+    assert source["path"] == str(hub_cache / "models--lab--minilm-lora/snapshots" / COMMIT)
+    assert source["base_hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert source["base_commit"] == COMMIT
+    assert all(row["relative_norm"] > 0 for row in report.rows)  # W0 came from the cache
+
+
+@pytest.mark.parametrize("hub_installed", [True, False])
+def test_hf_url_missing_offline_says_so(hub_cache, monkeypatch, hub_installed):
+    if not hub_installed:
+        monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    expected = "HF_HUB_OFFLINE is set" if hub_installed else r"pip install 'spectra\[hub\]'"
+    with pytest.raises(FormatError, match=rf"^hf://lab/absent \(CKPT\): not in the .*{expected}"):
+        spectra.load("hf://lab/absent")
+
+
+def test_hf_url_revision_is_recorded(hub_cache):
+    folder = hub_cache / "models--lab--minilm-lora" / "snapshots"
+    shutil.copytree(folder / COMMIT, folder / OTHER_COMMIT, symlinks=True)
+    (hub_cache / "models--lab--minilm-lora" / "refs" / "v2").write_text(OTHER_COMMIT)
+    report = spectra.analyze("hf://lab/minilm-lora@v2", modules=["k"], layers=[0])
+    assert report.meta["source"]["revision"] == "v2"
+    assert report.meta["source"]["commit"] == OTHER_COMMIT
+    assert report.meta["source"]["path"] == str(folder / OTHER_COMMIT)
+
+
+# -- each Hub id is resolved once per run --------------------------------------------------
+
+
+@pytest.fixture()
+def downloads(hub_cache, monkeypatch, lora_adapter) -> list[str]:
+    """Every ``snapshot_download`` call's repo id, the real function still doing the work."""
+    import huggingface_hub
+
+    cache_repo(hub_cache, "lab/minilm-lora-2", sorted(lora_adapter.path.glob("adapter_*")))
+    real = huggingface_hub.snapshot_download
+    calls: list[str] = []
+
+    def counted(repo_id, *args, **kwargs):
+        calls.append(repo_id)
+        return real(repo_id, *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", counted)
+    return calls
+
+
+BASE_URL = "hf://sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_analyze_resolves_each_id_once(downloads):
+    spectra.analyze("hf://lab/minilm-lora", base=BASE_URL, modules=["k"], layers=[0])
+    assert sorted(downloads) == ["lab/minilm-lora", "sentence-transformers/all-MiniLM-L6-v2"]
+
+
+@pytest.mark.parametrize("subspace", [False, True])
+def test_compare_resolves_each_id_once(downloads, subspace):
+    spectra.compare(
+        ["hf://lab/minilm-lora", "hf://lab/minilm-lora-2"],
+        ["a", "b"],
+        base=BASE_URL,
+        modules=["k"],
+        layers=[0],
+        subspace=subspace,
+    )
+    assert sorted(downloads) == [
+        "lab/minilm-lora",
+        "lab/minilm-lora-2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ]
+
+
+def test_sweep_resolves_its_base_once(downloads, lora_adapter, tmp_path):
+    for step in (10, 20):
+        shutil.copytree(lora_adapter.path, tmp_path / "run" / f"checkpoint-{step}")
+    spectra.run_sweep(tmp_path / "run", base=BASE_URL, modules=["k"], layers=[0], cache=False)
+    assert downloads == ["sentence-transformers/all-MiniLM-L6-v2"]
+
+
+def test_bare_ids_are_looked_up_once_each(hub_cache, no_hub_calls, monkeypatch):
+    from spectra import hub
+
+    looked_up: list[str] = []
+    real = hub._cached
+
+    def counted(match):
+        looked_up.append(match["repo"])
+        return real(match)
+
+    monkeypatch.setattr(hub, "_cached", counted)
+    spectra.compare(
+        ["lab/minilm-lora", "lab/minilm-lora@" + COMMIT],
+        ["a", "b"],
+        base="sentence-transformers/all-MiniLM-L6-v2",
+        modules=["k"],
+        layers=[0],
+    )
+    assert sorted(looked_up) == [
+        "lab/minilm-lora",
+        "lab/minilm-lora",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ]

@@ -81,7 +81,11 @@ def options_for(path: str | Path, options: dict[str, object]) -> dict[str, objec
 
 
 def detect_format(path: str | Path) -> str:
-    """``"peft"``, ``"multilora"`` or ``"full"`` for a path or Hub id; ``FormatError`` if none."""
+    """``"peft"``, ``"multilora"`` or ``"full"`` for a path or Hub id; ``FormatError`` if none.
+
+    A Hub id is resolved here each call (``spectra.hub.locate``): callers that
+    also load pass the ``Source`` or the local path, as ``load`` does.
+    """
     path = resolve(path, "CKPT")
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder (expected a checkpoint folder or file)")
@@ -114,8 +118,11 @@ def load(
 ) -> Checkpoint:
     """Open a checkpoint lazily; nothing but headers and configs is read here.
 
-    ``path`` and ``base`` are local paths or Hub ids (``org/name[@revision]``,
-    see ``spectra.hub``). ``base`` is the model the checkpoint was tuned from: required to analyse a
+    ``path`` and ``base`` are local paths, Hub ids or ``spectra.hub.Source`` objects:
+    ``hf://org/name[@revision]`` downloads (with ``huggingface_hub``), a bare
+    ``org/name[@revision]`` that is no path is looked up in the local Hugging
+    Face cache only (see ``spectra.hub``); each is resolved once, here.
+    ``base`` is the model the checkpoint was tuned from: required to analyse a
     full fine-tune or a DoRA adapter, optional otherwise (it adds
     ``relative_norm``). ``format`` is ``"auto"`` (detect) or one of
     ``"full"``, ``"peft"``, ``"multilora"``. ``options`` are listed in the
