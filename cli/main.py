@@ -311,7 +311,8 @@ def analyze(
 @loader_options
 def inspect(ckpt, base, as_json, **options):
     """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
-    where each scale came from, heads, warnings) without computing anything."""
+    where each scale came from, heads, the tensors not analysed and why, warnings)
+    without computing anything."""
     checkpoint = spectra.load(ckpt, base=base, **_load_options(**options))
     info = checkpoint.describe()
     if base is not None:
@@ -348,7 +349,7 @@ def inspect(ckpt, base, as_json, **options):
         [
             m.layer,
             m.role,
-            f"{m.shape[0]}x{m.shape[1]}",
+            f"{m.shape[0]}x{'?' if m.shape[1] is None else m.shape[1]}",
             m.dtype,
             m.kind,
             m.rank,
@@ -360,7 +361,19 @@ def inspect(ckpt, base, as_json, **options):
         for m in info.modules
     ]
     click.echo(render(header, rows))
+    _print_not_analysed(info)
     _warn(info.warnings)
+
+
+def _print_not_analysed(info, shown: int = 3) -> None:
+    """The tensors no ΔW uses, grouped by reason, a few names each (--json lists all)."""
+    groups = info.not_analysed_by_reason()
+    if not groups:
+        return
+    click.echo(f"\nnot analysed ({len(info.not_analysed)} tensors):")
+    for reason, names in groups.items():
+        more = f" … (+{len(names) - shown} more, --json lists all)" if len(names) > shown else ""
+        click.echo(f"  {reason} [{len(names)}]: {', '.join(names[:shown])}{more}")
 
 
 @cli.command(short_help="Convert a MultiLoRA .pt checkpoint to spectra's layout.", epilog=HUB_HELP)

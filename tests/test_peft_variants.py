@@ -12,11 +12,22 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import spectra
 from spectra.errors import FormatError, MissingBaseError
 
-from .conftest import make_peft_adapter, merged_reference, randomize_adapter, reference_sigma
+from .conftest import (
+    DTYPES,
+    dtype_id,
+    load_bert,
+    make_peft_adapter,
+    merged_reference,
+    random_peft_model,
+    randomize_adapter,
+    reference_sigma,
+    save_peft_adapter,
+)
 
 
 def _check_against_reference(adapter, report_options=None, load_options=None, modules=None):
@@ -133,14 +144,86 @@ def test_lycoris_and_vera_match_peft_merge(tmp_path, minilm_dir, kind):
     assert {row["kind"] for row in report.rows} == {expected_kind}
 
 
-def test_vera_with_base_reads_each_modules_width(tmp_path, minilm_dir):
+# BERT module paths by role, for the modules merged_reference does not cover
+_BERT_MODULES = {
+    "k": "attention.self.key",
+    "o": "attention.output.dense",
+    "up": "intermediate.dense",
+    "down": "output.dense",
+}
+
+
+def _saved_tensors(folder) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(folder / "adapter_model.safetensors")).values())
+
+
+def _merged_bert(folder, base) -> dict[tuple[int, str], np.ndarray]:
+    """peft's merge in float64 minus the base, for every role of ``_BERT_MODULES``."""
+    from peft import PeftModel
+
+    def weights(model):
+        return {
+            (layer, role): model.get_submodule(f"encoder.layer.{layer}.{path}")
+            .weight.detach()
+            .double()
+            .numpy()
+            .copy()
+            for layer in range(6)
+            for role, path in _BERT_MODULES.items()
+        }
+
+    model = load_bert(base, torch.float64)
+    before = weights(model)
+    merged = PeftModel.from_pretrained(model, str(folder)).double().merge_and_unload()
+    return {key: weight - before[key] for key, weight in weights(merged).items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
+    """vera_A is as wide as the widest module (1536): each module's d_in comes from the base."""
     from peft import VeraConfig
 
-    config = VeraConfig(r=8, target_modules=["query", "value"], save_projection=True)
-    adapter = make_peft_adapter(tmp_path / "vera", minilm_dir, seed=2, config=config)
-    without = spectra.analyze(adapter.path, modules=["q", "v"])
-    assert any("width of the shared vera_A" in w for w in without.warnings)
-    _check_against_reference(adapter, load_options={"base": minilm_dir}, modules=["q", "v"])
+    config = VeraConfig(
+        r=8, target_modules=["key", "intermediate.dense", "output.dense"], save_projection=True
+    )
+    model = random_peft_model(minilm_dir, config, seed=2)
+    adapter = save_peft_adapter(model, tmp_path / "vera", minilm_dir, dtype=dtype)
+    assert {t.dtype for t in _saved_tensors(adapter.path)} == {dtype}  # the premise
+    reference = _merged_bert(adapter.path, minilm_dir)
+    roles = list(_BERT_MODULES)
+    checkpoint = spectra.load(adapter.path)  # the base, from base_model_name_or_path
+    first = [(d.label, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
+    second = [(d.label, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
+    assert [label for label, _ in first] == [label for label, _ in second]
+    for (_, a), (_, b) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    shapes = {"k": (384, 384), "o": (384, 384), "up": (1536, 384), "down": (384, 1536)}
+    for delta in checkpoint.deltas(modules=roles):
+        expected = reference[(delta.layer, delta.role)]
+        assert delta.shape == shapes[delta.role] == expected.shape
+        rebuilt = delta.update.to_dense().numpy()
+        assert np.linalg.norm(rebuilt - expected) / np.linalg.norm(expected) < 1e-10
+
+    # Without the base, d_in is unknown: refused, never cut to the width of vera_A.
+    config_path = adapter.path / "adapter_config.json"
+    data = json.loads(config_path.read_text())
+    data["base_model_name_or_path"] = "nowhere/to-be-found"
+    config_path.write_text(json.dumps(data))
+    with pytest.raises(MissingBaseError, match=r"adapter_config.json: VeRA .*d_in.*--base DIR"):
+        spectra.analyze(adapter.path, modules=["k"])
+    with pytest.raises(MissingBaseError, match="--base"):
+        list(spectra.load(adapter.path).deltas(modules=["k"]))
+    info = spectra.load(adapter.path).describe()
+    assert {m.shape for m in info.modules if m.role == "k"} == {(384, None)}
+    assert any("d_in comes from the base model" in w for w in info.warnings)
+    report = spectra.analyze(adapter.path, base=minilm_dir, modules=["k", "down"])
+    for row in report.rows:
+        expected = reference_sigma(reference[(row["layer"], row["module"])])
+        np.testing.assert_allclose(
+            report.spectrum(row["layer"], row["module"]), expected[:8], rtol=1e-9
+        )
 
 
 def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, minilm_dir):
@@ -217,3 +300,19 @@ def test_base_found_in_a_local_hugging_face_cache(tmp_path, minilm_dir, lora_ada
     assert resolve_base("acme/minilm") == snapshot
     assert resolve_base("acme/other") is None
     assert resolve_base(str(minilm_dir)) == minilm_dir
+
+
+@pytest.mark.parametrize("lora_nums, heads", [(2, 3), (3, 2), (None, 2)])
+def test_heads_that_disagree_with_lora_nums_are_an_error(tmp_path, lora_nums, heads):
+    """lora_B0 … lora_B{heads-1} against the config's lora_nums: no head is dropped silently."""
+    prefix = "base_model.model.encoder.layer.0.attention.self.key"
+    state = {f"{prefix}.lora_A.weight": torch.randn(4, 384)}
+    state |= {f"{prefix}.lora_B{j}.weight": torch.randn(384, 4) for j in range(heads)}
+    state[f"{prefix}.lora_route.weight"] = torch.randn(heads, 384)
+    torch.save(state, tmp_path / "adapter_model.bin")
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_nums": lora_nums}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    found = ", ".join(f"lora_B{j}" for j in range(heads))
+    expected = rf"adapter_model.bin: .*key has heads {found}, but .*lora_nums = {lora_nums}"
+    with pytest.raises(FormatError, match=expected):
+        spectra.load(tmp_path)

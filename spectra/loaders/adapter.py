@@ -84,6 +84,10 @@ class AdapterCheckpoint(Checkpoint):
             )
         return ref.rows(*self.module_shape(ref), self.heads())
 
+    def shape_before_base(self, ref: ModuleRef) -> tuple[int, int | None]:
+        """What ``describe()`` shows when the role's shape needs the base: the whole module's."""
+        return self.module_shape(ref)
+
     def role_shape(self, ref: ModuleRef) -> tuple[int, int]:
         """(d_out, d_in) of ΔW for this role."""
         d_out, d_in = self.module_shape(ref)
@@ -93,8 +97,8 @@ class AdapterCheckpoint(Checkpoint):
         ref = self.modules[key]
         try:
             shape = self.role_shape(ref)
-        except SpectraError:  # an interleaved projection before --base is known
-            shape = self.module_shape(ref)
+        except SpectraError:  # an interleaved projection, VeRA's d_in: before --base is known
+            shape = self.shape_before_base(ref)
         return ModuleInfo(
             layer=ref.layer,
             role=ref.role,

@@ -32,7 +32,7 @@ from ..atomic import check_replaceable, replace_folder, write_safetensors
 from ..delta import Factored
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
-from .names import ModuleRef, canonical_name, map_modules
+from .names import ModuleRef, canonical_name, map_with_reasons
 from .tensors import TensorStore, open_store
 
 __all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file", "write_multilora"]
@@ -89,7 +89,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             self.store = open_store(path)
         self.alpha, self.alpha_source = self._alpha(lora_alpha)
         self.stacked = self._read_modules()
-        self.modules = map_modules(self.stacked)
+        self.modules, self.unmapped = map_with_reasons(self.stacked)
         if not self.modules:
             raise FormatError(
                 f"{self.store.path}: no attention or MLP projection among the MultiLoRA modules "
@@ -186,6 +186,19 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
         elif zero:
             notes.append(f"{len(zero)} modules have all-zero lora_scaling, so ΔW = 0 there")
         return notes
+
+    def not_analysed(self) -> list[tuple[str, str]]:
+        """Tensors of no MultiLoRA module (frozen base weights) and modules the map lacks."""
+        reasons: dict[str, str | None] = {}  # tensor → why not analysed; None: analysed
+        for module, stacked in self.stacked.items():
+            for name in (stacked.a, stacked.b, stacked.scaling):
+                reasons[name] = self.unmapped.get(module)
+        other = "not a MultiLoRA tensor (a frozen base weight?)"
+        return [
+            (name, reasons.get(name, other))
+            for name in self.store.names()
+            if reasons.get(name, other) is not None
+        ]
 
     def factors(self, ref: ModuleRef) -> dict[str, object]:
         stacked = self.stacked[ref.module]

@@ -34,9 +34,9 @@ from ..delta import Dense, Factored
 from ..errors import FormatError, MissingBaseError
 from ..hub import resolve_cached
 from .adapter import AdapterCheckpoint, Rows, Update
-from .base import Selection
+from .base import Selection, summarise_not_analysed
 from .full import find_model_file
-from .names import ModuleRef, canonical_name, map_modules
+from .names import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
 from .tensors import TensorStore, open_store
 
 __all__ = [
@@ -56,9 +56,14 @@ _PARTS = (
     r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|vera_lambda_[bd]"
 )
 _KEY = re.compile(rf"^(?P<module>.+)\.(?P<part>{_PARTS})(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$")
+_BIAS = re.compile(r"^lora_B\d*$")  # lora_bias=True: lora_B is an nn.Linear with a bias
 _SHARED_VERA = re.compile(
     r"^(?:base_model\.)?vera_(?P<which>[AB])(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$"
 )
+# Why a tensor of the file is not part of any analysed ΔW (see not_analysed()).
+LORA_BIAS = "bias of lora_B: adds a constant, not part of ΔW's spectrum"
+SAVED_MODULE = "modules_to_save: a full weight of the tuned module, not a delta"
+UNKNOWN_PART = "not a tensor of any adapter part spectra knows"
 # init_lora_weights values that move W0, so that s·B@A is not W_merged − W_original.
 _W0_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "eva")
 
@@ -85,18 +90,22 @@ def sub_adapters(folder: Path) -> list[str]:
 
 
 def adapter_folder(path: Path, adapter: str | None) -> Path:
-    """The folder of the adapter to read: ``path`` itself or ``path/NAME`` (``--adapter``)."""
+    """The folder of the adapter to read: ``path/NAME`` for a sub-folder adapter, else ``path``.
+
+    An ``adapter`` that names no sub-folder is looked for inside the top-level
+    adapter file (several adapters saved with their names in one file).
+    """
     names = sub_adapters(path)
     top_level = (path / ADAPTER_CONFIG).is_file()
-    if adapter is not None and not (adapter == "default" and top_level and adapter not in names):
-        if adapter not in names:
-            raise FormatError(
-                f"{path}: no adapter named {adapter!r}; sub-folder adapters here: "
-                f"{', '.join(names) or 'none'} (--adapter)"
-            )
+    if adapter is not None and adapter in names:
         return path / adapter
     if top_level:
         return path
+    if adapter is not None:
+        raise FormatError(
+            f"{path}: no adapter named {adapter!r}; sub-folder adapters here: "
+            f"{', '.join(names) or 'none'} (--adapter)"
+        )
     raise FormatError(
         f"{path}: holds several adapters in sub-folders ({', '.join(names)}); "
         "choose one with --adapter NAME"
@@ -123,6 +132,30 @@ def _pattern_value(patterns: object, module: str) -> tuple[str, object] | None:
     for key, value in (patterns or {}).items() if isinstance(patterns, dict) else ():
         if re.match(rf"(.*\.)?({key})$", module):
             return key, value
+    return None
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One tensor name of an adapter file, parsed: its module, part and adapter name."""
+
+    name: str
+    module: str  # canonical module path; "" for VeRA's shared vera_A / vera_B
+    part: str  # lora_A, lora_B0, vera_A, …
+    adapter: str | None  # the adapter name kept in the key, if any
+    bias: bool = False  # a lora_B bias (lora_bias=True)
+
+
+def _parse_key(name: str) -> _Key | None:
+    """Parse an adapter tensor name; ``None`` for a tensor of no known part."""
+    bias = name.endswith(".bias")
+    stem = name.removesuffix(".bias") if bias else name.removesuffix(".weight")
+    match = _KEY.match(stem)
+    if match is not None and (not bias or _BIAS.match(match["part"])):
+        return _Key(name, canonical_name(match["module"]), match["part"], match["adapter"], bias)
+    match = _SHARED_VERA.match(stem) if not bias else None
+    if match is not None:
+        return _Key(name, "", f"vera_{match['which']}", match["adapter"])
     return None
 
 
@@ -163,6 +196,8 @@ class PeftCheckpoint(AdapterCheckpoint):
     ):
         folder = adapter_folder(path, adapter)
         super().__init__(folder, base)
+        self.adapter_name = adapter
+        self.from_sub_folder = folder != path
         self.config = read_adapter_config(folder)
         self.config_path = folder / ADAPTER_CONFIG
         self.per_head = per_head
@@ -171,17 +206,23 @@ class PeftCheckpoint(AdapterCheckpoint):
         self._notes: list[str] = []
         self.rebuild = self._variant()
         self.store = self._open_weights()
+        self._left_out: list[tuple[str, str]] = []  # (tensor, reason): see not_analysed()
         self.adapted, self.shared, self.skipped = self._read_modules()
-        self.modules = map_modules(self.adapted)
+        self._map_modules(encoder_layers=None)
+        if base is None:
+            base = self._found_base()
+        self.open_base(base)
+        if self.base_weights is not None and self.base_weights.encoder_layers is not None:
+            self._map_modules(self.base_weights.encoder_layers)  # T5 decoder blocks (names.py)
         if not self.modules:
             raise FormatError(
                 f"{self.store.path}: no attention or MLP projection is adapted; adapted modules: "
                 f"{', '.join(sorted(self.adapted)[:10]) or 'none'}. "
-                "This architecture is not mapped yet"
+                f"{summarise_not_analysed(self.not_analysed())}"
             )
         for adapted in self.adapted.values():
-            self.rebuild.resolve_scale(self, adapted)
-        self.open_base(base if base is not None else self._found_base())
+            if adapted.module in self.mapped:
+                self.rebuild.resolve_scale(self, adapted)
 
     # -- reading -----------------------------------------------------------
 
@@ -204,26 +245,64 @@ class PeftCheckpoint(AdapterCheckpoint):
         )
 
     def _read_modules(self) -> tuple[dict[str, _Adapted], dict[str, str], list[str]]:
+        """The selected adapter's modules and shared tensors, and the names of no known part.
+
+        Tensors of other adapters in the file and lora_B biases are recorded in
+        ``_left_out`` with their reason.
+        """
+        keys, skipped = [], []
+        for name in self.store.names():
+            key = _parse_key(name)
+            if key is None:
+                skipped.append(name)
+            else:
+                keys.append(key)
+        chosen = self._choose_adapter({key.adapter for key in keys})
         adapted: dict[str, _Adapted] = {}
         shared: dict[str, str] = {}
-        skipped: list[str] = []
-        for name in self.store.names():
-            stem = name.removesuffix(".weight")
-            match = _KEY.match(stem)
-            if match is not None:
-                module = canonical_name(match["module"])
-                adapted.setdefault(module, _Adapted(module)).parts[match["part"]] = name
-                continue
-            match = _SHARED_VERA.match(stem)
-            if match is not None:
-                shared[f"vera_{match['which']}"] = name
+        for key in keys:
+            if key.adapter != chosen:
+                other = key.adapter or "default"
+                reason = f"adapter {other!r} of the same file, not selected (--adapter {other})"
+                self._left_out.append((key.name, reason))
+            elif key.bias:
+                self._left_out.append((key.name, LORA_BIAS))
+            elif not key.module:
+                shared[key.part] = key.name
             else:
-                skipped.append(name)
+                adapted.setdefault(key.module, _Adapted(key.module)).parts[key.part] = key.name
         return adapted, shared, skipped
+
+    def _choose_adapter(self, found: set[str | None]) -> str | None:
+        """Which adapter name of the file to read (``--adapter``); unnamed keys are ``None``."""
+        requested = self.adapter_name
+        listing = ", ".join(sorted(name or "(unnamed)" for name in found))
+        if requested is None or self.from_sub_folder:
+            if len(found) > 1:
+                raise FormatError(
+                    f"{self.store.path}: holds several adapters in one file ({listing}); "
+                    "choose one with --adapter NAME"
+                )
+            return next(iter(found), None)
+        if requested in found:
+            return requested
+        if requested == "default" and found <= {None}:
+            return None
+        raise FormatError(
+            f"{self.store.path}: no adapter named {requested!r}; adapters in this file: "
+            f"{listing or 'none'}; sub-folder adapters: "
+            f"{', '.join(sub_adapters(self.path)) or 'none'} (--adapter)"
+        )
+
+    def _map_modules(self, encoder_layers: int | None) -> None:
+        """Map the adapted modules to (layer, role); the others get their reason."""
+        self.modules, self.unmapped = map_with_reasons(self.adapted, encoder_layers)
+        self.mapped = {ref.module for ref in self.modules.values()}
 
     def _found_base(self) -> Path | None:
         heads_needed = any(ref.needs_heads for ref in self.modules.values())
-        if not (self.rebuild.needs_base(self) or heads_needed):
+        depth_needed = NO_DEPTH in self.unmapped.values()
+        if not (self.rebuild.needs_base(self) or heads_needed or depth_needed):
             return None
         name = self.config.get("base_model_name_or_path")
         found = resolve_base(name)
@@ -289,14 +368,29 @@ class PeftCheckpoint(AdapterCheckpoint):
                 f"{len(saved)} modules_to_save tensors (full weights, not deltas) skipped: "
                 f"{', '.join(saved[:4])}{' …' if len(saved) > 4 else ''}"
             )
-        unknown = [name for name in self.skipped if name not in saved]
-        if unknown:
-            warnings.append(
-                f"{len(unknown)} tensors of no known adapter part skipped: "
-                f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}"
-            )
+        others = [(name, why) for name, why in self.not_analysed() if why != SAVED_MODULE]
+        if others:
+            warnings.append(summarise_not_analysed(others))
         warnings += self.rebuild.warnings(self)
         return warnings
+
+    def not_analysed(self) -> list[tuple[str, str]]:
+        """Every tensor of the file that no analysed ΔW uses, with the reason (nothing vanishes)."""
+        saved = set(self._modules_to_save())
+        left_out = [(n, SAVED_MODULE if n in saved else UNKNOWN_PART) for n in self.skipped]
+        left_out += self._left_out
+        for module, adapted in self.adapted.items():
+            if module not in self.mapped:
+                reason = self.unmapped.get(module, "not in the architecture map")
+                left_out += [(name, reason) for name in adapted.parts.values()]
+                continue
+            used = self.rebuild.parts_used(self, adapted)
+            left_out += [
+                (name, self.rebuild.unused_reason(self, part))
+                for part, name in adapted.parts.items()
+                if part not in used
+            ]
+        return left_out
 
     def _modules_to_save(self) -> list[str]:
         names = self.config.get("modules_to_save") or []
@@ -312,17 +406,19 @@ class PeftCheckpoint(AdapterCheckpoint):
     def module_dtype(self, ref: ModuleRef) -> torch.dtype:
         return self.store.info(next(iter(self.adapted[ref.module].parts.values()))).dtype
 
+    def shape_before_base(self, ref: ModuleRef) -> tuple[int, int | None]:
+        return self.rebuild.shape_before_base(self, self.adapted[ref.module])
+
     def updates(self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None):
         return self.rebuild.updates(self, self.adapted[ref.module], rows, base)
 
     def check(self, selection: Selection) -> None:
         if self.rebuild.needs_base(self) and self.base_weights is None:
             name = self.config.get("base_model_name_or_path")
-            dora_hint = " (or --directional-only for DoRA's s·B@A alone)"
             raise MissingBaseError(
                 f"{self.config_path}: {self.rebuild.why_base} The config's "
                 f"base_model_name_or_path is {name!r}, which is neither a local model folder nor "
-                f"in the local Hugging Face cache: pass --base DIR{dora_hint}"
+                f"in the local Hugging Face cache: pass --base DIR{self.rebuild.base_hint}"
             )
         super().check(selection)
 
@@ -358,6 +454,8 @@ class _Variant:
     """How one ``peft_type`` names its tensors and rebuilds ΔW."""
 
     why_base = ""
+    base_hint = ""  # another way out than --base, if there is one
+    parts: tuple[str, ...] = ()  # the module parts ΔW is rebuilt from
     config_fields: tuple[str, ...] = ("r", "alpha", "rank_pattern", "alpha_pattern")
 
     def name(self, ckpt: PeftCheckpoint) -> str:
@@ -376,9 +474,21 @@ class _Variant:
         """Fill in rank and scale (with their source), checking shapes against the config."""
         raise NotImplementedError
 
+    def parts_used(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> set[str]:
+        """The parts of a module that its ΔW is rebuilt from."""
+        return set(adapted.parts) & set(self.parts)
+
+    def unused_reason(self, ckpt: PeftCheckpoint, part: str) -> str:
+        """Why a part of a module is not used by this variant's ΔW."""
+        return f"{part} is not a part of a {ckpt.peft_type} adapter's ΔW"
+
     def module_shape(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> tuple[int, int]:
         """(d_out, d_in) of the whole adapted module."""
         raise NotImplementedError
+
+    def shape_before_base(self, ckpt: PeftCheckpoint, adapted: _Adapted) -> tuple[int, int | None]:
+        """What ``describe()`` shows when the shape needs the base (``None``: not known)."""
+        return self.module_shape(ckpt, adapted)
 
     def updates(
         self, ckpt: PeftCheckpoint, adapted: _Adapted, rows: Rows, base: torch.Tensor | None
@@ -390,6 +500,7 @@ class _Lora(_Variant):
     """LoRA, rsLoRA, DoRA and multi-head LoRA (HydraLoRA / R-LoRA: ``lora_B{j}``)."""
 
     why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
+    base_hint = " (or --directional-only for DoRA's s·B@A alone)"
     config_fields = (
         "r",
         "lora_alpha",
@@ -447,7 +558,41 @@ class _Lora(_Variant):
             return [f"lora_B{j}" for j in range(heads)]
         return ["lora_B"]
 
+    def parts_used(self, ckpt, adapted):
+        used = {"lora_A", *self._b_parts(ckpt, adapted)}
+        if ckpt.config.get("use_dora") and not ckpt.directional_only:
+            used.add("lora_magnitude_vector")
+        return used
+
+    def unused_reason(self, ckpt, part):
+        if part == "lora_route":
+            return (
+                "router of a multi-head LoRA: weights the heads per input, not part of a static "
+                "ΔW (each head or their uniform mixture is analysed)"
+            )
+        if part == "lora_magnitude_vector" and ckpt.directional_only:
+            return "DoRA's magnitude vector, ignored with --directional-only"
+        return super().unused_reason(ckpt, part)
+
+    def _check_heads(self, ckpt, adapted) -> None:
+        """The lora_B heads in the file must be those the config's lora_nums names."""
+        found = sorted(int(part[6:]) for part in adapted.parts if re.fullmatch(r"lora_B\d+", part))
+        heads = self._heads(ckpt)
+        if not found and heads is None:
+            return  # a plain LoRA: a missing lora_B is reported as an incomplete file
+        if found == list(range(heads or 0)) and (heads is None) == ("lora_B" in adapted.parts):
+            return
+        in_file = ", ".join(f"lora_B{j}" for j in found) or "none"
+        plain = " and a plain lora_B" if heads is not None and "lora_B" in adapted.parts else ""
+        raise FormatError(
+            f"{ckpt.store.path}: {adapted.module} has heads {in_file}{plain}, but "
+            f"{ckpt.config_path.name} says lora_nums = {ckpt.config.get('lora_nums')!r} "
+            f"({'lora_B0 … lora_B' + str(heads - 1) if heads else 'one lora_B'} expected); "
+            "the config and the tensors disagree: fix lora_nums in the config"
+        )
+
     def resolve_scale(self, ckpt, adapted):
+        self._check_heads(ckpt, adapted)
         rank, alpha, rank_source, alpha_source = ckpt.rank_and_alpha(adapted.module, "lora_alpha")
         a_shape = ckpt.shape_of(adapted, "lora_A")
         b_shapes = [ckpt.shape_of(adapted, part) for part in self._b_parts(ckpt, adapted)]
@@ -494,6 +639,7 @@ class _AdaLora(_Variant):
     """AdaLoRA: ΔW = B @ (A ⊙ E) · α / (init_r + 1e-5); ranknum is init_r, not saved."""
 
     config_fields = ("init_r", "target_r", "lora_alpha")
+    parts = ("lora_A", "lora_B", "lora_E")
 
     def name(self, ckpt):
         return "AdaLoRA"
@@ -522,12 +668,16 @@ class _AdaLora(_Variant):
         return (ckpt.shape_of(adapted, "lora_B")[0], ckpt.shape_of(adapted, "lora_A")[1])
 
     def updates(self, ckpt, adapted, rows, base):
-        A, B, E = ckpt.need(adapted, "lora_A", "lora_B", "lora_E")  # (k, d_in), (d_out, k), (k, 1)
-        return [(None, Factored(B[rows], A * E, adapted.scale))]
+        A, B, E = (  # (k, d_in), (d_out, k), (k, 1): widened before any arithmetic
+            t.double() for t in ckpt.need(adapted, "lora_A", "lora_B", "lora_E")
+        )
+        return [(None, Factored(B[rows], A * E, adapted.scale))]  # A ⊙ E: (k, d_in) float64
 
 
 class _LoHa(_Variant):
     """LoHa: ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · α/r, a dense Hadamard product."""
+
+    parts = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
     def name(self, ckpt):
         return "LoHa"
@@ -564,6 +714,8 @@ class _LoHa(_Variant):
 
 class _LoKr(_Variant):
     """LoKr: ΔW = kron(w1, w2) · α/r, each factor stored whole or as ``_a @ _b``."""
+
+    parts = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
     def name(self, ckpt):
         return "LoKr"
@@ -605,19 +757,36 @@ class _LoKr(_Variant):
 
 
 class _Vera(_Variant):
-    """VeRA: ΔW = diag(λ_b) B[:d_out] diag(λ_d) A[:, :d_in], A and B shared by all modules."""
+    """VeRA: ΔW = diag(λ_b) B[:d_out] diag(λ_d) A[:, :d_in], A and B shared by all modules.
+
+    peft makes the shared ``vera_A`` ``(r, max d_in)`` and ``vera_B``
+    ``(max d_out, r)`` over the adapted modules and slices them per module
+    (``vera_A[:, :in_features]``, ``vera_B[:out_features, :]``). d_out is the
+    length of ``vera_lambda_b``; d_in is saved nowhere in the adapter, so it
+    comes from the base model (found from ``base_model_name_or_path`` as for
+    DoRA, or ``--base``), and without it the analysis is refused.
+    """
 
     config_fields = ("r", "save_projection", "projection_prng_key", "d_initial")
+    parts = ("vera_lambda_b", "vera_lambda_d")
+    why_base = (
+        "VeRA slices the shared vera_A to each module's own d_in (vera_A[:, :d_in]), which is "
+        "saved nowhere in the adapter: it comes from the base model's weights."
+    )
 
     def name(self, ckpt):
         return "VeRA"
+
+    def needs_base(self, ckpt):
+        return True
 
     def warnings(self, ckpt):
         if ckpt.base_weights is None:
             width = ckpt.store.info(ckpt.shared["vera_A"]).shape[1]
             return [
-                f"VeRA: each module's d_in is taken as the width of the shared vera_A ({width}); "
-                "pass --base to read each module's own d_in"
+                f"VeRA: each module's d_in comes from the base model (the shared vera_A is "
+                f"{width} wide, the widest module's); shapes show d_in as unknown and analysing "
+                "needs --base DIR"
             ]
         return []
 
@@ -646,20 +815,30 @@ class _Vera(_Variant):
 
     def module_shape(self, ckpt, adapted):
         d_out = ckpt.shape_of(adapted, "vera_lambda_b")[0]
+        ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
+        base_ref = None
         if ckpt.base_weights is not None:
-            ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
             base_ref = ckpt.base_weights.modules.get((ref.layer, ref.role))
-            if base_ref is not None:
-                return (d_out, ckpt.base_weights.module_shape(base_ref)[1])
-        return (d_out, ckpt.store.info(ckpt.shared["vera_A"]).shape[1])
+        if base_ref is None:
+            found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
+            raise MissingBaseError(
+                f"{ckpt.store.path}: VeRA module {adapted.module} needs its d_in, which only the "
+                f"base model gives ({found}): pass --base DIR"
+            )
+        return (d_out, ckpt.base_weights.module_shape(base_ref)[1])
+
+    def shape_before_base(self, ckpt, adapted):
+        return (ckpt.shape_of(adapted, "vera_lambda_b")[0], None)
 
     def updates(self, ckpt, adapted, rows, base):
         d_out, d_in = self.module_shape(ckpt, adapted)
-        A = ckpt.store.load(ckpt.shared["vera_A"])[:, :d_in]  # (r, d_in)
-        B = ckpt.store.load(ckpt.shared["vera_B"])[:d_out]  # (d_out, r)
-        lambda_b, lambda_d = ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")  # (d_out,), (r,)
-        scaled_B = lambda_b.double()[:, None] * B.double()  # (d_out, r)
-        scaled_A = lambda_d.double()[:, None] * A.double()  # (r, d_in)
+        A = ckpt.store.load(ckpt.shared["vera_A"])[:, :d_in].double()  # (r, d_in)
+        B = ckpt.store.load(ckpt.shared["vera_B"])[:d_out].double()  # (d_out, r)
+        lambda_b, lambda_d = (  # (d_out,), (r,)
+            t.double() for t in ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")
+        )
+        scaled_B = lambda_b[:, None] * B  # (d_out, r)
+        scaled_A = lambda_d[:, None] * A  # (r, d_in)
         return [(None, Factored(scaled_B[rows], scaled_A, 1.0))]
 
 
