@@ -20,14 +20,14 @@ from spectra.atomic import check_replaceable
 from spectra.comparison import SUMMARY_METRICS, check_comparison_target
 from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
-from spectra.loaders import write_multilora
+from spectra.loaders import ROLES, write_multilora
 from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target, noise_warning
 from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
-from .options import LAYERS, MODULES
+from .options import LAYERS, MODULES, TOP
 from .table import format_value, render
 
 TABLE_COLUMNS = (
@@ -160,7 +160,8 @@ def loader_options(command):
     """Options that say how to read a checkpoint, shared by analyze, inspect, sweep, convert."""
     options = [
         click.option(
-            "--adapter", help="A PEFT adapter saved in a sub-folder of the checkpoint, by name."
+            "--adapter",
+            help="A PEFT adapter by name: saved in a sub-folder, or one of several in one file.",
         ),
         click.option(
             "--per-head",
@@ -475,10 +476,18 @@ _figure_format = click.option(
     "--out", type=_path, required=True, help="Folder for summary.csv, reports and figures."
 )
 @click.option("--force", is_flag=True, help="Replace an earlier comparison at --out.")
+@click.option(
+    "--top",
+    type=TOP,
+    default=None,
+    help="Figure 2: the top K singular values of each matrix over σ₁, or all "
+    "[default: the largest adapter rank compared; all when none is an adapter].",
+)
 @_figure_format
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def compare(
     sources,
+    top,
     labels,
     base,
     modules,
@@ -528,7 +537,7 @@ def compare(
         _warn(comparison.subspace.warnings)
     for label, report in zip(comparison.labels, comparison.reports, strict=True):
         _warn(f"{label}: {warning}" for warning in report.warnings)
-    comparison.save(out, force=force, figure_format=figure_format)
+    comparison.save(out, force=force, figure_format=figure_format, top=top)
     click.echo(f"summary, reports and figures written to {out}/", err=True)
 
 
@@ -668,6 +677,19 @@ def _print_sweep(result) -> None:
 @click.option("--label", "labels", multiple=True, help="One label per report, in order.")
 @click.option("--out", type=_path, required=True, help="Folder for the figures.")
 @click.option(
+    "--modules",
+    type=MODULES,
+    default=None,
+    help="Roles to draw, one panel each [default: every role all reports share].",
+)
+@click.option(
+    "--top",
+    type=TOP,
+    default=None,
+    help="Figure 2: the top K singular values of each matrix over σ₁, or all "
+    "[default: the largest adapter rank compared; all when none is an adapter].",
+)
+@click.option(
     "--normalize",
     type=click.Choice(list(NORMALIZATIONS)),
     default="sigma1",
@@ -680,24 +702,21 @@ def _print_sweep(result) -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite figures already in --out.")
 @_figure_format
-def plot(reports, labels, out, normalize, log_x, layer, force, figure_format):
-    """Redraw the figures from saved REPORT folders, without recomputing anything."""
+def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, figure_format):
+    """Redraw the figures from saved REPORT folders, without recomputing anything:
+    figure2 (the equal-rank histograms, --top) and spectrum."""
     loaded = [spectra.Report.load(path) for path in reports]
     names = list(labels) or [path.name for path in reports]
-    if layer not in (None, "grid") and not layer.isdigit():
-        raise click.BadParameter(
-            f"{layer!r} is neither a layer number nor grid", param_hint="--layer"
-        )
     targets = [out / f"{name}.{figure_format}" for name in ("figure2", "spectrum")]
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
-    modules = plot_module.common_modules(loaded)
-    layer_value = int(layer) if layer and layer.isdigit() else layer
-    figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer_value)
+    if modules is not None and list(modules) == list(ROLES):  # --modules all: every shared role
+        modules = plot_module.common_modules(loaded)
+    figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer, top=top)
+    spectrum_figure, _ = plot_module.spectrum(loaded, names, modules)
     plot_module.save_figure(figure, targets[0])
-    figure, _ = plot_module.spectrum(loaded, names, modules)
-    plot_module.save_figure(figure, targets[1])
+    plot_module.save_figure(spectrum_figure, targets[1])
     click.echo(f"figures written to {out}/: {', '.join(path.name for path in targets)}")
 
 

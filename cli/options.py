@@ -1,4 +1,4 @@
-"""Parameter types shared by the commands: ``--layers 0-3,7`` and ``--modules k,v``."""
+"""Parameter types shared by the commands: ``--layers 0-3,7``, ``--modules k,v``, ``--top 8``."""
 
 from __future__ import annotations
 
@@ -53,5 +53,22 @@ class ModuleList(click.ParamType):
         return list(dict.fromkeys(roles))
 
 
+class TopCount(click.ParamType):
+    """``"8"`` → ``8``; ``"all"`` → ``"all"``: the singular values per matrix in Figure 2."""
+
+    name = "K|all"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "all":
+            return value
+        text = str(value).strip()
+        if text == "all":
+            return "all"
+        if not text.isdigit() or int(text) < 1:
+            self.fail(f"{value!r} is neither a count of at least 1 nor all")
+        return int(text)
+
+
 LAYERS = LayerList()
 MODULES = ModuleList()
+TOP = TopCount()

@@ -4,8 +4,10 @@
 per source, a summary (per method and module: the mean over layers of
 normalized entropy, effective rank, stable rank, energy rank at 90 % and the
 top-1 share), and ``save(out)``, which writes ``summary.csv``, the reports
-(``reports/<label>/``) and the figures: Figure 2 (``figure2.<ext>``), the
-spectra (``spectrum.<ext>``) and two metrics by layer.
+(``reports/<label>/``) and the figures: Figure 2 in the paper's equal-rank
+view (``figure2.<ext>``) and over all values (``figure2_all_values.<ext>``),
+the spectra (``spectrum.<ext>``) and two metrics by layer, with panels for
+every role all sources share.
 
 With ``subspace=True`` (``spectra compare --subspace``) it also measures the
 subspace metrics of ``spectra.subspace`` on the modules all sources share:
@@ -88,15 +90,24 @@ class Comparison:
     def summary_csv(self) -> str:
         return csv_text(self.columns, self.summary())
 
-    def save(self, out: str | os.PathLike, force: bool = False, figure_format: str = "png") -> Path:
-        """Write summary.csv, reports/<label>/ and the figures into ``out``, atomically."""
+    def save(
+        self,
+        out: str | os.PathLike,
+        force: bool = False,
+        figure_format: str = "png",
+        top: int | str | None = None,
+    ) -> Path:
+        """Write summary.csv, reports/<label>/ and the figures into ``out``, atomically.
+
+        ``top`` is the K of Figure 2's equal-rank view (``write_figures``).
+        """
         out = Path(out)
         check_comparison_target(out, force)
         with replace_folder(out) as staging:
             (staging / SUMMARY_FILE).write_text(self.summary_csv())
             for label, report in zip(self.labels, self.reports, strict=True):
                 report.save(staging / "reports" / _slug(label))
-            write_figures(self.reports, self.labels, staging, figure_format)
+            write_figures(self.reports, self.labels, staging, figure_format, top)
             if self.subspace is not None:
                 self._save_subspace(staging, figure_format)
         return out
@@ -119,21 +130,29 @@ def check_comparison_target(out: str | os.PathLike, force: bool) -> None:
 
 
 def write_figures(
-    reports: Sequence[Report], labels: Sequence[str], folder: Path, figure_format: str = "png"
+    reports: Sequence[Report],
+    labels: Sequence[str],
+    folder: Path,
+    figure_format: str = "png",
+    top: int | str | None = None,
 ) -> list[Path]:
-    """Figure 2, the spectra and two metrics by layer, as ``<name>.<figure_format>``."""
+    """The comparison's figures, as ``<name>.<figure_format>``, for every role all share.
+
+    ``figure2``: the equal-rank histograms (``top``: K, default the largest
+    adapter rank; see ``plot.histogram``); ``figure2_all_values``: the same
+    over every value above its floor; ``spectrum``; effective rank and
+    normalized entropy by layer, with their ceilings.
+    """
     from . import plot
 
     if figure_format not in FIGURE_FORMATS:
         raise SpectraError(f"unknown figure format {figure_format!r}: expected png, pdf or svg")
-    modules = plot.common_modules(reports)
     figures = {
-        "figure2": plot.histogram(reports, labels, modules=modules)[0],
-        "spectrum": plot.spectrum(reports, labels, modules=modules)[0],
-        "effective_rank_by_layer": plot.layer_curves(reports, "effective_rank", labels, modules)[0],
-        "normalized_entropy_by_layer": plot.layer_curves(
-            reports, "normalized_entropy", labels, modules
-        )[0],
+        "figure2": plot.histogram(reports, labels, top=top)[0],
+        "figure2_all_values": plot.histogram(reports, labels, top="all")[0],
+        "spectrum": plot.spectrum(reports, labels)[0],
+        "effective_rank_by_layer": plot.layer_curves(reports, "effective_rank", labels)[0],
+        "normalized_entropy_by_layer": plot.layer_curves(reports, "normalized_entropy", labels)[0],
     }
     return [
         plot.save_figure(fig, folder / f"{name}.{figure_format}") for name, fig in figures.items()

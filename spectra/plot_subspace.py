@@ -4,6 +4,8 @@
 per role: a row per layer, a column per pair of methods, the cell coloured by
 ``‖U_aᵀ U_b‖_F² / min(k_a, k_b)`` from 0 (orthogonal subspaces) to 1 (one
 contains the other), with the value written in the cell when there is room.
+The chance level, what two random subspaces of the same sizes would score
+(E‖U_aᵀU_b‖²_F = k_a·k_b/d, so max(k_a, k_b)/d), is marked on the colour bar.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from .errors import SpectraError
 from .plot import _figure, _style
 from .subspace_report import SubspaceResult
 
-__all__ = ["similarity_heatmap"]
+__all__ = ["chance_level", "similarity_heatmap"]
+
+
+def chance_level(result: SubspaceResult) -> float | None:
+    """The mean similarity two random subspaces of each pair's sizes would have: max(k)/d."""
+    levels = [
+        max(int(row["k_a"]), int(row["k_b"])) / int(row["d_out"])
+        for row in result.pairs
+        if row.get("d_out") and min(int(row["k_a"]), int(row["k_b"])) > 0
+    ]
+    return sum(levels) / len(levels) if levels else None
 
 
 def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
@@ -54,6 +66,17 @@ def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
             ax.set_title(f"{role} projection")
         bar = fig.colorbar(image, ax=axes.ravel().tolist())
         bar.set_label("subspace similarity")
+        level = chance_level(result)
+        if level is not None:
+            bar.ax.axhline(level, color="cyan", linewidth=2)
+            bar.ax.text(
+                1.05,
+                level,
+                f" chance {level:.2g}",
+                transform=bar.ax.get_yaxis_transform(),
+                va="center",
+                fontsize=8,
+            )
         fig.suptitle(
             f"Similarity of the top-{result.rank} left singular vectors of ΔW, "
             "‖U_aᵀU_b‖²_F / min(k_a, k_b)"

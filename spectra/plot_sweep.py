@@ -2,10 +2,11 @@
 
 ``sweep_curves(rows, metrics)`` takes ``Sweep.rows()`` (or any rows with
 ``step``, ``layer``, ``module`` and the metrics) and draws one panel per
-metric. A line is one module of one layer: its colour runs along the layers
-(viridis, with a colour bar) and its line style tells the role (k solid, v
-dashed, …), so that 64 lines of a 32-layer model stay readable. Rows with
-heads are averaged per (step, layer, role).
+metric. A line is one module of one layer: its colour is the layer's, one
+distinct colour per layer named in a legend (tab10 up to 10 layers, tab20 up
+to 20, then evenly spaced viridis shades), and its line style tells the role
+(k solid, v dashed, …), so that 64 lines of a 32-layer model stay readable.
+Rows with heads are averaged per (step, layer, role).
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
 from .errors import SpectraError
 from .plot import _figure, _style
 
-__all__ = ["sweep_curves"]
+__all__ = ["layer_colours", "sweep_curves"]
 
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 2)))
+
+
+def layer_colours(layers: Sequence[int]) -> dict[int, tuple[float, ...]]:
+    """One distinct colour per layer: tab10, tab20, or evenly spaced viridis beyond 20."""
+    count = len(layers)
+    if count <= 10:
+        palette = [colormaps["tab10"](i) for i in range(count)]
+    elif count <= 20:
+        palette = [colormaps["tab20"](i) for i in range(count)]
+    else:
+        palette = [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+    return dict(zip(sorted(layers), palette, strict=True))
 
 
 def sweep_curves(
@@ -44,8 +54,7 @@ def sweep_curves(
         ).append(row)
     layers = sorted({layer for layer, _ in series})
     roles = list(dict.fromkeys(role for _, role in series))
-    colours = colormaps["viridis"]
-    norm = Normalize(vmin=min(layers), vmax=max(max(layers), min(layers) + 1))
+    colours = layer_colours(layers)
     count = len(metrics)
     columns = min(columns, count)
     fig, axes = _figure((count + columns - 1) // columns, columns, width=4.6, height=3.2)
@@ -57,7 +66,7 @@ def sweep_curves(
                 ax.plot(
                     steps,
                     values,
-                    color=colours(norm(layer)),
+                    color=colours[layer],
                     linewidth=1.2,
                     alpha=0.85,
                     linestyle=_LINESTYLES[roles.index(role) % len(_LINESTYLES)],
@@ -77,7 +86,15 @@ def sweep_curves(
             for i, role in enumerate(roles)
         ]
         axes.flat[0].legend(handles=handles, frameon=False)
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes.ravel().tolist())
-        bar.set_label("layer")
-        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        layer_handles = [
+            Line2D([], [], color=colours[layer], linewidth=2, label=f"layer {layer}")
+            for layer in layers
+        ]
+        fig.legend(
+            handles=layer_handles,
+            loc="outside right upper",
+            frameon=False,
+            ncols=1 + (len(layers) - 1) // 16,
+            fontsize=8,
+        )
     return fig, axes

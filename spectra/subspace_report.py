@@ -42,7 +42,7 @@ from .svd import resolve_device
 
 __all__ = ["SubspaceResult", "measure_subspaces"]
 
-PAIR_COLUMNS = ("layer", "module", "method_a", "method_b", "k_a", "k_b", "similarity")
+PAIR_COLUMNS = ("layer", "module", "method_a", "method_b", "d_out", "k_a", "k_b", "similarity")
 MODULE_COLUMNS = ("method", "layer", "module", "k", "amplification", "intruder_dimensions")
 
 
@@ -170,6 +170,7 @@ def measure_subspaces(
                     "module": key[1],
                     "method_a": a,
                     "method_b": b,
+                    "d_out": U_a.shape[0],
                     "k_a": vectors[a].k,
                     "k_b": vectors[b].k,
                     "similarity": similarity,
