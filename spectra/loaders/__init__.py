@@ -15,8 +15,9 @@ whose ``describe()`` says what is there and whose ``deltas()`` yields one
   fine-tune (``"full"``), which needs ``base``.
 
 Options, each for the formats it applies to (others raise ``FormatError``):
-``adapter`` (peft: a sub-folder adapter), ``per_head`` (peft multi-head,
-multilora: one row per head), ``directional_only`` (peft DoRA: analyse
+``adapter`` (peft: a sub-folder adapter, or one of several in one file),
+``per_head`` (peft multi-head, multilora: one row per head),
+``directional_only`` (peft DoRA: analyse
 s·B@A alone), ``lora_alpha`` (multilora: α, which the reference layout does
 not save).
 """

@@ -11,13 +11,24 @@ the method defines it (FORMATS.md §2, checked against peft's own merge):
 | AdaLoRA | ``B @ (A ⊙ E) · α / (init_r + 1e-5)`` (factored; pruned ranks are zero rows) |
 | LoHa | ``(w1a @ w1b) ⊙ (w2a @ w2b) · α/r`` (dense) |
 | LoKr | ``kron(w1, w2) · α/r``, each factor whole or ``_a @ _b`` (dense) |
-| VeRA | ``diag(λ_b) B diag(λ_d) A`` with shared, sliced ``A``, ``B`` (factored) |
+| VeRA | ``diag(λ_b) B diag(λ_d) A``, shared ``A`` sliced to d_in (from the base) (factored) |
 
 ``rank_pattern`` / ``alpha_pattern`` override r and α per module: a key
 matches a module path when ``(.*\\.)?{key}$`` matches it, first key wins
 (PEFT's ``get_pattern_key``). ``fan_in_fan_out`` changes only how PEFT adds
 ΔW to a Conv1D weight: ``B @ A`` is already ``(d_out, d_in)``. A fused
 projection keeps its form per role by selecting rows of B (or of dense ΔW).
+Every product and sum of adapter tensors is taken in float64, whatever the
+dtype they were saved in.
+
+Keys may carry the adapter name (``lora_A.default.weight``); a file holding
+several adapters is read only with ``adapter=NAME`` (``--adapter``), which
+otherwise names a sub-folder adapter. ``lora_bias=True`` saves a
+``lora_B.bias``: it adds a constant, not part of ΔW, and is listed by
+``not_analysed()`` with that reason, as are multi-head routers, tensors of
+adapters not selected, ``modules_to_save`` weights and modules the
+architecture map does not know. Multi-head heads ``lora_B0…`` must be those
+the config's ``lora_nums`` names.
 """
 
 from __future__ import annotations
