@@ -202,11 +202,27 @@ def make_bert_finetune(
     return FineTune(folder, base, planted)
 
 
+@pytest.fixture(scope="session")
+def finetunes(tmp_path_factory, minilm_in):
+    """``finetunes(layout, dtype)``: a MiniLM fine-tune saved in ``dtype``, made once per session.
+
+    Its base is MiniLM saved in the same dtype, so ΔW = W_ft − W_base is
+    defined without any mixed-precision convention.
+    """
+    made = {}
+
+    def finetune(layout: str, dtype: torch.dtype = torch.float32) -> FineTune:
+        if (layout, dtype) not in made:
+            folder = tmp_path_factory.mktemp(f"ft-{layout}-{dtype_id(dtype)}")
+            made[layout, dtype] = make_bert_finetune(folder, minilm_in(dtype), layout, dtype=dtype)
+        return made[layout, dtype]
+
+    return finetune
+
+
 @pytest.fixture(scope="session", params=["single", "sharded", "bin"])
-def bert_finetune(request, tmp_path_factory, minilm_dir) -> FineTune:
-    return make_bert_finetune(
-        tmp_path_factory.mktemp(f"ft-{request.param}"), minilm_dir, request.param
-    )
+def bert_finetune(request, finetunes) -> FineTune:
+    return finetunes(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,22 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch_file
 
 import spectra
 from spectra.delta import Factored
 
-from .conftest import MINILM_LAYERS, make_peft_adapter, reference_sigma, tiny_llama
+from .conftest import (
+    DTYPES,
+    MINILM_LAYERS,
+    assert_same_reads,
+    dtype_id,
+    make_peft_adapter,
+    read_deltas,
+    reference_sigma,
+    relative_error,
+    tiny_llama,
+)
 
 
 def _sigma_by_key(report):
@@ -105,42 +116,92 @@ def test_lora_with_base_adds_relative_norm(lora_adapter, minilm_dir):
 # ----------------------------------------------------------- full fine-tune
 
 
-def test_full_finetune_matches_numpy_on_saved_difference(bert_finetune):
-    """All three layouts: single safetensors, sharded with an index, legacy .bin."""
-    for method in ("fast", "exact"):
-        report = spectra.analyze(bert_finetune.path, base=bert_finetune.base, method=method)
-        assert report.meta["source"]["format"] == "full"
-        spectra_by_key = _sigma_by_key(report)
-        assert set(spectra_by_key) == set(bert_finetune.planted)
-        base = load_file(str(bert_finetune.base / "model.safetensors"))
-        tuned = _read_tuned(bert_finetune.path)
-        for (layer, role), sigma in spectra_by_key.items():
+# Every layout in float32, bf16 and fp16 (base saved in the same dtype), and float64 pickles.
+FT_CASES = [
+    *((layout, dtype) for layout in ("single", "sharded", "bin") for dtype in DTYPES),
+    ("bin", torch.float64),
+    ("pt", torch.float64),  # a bare model.pt file
+]
+FT_LAYERS = [0, 3]
+
+
+@pytest.fixture(scope="module", params=FT_CASES, ids=lambda case: f"{case[0]}-{dtype_id(case[1])}")
+def finetune(request, finetunes):
+    layout, dtype = request.param
+    return dtype, finetunes(layout, dtype)
+
+
+def _read_weights(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint file or folder, read with torch / safetensors (not spectra)."""
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", weights_only=True)
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        tensors.update(load_torch_file(str(file)))
+    return tensors
+
+
+def _saved_difference(finetune, layers) -> dict[tuple[int, str], np.ndarray]:
+    """W_ft − W_base in float64 per (layer, role), from the saved files."""
+    tuned, base = _read_weights(finetune.path), _read_weights(finetune.base)
+    differences = {}
+    for layer, role in finetune.planted:
+        if layer in layers:
             name = (
                 f"encoder.layer.{layer}.attention.self.{ {'k': 'key', 'v': 'value'}[role] }.weight"
             )
-            difference = tuned[name].astype(np.float64) - base[name].astype(np.float64)
-            expected = reference_sigma(difference)
+            differences[layer, role] = tuned[name].double().numpy() - base[name].double().numpy()
+    return differences
+
+
+def test_full_finetune_in_each_dtype_matches_numpy_on_saved_difference(finetune):
+    """Single safetensors, sharded with an index, legacy .bin, bare .pt; σ against numpy."""
+    dtype, ft = finetune
+    differences = _saved_difference(ft, FT_LAYERS)
+    expected = {key: reference_sigma(difference) for key, difference in differences.items()}
+    planted = 0.5 * 0.7 ** np.arange(8)  # planted_update's singular values, by construction
+    for method in ("fast", "exact"):
+        report = spectra.analyze(ft.path, base=ft.base, method=method, layers=FT_LAYERS)
+        assert report.meta["source"]["format"] == "full"
+        assert {row["dtype"] for row in report.rows} == {dtype_id(dtype)}
+        spectra_by_key = _sigma_by_key(report)
+        assert set(spectra_by_key) == set(differences)
+        for key, sigma in spectra_by_key.items():
+            reference = expected[key]
             if method == "exact":
-                np.testing.assert_allclose(sigma, expected, rtol=1e-10, atol=1e-13 * expected[0])
+                np.testing.assert_allclose(sigma, reference, rtol=1e-10, atol=1e-13 * reference[0])
             else:
-                accurate = expected >= 1e-5 * expected[0]
-                np.testing.assert_allclose(sigma[accurate], expected[accurate], rtol=1e-6)
-            # The planted update had rank 8; float32 rounding of W must not count as rank.
-            planted = reference_sigma(bert_finetune.planted[(layer, role)])
-            np.testing.assert_allclose(sigma[:8], planted[:8], rtol=1e-4)
+                accurate = reference >= 1e-5 * reference[0]
+                np.testing.assert_allclose(sigma[accurate], reference[accurate], rtol=1e-6)
+            # The saved difference is the planted update plus the dtype's rounding of W,
+            # which moves each σ by at most ‖rounding‖₂ ≤ ‖rounding‖_F (Weyl).
+            rounding = np.linalg.norm(differences[key] - ft.planted[key])
+            np.testing.assert_allclose(sigma[:8], planted, rtol=0, atol=rounding + 1e-12)
+        # That rounding of W must not count as rank.
         assert all(row["numerical_rank"] == 8 for row in report.rows), [
             row["numerical_rank"] for row in report.rows
         ]
 
 
-def _read_tuned(folder):
-    if (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", weights_only=True)
-        return {name: tensor.numpy() for name, tensor in state.items()}
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(file)))
-    return tensors
+def test_full_finetune_read_twice_gives_the_same_right_update(finetune):
+    """deltas() twice on one checkpoint: bit-identical reads, both W_ft − W_base exactly.
+
+    A loader that subtracts in place into a tensor its reader caches (a float64
+    pickle: ``.to(float64)`` is then no copy) returns ΔW − W_base the second time.
+    """
+    dtype, ft = finetune
+    checkpoint = spectra.load(ft.path, base=ft.base)
+    first = read_deltas(checkpoint, layers=FT_LAYERS)
+    second = read_deltas(checkpoint, layers=FT_LAYERS)
+    assert_same_reads(first, second)
+    differences = _saved_difference(ft, FT_LAYERS)
+    assert {(read.delta.layer, read.delta.role) for read in second} == set(differences)
+    for read in second:
+        assert read.delta.source_dtype == dtype
+        reference = differences[read.delta.layer, read.delta.role]
+        assert relative_error(read.dense, reference) < 1e-12, read.delta.label
 
 
 def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir, monkeypatch):
