@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import spectra
 from spectra.errors import BaseMismatchError, FormatError, MissingBaseError, SelectionError
 from spectra.loaders import detect_format
 from spectra.loaders.names import canonical_name, layer_index, map_modules
+
+from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, reference_sigma
+
+# The full fine-tune tests run on files saved in float32, bf16 and fp16.
+in_each_dtype = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 
 # ------------------------------------------------------------- name map
 
@@ -88,8 +94,9 @@ def _tiny_model(folder, layers=2, d=16, names=("k_proj", "v_proj"), seed=0, dtyp
     return folder
 
 
-def test_full_finetune_without_base_names_the_flag(tmp_path):
-    ckpt = _tiny_model(tmp_path / "ft")
+@in_each_dtype
+def test_full_finetune_without_base_names_the_flag(tmp_path, dtype):
+    ckpt = _tiny_model(tmp_path / "ft", dtype=dtype)
     assert detect_format(ckpt) == "full"
     with pytest.raises(MissingBaseError, match="--base"):
         spectra.analyze(ckpt)
@@ -98,21 +105,26 @@ def test_full_finetune_without_base_names_the_flag(tmp_path):
     assert len(info.modules) == 4 and info.warnings
 
 
-def test_base_with_other_shapes_or_names_is_refused(tmp_path):
-    ckpt = _tiny_model(tmp_path / "ft", d=16)
+@in_each_dtype
+def test_base_with_other_shapes_or_names_is_refused(tmp_path, dtype):
+    ckpt = _tiny_model(tmp_path / "ft", d=16, dtype=dtype)
     with pytest.raises(BaseMismatchError, match=r"shape \(8, 8\).*\(16, 16\)"):
-        spectra.analyze(ckpt, base=_tiny_model(tmp_path / "small", d=8))
+        spectra.analyze(ckpt, base=_tiny_model(tmp_path / "small", d=8, dtype=dtype))
+    other = _tiny_model(tmp_path / "other", names=("q_proj", "o_proj"), dtype=dtype)
     with pytest.raises(BaseMismatchError, match="has no layer 0 'k' module"):
-        spectra.analyze(ckpt, base=_tiny_model(tmp_path / "other", names=("q_proj", "o_proj")))
+        spectra.analyze(ckpt, base=other)
 
 
-def test_missing_base_path_is_reported(tmp_path):
+@in_each_dtype
+def test_missing_base_path_is_reported(tmp_path, dtype):
     with pytest.raises(FormatError, match="--base"):
-        spectra.load(_tiny_model(tmp_path / "ft"), base=tmp_path / "missing")
+        spectra.load(_tiny_model(tmp_path / "ft", dtype=dtype), base=tmp_path / "missing")
 
 
-def test_selection_rules(tmp_path):
-    ckpt, base = _tiny_model(tmp_path / "ft", seed=1), _tiny_model(tmp_path / "base")
+@in_each_dtype
+def test_selection_rules(tmp_path, dtype):
+    ckpt = _tiny_model(tmp_path / "ft", seed=1, dtype=dtype)
+    base = _tiny_model(tmp_path / "base", dtype=dtype)
     with pytest.raises(
         SelectionError, match=r"layer\(s\) 5 not in this checkpoint; it has layers 0-1"
     ):
@@ -121,13 +133,28 @@ def test_selection_rules(tmp_path):
         spectra.analyze(ckpt, base=base, modules=["q"])
     with pytest.raises(SelectionError, match="unknown module role"):
         spectra.analyze(ckpt, base=base, modules=["x"])
-    report = spectra.analyze(ckpt, base=base, modules=["v"], layers=[1])
+    report = spectra.analyze(ckpt, base=base, modules=["v"], layers=[1], method="exact")
     assert [(row["layer"], row["module"]) for row in report.rows] == [(1, "v")]
+    assert report.rows[0]["dtype"] == dtype_id(dtype)
+    # the selected module's σ and ΔW, against the files read with safetensors
+    name = "model.layers.1.self_attn.v_proj.weight"
+    expected = (
+        load_file(str(ckpt / "model.safetensors"))[name].double()
+        - load_file(str(base / "model.safetensors"))[name].double()
+    ).numpy()
+    np.testing.assert_allclose(report.spectrum(1, "v"), reference_sigma(expected), rtol=1e-10)
+    checkpoint = spectra.load(ckpt, base=base)
+    first = read_deltas(checkpoint, modules=["v"], layers=[1])
+    second = read_deltas(checkpoint, modules=["v"], layers=[1])
+    assert_same_reads(first, second)
+    assert second[0].delta.source_dtype == dtype
+    np.testing.assert_array_equal(second[0].dense, expected)  # the difference is exact in float64
 
 
-def test_default_modules_warn_about_a_missing_role(tmp_path):
-    ckpt = _tiny_model(tmp_path / "ft", names=("q_proj", "v_proj"), seed=1)
-    base = _tiny_model(tmp_path / "base", names=("q_proj", "v_proj"))
+@in_each_dtype
+def test_default_modules_warn_about_a_missing_role(tmp_path, dtype):
+    ckpt = _tiny_model(tmp_path / "ft", names=("q_proj", "v_proj"), seed=1, dtype=dtype)
+    base = _tiny_model(tmp_path / "base", names=("q_proj", "v_proj"), dtype=dtype)
     report = spectra.analyze(ckpt, base=base)
     assert {row["module"] for row in report.rows} == {"v"}
     assert any("no 'k' modules" in warning for warning in report.warnings)
