@@ -22,7 +22,16 @@ import spectra
 from spectra import Report
 from spectra.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
 
-from .conftest import MINILM_LAYERS, load_bert, reference_sigma
+from .conftest import (
+    DTYPES,
+    MINILM_LAYERS,
+    assert_same_reads,
+    dtype_id,
+    load_bert,
+    read_deltas,
+    reference_sigma,
+    relative_error,
+)
 
 HEADS, RANK, ALPHA = 3, 4, 8.0
 
@@ -141,6 +150,56 @@ def test_convert_to_spectra_layout_and_back_gives_the_same_report(multilora, tmp
     )
 
 
+def _cast(state: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _check_read_twice(checkpoint, expected: dict, layers, dtype) -> None:
+    """deltas() twice: bit-identical, and each ΔW and σ against the numpy formula to 1e-10."""
+    first = read_deltas(checkpoint, layers=layers)
+    second = read_deltas(checkpoint, layers=layers)
+    assert_same_reads(first, second)
+    assert {(r.delta.layer, r.delta.role, r.delta.head) for r in second} == set(expected)
+    for read in second:
+        delta = read.delta
+        reference = expected[delta.layer, delta.role, delta.head]
+        assert delta.source_dtype == dtype, delta.label
+        assert relative_error(read.dense, reference) < 1e-10, delta.label
+        sigma = spectra.singular_values(delta, device="cpu").numpy()
+        reference_values = reference_sigma(reference)
+        k = len(sigma)
+        np.testing.assert_allclose(
+            sigma, reference_values[:k], rtol=1e-10, atol=1e-12 * reference_values[0]
+        )
+        assert np.all(reference_values[k:] <= 1e-12 * reference_values[0]), delta.label
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_multilora_in_each_dtype_read_twice_matches_numpy(multilora, tmp_path, dtype):
+    """The trained checkpoint saved in float32, bf16 and fp16; the reference is the numpy
+    formula on the saved tensors, widened to float64 (exact), so any step taken in the
+    checkpoint's dtype (c_i ⊙ B_i, the stacking) shows as an error far above 1e-10."""
+    _, trained = multilora
+    path = tmp_path / "final_checkpoint.pt"
+    torch.save(_cast(trained, dtype), path)
+    state = torch.load(path, weights_only=True)  # what the file holds, read with torch
+    assert {t.dtype for k, t in state.items() if ".lora_" in k} == {dtype}
+    layers = [5]
+    summed = {
+        (layer, role, None): _multilora_delta(state, _prefix(layer, role))
+        for layer in layers
+        for role in ("k", "v")
+    }
+    _check_read_twice(spectra.load(path, lora_alpha=ALPHA), summed, layers, dtype)
+    per_head = {
+        (layer, role, head): delta
+        for layer in layers
+        for role in ("k", "v")
+        for head, delta in enumerate(_multilora_delta(state, _prefix(layer, role), True))
+    }
+    _check_read_twice(spectra.load(path, lora_alpha=ALPHA, per_head=True), per_head, layers, dtype)
+
+
 def test_untrained_multilora_is_exactly_zero_with_defined_metrics(tmp_path, minilm_dir):
     model = _wrap_and_train(minilm_dir, MultiLoRALinear, steps=0)
     path = tmp_path / "fresh.pt"
@@ -213,3 +272,26 @@ def test_hydra_per_head(hydra):
         )
     info = spectra.load(folder).describe()
     assert {m.heads for m in info.modules} == {HEADS}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_hydra_in_each_dtype_read_twice_matches_numpy(hydra, tmp_path, dtype):
+    """The multi-head adapter saved in float32, bf16 and fp16: mixture and per-head ΔW
+    against the numpy formula on the saved tensors, read twice."""
+    folder, trained = hydra
+    saved = tmp_path / "hydra"
+    saved.mkdir()
+    (saved / "adapter_config.json").write_text((folder / "adapter_config.json").read_text())
+    torch.save(_cast(trained, dtype), saved / "adapter_model.bin")
+    state = torch.load(saved / "adapter_model.bin", weights_only=True)
+    assert {tensor.dtype for tensor in state.values()} == {dtype}
+    layers = [4]
+    heads = {(layer, role): _hydra_heads(state, layer, role) for layer in layers for role in "kv"}
+    mixture = {(layer, role, None): sum(h) / HEADS for (layer, role), h in heads.items()}
+    _check_read_twice(spectra.load(saved), mixture, layers, dtype)
+    per_head = {
+        (layer, role, head): delta
+        for (layer, role), h in heads.items()
+        for head, delta in enumerate(h)
+    }
+    _check_read_twice(spectra.load(saved, per_head=True), per_head, layers, dtype)
