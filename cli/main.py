@@ -508,7 +508,9 @@ def compare(
 ):
     """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
     summary per method and module (mean over layers), and write summary.csv, the
-    reports and the figures (Figure 2 histograms, spectra, metrics by layer) to --out.
+    reports and the figures to --out: figure2 (each matrix's top K singular values over
+    σ₁, K the largest adapter rank: the paper's equal-rank view; --top), figure2_all_values,
+    spectrum, and effective rank and normalized entropy by layer, one panel per role.
 
     With --subspace, also the subspace similarity between methods (subspace_similarity.csv
     and its heat-map), and amplification and intruder dimensions per method
