@@ -15,7 +15,18 @@ from hypothesis import strategies as st
 from spectra import metrics
 from spectra.metrics import METRICS, compute
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "METRICS.md"
+REPOSITORY = Path(__file__).resolve().parents[1]
+METRICS_MD = REPOSITORY / "docs" / "METRICS.md"  # the repository's own copy of the contract
+
+
+def shared_metrics_md() -> Path | None:
+    """``shared/METRICS.md`` beside the clone or in any folder above it, if there is one."""
+    for folder in REPOSITORY.parents:
+        candidate = folder / "shared" / "METRICS.md"
+        if candidate.is_file():
+            return candidate
+    return None
+
 
 # ---------------------------------------------------------------- registry
 
@@ -44,13 +55,27 @@ def test_registry_holds_every_balance_and_size_metric():
     assert set(METRICS) == expected
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="shared/METRICS.md sits beside the repository")
 def test_registry_names_are_the_names_in_metrics_md():
-    text = SHARED.read_text()
+    """The balance and size metrics of docs/METRICS.md are exactly the registered ones."""
+    text = METRICS_MD.read_text()
+    assert "## Subspace" in text
     balance_and_size = text.split("## Subspace")[0]
     documented = set(re.findall(r"^\| `([a-z_]+)(?:@q|@m)?`", balance_and_size, re.M))
     registered = {name.split("@")[0] for name in METRICS}
     assert documented == registered
+
+
+def test_docs_metrics_md_is_the_shared_contract():
+    """docs/METRICS.md is a copy of the shared contract: where that is at hand, it is identical."""
+    shared = shared_metrics_md()
+    if shared is None:
+        pytest.skip(
+            f"no shared/METRICS.md beside {REPOSITORY} or above it: nothing to compare "
+            "docs/METRICS.md with (the names are still checked against docs/METRICS.md)"
+        )
+    assert METRICS_MD.read_bytes() == shared.read_bytes(), (
+        f"{METRICS_MD} differs from {shared}: copy the amended contract into docs/"
+    )
 
 
 # ----------------------------------------------------------- closed forms
@@ -176,10 +201,36 @@ def test_relative_norm_needs_the_base():
 # ------------------------------------------------------------ rank floor
 
 
-def test_rank_tolerance_counts_a_factored_rank_8_as_8_in_any_dtype():
-    sigma = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05, 0.01, 0.005, 1e-3], dtype=torch.float64)
-    tol = metrics.rank_tolerance(sigma, (4096, 4096))
-    assert metrics.numerical_rank(sigma, (4096, 4096), tol) == 8
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32], ids=lambda d: str(d)[6:]
+)
+def test_rank_tolerance_counts_a_factored_rank_8_as_8_in_any_dtype(dtype):
+    """σ handed over in float16, bfloat16 or float32 gives the float64 answer for the values
+    that dtype holds: spectra widens before any arithmetic."""
+    shape = (4096, 4096)
+    sigma = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05, 0.01, 0.005, 1e-3], dtype=dtype)
+    rounded = sigma.double().numpy()  # the dtype-rounded values, exact in float64
+    assert sigma.dtype == dtype and not np.array_equal(rounded[3:], [0.1, 0.05, 0.01, 0.005, 1e-3])
+    tol = metrics.rank_tolerance(sigma, shape)
+    assert tol == pytest.approx(rounded[0] * 4096 * np.finfo(np.float64).eps, rel=1e-15)
+    assert metrics.numerical_rank(sigma, shape, tol) == 8
+    # float64 answers for the rounded values, by hand
+    p = rounded / rounded.sum()
+    energy = rounded**2
+    assert metrics.entropy(sigma) == pytest.approx(-np.sum(p * np.log(p)), rel=1e-14)
+    assert metrics.effective_rank(sigma) == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-14)
+    assert metrics.stable_rank(sigma) == pytest.approx(energy.sum() / energy[0], rel=1e-14)
+    assert metrics.participation_ratio(sigma) == pytest.approx(
+        energy.sum() ** 2 / np.sum(energy**2), rel=1e-14
+    )
+    assert metrics.nuclear_norm(sigma) == pytest.approx(rounded.sum(), rel=1e-15)
+    assert metrics.frobenius_norm(sigma) == pytest.approx(np.sqrt(energy.sum()), rel=1e-15)
+    # every registered metric, from the dtype's tensor (and a numpy array where numpy has it)
+    # equals the one from the rounded values in float64
+    expected = compute(rounded, shape, base_norm=3.0)
+    assert compute(sigma, shape, base_norm=3.0) == pytest.approx(expected, rel=1e-14)
+    if dtype != torch.bfloat16:
+        assert compute(sigma.numpy(), shape, base_norm=3.0) == pytest.approx(expected, rel=1e-14)
 
 
 def test_rank_tolerance_rounding_floor_rejects_bf16_noise():
