@@ -116,15 +116,85 @@ def test_layer_delta_is_accepted_and_result_is_float64_cpu_descending():
     assert torch.all(sigma[:-1] >= sigma[1:])
 
 
-def test_auto_device_is_cpu_without_cuda():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine where PyTorch sees no CUDA GPU, whatever this one has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
-def test_cuda_without_gpu_is_a_clear_error():
+def _factored_case() -> tuple[Factored, np.ndarray]:
+    B, A = _random_factors(60, 45, 5, seed=11)
+    return Factored(B, A, -1.25), -1.25 * (B.double().numpy() @ A.double().numpy())
+
+
+def test_auto_runs_on_the_cpu_where_there_is_no_gpu_and_equals_numpy(no_gpu):
+    assert resolve_device("auto") == torch.device("cpu")
+    update, merged = _factored_case()
+    sigma = singular_values(update, device="auto")
+    assert sigma.device == torch.device("cpu") and sigma.dtype == torch.float64
+    np.testing.assert_allclose(sigma.numpy(), reference_sigma(merged)[:5], rtol=1e-10)
+    matrix = np.random.default_rng(2).standard_normal((70, 50))
+    dense = singular_values(Dense(torch.from_numpy(matrix)), device="auto", method="exact")
+    np.testing.assert_allclose(dense.numpy(), reference_sigma(matrix), rtol=1e-10)
+
+
+def test_auto_chooses_the_gpu_where_torch_sees_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit cpu stays the cpu
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3", torch.device("cuda")])
+def test_cuda_without_a_gpu_is_an_error_naming_the_flag(no_gpu, device):
+    with pytest.raises(DeviceError, match=r"sees no CUDA GPU; use --device cpu or --device auto"):
+        resolve_device(device)
     with pytest.raises(DeviceError, match="--device cpu"):
-        singular_values(Dense(torch.eye(3)), device="cuda")
+        singular_values(Dense(torch.eye(3)), device=device)
+
+
+def test_cli_with_device_cuda_and_no_gpu_says_which_flag_in_one_line(no_gpu, tmp_path):
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+    from spectra_cli.main import cli
+
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4}')
+    B, A = _random_factors(16, 16, 2, seed=5)
+    prefix = "base_model.model.model.layers.0.self_attn.k_proj"
+    save_file(
+        {f"{prefix}.lora_A.weight": A, f"{prefix}.lora_B.weight": B},
+        str(folder / "adapter_model.safetensors"),
+    )
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli, ["analyze", str(folder), "--device", "cuda", "--out", str(out), "--quiet"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "--device cpu" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
+    ok = CliRunner().invoke(cli, ["analyze", str(folder), "--device", "auto", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.parametrize(
+    "device", ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+)
+def test_results_on_each_usable_device_equal_numpy(device):
+    """σ computed on the resolved device comes back as float64 on the CPU, equal to numpy."""
+    update, merged = _factored_case()
+    sigma = singular_values(update, device=device)
+    assert sigma.device == torch.device("cpu") and sigma.dtype == torch.float64
+    np.testing.assert_allclose(sigma.numpy(), reference_sigma(merged)[:5], rtol=1e-10)
+    matrix = _planted(90, 60, np.logspace(0, -3, 20), seed=3)
+    for method in ("fast", "exact"):
+        dense = singular_values(Dense(torch.from_numpy(matrix)), device=device, method=method)
+        expected = reference_sigma(matrix)
+        accurate = expected >= 1e-5 * expected[0]
+        assert accurate.sum() == 20
+        rtol = 1e-10 if method == "exact" else 1e-7  # the Gram path squares the range
+        np.testing.assert_allclose(dense.numpy()[accurate], expected[accurate], rtol=rtol)
+        assert np.all(dense.numpy()[~accurate] <= 1e-6 * expected[0])
 
 
 def test_unknown_device_and_method_are_errors():
