@@ -24,7 +24,13 @@ from spectra.subspace import (
     subspace_similarity,
 )
 
-from .conftest import bert_weight, load_bert, make_bert_finetune
+from .conftest import (
+    bert_weight,
+    load_bert,
+    make_bert_finetune,
+    random_peft_model,
+    save_peft_adapter,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -201,13 +207,40 @@ def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_
     assert again.subspace.pairs == result.pairs
 
 
-def test_subspace_without_base_leaves_w0_metrics_empty_and_says_so(lora_adapter):
+@pytest.fixture(scope="module")
+def second_lora(tmp_path_factory, minilm_dir):
+    """Another real peft LoRA (rank 4, its own seed, layer 1 only), saved in bf16."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["key", "value"], layers_to_transform=[1])
+    model = random_peft_model(minilm_dir, config, seed=21)
+    folder = tmp_path_factory.mktemp("second-lora")
+    return save_peft_adapter(model, folder, minilm_dir, torch.bfloat16)
+
+
+def test_two_adapters_without_base_match_numpy_and_leave_w0_metrics_empty(
+    lora_adapter, second_lora
+):
+    """Two different checkpoints: similarity from each one's ΔW, read by peft's merge."""
     comparison = spectra.compare(
-        [lora_adapter.path, lora_adapter.path], ["a", "b"], layers=[1], subspace=True
+        [lora_adapter.path, second_lora.path],
+        ["r8", "r4"],
+        layers=[1],
+        subspace=True,
+        subspace_rank=6,
     )
     assert all(row["amplification"] is None for row in comparison.subspace.modules)
+    assert all(row["intruder_dimensions"] is None for row in comparison.subspace.modules)
     assert any("--base" in warning for warning in comparison.subspace.warnings)
-    assert all(row["similarity"] == pytest.approx(1) for row in comparison.subspace.pairs)
+    pairs = comparison.subspace.pairs
+    assert [(row["layer"], row["module"]) for row in pairs] == [(1, "k"), (1, "v")]
+    for row in pairs:
+        key = (row["layer"], row["module"])
+        # k stops at each update's rank: 6 of the rank-8 adapter's, all 4 of the other's
+        assert (row["method_a"], row["method_b"], row["k_a"], row["k_b"]) == ("r8", "r4", 6, 4)
+        expected = np_similarity(lora_adapter.reference[key], second_lora.reference[key], 6, 4)
+        assert row["similarity"] == pytest.approx(expected, rel=1e-6)
+        assert row["similarity"] < 0.5  # independent random updates: far from the same subspace
 
 
 def test_per_head_is_refused_for_subspaces(lora_adapter):
