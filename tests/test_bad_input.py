@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from spectra_cli.main import cli
 
 import spectra
@@ -244,13 +244,75 @@ def test_name_mapper_never_crashes(names):
         assert ref.module in names and ref.layer == layer and ref.role == role
 
 
+FUZZ_NAMES = {
+    (0, "k"): "model.layers.0.self_attn.k_proj.weight",
+    (0, "v"): "model.layers.0.self_attn.v_proj.weight",
+}
+
+
+def _read_independently(path) -> dict[str, torch.Tensor] | None:
+    """The tensors as the safetensors library reads them, or None where it refuses the file."""
+    try:
+        return load_file(str(path))
+    except Exception:  # SafetensorError, or what a garbled header makes the parser raise
+        return None
+
+
+def _fuzz_and_analyze(small_pair, data: bytes):
+    """Write the fuzzed bytes, analyse, and check the outcome against safetensors + numpy.
+
+    - a file safetensors refuses: a SpectraError that names the file;
+    - a readable file with non-finite values: NonFiniteError naming the tensor;
+    - a readable file with the original names, shapes and dtype: a report whose σ equal
+      numpy's SVD of (tuned − base) read by safetensors;
+    - any other readable file (a name, a shape or the dtype changed): a SpectraError, or a
+      report holding every module whose original name is still there, each row equal to
+      numpy on the tensor it names.
+    """
+    folder, base, _ = small_pair
+    target = folder / "ft" / "model.safetensors"
+    target.write_bytes(data)
+    tuned = _read_independently(target)
+    base_tensors = load_file(str(base / "model.safetensors"))
+    try:
+        report = spectra.analyze(folder / "ft", base=base, method="exact")
+    except SpectraError as exc:
+        if tuned is None:
+            assert "ft/model.safetensors" in str(exc), str(exc)
+            return "refused"
+        if any(not torch.isfinite(t.double()).all() for t in tuned.values()):
+            assert isinstance(exc, NonFiniteError), str(exc)
+            return "non-finite"
+        reference = load_file(str(folder / "original.safetensors"))
+        unchanged = tuned.keys() == reference.keys() and all(
+            (t.shape, t.dtype) == (reference[k].shape, reference[k].dtype) for k, t in tuned.items()
+        )
+        assert not unchanged, f"a valid file with only its values changed was refused: {exc}"
+        return "other-refused"
+    assert tuned is not None, "spectra analysed a file the safetensors library refuses"
+    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    assert set(rows) <= set(FUZZ_NAMES)
+    assert {key for key, name in FUZZ_NAMES.items() if name in tuned} <= set(rows)  # no drop
+    for (layer, role), row in rows.items():
+        # the tuned tensor the row names (a fuzzed name may still map to the role)
+        named = {row["name"], f"{row['name']}.weight"}
+        names = [k for k in tuned if k in named or any(k.endswith(f".{n}") for n in named)]
+        assert len(names) == 1, (row["name"], list(tuned))
+        difference = tuned[names[0]].double() - base_tensors[FUZZ_NAMES[layer, role]].double()
+        expected = np.linalg.svd(difference.numpy(), compute_uv=False)
+        np.testing.assert_allclose(
+            report.spectrum(layer, role), expected, rtol=1e-9, atol=1e-12 * expected[0]
+        )
+    return "analysed"
+
+
 @pytest.fixture(scope="module")
 def small_pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     base = _model(folder / "base", _kv(layers=1, d=4, seed=0))
     (folder / "ft").mkdir()
-    save_file(_kv(layers=1, d=4, seed=1), str(folder / "ft" / "model.safetensors"))
-    return folder, base, (folder / "ft" / "model.safetensors").read_bytes()
+    save_file(_kv(layers=1, d=4, seed=1), str(folder / "original.safetensors"))
+    return folder, base, (folder / "original.safetensors").read_bytes()
 
 
 @settings(
@@ -259,16 +321,23 @@ def small_pair(tmp_path_factory):
 @given(
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6)
 )
-def test_corrupted_bytes_give_a_result_or_a_spectra_error(small_pair, flips):
-    folder, base, original = small_pair
-    data = bytearray(original)
+def test_corrupted_bytes_give_numpys_answer_or_an_error_naming_the_file(small_pair, flips):
+    data = bytearray(small_pair[2])
     for position, value in flips:
         data[position % len(data)] = value
-    target = folder / "ft" / "model.safetensors"
-    target.write_bytes(bytes(data))
-    try:
-        report = spectra.analyze(folder / "ft", base=base)
-    except SpectraError:
-        return
-    for row in report.rows:
-        assert all(v is None or math.isfinite(v) for v in row.values() if isinstance(v, float))
+    _fuzz_and_analyze(small_pair, bytes(data))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(flips=st.lists(st.tuples(st.integers(0, 127), st.integers(0, 255)), min_size=1, max_size=6))
+def test_fuzzed_values_in_a_valid_file_give_numpys_answer(small_pair, flips):
+    """Bytes changed only in the tensor data: the file stays valid, so spectra must analyse
+    it and agree with numpy, or refuse a NaN/Inf by name."""
+    data = bytearray(small_pair[2])
+    start = 8 + int.from_bytes(data[:8], "little")  # the data follows the JSON header
+    assert len(data) - start == 2 * 4 * 4 * 4  # two 4×4 float32 tensors
+    for position, value in flips:
+        data[start + position] = value
+    assert _fuzz_and_analyze(small_pair, bytes(data)) in ("analysed", "non-finite")
