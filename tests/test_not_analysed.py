@@ -176,7 +176,7 @@ def test_full_finetune_lists_every_other_tensor_grouped_by_reason(tmp_path, mini
     groups = checkpoint.describe().not_analysed_by_reason()
     assert {reason.split(":")[0] for reason in groups} == {
         "bias vector",
-        "not a matrix (a norm or scale vector)",
+        "a norm's scale vector, not a matrix",
         "outside the transformer blocks (embeddings, pooler, head, …)",
     }
     assert (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,12 +153,13 @@ class ModelWeights:
         return left_out
 
     def _reason(self, name: str, module: str) -> str:
+        """Why a tensor is not analysed, from its name alone (no shard is opened for it)."""
         if name.endswith(".bias"):
             return "bias vector: spectra analyses weight matrices"
         if not name.endswith(".weight"):
             return "not a weight (a buffer or other tensor)"
-        if len(self.store.info(name).shape) != 2:
-            return "not a matrix (a norm or scale vector)"
+        if _NORM.search(module):
+            return "a norm's scale vector, not a matrix"
         return self._left_out.get(module, "not in the architecture map")
 
 
@@ -171,6 +173,7 @@ def read_heads(folder: Path) -> int | None:
     return heads if isinstance(heads, int) else None
 
 
+_NORM = re.compile(r"(?i)(?:^|\.)(?:\w*norm\w*|ln_\w+|ln\d*)$")  # LayerNorm, norm_1, ln_f, …
 _STRIP_ROWS = 512  # rows converted to float64 at a time: no whole-matrix temporaries
 
 
