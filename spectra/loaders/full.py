@@ -228,6 +228,7 @@ class FullCheckpoint(Checkpoint):
                 f"module names found: {sample}. This architecture is not mapped yet"
             )
         self.base_weights = ModelWeights(base, "--base") if base is not None else None
+        self._grid_notes: list[str] = []  # set by check(): how the selection is subtracted
 
     @property
     def variant(self) -> str:
@@ -262,6 +263,21 @@ class FullCheckpoint(Checkpoint):
                     f"but {self.tuned.store.path} has {tuned_shape} for {ref.module}; "
                     "is --base the model this checkpoint was fine-tuned from?"
                 )
+        self._grid_notes = self._grid_note(selection.keys[0]) if selection.keys else []
+
+    def _grid_note(self, key: tuple[int, str]) -> list[str]:
+        """Say so when the base is rounded to the tuned grid (one dtype per side: checked)."""
+        assert self.base_weights is not None
+        tuned = self.tuned.dtype(self.tuned.modules[key])
+        base = self.base_weights.dtype(self.base_weights.modules[key])
+        if tuned == base or coarser_dtype(tuned, base) != tuned:
+            return []
+        tuned_name, base_name = (str(d).removeprefix("torch.") for d in (tuned, base))
+        return [
+            f"the tuned weights are {tuned_name} and the base {base_name}: the base is rounded "
+            f"to {tuned_name} before subtracting, so weights the fine-tune left alone give "
+            "ΔW = 0, not their rounding error"
+        ]
 
     def module_info(self, key: tuple[int, str]) -> ModuleInfo:
         ref = self.tuned.modules[key]
@@ -277,27 +293,7 @@ class FullCheckpoint(Checkpoint):
     def warnings(self) -> list[str]:
         if self.base_weights is None:
             return ["no --base given: ΔW cannot be computed yet"]
-        shared = [key for key in self.tuned.modules if key in self.base_weights.modules]
-        pairs = {
-            (
-                self.tuned.dtype(self.tuned.modules[key]),
-                self.base_weights.dtype(self.base_weights.modules[key]),
-            )
-            for key in shared
-        }
-        rounded = sorted(
-            {
-                (str(t).removeprefix("torch."), str(b).removeprefix("torch."))
-                for t, b in pairs
-                if t != b and coarser_dtype(t, b) == t
-            }
-        )
-        return [
-            f"the tuned weights are {tuned} and the base {base}: the base is rounded to {tuned} "
-            "before subtracting, so weights the fine-tune left alone give ΔW = 0, not their "
-            "rounding error"
-            for tuned, base in rounded
-        ]
+        return list(self._grid_notes)
 
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
         if self.base_weights is None:
