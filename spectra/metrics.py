@@ -276,29 +276,30 @@ def rank_tolerance(
     relative_floor: float | None = None,
     source_dtype: torch.dtype | None = None,
     weight_rms: float | None = None,
+    rounding: float | None = None,
 ) -> float:
-    """Default threshold below which a singular value is not counted as rank.
+    """The numerical-rank tolerance of METRICS.md: below it a singular value is not rank.
 
-    The largest of (METRICS.md, ``numerical_rank``):
+    The largest of:
 
     - the computation floor ``σ_1 · relative_floor``; by default numpy's
       ``matrix_rank`` rule ``σ_1 · max(d_out, d_in) · ε₆₄`` (σ are computed in
       float64; ``spectra.svd.accuracy_floor`` gives the floor of each path);
-    - ``rounding_floor(shape, source_dtype, weight_rms)``, when the weights ΔW
-      was subtracted from are known. This keeps a bf16 full fine-tune from
-      counting rounding noise as rank.
+    - the rounding floor of the checkpoint, ``rounding`` if given, else
+      ``rounding_floor(shape, source_dtype, weight_rms)`` when both are known.
+      This keeps a bf16 full fine-tune from counting rounding noise as rank.
 
     A factored ΔW (LoRA) has no rounding floor: s·B@A is exactly low rank
-    whatever the dtype of B and A, so pass no ``weight_rms`` for it.
+    whatever the dtype of B and A, so pass neither for it. The report, the
+    subspace metrics and the figures all take their tolerance from here.
     """
     values = _sorted_spectrum(sigma)
     sigma_1 = float(values[0]) if values.numel() else 0.0
     dims = tuple(shape) if shape is not None else (values.numel(), values.numel())
     floor = max(dims) * _EPS64 if relative_floor is None else relative_floor
-    tol = sigma_1 * floor
-    if source_dtype is not None and weight_rms is not None:
-        tol = max(tol, rounding_floor(dims, source_dtype, weight_rms))
-    return tol
+    if rounding is None and source_dtype is not None and weight_rms is not None:
+        rounding = rounding_floor(dims, source_dtype, weight_rms)
+    return max(sigma_1 * floor, rounding or 0.0)
 
 
 def share_above(sigma: SpectrumLike, tol: float) -> float:

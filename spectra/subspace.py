@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .delta import Dense, Factored
-from .metrics import numerical_rank
+from .metrics import numerical_rank, rank_tolerance
 from .svd import accuracy_floor
 
 __all__ = [
@@ -85,8 +85,8 @@ def singular_vectors(
         V = Vh.T  # (d_in, n)
     S = S.cpu()
     kind = "factored" if isinstance(update, Factored) else "dense"
-    sigma_1 = float(S[0]) if S.numel() else 0.0
-    tol = max(sigma_1 * accuracy_floor(update.shape, kind, "exact"), rounding_floor or 0.0)
+    exact = accuracy_floor(update.shape, kind, "exact")  # the vectors come from an exact SVD
+    tol = rank_tolerance(S, update.shape, relative_floor=exact, rounding=rounding_floor)
     keep = min(k, numerical_rank(S, update.shape, tol=tol))
     return Vectors(U[:, :keep].cpu(), S, V[:, :keep].cpu())
 
