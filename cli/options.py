@@ -34,16 +34,16 @@ class LayerList(click.ParamType):
 
 
 class ModuleList(click.ParamType):
-    """``"k,v"`` → ``["k", "v"]``; ``"all"`` → every role."""
+    """``"k,v"`` → ``["k", "v"]``; ``"all"`` → ``"all"``: every role the checkpoint has."""
 
     name = "modules"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, list):
+        if isinstance(value, list) or value == "all":
             return value
         roles = [part.strip() for part in str(value).split(",") if part.strip()]
         if roles == ["all"]:
-            return list(ROLES)
+            return "all"
         unknown = [role for role in roles if role not in ROLES]
         if unknown or not roles:
             self.fail(

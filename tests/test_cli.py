@@ -161,3 +161,18 @@ def test_demo_writes_checkpoints_reports_and_figure(runner, tmp_path):
     # A second run without --force keeps the first.
     assert runner.invoke(cli, ["demo", "--out", str(out)]).exit_code == 1
     assert runner.invoke(cli, ["demo", "--out", str(out), "--force"]).exit_code == 0
+
+
+def test_modules_all_means_every_role_the_checkpoint_has(runner, lora_adapter, minilm_dir):
+    """BERT has no gate and this adapter only k and v: all is those, not an error."""
+    result = runner.invoke(cli, ["analyze", str(lora_adapter.path), "--modules", "all", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert {row["module"] for row in payload["rows"]} == {"k", "v"}
+    assert len(payload["rows"]) == 12
+    # a full model against itself (ΔW = 0): every BERT role, and BERT has no gate
+    args = ["analyze", str(minilm_dir), "--base", str(minilm_dir), "--modules", "all"]
+    ft = runner.invoke(cli, [*args, "--layers", "0", "--json"])
+    assert ft.exit_code == 0, ft.output
+    roles = [row["module"] for row in json.loads(ft.stdout)["rows"]]
+    assert roles == ["q", "k", "v", "o", "up", "down"]

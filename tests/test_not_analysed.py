@@ -77,6 +77,10 @@ def test_lora_bias_is_listed_and_the_weight_analysed(tmp_path, minilm_dir, safe)
     assert len(report.rows) == 12
     assert dict(report.meta["not_analysed"]) == left_out
     assert any("12 not analysed (bias of lora_B" in w for w in report.warnings)
+    # a layer that is not there is its own error: the biases do not explain it
+    with pytest.raises(SelectionError) as missing:
+        spectra.analyze(adapter.path, layers=[9])
+    assert "layer(s) 9" in str(missing.value) and "lora_B" not in str(missing.value)
     result = CliRunner().invoke(cli, ["inspect", str(adapter.path)])
     assert result.exit_code == 0, result.output
     assert f"{LORA_BIAS} [12]" in result.output

@@ -225,6 +225,17 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
             report.spectrum(row["layer"], row["module"]), expected[:8], rtol=1e-9
         )
 
+    # A shared vera_A narrower than a module of the base: the base is not this adapter's.
+    from safetensors.torch import load_file, save_file
+
+    weights_path = adapter.path / "adapter_model.safetensors"
+    tensors = load_file(str(weights_path))
+    shared = next(name for name in tensors if name.endswith("vera_A"))
+    tensors[shared] = tensors[shared][:, :384].contiguous()
+    save_file(tensors, str(weights_path))
+    with pytest.raises(FormatError, match=r"vera_A \(8, 384\).*cannot be narrower.*--base"):
+        spectra.analyze(adapter.path, base=minilm_dir, modules=["down"])
+
 
 def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, minilm_dir):
     from peft import LoraConfig, get_peft_model

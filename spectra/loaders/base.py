@@ -8,6 +8,7 @@ lazily, one at a time).
 
 Selection rules, so that a report is never silently partial:
 
+- ``modules="all"`` means every role this checkpoint has;
 - ``modules=None`` means ``("k", "v")``, whichever of the two the checkpoint
   has (a warning names a missing one); an explicitly named role that the
   checkpoint lacks is a ``SelectionError`` listing what it has.
@@ -37,7 +38,7 @@ import torch
 
 from ..delta import LayerDelta
 from ..errors import SelectionError
-from .names import ROLES
+from .names import ROLE_REASONS, ROLES
 
 __all__ = [
     "DEFAULT_MODULES",
@@ -165,8 +166,8 @@ class Checkpoint(ABC):
         """Resolve and check a selection (see the module docstring) without reading weights."""
         try:
             selection = select(sorted(self.available()), modules, layers, self.path)
-        except SelectionError as exc:
-            left_out = self.not_analysed()
+        except _MissingRoleError as exc:  # say which unmapped modules might be the role asked for
+            left_out = [pair for pair in self.not_analysed() if pair[1] in ROLE_REASONS]
             if not left_out:
                 raise
             raise SelectionError(f"{exc}. {summarise_not_analysed(left_out)}") from exc
@@ -185,6 +186,10 @@ class Checkpoint(ABC):
             yield from self._delta(key)
 
 
+class _MissingRoleError(SelectionError):
+    """A selection error because a role is missing (unmapped modules may explain it)."""
+
+
 def select(
     available: Sequence[tuple[int, str]],
     modules: Sequence[str] | None,
@@ -195,13 +200,15 @@ def select(
     have_roles = sorted({role for _, role in available}, key=_role_order)
     have_layers = sorted({layer for layer, _ in available})
     if not available:
-        raise SelectionError(f"{path}: no projection modules found in this checkpoint")
+        raise _MissingRoleError(f"{path}: no projection modules found in this checkpoint")
     warnings: list[str] = []
+    if modules == "all" or (not isinstance(modules, str) and list(modules or ()) == ["all"]):
+        modules = have_roles  # every role this checkpoint has
 
     if modules is None:
         roles = [role for role in DEFAULT_MODULES if role in have_roles]
         if not roles:
-            raise SelectionError(
+            raise _MissingRoleError(
                 f"{path}: no k or v projection found; this checkpoint has roles "
                 f"{', '.join(have_roles)}: pass --modules {','.join(have_roles)}"
             )
@@ -221,7 +228,7 @@ def select(
             )
         missing = [role for role in roles if role not in have_roles]
         if missing:
-            raise SelectionError(
+            raise _MissingRoleError(
                 f"{path}: no {', '.join(missing)} modules in this checkpoint; it has "
                 f"{', '.join(have_roles)} (--modules {','.join(have_roles)})"
             )

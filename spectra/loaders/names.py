@@ -244,6 +244,8 @@ NO_DEPTH = (
     "decoder block of an encoder-decoder model: it is numbered after the encoder's blocks, "
     "whose count comes from the base model (pass --base)"
 )
+# The reasons that can explain why a role is missing from a checkpoint (for selection errors).
+ROLE_REASONS = (NO_ROLE, NO_DEPTH, *(reason for _, reason in _LEFT_OUT))
 
 
 def canonical_name(name: str) -> str:

@@ -836,7 +836,17 @@ class _Vera(_Variant):
                 f"{ckpt.store.path}: VeRA module {adapted.module} needs its d_in, which only the "
                 f"base model gives ({found}): pass --base DIR"
             )
-        return (d_out, ckpt.base_weights.module_shape(base_ref)[1])
+        d_in = ckpt.base_weights.module_shape(base_ref)[1]
+        a_shape = ckpt.store.info(ckpt.shared["vera_A"]).shape  # (r, widest d_in)
+        b_shape = ckpt.store.info(ckpt.shared["vera_B"]).shape  # (widest d_out, r)
+        if d_in > a_shape[1] or d_out > b_shape[0]:
+            raise FormatError(
+                f"{ckpt.store.path}: VeRA module {adapted.module} is ({d_out}, {d_in}) in the base "
+                f"{ckpt.base}, but the shared vera_A {tuple(a_shape)} and vera_B "
+                f"{tuple(b_shape)} are cut from the widest module, so they cannot be narrower; "
+                "is --base the model this adapter was trained on?"
+            )
+        return (d_out, d_in)
 
     def shape_before_base(self, ckpt, adapted):
         return (ckpt.shape_of(adapted, "vera_lambda_b")[0], None)
