@@ -20,10 +20,10 @@ from spectra.atomic import check_replaceable
 from spectra.comparison import SUMMARY_METRICS, check_comparison_target
 from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
-from spectra.loaders import ROLES, write_multilora
+from spectra.loaders import write_multilora
 from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS
-from spectra.report import check_target, noise_warning
+from spectra.report import check_target, noise_warning, version_warning
 from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
@@ -397,12 +397,20 @@ def convert(src, dst, lora_alpha, force):
 
 def _print_summary(comparison) -> None:
     extra = [c for c in ("amplification", "intruder_dimensions") if c in comparison.columns]
+    summary = comparison.summary()
+    noisy = any(row["noise_rows"] for row in summary)
     rows = [
         [row["method"], row["module"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
-        for row in comparison.summary()
+        + ([f"{row['noise_rows']} of {row['rows']}" if row["noise_rows"] else ""] if noisy else [])
+        for row in summary
     ]
     titles = [*SUMMARY_TITLES, *(("amplification", "intruders") if extra else ())]
-    click.echo(render(["method", "module", *titles], rows))
+    click.echo(render(["method", "module", *titles, *(["at noise floor"] if noisy else [])], rows))
+    if noisy:
+        click.echo(
+            "at noise floor: modules not clearly above their rounding floor; their means of "
+            "entropy and effective rank measure rounding, not the update"
+        )
     if comparison.subspace is not None and comparison.subspace.pairs:
         pairs: dict[tuple[str, str, str], list[float]] = {}
         for row in comparison.subspace.pairs:
@@ -428,6 +436,14 @@ _figure_format = click.option(
     default="png",
     show_default=True,
     help="Figure file format.",
+)
+_top_option = click.option(
+    "--top",
+    type=TOP,
+    default=None,
+    help="Figure 2: the top K singular values of each matrix over σ₁, or all "
+    "[default: the largest adapter rank compared (DoRA, LoHa, LoKr: their r); all when none "
+    "is an adapter].",
 )
 
 
@@ -476,13 +492,7 @@ _figure_format = click.option(
     "--out", type=_path, required=True, help="Folder for summary.csv, reports and figures."
 )
 @click.option("--force", is_flag=True, help="Replace an earlier comparison at --out.")
-@click.option(
-    "--top",
-    type=TOP,
-    default=None,
-    help="Figure 2: the top K singular values of each matrix over σ₁, or all "
-    "[default: the largest adapter rank compared; all when none is an adapter].",
-)
+@_top_option
 @_figure_format
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def compare(
@@ -684,13 +694,7 @@ def _print_sweep(result) -> None:
     default=None,
     help="Roles to draw, one panel each [default: every role all reports share].",
 )
-@click.option(
-    "--top",
-    type=TOP,
-    default=None,
-    help="Figure 2: the top K singular values of each matrix over σ₁, or all "
-    "[default: the largest adapter rank compared; all when none is an adapter].",
-)
+@_top_option
 @click.option(
     "--normalize",
     type=click.Choice(list(NORMALIZATIONS)),
@@ -708,13 +712,12 @@ def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, fig
     """Redraw the figures from saved REPORT folders, without recomputing anything:
     figure2 (the equal-rank histograms, --top) and spectrum."""
     loaded = [spectra.Report.load(path) for path in reports]
+    _warn(filter(None, map(version_warning, loaded)))
     names = list(labels) or [path.name for path in reports]
     targets = [out / f"{name}.{figure_format}" for name in ("figure2", "spectrum")]
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
-    if modules is not None and list(modules) == list(ROLES):  # --modules all: every shared role
-        modules = plot_module.common_modules(loaded)
     figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer, top=top)
     spectrum_figure, _ = plot_module.spectrum(loaded, names, modules)
     plot_module.save_figure(figure, targets[0])

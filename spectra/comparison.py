@@ -29,7 +29,15 @@ from .atomic import check_replaceable, replace_folder
 from .errors import SpectraError
 from .hub import locate
 from .loaders import options_for
-from .report import Progress, Report, analyze, csv_text, is_report
+from .report import (
+    Progress,
+    Report,
+    analyze,
+    csv_text,
+    is_report,
+    noise_warning,
+    version_warning,
+)
 from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .subspace_report import SubspaceResult, measure_subspaces
 
@@ -62,10 +70,14 @@ class Comparison:
     def columns(self) -> list[str]:
         """The summary's columns: subspace ones only when they were measured."""
         extra = ["amplification", "intruder_dimensions"] if self.subspace is not None else []
-        return ["method", "module", "rows", *SUMMARY_METRICS, *extra]
+        return ["method", "module", "rows", "noise_rows", *SUMMARY_METRICS, *extra]
 
     def summary(self) -> list[dict[str, object]]:
         """One row per (method, module): the mean over layers (and heads) of SUMMARY_METRICS.
+
+        ``noise_rows`` counts the rows not clearly above their rounding floor
+        (``report.noise_warning``): where it is not 0, the balance metrics
+        averaged here partly measure rounding noise, not the update.
 
         With subspace metrics, also the mean over layers of the amplification
         and of the intruder-dimension count (None without a base).
@@ -78,6 +90,7 @@ class Comparison:
                     "method": label,
                     "module": module,
                     "rows": len(selected),
+                    "noise_rows": sum(noise_warning(row) is not None for row in selected),
                 }
                 for metric in SUMMARY_METRICS:
                     summary[metric] = sum(float(row[metric]) for row in selected) / len(selected)
@@ -201,7 +214,11 @@ def compare(
     reports = []
     for source in sources:
         if is_report(source):
-            reports.append(Report.load(source))
+            saved = Report.load(source)
+            outdated = version_warning(saved)
+            if outdated is not None:
+                saved.meta["warnings"] = [*saved.warnings, outdated]
+            reports.append(saved)
             continue
         given = options_for(source, options)
         reports.append(

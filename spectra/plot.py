@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import SpectraError
 from .loaders.names import ROLES
-from .report import Report
+from .report import Report, noise_warning
 
 __all__ = [
     "NORMALIZATIONS",
@@ -66,26 +66,36 @@ _STYLE = {
     "axes.spines.right": False,
 }
 PANELS_PER_ROW = 4  # role panels per row: 7 roles make two readable rows
-_PAPER = {"ft": "#ff7f0e", "lora": "#1f77b4"}
-_MULTILORA = ("#2ca02c", "#d62728")  # green, then red
-_OTHERS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# The paper's colours first (FT orange, LoRA blue, MultiLoRA green then red), then
+# other shades of the same family, so that two LoRAs are told apart.
+_FAMILIES = {
+    "multilora": ("#2ca02c", "#d62728", "#98df8a", "#ff9896"),
+    "ft": ("#ff7f0e", "#8c564b", "#ffbb78", "#c49c94"),
+    "lora": ("#1f77b4", "#17becf", "#aec7e8", "#393b79"),
+}
+_OTHERS = ("#9467bd", "#e377c2", "#7f7f7f", "#bcbd22", "#c5b0d5", "#f7b6d2")
 
 
 def method_colors(labels: Sequence[str]) -> list[str]:
-    """The paper's colours by label: FT orange, LoRA blue, MultiLoRA green then red."""
-    colors, multilora, other = [], 0, 0
+    """The paper's colours by label: FT orange, LoRA blue, MultiLoRA green then red.
+
+    A second method of one family (LoRA r=4 beside LoRA r=8) gets another
+    shade of it; labels of no family take the remaining colours in turn.
+    """
+    colors, used = [], dict.fromkeys([*_FAMILIES, "other"], 0)
     for label in labels:
         key = label.lower().replace("-", "").replace(" ", "")
         if "multilora" in key or "mlora" in key:
-            colors.append(_MULTILORA[multilora % len(_MULTILORA)])
-            multilora += 1
+            family = "multilora"
         elif key.startswith("ft") or "full" in key:
-            colors.append(_PAPER["ft"])
+            family = "ft"
         elif "lora" in key:
-            colors.append(_PAPER["lora"])
+            family = "lora"
         else:
-            colors.append(_OTHERS[other % len(_OTHERS)])
-            other += 1
+            family = "other"
+        palette = _FAMILIES.get(family, _OTHERS)
+        colors.append(palette[used[family] % len(palette)])
+        used[family] += 1
     return colors
 
 
@@ -107,9 +117,9 @@ def _labels(reports: Sequence[Report], labels: Sequence[str] | None) -> list[str
 
 
 def _modules(reports: Sequence[Report], modules: Sequence[str] | None) -> list[str]:
-    """The roles to draw: ``modules`` (each must be in every report), or all that all share."""
+    """The roles to draw: ``modules`` (each in every report), or (None, ``"all"``) all shared."""
     shared = _shared_roles(reports)
-    if modules is None:
+    if modules is None or modules == "all":
         if not shared:
             raise SpectraError("these reports share no module role: nothing to draw side by side")
         return shared
@@ -184,12 +194,18 @@ def _trusted(report: Report, row: dict) -> np.ndarray:
 
 
 def adapter_rank(reports: Sequence[Report]) -> int | None:
-    """The largest number of singular values a factored row has (n·r for MultiLoRA), or None."""
+    """The largest adapter rank among the reports' rows (r, n·r for MultiLoRA), or None.
+
+    Dense adapter updates (DoRA, LoHa, LoKr) count by their ``adapter_rank``
+    column; reports saved before it existed count their factored rows' values.
+    """
     ranks = [
-        report.spectrum(row["layer"], row["module"], row.get("head")).size
+        int(row["adapter_rank"])
+        if row.get("adapter_rank") is not None
+        else report.spectrum(row["layer"], row["module"], row.get("head")).size
         for report in reports
         for row in report.rows
-        if row.get("kind") == "factored"
+        if row.get("adapter_rank") is not None or row.get("kind") == "factored"
     ]
     return max(ranks) if ranks else None
 
@@ -389,7 +405,9 @@ def layer_curves(
 ) -> tuple[Figure, np.ndarray]:
     """A metric against layer index: one panel per module role, one line per method.
 
-    Rows with heads are averaged per layer. Where the metric has a ceiling
+    Rows with heads are averaged per layer; a layer with a row at its rounding
+    floor (``report.noise_warning``) gets a hollow marker, since its balance
+    metrics measure rounding. Where the metric has a ceiling
     (``ceiling``: the rank r of an adapter, n of a dense ΔW, ln r/ln n for the
     normalized entropy), it is drawn as a dashed line in the method's colour.
     """
@@ -403,14 +421,29 @@ def layer_curves(
             for report, name, color in zip(reports, names, method_colors(names), strict=True):
                 by_layer: dict[int, list[float]] = {}
                 caps: dict[int, list[float]] = {}
+                noisy: set[int] = set()
                 for row in report.rows:
                     if row["module"] == role and row[metric] is not None:
                         by_layer.setdefault(row["layer"], []).append(float(row[metric]))
+                        if noise_warning(row):
+                            noisy.add(row["layer"])
                         cap = ceiling(report, row, metric)
                         if cap is not None:
                             caps.setdefault(row["layer"], []).append(cap)
                 xs = sorted(by_layer)
-                ax.plot(xs, [np.mean(by_layer[x]) for x in xs], marker="o", color=color, label=name)
+                ys = [np.mean(by_layer[x]) for x in xs]
+                ax.plot(xs, ys, marker="o", color=color, label=name)
+                if noisy:
+                    ax.plot(
+                        sorted(noisy),
+                        [ys[xs.index(x)] for x in sorted(noisy)],
+                        linestyle="none",
+                        marker="o",
+                        markersize=9,
+                        markerfacecolor="white",
+                        markeredgecolor=color,
+                        label=f"{name}: at the noise floor",
+                    )
                 if caps and len(caps) == len(xs):
                     ax.plot(
                         xs,

@@ -17,17 +17,17 @@ from .errors import SpectraError
 from .plot import _figure, _style
 from .subspace_report import SubspaceResult
 
-__all__ = ["chance_level", "similarity_heatmap"]
+__all__ = ["chance_levels", "similarity_heatmap"]
 
 
-def chance_level(result: SubspaceResult) -> float | None:
-    """The mean similarity two random subspaces of each pair's sizes would have: max(k)/d."""
-    levels = [
-        max(int(row["k_a"]), int(row["k_b"])) / int(row["d_out"])
+def chance_levels(result: SubspaceResult) -> list[float]:
+    """What two random subspaces of each pair's sizes would score, max(k_a, k_b)/d, distinct."""
+    levels = {
+        round(max(int(row["k_a"]), int(row["k_b"])) / int(row["d_out"]), 12)
         for row in result.pairs
         if row.get("d_out") and min(int(row["k_a"]), int(row["k_b"])) > 0
-    ]
-    return sum(levels) / len(levels) if levels else None
+    }
+    return sorted(levels)
 
 
 def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
@@ -66,8 +66,7 @@ def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
             ax.set_title(f"{role} projection")
         bar = fig.colorbar(image, ax=axes.ravel().tolist())
         bar.set_label("subspace similarity")
-        level = chance_level(result)
-        if level is not None:
+        for level in chance_levels(result):  # one mark per pair size: k of 8 vs 64 differ
             bar.ax.axhline(level, color="cyan", linewidth=2)
             bar.ax.text(
                 1.05,

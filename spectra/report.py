@@ -7,7 +7,9 @@ warnings). ``Report.save(dir)`` writes
 
 - ``metrics.csv``: ``layer``, ``module`` (the role), ``head`` (only when
   there are heads), ``name``, ``d_out``, ``d_in``, ``kind``, ``dtype``,
-  ``scale``, the floors below, then every metric under its METRICS.md name;
+  ``scale``, ``adapter_rank`` (the bound r of an adapter's update: r, n·r for
+  a MultiLoRA sum; empty for a full fine-tune), the floors below, then every
+  metric under its METRICS.md name;
 - ``spectra.safetensors``: the singular values of each row (float64, keyed
   ``L{layer}.{module}`` or ``L{layer}.{module}.h{head}``);
 - ``report.json``: the metadata, the column types and the SHA-256 of the two
@@ -51,7 +53,7 @@ from .delta import Factored, LayerDelta
 from .errors import FormatError, NonFiniteError, SpectraError
 from .hub import locate
 from .loaders import load
-from .metrics import METRICS, compute, rounding_floor, share_above
+from .metrics import METRICS, compute, rank_tolerance, rounding_floor, share_above
 from .svd import (
     accuracy_floor,
     check_finite,
@@ -71,6 +73,7 @@ __all__ = [
     "rank_tolerance_of",
     "rounding_floor_of",
     "spectrum_key",
+    "version_warning",
 ]
 
 METRICS_FILE, SPECTRA_FILE, META_FILE = "metrics.csv", "spectra.safetensors", "report.json"
@@ -85,6 +88,7 @@ _ID_COLUMNS = (
     ("kind", "str"),
     ("dtype", "str"),
     ("scale", "float"),
+    ("adapter_rank", "int"),
     ("accuracy_floor", "float"),
     ("noise_floor", "float"),
     ("share_above_floor", "float"),
@@ -228,6 +232,23 @@ class Report:
         return cls(rows=rows, spectra={key: spectra[key] for key in keys}, meta=meta)
 
 
+def version_warning(report: Report) -> str | None:
+    """A warning when a saved report was made by another spectra version, else None.
+
+    Definitions can change between versions (0.2 took Gini over the used
+    directions and added the floor columns), so mixing versions in one
+    comparison may compare unlike numbers.
+    """
+    made_by = report.meta.get("spectra_version")
+    if made_by == __version__:
+        return None
+    source = report.meta.get("source", {}).get("path", "this report")
+    return (
+        f"{source}: report made by spectra {made_by or 'unknown'}, this is {__version__}; "
+        "metric definitions may differ (re-run spectra analyze to compare like with like)"
+    )
+
+
 def _column_type(name: str) -> str:
     types = dict(_ID_COLUMNS)
     if name in types:
@@ -347,11 +368,11 @@ def analyze(
         deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
     for delta, sigma in stream:  # σ: (k,) float64, descending
-        row = _row(delta, sigma, method)
+        info = checkpoint.module_info((delta.layer, delta.role))
+        row = _row(delta, sigma, method, info.rank)
         key = spectrum_key(delta.layer, delta.role, delta.head)
         rows.append(row)
         spectra[key] = sigma.numpy()
-        info = checkpoint.module_info((delta.layer, delta.role))
         if info.scale is not None:
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         if row["spectral_norm"] == 0:
@@ -427,19 +448,26 @@ def rounding_floor_of(delta: LayerDelta) -> float | None:
 
 
 def rank_tolerance_of(delta: LayerDelta, sigma: torch.Tensor, method: str) -> float:
-    """The numerical-rank tolerance of one ΔW (METRICS.md), for every use of it.
+    """The numerical-rank tolerance of one ΔW whose σ came from ``method`` (METRICS.md).
 
-    The largest of the SVD path's accuracy floor (``svd.accuracy_floor``
-    times σ_1) and the checkpoint's rounding floor (``rounding_floor_of``).
-    The report, the subspace metrics and the plots' noise floor all call this.
+    ``metrics.rank_tolerance`` with the SVD path's accuracy floor
+    (``svd.accuracy_floor``) and the checkpoint's rounding floor
+    (``rounding_floor_of``); the subspace metrics take the same tolerance
+    for their exact SVD (``subspace.singular_vectors``).
     """
     kind = "factored" if isinstance(delta.update, Factored) else "dense"
-    sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
-    accuracy = sigma_1 * accuracy_floor(delta.shape, kind, method)
-    return max(accuracy, rounding_floor_of(delta) or 0.0)
+    return rank_tolerance(
+        sigma,
+        delta.shape,
+        relative_floor=accuracy_floor(delta.shape, kind, method),
+        rounding=rounding_floor_of(delta),
+    )
 
 
-def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, object]:
+def _row(
+    delta: LayerDelta, sigma: torch.Tensor, method: str, rank: int | None
+) -> dict[str, object]:
+    """One report row; ``rank`` is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr)."""
     factored = isinstance(delta.update, Factored)
     kind = "factored" if factored else "dense"
     sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
@@ -454,6 +482,7 @@ def _row(delta: LayerDelta, sigma: torch.Tensor, method: str) -> dict[str, objec
         "kind": kind,
         "dtype": str(delta.source_dtype).removeprefix("torch."),
         "scale": float(delta.update.scale) if factored else None,
+        "adapter_rank": delta.update.rank if factored else rank,
         "accuracy_floor": sigma_1 * accuracy_floor(delta.shape, kind, method),
         "noise_floor": rounding_floor_of(delta),
         "share_above_floor": share_above(sigma, tol),
@@ -471,7 +500,7 @@ def noise_warning(row: Mapping[str, object]) -> str | None:
     because the values at the floor then weigh more in p_i = σ_i/Σσ than the
     update's own directions).
     """
-    if row["noise_floor"] is None or not row["spectral_norm"]:
+    if row.get("noise_floor") is None or not row["spectral_norm"]:  # also: reports before 0.2
         return None
     share = row["share_above_floor"]
     if share >= NOISE_SHARE:

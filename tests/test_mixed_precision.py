@@ -122,3 +122,36 @@ def test_subspaces_compare_the_update_not_the_rounding(tmp_path, minilm_dir):
     expected = np.sum((vectors[0].T @ vectors[1]) ** 2) / 2
     assert pair["similarity"] == pytest.approx(expected, abs=1e-9)
     assert pair["similarity"] > 0.99
+
+
+def test_comparisons_and_layer_plots_mark_rows_at_the_noise_floor(rank2, minilm_dir):
+    comparison = spectra.compare([rank2], ["FT-bf16"], base=minilm_dir, layers=LAYERS)
+    (report,) = comparison.reports
+    for summary in comparison.summary():
+        rows = [r for r in report.rows if r["module"] == summary["module"]]
+        assert summary["noise_rows"] == sum(r["share_above_floor"] < 0.5 for r in rows)
+    assert sum(s["noise_rows"] for s in comparison.summary()) > 0
+    from spectra import plot
+
+    _, axes = plot.layer_curves(comparison.reports, "effective_rank", ["FT-bf16"], ["k"])
+    hollow = [ln for ln in axes[0, 0].get_lines() if ln.get_label().endswith("noise floor")]
+    noisy_layers = [
+        r["layer"] for r in report.rows if r["module"] == "k" and r["share_above_floor"] < 0.5
+    ]
+    assert [list(ln.get_xdata()) for ln in hollow] == ([noisy_layers] if noisy_layers else [])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            str(rank2),
+            "--base",
+            str(minilm_dir),
+            "--layers",
+            "0",
+            "--out",
+            str(rank2.parent / "cmp"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "at noise floor" in result.stdout

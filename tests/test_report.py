@@ -45,8 +45,9 @@ def test_save_writes_the_documented_files_and_load_reads_them_back_identically(r
     with open(out / "metrics.csv") as handle:
         header = next(csv.reader(handle))
     assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
-    assert header[8:11] == ["accuracy_floor", "noise_floor", "share_above_floor"]
-    assert header[11:] == list(METRICS)
+    assert header[8:12] == ["adapter_rank", "accuracy_floor", "noise_floor", "share_above_floor"]
+    assert header[12:] == list(METRICS)
+    assert {row["adapter_rank"] for row in report.rows} == {8}  # the adapter's r
     loaded = Report.load(out)
     assert loaded == report
     assert np.array_equal(loaded.spectrum(3, "v"), report.spectrum(3, "v"))
@@ -97,3 +98,14 @@ def test_load_refuses_files_that_disagree(report, tmp_path):
         Report.load(tmp_path)
     meta = json.loads((out / "report.json").read_text())
     assert meta["sha256"]["metrics.csv"]
+
+
+def test_a_report_from_another_version_is_compared_with_a_warning(report, tmp_path):
+    out = report.save(tmp_path / "old")
+    meta = json.loads((out / "report.json").read_text())
+    meta["spectra_version"] = "0.1.0"
+    (out / "report.json").write_text(json.dumps(meta))
+    comparison = spectra.compare([out], ["old"])
+    assert any("made by spectra 0.1.0" in w for w in comparison.reports[0].warnings)
+    fresh = spectra.compare([report.save(tmp_path / "new")], ["new"])
+    assert not any("made by spectra" in w for w in fresh.reports[0].warnings)
