@@ -1,0 +1,45 @@
+"""PEFT adapters: ``adapter_config.json`` + ``adapter_model.safetensors`` (or ``.bin``).
+
+Each ``peft_type`` has a variant that knows its tensors and rebuilds ΔW as
+the method defines it (FORMATS.md §2, checked against peft's own merge):
+
+| variant | ΔW | module |
+|---|---|---|
+| LoRA / rsLoRA | ``s · B @ A``, ``s = α/r`` or ``α/√r`` (factored) | ``lora`` |
+| DoRA | ``diag(m / ‖V‖_row) · V − W0``, ``V = W0 + s·B@A`` (dense; needs W0) | ``lora`` |
+| multi-head (HydraLoRA) | per head ``s·B_j @ A``; mixture ``s·mean_j(B_j) @ A`` | ``multihead`` |
+| AdaLoRA | ``B @ (A ⊙ E) · α / (init_r + 1e-5)`` (factored; pruned: zero) | ``adalora`` |
+| LoHa | ``(w1a @ w1b) ⊙ (w2a @ w2b) · α/r`` (dense) | ``lycoris`` |
+| LoKr | ``kron(w1, w2) · α/r``, each factor whole or ``_a @ _b`` (dense) | ``lycoris`` |
+| VeRA | ``diag(λ_b) B diag(λ_d) A``, shared ``A`` sliced to d_in (from W0) | ``vera`` |
+
+``checkpoint`` reads the folder (config, weights, tensor names, adapter
+selection, base lookup, ``not_analysed()``) and hands each module to its
+variant; ``variant`` holds what the variants share. ``fan_in_fan_out``
+changes only how PEFT adds ΔW to a Conv1D weight: ``B @ A`` is already
+``(d_out, d_in)``. A fused projection keeps its form per role by selecting
+rows of B (or of dense ΔW). Every product and sum of adapter tensors is taken
+in float64, whatever the dtype they were saved in.
+"""
+
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    PEFT_TYPES,
+    PeftCheckpoint,
+    adapter_folder,
+    read_adapter_config,
+    resolve_base,
+    sub_adapters,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FILES",
+    "PEFT_TYPES",
+    "PeftCheckpoint",
+    "adapter_folder",
+    "read_adapter_config",
+    "resolve_base",
+    "sub_adapters",
+]

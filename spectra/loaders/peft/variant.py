@@ -1,0 +1,95 @@
+"""What every PEFT variant shares: the ``Variant`` interface and the per-module record.
+
+A ``Variant`` knows how one ``peft_type`` names its tensors and rebuilds ΔW;
+one instance per type serves every checkpoint of that type, so it keeps no
+state: each method is given the ``PeftCheckpoint`` (its config, tensor store,
+base weights and options) and the ``Adapted`` module it works on. The
+checkpoint decides which variant to use (``checkpoint.VARIANTS``); variants
+only use the checkpoint they are handed and never import its module at import
+time, so the dependency runs one way: checkpoint → variant families → here.
+
+``Adapted`` holds one adapted module's tensor names by part and, once the
+variant has checked the shapes against the config, its rank and scale with
+where each came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..adapter import Rows, Update
+    from .checkpoint import PeftCheckpoint
+
+__all__ = ["Adapted", "Variant"]
+
+
+@dataclass
+class Adapted:
+    """One adapted module: its tensor names by part, and (once known) rank and scale."""
+
+    module: str
+    parts: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+    scale: float = 1.0
+    scale_source: str = ""
+    heads: int | None = None
+
+    def scale_by(
+        self, rank: int, alpha: float, rank_source: str, alpha_source: str, root: bool = False
+    ) -> None:
+        """Set rank and the scale α/r (α/√r with ``root``), saying where each came from."""
+        sign = "√" if root else ""
+        self.rank = rank
+        self.scale = alpha / (math.sqrt(rank) if root else rank)
+        self.scale_source = f"config: {alpha_source}/{sign}{rank_source} = {alpha:g}/{sign}{rank}"
+
+
+class Variant:
+    """How one ``peft_type`` names its tensors and rebuilds ΔW."""
+
+    why_base = ""
+    base_hint = ""  # another way out than --base, if there is one
+    parts: tuple[str, ...] = ()  # the module parts ΔW is rebuilt from
+    config_fields: tuple[str, ...] = ("r", "alpha", "rank_pattern", "alpha_pattern")
+
+    def name(self, ckpt: PeftCheckpoint) -> str:
+        raise NotImplementedError
+
+    def kind(self, ckpt: PeftCheckpoint) -> str:
+        return "factored"
+
+    def needs_base(self, ckpt: PeftCheckpoint) -> bool:
+        return False
+
+    def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
+        return []
+
+    def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
+        """Fill in rank and scale (with their source), checking shapes against the config."""
+        raise NotImplementedError
+
+    def parts_used(self, ckpt: PeftCheckpoint, adapted: Adapted) -> set[str]:
+        """The parts of a module that its ΔW is rebuilt from."""
+        return set(adapted.parts) & set(self.parts)
+
+    def unused_reason(self, ckpt: PeftCheckpoint, part: str) -> str:
+        """Why a part of a module is not used by this variant's ΔW."""
+        return f"{part} is not a part of a {ckpt.peft_type} adapter's ΔW"
+
+    def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
+        """(d_out, d_in) of the whole adapted module."""
+        raise NotImplementedError
+
+    def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
+        """What ``describe()`` shows when the shape needs the base (``None``: not known)."""
+        return self.module_shape(ckpt, adapted)
+
+    def updates(
+        self, ckpt: PeftCheckpoint, adapted: Adapted, rows: Rows, base: torch.Tensor | None
+    ) -> list[tuple[int | None, Update]]:
+        raise NotImplementedError
