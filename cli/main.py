@@ -18,8 +18,8 @@ import spectra
 from spectra import plot as plot_module
 from spectra.atomic import check_replaceable
 from spectra.comparison import SUMMARY_METRICS, check_comparison_target
-from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
+from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.loaders import write_multilora
 from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS

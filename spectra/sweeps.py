@@ -148,7 +148,7 @@ class Sweep:
         metrics: Sequence[str] = SWEEP_METRICS,
     ) -> Path:
         """Write ``sweep.csv``, ``sweep.json`` and ``sweep.<figure_format>`` into ``out``."""
-        from .plot_sweep import sweep_curves
+        from .plot import sweep_curves
 
         out = Path(out)
         check_sweep_target(out, force)

@@ -1,6 +1,6 @@
 """MultiLoRA and multi-head LoRA (HydraLoRA) checkpoints against numpy.
 
-``spectra.reference``'s layers wrap the real MiniLM's key and value
+``spectra.examples.reference``'s layers wrap the real MiniLM's key and value
 projections, are trained a few steps (so the scaling vectors and routers
 move away from their initial values), and are saved in the reference
 on-disk layouts. ΔW is rebuilt here in numpy from the saved tensors with the
@@ -20,7 +20,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra import Report
-from spectra.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
+from spectra.examples.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
 
 from .conftest import (
     DTYPES,

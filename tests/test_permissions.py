@@ -81,7 +81,7 @@ def test_demo_folder(umask, tmp_path):
 
 
 def test_converted_multilora_folder(umask, tmp_path):
-    from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
+    from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
     from spectra.loaders import write_multilora
 
     paths = write_demo_checkpoints(tmp_path / "checkpoints")

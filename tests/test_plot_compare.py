@@ -12,8 +12,8 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra import plot
-from spectra.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.errors import ReportExistsError, SpectraError
+from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.loaders import ROLES
 
 LABELS = ["FT", "LoRA", "MultiLoRA"]
@@ -339,7 +339,7 @@ def test_plot_refuses_what_the_reports_do_not_have(comparison, tmp_path, extra, 
 
 
 def test_sweep_figure_names_each_layer_in_its_own_colour():
-    from spectra.plot_sweep import sweep_curves
+    from spectra.plot import sweep_curves
 
     rows = [
         {"step": step, "layer": layer, "module": module, "effective_rank": step + layer / 10}

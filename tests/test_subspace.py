@@ -183,7 +183,7 @@ def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_
     header = (out / "subspace_similarity.csv").read_text().splitlines()[0]
     assert header == "layer,module,method_a,method_b,d_out,k_a,k_b,similarity"
     # the heat-map marks what random subspaces of these sizes would score: max(k_a, k_b)/d
-    from spectra.plot_subspace import chance_levels, similarity_heatmap
+    from spectra.plot import chance_levels, similarity_heatmap
 
     expected = sorted({max(r["k_a"], r["k_b"]) / 384 for r in result.pairs})
     assert chance_levels(result) == pytest.approx(expected)

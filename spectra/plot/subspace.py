@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .errors import SpectraError
-from .plot import _figure, _style
-from .subspace_report import SubspaceResult
+from ..errors import SpectraError
+from ..subspace_report import SubspaceResult
+from ._style import figure_grid, paper_style
 
 __all__ = ["chance_levels", "similarity_heatmap"]
 
@@ -37,10 +37,10 @@ def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
     roles = list(dict.fromkeys(str(row["module"]) for row in result.pairs))
     layers = sorted({int(row["layer"]) for row in result.pairs})
     pairs = list(dict.fromkeys((str(r["method_a"]), str(r["method_b"])) for r in result.pairs))
-    fig, axes = _figure(
+    fig, axes = figure_grid(
         1, len(roles), width=1.2 + 1.3 * len(pairs), height=0.9 + 0.32 * len(layers)
     )
-    with _style():
+    with paper_style():
         for ax, role in zip(axes[0], roles, strict=True):
             grid = np.full((len(layers), len(pairs)), np.nan)
             for row in result.pairs:

@@ -18,8 +18,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .errors import SpectraError
-from .plot import _figure, _style
+from ..errors import SpectraError
+from ._style import figure_grid, paper_style
 
 __all__ = ["layer_colours", "sweep_curves"]
 
@@ -57,8 +57,8 @@ def sweep_curves(
     colours = layer_colours(layers)
     count = len(metrics)
     columns = min(columns, count)
-    fig, axes = _figure((count + columns - 1) // columns, columns, width=4.6, height=3.2)
-    with _style():
+    fig, axes = figure_grid((count + columns - 1) // columns, columns, width=4.6, height=3.2)
+    with paper_style():
         for ax, metric in zip(axes.flat, metrics, strict=False):
             for (layer, role), by_step in series.items():
                 steps = sorted(by_step)
