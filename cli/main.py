@@ -17,7 +17,7 @@ import click
 import spectra
 from spectra import plot as plot_module
 from spectra.atomic import check_replaceable
-from spectra.comparison import SUMMARY_METRICS, check_comparison_target
+from spectra.analysis.comparison import SUMMARY_METRICS, check_comparison_target
 from spectra.errors import ReportExistsError, SpectraError
 from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.loaders import write_multilora
@@ -25,7 +25,7 @@ from spectra.memory import release_large_blocks
 from spectra.plot import NORMALIZATIONS
 from spectra.report import check_target, noise_warning, version_warning
 from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
-from spectra.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
+from spectra.analysis.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
 
 from .options import LAYERS, MODULES, TOP
 from .table import format_value, render

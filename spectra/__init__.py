@@ -15,7 +15,7 @@ adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
 __version__ = "0.2.0.dev0"
 
 from . import metrics
-from .comparison import Comparison, compare
+from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
 from .delta import Dense, Factored, LayerDelta
 from .errors import (
     BaseMismatchError,
@@ -29,9 +29,8 @@ from .errors import (
 )
 from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, load
 from .metrics import METRICS
-from .report import Report, analyze
+from .report import Report
 from .svd import singular_values
-from .sweeps import Sweep, find_checkpoints, run_sweep, sweep
 
 __all__ = [
     "METRICS",

@@ -143,10 +143,10 @@ def test_base_of_another_architecture(tmp_path, pair, minilm_dir):
 
 def test_interrupted_run_writes_no_report(pair, tmp_path, monkeypatch):
     ft, base = pair
-    import spectra.report
+    import spectra.analysis.stream as analysis
 
     calls = []
-    original = spectra.report._row
+    original = analysis._row
 
     def interrupting(*args, **kwargs):
         calls.append(1)
@@ -154,7 +154,7 @@ def test_interrupted_run_writes_no_report(pair, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(spectra.report, "_row", interrupting)
+    monkeypatch.setattr(analysis, "_row", interrupting)
     out = tmp_path / "report"
     result = CliRunner().invoke(cli, ["analyze", str(ft), "--base", str(base), "--out", str(out)])
     assert result.exit_code == 130 and "no report was written" in result.stderr

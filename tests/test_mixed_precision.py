@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from spectra_cli.main import cli
 
 import spectra
-from spectra.subspace_report import measure_subspaces
+from spectra.analysis import measure_subspaces
 
 from .conftest import MINILM_HIDDEN, ROLE_MODULES, load_bert, planted_update, reference_sigma
 

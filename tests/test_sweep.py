@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 from spectra_cli.main import cli
 
 import spectra
-from spectra.cache import ReportCache
+from spectra.analysis.cache import ReportCache
 from spectra.errors import SpectraError
 
 from .conftest import load_bert, randomize_adapter, reference_sigma
@@ -103,7 +103,7 @@ def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatc
     assert first.cached == [False, False, False]
 
     calls = []
-    import spectra.sweeps as sweeps
+    import spectra.analysis.sweeps as sweeps
 
     real = sweeps._analyze_job
     monkeypatch.setattr(sweeps, "_analyze_job", lambda job: calls.append(job) or real(job))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..analysis.subspaces import SubspaceResult
 from ..errors import SpectraError
-from ..subspace_report import SubspaceResult
 from ._style import figure_grid, paper_style
 
 __all__ = ["chance_levels", "similarity_heatmap"]

@@ -7,7 +7,7 @@ whatever ``pattern`` (a glob, relative to ``run``) matches. The step is
 the name.
 
 ``run_sweep(...)`` analyses each one that is not already in the report cache
-(``spectra.cache``), serially, on a local process pool (``workers > 1``) or as
+(``spectra.analysis.cache``), serially, on a local process pool (``workers > 1``) or as
 Ray tasks (``ray=...``, one GPU each where the cluster has GPUs), and returns
 a ``Sweep``; ``sweep(...)`` returns its ``to_pandas()``. Every executor runs
 the same ``analyze`` on the same inputs, so their results are equal.
@@ -24,12 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import check_replaceable, replace_folder
+from ..atomic import check_replaceable, replace_folder
+from ..errors import SpectraError
+from ..hub import locate
+from ..loaders import Checkpoint, load, options_for
+from ..report import Progress, Report, csv_text
 from .cache import ReportCache, analysis_key
-from .errors import SpectraError
-from .hub import locate
-from .loaders import Checkpoint, load, options_for
-from .report import Progress, Report, analyze, csv_text
+from .stream import analyze
 
 __all__ = [
     "SWEEP_METRICS",
@@ -148,7 +149,7 @@ class Sweep:
         metrics: Sequence[str] = SWEEP_METRICS,
     ) -> Path:
         """Write ``sweep.csv``, ``sweep.json`` and ``sweep.<figure_format>`` into ``out``."""
-        from .plot import sweep_curves
+        from ..plot import sweep_curves
 
         out = Path(out)
         check_sweep_target(out, force)
@@ -171,7 +172,7 @@ class Sweep:
                 "warnings": self.warnings,
             }
             (staging / "sweep.json").write_text(json.dumps(meta, indent=2, default=str))
-            from .plot import save_figure
+            from ..plot import save_figure
 
             save_figure(figure, staging / f"sweep.{figure_format}")
         return out
@@ -202,7 +203,7 @@ def _worker_setup(threads: int) -> None:
     """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
     import torch
 
-    from .memory import release_large_blocks
+    from ..memory import release_large_blocks
 
     torch.set_num_threads(threads)
     release_large_blocks()
@@ -226,7 +227,7 @@ def run_sweep(
 ) -> Sweep:
     """Analyse every checkpoint of ``run`` (see the module docstring) and gather the reports.
 
-    ``cache`` is True (the default folder, ``spectra.cache.default_folder()``),
+    ``cache`` is True (the default folder, ``spectra.analysis.cache.default_folder()``),
     a folder, a ``ReportCache``, or False (analyse everything, store nothing).
     ``workers > 1`` runs that many processes; ``ray`` (True, or a cluster
     address) runs Ray tasks instead, on an already initialised Ray or one

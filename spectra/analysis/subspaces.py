@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import SpectraError
-from .hub import locate
-from .loaders import Checkpoint, load, options_for
-from .report import Progress, Report, csv_text, is_report, rounding_floor_of
-from .subspace import (
+from ..errors import SpectraError
+from ..hub import locate
+from ..loaders import Checkpoint, load, options_for
+from ..report import Progress, Report, csv_text, is_report
+from ..subspace import (
     INTRUDER_EPS,
     INTRUDER_TOP,
     SUBSPACE_RANK,
@@ -38,7 +38,8 @@ from .subspace import (
     singular_vectors,
     subspace_similarity,
 )
-from .svd import resolve_device
+from ..svd import resolve_device
+from .stream import rounding_floor_of
 
 __all__ = ["SubspaceResult", "measure_subspaces"]
 

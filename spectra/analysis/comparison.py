@@ -25,21 +25,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import check_replaceable, replace_folder
-from .errors import SpectraError
-from .hub import locate
-from .loaders import options_for
-from .report import (
+from ..atomic import check_replaceable, replace_folder
+from ..errors import SpectraError
+from ..hub import locate
+from ..loaders import options_for
+from ..report import (
     Progress,
     Report,
-    analyze,
     csv_text,
     is_report,
     noise_warning,
     version_warning,
 )
-from .subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
-from .subspace_report import SubspaceResult, measure_subspaces
+from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from .stream import analyze
+from .subspaces import SubspaceResult, measure_subspaces
 
 __all__ = ["SUMMARY_METRICS", "Comparison", "check_comparison_target", "compare", "write_figures"]
 
@@ -130,7 +130,7 @@ class Comparison:
         (folder / "subspace_similarity.csv").write_text(self.subspace.pairs_csv())
         (folder / "subspace_modules.csv").write_text(self.subspace.modules_csv())
         if self.subspace.pairs:
-            from .plot import save_figure, similarity_heatmap
+            from ..plot import save_figure, similarity_heatmap
 
             figure = similarity_heatmap(self.subspace)[0]
             save_figure(figure, folder / f"subspace_similarity.{figure_format}")
@@ -155,7 +155,7 @@ def write_figures(
     over every value above its floor; ``spectrum``; effective rank and
     normalized entropy by layer, with their ceilings.
     """
-    from . import plot
+    from .. import plot
 
     if figure_format not in FIGURE_FORMATS:
         raise SpectraError(f"unknown figure format {figure_format!r}: expected png, pdf or svg")

@@ -27,9 +27,9 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import __version__
-from .errors import SpectraError
-from .report import Report, is_report
+from .. import __version__
+from ..errors import SpectraError
+from ..report import Report, is_report
 
 __all__ = ["ReportCache", "analysis_key", "default_folder", "file_digest"]
 

@@ -1,0 +1,235 @@
+"""``analyze()``: one checkpoint through the streaming pipeline into a ``Report``.
+
+Load (``spectra.loaders``), plan the selection before any work, stream each
+module's ΔW through ``svd.singular_values_stream`` (reading overlaps
+computing), and turn each σ into a report row: the ids, the floors its σ can
+be trusted down to, and every metric of ``spectra.metrics``. Rows whose ΔW
+is not clearly above the checkpoint's rounding floor, exactly zero, or left
+out for NaN/Inf are named in the warnings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..delta import Factored, LayerDelta
+from ..errors import NonFiniteError
+from ..hub import locate
+from ..loaders import load
+from ..metrics import compute, rank_tolerance, rounding_floor, share_above
+from ..report import Progress, Report, noise_warning, spectrum_key
+from ..svd import (
+    accuracy_floor,
+    check_finite,
+    check_method,
+    resolve_device,
+    singular_values_stream,
+)
+
+__all__ = ["analyze", "rank_tolerance_of", "rounding_floor_of"]
+
+
+def analyze(
+    path: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    modules: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    device: str = "auto",
+    method: str = "fast",
+    *,
+    format: str = "auto",
+    progress: Progress | None = None,
+    prefetch: int = 1,
+    batch_size: int | None = None,
+    jobs: int | None = None,
+    skip_nonfinite: bool = False,
+    **options: object,
+) -> Report:
+    """Rebuild ΔW of each selected module, take its singular values, compute every metric.
+
+    ``path`` and ``base`` are as ``spectra.load`` takes them (a path, a Hub id
+    in the local cache, ``hf://org/name[@revision]`` to download); each is
+    resolved once, and ``meta["source"]`` records the Hub id, the revision
+    asked for and the commit of the snapshot analysed (``hub_id``,
+    ``revision``, ``commit``; ``base_hub_id``, ``base_commit`` for the base).
+    ``modules`` are roles (``"k"``, ``"v"``, …); ``None`` means k and v,
+    whichever the checkpoint has. ``layers=None`` means every layer.
+    ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
+    for dense ΔW; factored ΔW always takes the exact QR core.
+    ``progress(done, total, label)`` is called after each module. Reading
+    overlaps computing: on the CPU, ``jobs`` modules (default 2, 1 on a
+    single thread) are read and decomposed side by side, each on
+    ``torch.get_num_threads() // jobs`` threads; with ``jobs=1`` or on a GPU,
+    the next module is read on a background thread while one is decomposed
+    (``prefetch`` modules ahead, 0 to read in turn), and on a GPU same-shaped
+    dense updates are decomposed in batches of ``batch_size`` (default 8).
+    None of these changes the results beyond rounding (identical for the
+    same thread count). A module whose weights hold NaN or Inf
+    raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
+    named in the warnings and in ``meta["skipped"]``. Every tensor of the
+    checkpoint that no analysed ΔW uses is in ``meta["not_analysed"]`` as
+    ``[tensor, reason]``. ``options``
+    go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
+    ``lora_alpha``).
+    """
+    source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
+    base_source = locate(base, "--base") if base is not None else None
+    checkpoint = load(source, base=base_source, format=format, **options)
+    selection = checkpoint.plan(modules, layers)
+    target = resolve_device(device)
+    check_method(method)
+    warnings = [*checkpoint.warnings(), *selection.warnings]
+    rows: list[dict[str, object]] = []
+    spectra: dict[str, np.ndarray] = {}
+    scales: dict[str, dict[str, object]] = {}
+    total = len(selection.keys)  # progress counts modules; a module may have several heads
+    done: set[tuple[int, str]] = set()
+    skipped: list[str] = []
+    deltas = checkpoint.deltas_for(selection)
+    if skip_nonfinite:
+        deltas = _finite_only(deltas, skipped)
+    stream = singular_values_stream(
+        deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
+    )
+    for delta, sigma in stream:  # σ: (k,) float64, descending
+        info = checkpoint.module_info((delta.layer, delta.role))
+        row = _row(delta, sigma, method, info.rank)
+        key = spectrum_key(delta.layer, delta.role, delta.head)
+        rows.append(row)
+        spectra[key] = sigma.numpy()
+        if info.scale is not None:
+            scales[key] = {"scale": info.scale, "source": info.scale_source}
+        if row["spectral_norm"] == 0:
+            warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+        noise = noise_warning(row)
+        if noise is not None:
+            warnings.append(noise)
+        done.add((delta.layer, delta.role))
+        if progress is not None:
+            progress(len(done) + len(skipped), total, key)
+        del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
+    if skipped:
+        warnings.append(
+            f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "
+            f"{', '.join(skipped)}; this report is not the whole selection"
+        )
+    meta = {
+        "spectra_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(source.path.resolve()),
+            "hub_id": source.hub_id,
+            "revision": source.revision,
+            "commit": source.commit,
+            "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
+            "base_hub_id": base_source.hub_id if base_source is not None else None,
+            "base_commit": base_source.commit if base_source is not None else None,
+            "format": checkpoint.format,
+            "variant": checkpoint.variant,
+            "options": {k: v for k, v in options.items() if v not in (None, False)},
+        },
+        "modules": list(dict.fromkeys(role for _, role in selection.keys)),
+        "layers": sorted({layer for layer, _ in selection.keys}),
+        "device": str(target),
+        "method": method,
+        "dtype": "float64",
+        "scales": scales,
+        "rank_tolerance": (
+            "max(accuracy_floor, noise_floor): accuracy_floor = σ_1·max(d)·ε64 for factored "
+            "and exact, σ_1·√(max(d)·ε64) for fast; noise_floor = ε(source dtype)·rms(W)·"
+            "(√d_out+√d_in), only for dense ΔW subtracted from stored weights"
+        ),
+        "versions": _versions(),
+        "warnings": warnings,
+        "skipped": skipped,
+        # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
+        "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
+    }
+    return Report(rows=rows, spectra=spectra, meta=meta)
+
+
+def _finite_only(deltas: Iterator[LayerDelta], skipped: list[str]) -> Iterator[LayerDelta]:
+    """Pass on the deltas whose weights are finite; record the others in ``skipped``."""
+    for delta in deltas:
+        try:
+            check_finite(delta)
+        except NonFiniteError:
+            skipped.append(delta.label)
+            continue
+        yield delta
+
+
+def rounding_floor_of(delta: LayerDelta) -> float | None:
+    """The rounding-noise floor of a dense ΔW subtracted from known weights, else None.
+
+    A factored ΔW is exactly low rank whatever its factors' dtype, and a dense
+    one rebuilt from adapter factors (DoRA, LoHa, LoKr) is exact in float64:
+    neither carries rounding noise (their ``weight_rms`` is None).
+    """
+    if isinstance(delta.update, Factored) or delta.weight_rms is None:
+        return None
+    return rounding_floor(delta.shape, delta.source_dtype, delta.weight_rms)
+
+
+def rank_tolerance_of(delta: LayerDelta, sigma: torch.Tensor, method: str) -> float:
+    """The numerical-rank tolerance of one ΔW whose σ came from ``method`` (METRICS.md).
+
+    ``metrics.rank_tolerance`` with the SVD path's accuracy floor
+    (``svd.accuracy_floor``) and the checkpoint's rounding floor
+    (``rounding_floor_of``); the subspace metrics take the same tolerance
+    for their exact SVD (``subspace.singular_vectors``).
+    """
+    kind = "factored" if isinstance(delta.update, Factored) else "dense"
+    return rank_tolerance(
+        sigma,
+        delta.shape,
+        relative_floor=accuracy_floor(delta.shape, kind, method),
+        rounding=rounding_floor_of(delta),
+    )
+
+
+def _row(
+    delta: LayerDelta, sigma: torch.Tensor, method: str, rank: int | None
+) -> dict[str, object]:
+    """One report row; ``rank`` is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr)."""
+    factored = isinstance(delta.update, Factored)
+    kind = "factored" if factored else "dense"
+    sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
+    tol = rank_tolerance_of(delta, sigma, method)
+    row: dict[str, object] = {
+        "layer": delta.layer,
+        "module": delta.role,
+        "head": delta.head,
+        "name": delta.name,
+        "d_out": delta.shape[0],
+        "d_in": delta.shape[1],
+        "kind": kind,
+        "dtype": str(delta.source_dtype).removeprefix("torch."),
+        "scale": float(delta.update.scale) if factored else None,
+        "adapter_rank": delta.update.rank if factored else rank,
+        "accuracy_floor": sigma_1 * accuracy_floor(delta.shape, kind, method),
+        "noise_floor": rounding_floor_of(delta),
+        "share_above_floor": share_above(sigma, tol),
+    }
+    row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))
+    return row
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+
+    return {
+        "spectra": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+    }
