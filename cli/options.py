@@ -1,6 +1,14 @@
-"""Parameter types shared by the commands: ``--layers 0-3,7``, ``--modules k,v``, ``--top 8``."""
+"""The command line's parameters, each declared once.
+
+Parameter types (``--layers 0-3,7``, ``--modules k,v``, ``--top 8``), the path types of
+checkpoint and output arguments, the options several commands share (``--base``, ``--out``,
+``--force``, ``--quiet``, ``--format``, ``--top``, …) and the option groups ``loader_options``
+(how to read a checkpoint) and ``analysis_options`` (what to analyse and how).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -72,3 +80,166 @@ class TopCount(click.ParamType):
 LAYERS = LayerList()
 MODULES = ModuleList()
 TOP = TopCount()
+
+
+# --- path arguments -------------------------------------------------------------------------
+
+PATH = click.Path(path_type=Path)
+# checkpoints stay strings: pathlib would make hf://org/name into hf:/org/name
+SOURCE = click.Path(path_type=str)
+HUB_HELP = (
+    "Hub ids: a checkpoint or --base that is not a local path may name a Hugging Face Hub "
+    "model. org/name[@revision] is looked up in the local Hugging Face cache only "
+    "(HF_HUB_CACHE, HF_HOME) and never downloaded, so a mistyped folder is an error, not a "
+    "request. hf://org/name[@revision] downloads it (weights and configs only; needs "
+    "pip install 'spectra[hub]'), or reads only the cache when HF_HUB_OFFLINE=1."
+)
+
+
+# --- options used by several commands, each declared once -----------------------------------
+# A command whose help for an option says something of its own passes ``help``; flags, types
+# and defaults stay here.
+
+
+def base(help: str):
+    """``--base``: the base model folder or Hub id."""
+    return click.option("--base", type=SOURCE, help=help)
+
+
+def out(help: str, **attrs):
+    """``--out``: where a command writes (``required`` or a ``default`` per command)."""
+    return click.option("--out", type=PATH, help=help, **attrs)
+
+
+def force(help: str):
+    """``--force``: replace what an earlier run left at the target."""
+    return click.option("--force", is_flag=True, help=help)
+
+
+def quiet(help: str = "No progress bar or status lines."):
+    """``--quiet`` / ``-q``."""
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def as_json(help: str):
+    """``--json``: print JSON instead of tables (the parameter is ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def labels(help: str):
+    """``--label``, once per source (the parameter is ``labels``)."""
+    return click.option("--label", "labels", multiple=True, help=help)
+
+
+def modules(
+    help: str = "Roles to analyse, e.g. k,v or q,k,v,o,up,down,gate or all [default: k,v].",
+):
+    """``--modules k,v`` (or ``all``)."""
+    return click.option("--modules", type=MODULES, default=None, help=help)
+
+
+def per_head(
+    help: str = "Multi-head LoRA and MultiLoRA: one row per head instead of the whole ΔW.",
+):
+    """``--per-head``."""
+    return click.option("--per-head", is_flag=True, help=help)
+
+
+def lora_alpha(help: str = "MultiLoRA: α, which its checkpoints do not save (norms scale by α/r)."):
+    """``--lora-alpha``."""
+    return click.option("--lora-alpha", type=float, help=help)
+
+
+def figure_format():
+    """``--format png|pdf|svg`` (the parameter is ``figure_format``)."""
+    return click.option(
+        "--format",
+        "figure_format",
+        type=click.Choice(["png", "pdf", "svg"]),
+        default="png",
+        show_default=True,
+        help="Figure file format.",
+    )
+
+
+def top():
+    """``--top K|all``: the singular values per matrix in Figure 2."""
+    return click.option(
+        "--top",
+        type=TOP,
+        default=None,
+        help="Figure 2: the top K singular values of each matrix over σ₁, or all "
+        "[default: the largest adapter rank compared (DoRA, LoHa, LoKr: their r); all when "
+        "none is an adapter].",
+    )
+
+
+# --- option groups ----------------------------------------------------------------------------
+
+
+def _with_options(command, options):
+    """Apply click options so that they show in ``--help`` in the order listed."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def loader_options(command):
+    """Options that say how to read a checkpoint, shared by analyze, inspect, sweep."""
+    options = [
+        click.option(
+            "--adapter",
+            help="A PEFT adapter by name: saved in a sub-folder, or one of several in one file.",
+        ),
+        per_head(),
+        click.option(
+            "--directional-only",
+            is_flag=True,
+            help="DoRA without a base: analyse the directional part s·B@A alone.",
+        ),
+        lora_alpha(),
+    ]
+    return _with_options(command, options)
+
+
+def load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
+    """The values of ``loader_options`` as keyword arguments of ``spectra.load``."""
+    return {
+        "adapter": adapter,
+        "per_head": per_head,
+        "directional_only": directional_only,
+        "lora_alpha": lora_alpha,
+    }
+
+
+def analysis_options(command):
+    """What to analyse and how, shared by analyze, compare and sweep."""
+    options = [
+        modules(),
+        click.option(
+            "--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all]."
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where to take singular values; auto uses CUDA when present.",
+        ),
+        click.option(
+            "--exact",
+            is_flag=True,
+            help="Dense ΔW: float64 SVD instead of the faster Gram eigenvalues "
+            "(fast is accurate to about 1e-6 relative for σ ≥ 1e-5·σ_1).",
+        ),
+        click.option(
+            "--jobs",
+            "-j",
+            type=click.IntRange(min=1),
+            default=None,
+            help="CPU: modules decomposed side by side, each on cores/N threads; each holds "
+            "about 3 float64 copies of its ΔW (400 MB at 4096²). [default: 2, or 1 on one "
+            "core; a GPU batches modules instead]",
+        ),
+    ]
+    return _with_options(command, options)

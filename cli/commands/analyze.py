@@ -1,0 +1,87 @@
+"""``spectra analyze``: the metrics of each layer's ΔW in one checkpoint, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+import spectra
+from spectra.report import check_target
+
+from .. import options
+from ..output import metrics_table, warn, with_progress
+
+
+@click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
+@click.argument("ckpt", type=options.SOURCE)
+@options.base(
+    "Base model folder or Hub id: needed for full fine-tunes and DoRA; optional "
+    "otherwise (adds relative_norm)."
+)
+@options.analysis_options
+@options.out("Write the report folder here.")
+@options.force("Replace an existing report at --out.")
+@options.quiet()
+@options.as_json("Print rows and metadata as JSON.")
+@click.option(
+    "--skip-nonfinite",
+    is_flag=True,
+    help="Leave out modules whose weights hold NaN or Inf (named in the warnings) "
+    "instead of refusing the checkpoint.",
+)
+@options.loader_options
+def analyze(
+    ckpt,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    jobs,
+    out,
+    force,
+    quiet,
+    as_json,
+    skip_nonfinite,
+    **loader,
+):
+    """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
+    checkpoint, or a fine-tuned model folder (with --base).
+
+    CKPT and --base may also be Hub ids: org/name[@revision] from the local
+    Hugging Face cache, hf://org/name[@revision] to download (below)."""
+    if out is not None:
+        check_target(out, force)  # fail before the work, not after it
+    report = with_progress(
+        quiet,
+        spectra.analyze,
+        ckpt,
+        base=base,
+        modules=modules,
+        layers=layers,
+        device=device,
+        method="exact" if exact else "fast",
+        jobs=jobs,
+        skip_nonfinite=skip_nonfinite,
+        **options.load_options(**loader),
+    )
+    if as_json:
+        click.echo(json.dumps({"meta": report.meta, "rows": report.rows}, indent=2, default=str))
+    else:
+        source = report.meta["source"]
+        if not quiet:
+            click.echo(
+                f"{source['path']}: {source['variant']} ({source['format']}), "
+                f"{len(report)} modules, device {report.meta['device']}, "
+                f"method {report.meta['method']}"
+            )
+        click.echo(metrics_table(report))
+    warn(report.warnings)
+    if out is not None:
+        report.save(out, force=force)
+        if not quiet:
+            click.echo(
+                f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors)",
+                err=True,
+            )

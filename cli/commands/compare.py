@@ -1,0 +1,113 @@
+"""``spectra compare``: several checkpoints or saved reports side by side — a summary table,
+and summary.csv, the reports and the figures in one folder."""
+
+from __future__ import annotations
+
+import click
+
+import spectra
+from spectra.analysis.comparison import check_comparison_target
+from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+
+from .. import options
+from ..output import print_summary, warn, with_progress
+
+
+@click.command(
+    short_help="Compare methods: summary table, reports and figures.", epilog=options.HUB_HELP
+)
+@click.argument("sources", nargs=-1, required=True, type=options.SOURCE)
+@options.labels("One label per source, in order (e.g. FT, LoRA).")
+@options.base("Base model folder or Hub id, for the sources that use one.")
+@options.analysis_options
+@options.lora_alpha("α for MultiLoRA sources (their checkpoints save none).")
+@options.per_head("Multi-head sources: one row per head.")
+@click.option(
+    "--subspace",
+    is_flag=True,
+    help="Also compare singular vectors: subspace similarity of each pair of methods per "
+    "layer (heat-map), amplification and intruder dimensions (these need --base). Takes "
+    "a full SVD per dense module.",
+)
+@click.option(
+    "--subspace-rank",
+    type=click.IntRange(min=1),
+    default=SUBSPACE_RANK,
+    show_default=True,
+    help="Top-k singular vectors compared (and r of the amplification).",
+)
+@click.option(
+    "--intruder-top",
+    type=click.IntRange(min=1),
+    default=INTRUDER_TOP,
+    show_default=True,
+    help="Intruders are sought among this many top singular vectors of W0+ΔW.",
+)
+@click.option(
+    "--intruder-eps",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=INTRUDER_EPS,
+    show_default=True,
+    help="A vector is an intruder when its max |cos| with W0's singular vectors is below this.",
+)
+@options.out("Folder for summary.csv, reports and figures.", required=True)
+@options.force("Replace an earlier comparison at --out.")
+@options.top()
+@options.figure_format()
+@options.quiet("No progress bar.")
+def compare(
+    sources,
+    top,
+    labels,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    jobs,
+    lora_alpha,
+    per_head,
+    subspace,
+    subspace_rank,
+    intruder_top,
+    intruder_eps,
+    out,
+    force,
+    figure_format,
+    quiet,
+):
+    """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
+    summary per method and module (mean over layers), and write summary.csv, the
+    reports and the figures to --out: figure2 (each matrix's top K singular values over
+    σ₁, K the largest adapter rank: the paper's equal-rank view; --top), figure2_all_values,
+    spectrum, and effective rank and normalized entropy by layer, one panel per role.
+
+    With --subspace, also the subspace similarity between methods (subspace_similarity.csv
+    and its heat-map), and amplification and intruder dimensions per method
+    (subspace_modules.csv)."""
+    check_comparison_target(out, force)
+    comparison = with_progress(
+        quiet,
+        spectra.compare,
+        sources,
+        labels or None,
+        base=base,
+        modules=modules,
+        layers=layers,
+        device=device,
+        method="exact" if exact else "fast",
+        lora_alpha=lora_alpha,
+        per_head=per_head,
+        subspace=subspace,
+        subspace_rank=subspace_rank,
+        intruder_top=intruder_top,
+        intruder_eps=intruder_eps,
+        jobs=jobs,
+    )
+    print_summary(comparison)
+    if comparison.subspace is not None:
+        warn(comparison.subspace.warnings)
+    for label, report in zip(comparison.labels, comparison.reports, strict=True):
+        warn(f"{label}: {warning}" for warning in report.warnings)
+    comparison.save(out, force=force, figure_format=figure_format, top=top)
+    click.echo(f"summary, reports and figures written to {out}/", err=True)

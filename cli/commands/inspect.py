@@ -1,0 +1,87 @@
+"""``spectra inspect``: what a checkpoint holds (modules, shapes, ranks, scales), computing
+nothing."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+import spectra
+
+from .. import options
+from ..output import format_value, render, warn
+
+
+@click.command(
+    short_help="Show what a checkpoint holds, computing nothing.", epilog=options.HUB_HELP
+)
+@click.argument("ckpt", type=options.SOURCE)
+@options.base("Base model folder or Hub id, to check it matches.")
+@options.as_json("Print the description as JSON.")
+@options.loader_options
+def inspect(ckpt, base, as_json, **loader):
+    """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
+    where each scale came from, heads, the tensors not analysed and why, warnings)
+    without computing anything."""
+    checkpoint = spectra.load(ckpt, base=base, **options.load_options(**loader))
+    info = checkpoint.describe()
+    if base is not None:
+        checkpoint.plan(modules=sorted({m.role for m in info.modules}))
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        return
+    layers = sorted({m.layer for m in info.modules})
+    roles = list(dict.fromkeys(m.role for m in info.modules))
+    fields = {
+        "path": info.path,
+        "format": f"{info.format} ({info.variant})",
+        "base": info.base,
+        **info.details,
+        "modules": f"{len(info.modules)} ({', '.join(roles)}) in {len(layers)} layers",
+    }
+    width = max(len(key) for key in fields) + 2
+    for key, value in fields.items():
+        click.echo(f"{key + ':':<{width}}{format_value(value)}")
+    click.echo()
+    header = [
+        "layer",
+        "module",
+        "shape",
+        "dtype",
+        "kind",
+        "rank",
+        "heads",
+        "scale",
+        "scale from",
+        "name",
+    ]
+    rows = [
+        [
+            m.layer,
+            m.role,
+            f"{m.shape[0]}x{'?' if m.shape[1] is None else m.shape[1]}",
+            m.dtype,
+            m.kind,
+            m.rank,
+            m.heads,
+            m.scale,
+            m.scale_source or "-",
+            m.name,
+        ]
+        for m in info.modules
+    ]
+    click.echo(render(header, rows))
+    _print_not_analysed(info)
+    warn(info.warnings)
+
+
+def _print_not_analysed(info, shown: int = 3) -> None:
+    """The tensors no ΔW uses, grouped by reason, a few names each (--json lists all)."""
+    groups = info.not_analysed_by_reason()
+    if not groups:
+        return
+    click.echo(f"\nnot analysed ({len(info.not_analysed)} tensors):")
+    for reason, names in groups.items():
+        more = f" … (+{len(names) - shown} more, --json lists all)" if len(names) > shown else ""
+        click.echo(f"  {reason} [{len(names)}]: {', '.join(names[:shown])}{more}")

@@ -1,0 +1,50 @@
+"""``spectra plot``: redraw Figure 2 and the spectrum from saved reports, computing nothing."""
+
+from __future__ import annotations
+
+import click
+
+import spectra
+from spectra import plot as plot_module
+from spectra.errors import ReportExistsError
+from spectra.plot import NORMALIZATIONS
+from spectra.report import version_warning
+
+from .. import options
+from ..output import warn
+
+
+@click.command(short_help="Redraw the figures from saved reports.")
+@click.argument("reports", nargs=-1, required=True, type=options.PATH)
+@options.labels("One label per report, in order.")
+@options.out("Folder for the figures.", required=True)
+@options.modules("Roles to draw, one panel each [default: every role all reports share].")
+@options.top()
+@click.option(
+    "--normalize",
+    type=click.Choice(list(NORMALIZATIONS)),
+    default="sigma1",
+    show_default=True,
+    help="Histogram x axis: σ/σ₁, σ/‖ΔW‖_F or raw σ.",
+)
+@click.option("--log-x", is_flag=True, help="Histogram with log-spaced bins.")
+@click.option(
+    "--layer", help="Histogram of one layer (a number) or of each layer (grid) [default: pooled]."
+)
+@options.force("Overwrite figures already in --out.")
+@options.figure_format()
+def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, figure_format):
+    """Redraw the figures from saved REPORT folders, without recomputing anything:
+    figure2 (the equal-rank histograms, --top) and spectrum."""
+    loaded = [spectra.Report.load(path) for path in reports]
+    warn(filter(None, map(version_warning, loaded)))
+    names = list(labels) or [path.name for path in reports]
+    targets = [out / f"{name}.{figure_format}" for name in ("figure2", "spectrum")]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
+    figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer, top=top)
+    spectrum_figure, _ = plot_module.spectrum(loaded, names, modules)
+    plot_module.save_figure(figure, targets[0])
+    plot_module.save_figure(spectrum_figure, targets[1])
+    click.echo(f"figures written to {out}/: {', '.join(path.name for path in targets)}")

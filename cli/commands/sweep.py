@@ -1,0 +1,126 @@
+"""``spectra sweep``: every checkpoint of a training run, cached by content, as one table
+(sweep.csv) and a figure of metrics against step."""
+
+from __future__ import annotations
+
+import click
+
+import spectra
+from spectra.analysis.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
+
+from .. import options
+from ..output import ProgressBar, print_sweep, warn
+
+
+@click.command(
+    short_help="Analyse every checkpoint of a training run, cached by content.",
+    epilog=options.HUB_HELP,
+)
+@click.argument("run", type=options.PATH)
+@options.out("Folder for sweep.csv, sweep.json and the figure.", required=True)
+@click.option(
+    "--glob",
+    "pattern",
+    help="Which checkpoints, as a glob relative to RUN (e.g. 'seed*/step-*') "
+    "[default: the Trainer's checkpoint-<step>/ folders].",
+)
+@options.base(
+    "Base model folder or Hub id: needed for full fine-tunes and DoRA; optional otherwise."
+)
+@options.analysis_options
+@options.loader_options
+@click.option(
+    "--metrics",
+    "metric_names",
+    default=",".join(SWEEP_METRICS),
+    show_default=True,
+    help="Metrics to plot against step, comma-separated.",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=options.PATH,
+    help="Report cache folder [default: $SPECTRA_CACHE or ~/.cache/spectra].",
+)
+@click.option("--no-cache", is_flag=True, help="Analyse every checkpoint; store nothing.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local processes to analyse checkpoints in parallel.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each checkpoint as a Ray task (one GPU each where there are GPUs): --ray alone "
+    "starts or joins Ray as ray.init() does, --ray ADDRESS joins that cluster. Needs the ray "
+    "extra; checkpoint paths must be readable by the workers.",
+)
+@options.force("Replace an earlier sweep at --out.")
+@options.figure_format()
+@options.quiet()
+def sweep(
+    run,
+    out,
+    pattern,
+    base,
+    modules,
+    layers,
+    device,
+    exact,
+    jobs,
+    adapter,
+    per_head,
+    directional_only,
+    lora_alpha,
+    metric_names,
+    cache_dir,
+    no_cache,
+    workers,
+    ray_address,
+    force,
+    figure_format,
+    quiet,
+):
+    """Analyse every checkpoint of the training run in RUN (checkpoint-<step>/ folders, or
+    --glob), reuse cached results of unchanged checkpoints, and write one table
+    (sweep.csv: a row per step and module) and a figure of metrics against step."""
+    check_sweep_target(out, force)
+    metrics = [name.strip() for name in metric_names.split(",") if name.strip()]
+    unknown = [name for name in metrics if name not in spectra.METRICS]
+    if unknown:
+        raise click.BadParameter(f"unknown metric {unknown[0]!r}", param_hint="--metrics")
+    bar = ProgressBar(quiet, "sweeping", unit="checkpoints")
+    try:
+        result = run_sweep(
+            run,
+            base,
+            modules,
+            layers,
+            device,
+            "exact" if exact else "fast",
+            pattern=pattern,
+            cache=False if no_cache else (cache_dir or True),
+            workers=workers,
+            ray=ray_address,
+            jobs=jobs,
+            progress=bar,
+            **options.load_options(adapter, per_head, directional_only, lora_alpha),
+        )
+    finally:
+        bar.close()
+    if not quiet:
+        print_sweep(result)
+    warn(result.warnings)
+    result.save(out, force=force, figure_format=figure_format, metrics=metrics)
+    hits = sum(result.cached)
+    click.echo(
+        f"{len(result.reports)} checkpoints ({hits} from the cache): sweep.csv, sweep.json and "
+        f"sweep.{figure_format} written to {out}/",
+        err=True,
+    )

@@ -1,0 +1,178 @@
+"""What the command line prints: plain-text tables, the progress bar, warnings.
+
+Tables are right-aligned numbers under a rule; ``metrics_table``, ``print_summary`` and
+``print_sweep`` lay out a report, a comparison and a sweep. The progress bar and warnings go
+to stderr, so stdout stays the table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import click
+
+import spectra
+from spectra.analysis.comparison import SUMMARY_METRICS
+from spectra.report import noise_warning
+
+TABLE_COLUMNS = (
+    ("layer", "layer"),
+    ("module", "module"),
+    ("shape", "shape"),
+    ("numerical_rank", "rank"),
+    ("entropy", "entropy"),
+    ("effective_rank", "eff. rank"),
+    ("stable_rank", "stable rank"),
+    ("energy_rank@0.9", "energy rank@0.9"),
+)
+SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
+
+
+def format_value(value: object, digits: int = 4) -> str:
+    """Numbers to short text: integers as they are, floats to ``digits`` significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A table with one column per header entry; text left-aligned, numbers right-aligned."""
+    cells = [[format_value(value) for value in row] for row in rows]
+    widths = [max([len(title)] + [len(row[i]) for row in cells]) for i, title in enumerate(header)]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(header))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            value.rjust(width) if is_number else value.ljust(width)
+            for value, width, is_number in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(list(header)), "  ".join("-" * width for width in widths)]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+class ProgressBar:
+    """A progress bar over modules on stderr, shown only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool, label: str = "analysing", unit: str = "modules"):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.label = label
+        self.unit = unit
+        self._bar = None
+        self._start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, key: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True
+            )
+            self._bar.__enter__()
+        rate = done / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.label = f"{self.label} {key} ({rate:.1f} {self.unit}/s)"
+        self._bar.update(done - self._bar.pos)  # heads of one module share a step
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def with_progress(quiet: bool, call, *args, **kwargs):
+    """Run ``spectra.analyze`` or ``spectra.compare`` with a progress bar over modules."""
+    bar = ProgressBar(quiet, "analysing")
+    try:
+        return call(*args, progress=bar, **kwargs)
+    finally:
+        bar.close()
+
+
+def warn(messages) -> None:
+    """Each message as a yellow ``warning:`` line on stderr."""
+    for message in messages:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def metrics_table(report: spectra.Report) -> str:
+    """The analyze table; rows at the rounding-noise floor are marked in a last column."""
+    noisy = [noise_warning(row) is not None for row in report.rows]
+    rows = []
+    for row, noise in zip(report.rows, noisy, strict=True):
+        values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
+        if row.get("head") is not None:
+            values["module"] = f"{row['module']}.h{row['head']}"
+        rows.append(
+            [values[key] for key, _ in TABLE_COLUMNS]
+            + (["noise" if noise else ""] if any(noisy) else [])
+        )
+    header = [title for _, title in TABLE_COLUMNS] + (["floor"] if any(noisy) else [])
+    table = render(header, rows)
+    if any(noisy):
+        table += (
+            f"\nnoise: {sum(noisy)} of {len(noisy)} modules are not clearly above their rounding "
+            "floor; their entropy and effective rank measure rounding, not the update"
+        )
+    return table
+
+
+def print_summary(comparison) -> None:
+    """The compare (and demo) table: means over layers per method and module, then the
+    subspace similarity of each pair of methods when the comparison has one."""
+    extra = [c for c in ("amplification", "intruder_dimensions") if c in comparison.columns]
+    summary = comparison.summary()
+    noisy = any(row["noise_rows"] for row in summary)
+    rows = [
+        [row["method"], row["module"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
+        + ([f"{row['noise_rows']} of {row['rows']}" if row["noise_rows"] else ""] if noisy else [])
+        for row in summary
+    ]
+    titles = [*SUMMARY_TITLES, *(("amplification", "intruders") if extra else ())]
+    click.echo(render(["method", "module", *titles, *(["at noise floor"] if noisy else [])], rows))
+    if noisy:
+        click.echo(
+            "at noise floor: modules not clearly above their rounding floor; their means of "
+            "entropy and effective rank measure rounding, not the update"
+        )
+    if comparison.subspace is not None and comparison.subspace.pairs:
+        pairs: dict[tuple[str, str, str], list[float]] = {}
+        for row in comparison.subspace.pairs:
+            key = (row["method_a"], row["method_b"], row["module"])
+            pairs.setdefault(key, []).append(row["similarity"])
+        click.echo(
+            f"\nsubspace similarity of the top-{comparison.subspace.rank} left singular "
+            "vectors, mean over layers:"
+        )
+        click.echo(
+            render(
+                ["method a", "method b", "module", "similarity"],
+                [[a, b, m, sum(v) / len(v)] for (a, b, m), v in pairs.items()],
+            )
+        )
+
+
+def print_sweep(result) -> None:
+    """The sweep table: one line per checkpoint, means over modules."""
+    columns = ("normalized_entropy", "effective_rank", "stable_rank")
+    rows = []
+    for checkpoint, report, hit in zip(
+        result.checkpoints, result.reports, result.cached, strict=True
+    ):
+        means = [sum(float(r[c]) for r in report.rows) / len(report.rows) for c in columns]
+        rows.append([checkpoint.step, checkpoint.path.name, "yes" if hit else "", *means])
+    click.echo("mean over modules:")
+    click.echo(
+        render(["step", "checkpoint", "cached", "norm. entropy", "eff. rank", "stable rank"], rows)
+    )
