@@ -13,7 +13,7 @@ import click
 
 import spectra
 from spectra.errors import SpectraError
-from spectra.memory import release_large_blocks
+from spectra.io.memory import release_large_blocks
 
 from .commands import COMMANDS
 
@@ -47,7 +47,7 @@ def cli() -> None:
     or a MultiLoRA checkpoint, takes its singular values, and measures how
     balanced they are (entropy, effective rank, stable rank, energy rank, …).
     """
-    release_large_blocks()  # peak memory that does not grow with the model (spectra.memory)
+    release_large_blocks()  # peak memory that does not grow with the model (spectra.io.memory)
 
 
 for _command in COMMANDS:

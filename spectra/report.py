@@ -46,8 +46,8 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
-from .atomic import check_replaceable, replace_folder
 from .errors import FormatError, SpectraError
+from .io.atomic import check_replaceable, replace_folder
 from .metrics import METRICS
 
 __all__ = [

@@ -38,7 +38,7 @@ import torch
 
 from .delta import Dense, Factored, LayerDelta
 from .errors import DeviceError, NonFiniteError, SpectraError
-from .pipeline import ordered_map, read_ahead
+from .io.workers import ordered_map, read_ahead
 
 __all__ = [
     "METHODS",

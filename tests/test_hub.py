@@ -254,7 +254,7 @@ def test_sweep_resolves_its_base_once(downloads, lora_adapter, tmp_path):
 
 
 def test_bare_ids_are_looked_up_once_each(hub_cache, no_hub_calls, monkeypatch):
-    from spectra import hub
+    from spectra.io import hub
 
     looked_up: list[str] = []
     real = hub._cached

@@ -1,4 +1,4 @@
-"""spectra.memory: freed blocks of a few MB go back to the OS, whatever was freed before."""
+"""spectra.io.memory: freed blocks of a few MB go back to the OS, whatever was freed before."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from spectra.memory import release_large_blocks
+from spectra.io.memory import release_large_blocks
 
 SCRIPT = """
 import sys
 import numpy as np
-from spectra.memory import release_large_blocks
+from spectra.io.memory import release_large_blocks
 
 def resident_mb():
     with open("/proc/self/statm") as statm:

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 import spectra
-from spectra.atomic import check_replaceable
 from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
+from spectra.io.atomic import check_replaceable
 
 from .. import options
 from ..output import print_summary, with_progress

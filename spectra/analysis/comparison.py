@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import check_replaceable, replace_folder
 from ..errors import SpectraError
-from ..hub import locate
+from ..io.atomic import check_replaceable, replace_folder
+from ..io.hub import locate
 from ..loaders import options_for
 from ..report import (
     Progress,

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError
-from ..hub import locate
+from ..io.hub import locate
 from ..loaders import load
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_warning, spectrum_key

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpectraError
-from ..hub import locate
+from ..io.hub import locate
 from ..loaders import Checkpoint, load, options_for
 from ..report import Progress, Report, csv_text, is_report
 from ..subspace import (

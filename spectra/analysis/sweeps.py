@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import check_replaceable, replace_folder
 from ..errors import SpectraError
-from ..hub import locate
+from ..io.atomic import check_replaceable, replace_folder
+from ..io.hub import locate
 from ..loaders import Checkpoint, load, options_for
 from ..report import Progress, Report, csv_text
 from .cache import ReportCache, analysis_key
@@ -203,7 +203,7 @@ def _worker_setup(threads: int) -> None:
     """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
     import torch
 
-    from ..memory import release_large_blocks
+    from ..io.memory import release_large_blocks
 
     torch.set_num_threads(threads)
     release_large_blocks()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_safetensors
+from ..io.atomic import write_safetensors
 
 __all__ = ["DEMO_LORA_ALPHA", "DEMO_SHAPE", "write_demo_checkpoints"]
 

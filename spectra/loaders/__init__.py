@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError
-from ..hub import resolve
+from ..io.hub import resolve
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
 from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file, write_multilora
@@ -84,7 +84,7 @@ def options_for(path: str | Path, options: dict[str, object]) -> dict[str, objec
 def detect_format(path: str | Path) -> str:
     """``"peft"``, ``"multilora"`` or ``"full"`` for a path or Hub id; ``FormatError`` if none.
 
-    A Hub id is resolved here each call (``spectra.hub.locate``): callers that
+    A Hub id is resolved here each call (``spectra.io.hub.locate``): callers that
     also load pass the ``Source`` or the local path, as ``load`` does.
     """
     path = resolve(path, "CKPT")
@@ -119,10 +119,10 @@ def load(
 ) -> Checkpoint:
     """Open a checkpoint lazily; nothing but headers and configs is read here.
 
-    ``path`` and ``base`` are local paths, Hub ids or ``spectra.hub.Source`` objects:
+    ``path`` and ``base`` are local paths, Hub ids or ``spectra.io.hub.Source`` objects:
     ``hf://org/name[@revision]`` downloads (with ``huggingface_hub``), a bare
     ``org/name[@revision]`` that is no path is looked up in the local Hugging
-    Face cache only (see ``spectra.hub``); each is resolved once, here.
+    Face cache only (see ``spectra.io.hub``); each is resolved once, here.
     ``base`` is the model the checkpoint was tuned from: required to analyse a
     full fine-tune or a DoRA adapter, optional otherwise (it adds
     ``relative_norm``). ``format`` is ``"auto"`` (detect) or one of

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import check_replaceable, replace_folder, write_safetensors
 from ..delta import Factored
 from ..errors import FormatError
+from ..io.atomic import check_replaceable, replace_folder, write_safetensors
 from .adapter import AdapterCheckpoint, Rows
 from .names import ModuleRef, canonical_name, map_with_reasons
 from .tensors import TensorStore, open_store

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ...errors import FormatError, MissingBaseError
-from ...hub import resolve_cached
+from ...io.hub import resolve_cached
 from ..adapter import AdapterCheckpoint, Rows
 from ..base import Selection, summarise_not_analysed
 from ..full import find_model_file

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ReportExistsError
+from ..errors import ReportExistsError
 
 __all__ = ["check_replaceable", "replace_folder", "write_safetensors"]
 

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = [
     "Source",
