@@ -16,6 +16,7 @@ __version__ = "0.2.0.dev0"
 
 from . import metrics
 from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
+from .analysis.sources import load
 from .delta import Dense, Factored, LayerDelta
 from .errors import (
     BaseMismatchError,
@@ -27,7 +28,7 @@ from .errors import (
     SelectionError,
     SpectraError,
 )
-from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, load
+from .loaders import Checkpoint, CheckpointInfo, ModuleInfo
 from .metrics import METRICS
 from .report import Report
 from .svd import singular_values

@@ -84,7 +84,7 @@ def test_without_huggingface_hub_the_cache_is_read_directly(hub_cache, lora_adap
 
 
 def test_base_model_name_from_an_adapter_config_resolves_through_the_cache(hub_cache):
-    from spectra.loaders.peft import resolve_base
+    from spectra.analysis.sources import cached_base as resolve_base
 
     found = resolve_base("sentence-transformers/all-MiniLM-L6-v2")
     assert found is not None and (found / "model.safetensors").is_file()

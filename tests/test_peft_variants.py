@@ -306,7 +306,7 @@ def test_base_found_in_a_local_hugging_face_cache(tmp_path, minilm_dir, lora_ada
     (tmp_path / "hub" / "models--acme--minilm" / "refs").mkdir()
     (tmp_path / "hub" / "models--acme--minilm" / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    from spectra.loaders.peft import resolve_base
+    from spectra.analysis.sources import cached_base as resolve_base
 
     assert resolve_base("acme/minilm") == snapshot
     assert resolve_base("acme/other") is None

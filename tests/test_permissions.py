@@ -81,8 +81,8 @@ def test_demo_folder(umask, tmp_path):
 
 
 def test_converted_multilora_folder(umask, tmp_path):
+    from spectra.analysis.convert import write_multilora
     from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
-    from spectra.loaders import write_multilora
 
     paths = write_demo_checkpoints(tmp_path / "checkpoints")
     check_tree(tmp_path / "checkpoints", umask)  # the demo's models and adapter, as written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import spectra
-from spectra.loaders import write_multilora
+from spectra.analysis.convert import write_multilora
 
 from .. import options
 from ..output import warn

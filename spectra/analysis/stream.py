@@ -23,7 +23,6 @@ from .. import __version__
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError
 from ..io.hub import locate
-from ..loaders import load
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_warning, spectrum_key
 from ..svd import (
@@ -33,6 +32,7 @@ from ..svd import (
     resolve_device,
     singular_values_stream,
 )
+from .sources import load
 
 __all__ = ["analyze", "rank_tolerance_of", "rounding_floor_of"]
 

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import SpectraError
 from ..io.hub import locate
-from ..loaders import Checkpoint, load, options_for
+from ..loaders import Checkpoint, options_for
 from ..report import Progress, Report, csv_text, is_report
 from ..subspace import (
     INTRUDER_EPS,
@@ -39,6 +39,7 @@ from ..subspace import (
     subspace_similarity,
 )
 from ..svd import resolve_device
+from .sources import load
 from .stream import rounding_floor_of
 
 __all__ = ["SubspaceResult", "measure_subspaces"]

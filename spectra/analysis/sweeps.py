@@ -27,9 +27,10 @@ from pathlib import Path
 from ..errors import SpectraError
 from ..io.atomic import check_replaceable, replace_folder
 from ..io.hub import locate
-from ..loaders import Checkpoint, load, options_for
+from ..loaders import Checkpoint, options_for
 from ..report import Progress, Report, csv_text
 from .cache import ReportCache, analysis_key
+from .sources import load
 from .stream import analyze
 
 __all__ = [

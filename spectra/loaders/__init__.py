@@ -24,15 +24,22 @@ not save).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import FormatError
-from ..io.hub import resolve
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
-from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file, write_multilora
+from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file
 from .names import ROLES
-from .peft import ADAPTER_CONFIG, PEFT_TYPES, PeftCheckpoint, read_adapter_config, sub_adapters
+from .peft import (
+    ADAPTER_CONFIG,
+    PEFT_TYPES,
+    BaseLookup,
+    PeftCheckpoint,
+    read_adapter_config,
+    sub_adapters,
+)
 from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, open_store
 
 __all__ = [
@@ -49,7 +56,6 @@ __all__ = [
     "load",
     "option_names",
     "options_for",
-    "write_multilora",
 ]
 
 FORMATS = ("auto", "full", "peft", "multilora")
@@ -82,12 +88,8 @@ def options_for(path: str | Path, options: dict[str, object]) -> dict[str, objec
 
 
 def detect_format(path: str | Path) -> str:
-    """``"peft"``, ``"multilora"`` or ``"full"`` for a path or Hub id; ``FormatError`` if none.
-
-    A Hub id is resolved here each call (``spectra.io.hub.locate``): callers that
-    also load pass the ``Source`` or the local path, as ``load`` does.
-    """
-    path = resolve(path, "CKPT")
+    """``"peft"``, ``"multilora"`` or ``"full"`` for a local path; ``FormatError`` if none."""
+    path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder (expected a checkpoint folder or file)")
     if path.is_dir():
@@ -112,25 +114,28 @@ def detect_format(path: str | Path) -> str:
 
 
 def load(
-    path: str | Path,
-    base: str | Path | None = None,
+    path: str | os.PathLike,
+    base: str | os.PathLike | None = None,
     format: str = "auto",
+    *,
+    base_lookup: BaseLookup | None = None,
     **options: object,
 ) -> Checkpoint:
-    """Open a checkpoint lazily; nothing but headers and configs is read here.
+    """Open a checkpoint at a local path lazily; nothing but headers and configs is read here.
 
-    ``path`` and ``base`` are local paths, Hub ids or ``spectra.io.hub.Source`` objects:
-    ``hf://org/name[@revision]`` downloads (with ``huggingface_hub``), a bare
-    ``org/name[@revision]`` that is no path is looked up in the local Hugging
-    Face cache only (see ``spectra.io.hub``); each is resolved once, here.
+    ``path`` and ``base`` are local paths (or ``spectra.io.hub.Source``
+    objects): names and Hub ids are resolved before the loaders, by
+    ``spectra.load``. ``base_lookup`` turns a PEFT config's
+    ``base_model_name_or_path`` into a local model folder when a base is
+    needed and not given (``spectra.load`` looks in the local Hub cache).
     ``base`` is the model the checkpoint was tuned from: required to analyse a
     full fine-tune or a DoRA adapter, optional otherwise (it adds
     ``relative_norm``). ``format`` is ``"auto"`` (detect) or one of
     ``"full"``, ``"peft"``, ``"multilora"``. ``options`` are listed in the
     module docstring.
     """
-    path = resolve(path, "CKPT")
-    base_path = resolve(base, "--base") if base is not None else None
+    path = Path(path)
+    base_path = Path(base) if base is not None else None
     if format not in FORMATS:
         raise FormatError(
             f"unknown format {format!r}: expected one of {', '.join(FORMATS)} (--format)"
@@ -148,7 +153,7 @@ def load(
             f"{detected} checkpoint"
         )
     if detected == "peft":
-        return PeftCheckpoint(path, base_path, **given)
+        return PeftCheckpoint(path, base_path, base_lookup=base_lookup, **given)
     if detected == "multilora":
         return MultiLoraCheckpoint(path, base_path, **given)
     return FullCheckpoint(path, base_path)

@@ -13,7 +13,7 @@ Two layouts are read:
   and ``{module}.lora_scaling`` ``(n, d_out)``; the frozen base weights may sit
   alongside and are ignored. No config is saved: r and n come from the
   shapes and α from the user (``lora_alpha=`` / ``--lora-alpha``);
-- spectra's own layout (written by ``write_multilora`` / ``spectra convert``):
+- spectra's own layout (``spectra convert``, ``analysis.convert.write_multilora``):
   a folder with ``adapter_config.json`` (``peft_type: "SPECTRA_MULTILORA"``,
   ``r``, ``lora_alpha``, ``num_heads``, ``format_version``) and
   ``adapter_model.safetensors`` holding the same stacked keys.
@@ -21,7 +21,6 @@ Two layouts are read:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,11 @@ import torch
 
 from ..delta import Factored
 from ..errors import FormatError
-from ..io.atomic import check_replaceable, replace_folder, write_safetensors
 from .adapter import AdapterCheckpoint, Rows
 from .names import ModuleRef, canonical_name, map_with_reasons
 from .tensors import TensorStore, open_store
 
-__all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file", "write_multilora"]
+__all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file"]
 
 MULTILORA_TYPE = "SPECTRA_MULTILORA"
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|scaling)(?:\.weight)?$")
@@ -218,39 +216,3 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             "lora_alpha": self.alpha,
             "other_tensors_ignored": len(self.store.names()) - 3 * len(self.stacked),
         }
-
-
-def write_multilora(
-    checkpoint: MultiLoraCheckpoint, destination: str | Path, force: bool = False
-) -> Path:
-    """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically)."""
-    out = Path(destination)
-    check_replaceable(out, force, "adapter_config.json", "MultiLoRA folder", flag="DST")
-    ranks = {s.rank for s in checkpoint.stacked.values()}
-    heads = {s.heads for s in checkpoint.stacked.values()}
-    if len(ranks) != 1 or len(heads) != 1:
-        raise FormatError(
-            f"{checkpoint.store.path}: modules differ in r {sorted(ranks)} or n {sorted(heads)}; "
-            "spectra's MultiLoRA layout holds one r and one n"
-        )
-    tensors = {}
-    for stacked in checkpoint.stacked.values():
-        for part, name in (
-            ("lora_A", stacked.a),
-            ("lora_B", stacked.b),
-            ("lora_scaling", stacked.scaling),
-        ):
-            tensors[f"{stacked.module}.{part}"] = checkpoint.store.load(name).contiguous()
-    config = {
-        "peft_type": MULTILORA_TYPE,
-        "format_version": 1,
-        "r": ranks.pop(),
-        "num_heads": heads.pop(),
-        "lora_alpha": checkpoint.alpha,
-        "source": str(checkpoint.path),
-        "formula": "ΔW = (lora_alpha / r) · Σ_i diag(lora_scaling[i]) · lora_B[i] @ lora_A[i]",
-    }
-    with replace_folder(out) as staging:
-        write_safetensors(staging / "adapter_model.safetensors", tensors, {"format": "pt"})
-        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out

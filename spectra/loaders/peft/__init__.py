@@ -26,10 +26,10 @@ from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     PEFT_TYPES,
+    BaseLookup,
     PeftCheckpoint,
     adapter_folder,
     read_adapter_config,
-    resolve_base,
     sub_adapters,
 )
 
@@ -37,9 +37,9 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FILES",
     "PEFT_TYPES",
+    "BaseLookup",
     "PeftCheckpoint",
     "adapter_folder",
     "read_adapter_config",
-    "resolve_base",
     "sub_adapters",
 ]

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ...errors import FormatError, MissingBaseError
-from ...io.hub import resolve_cached
 from ..adapter import AdapterCheckpoint, Rows
 from ..base import Selection, summarise_not_analysed
-from ..full import find_model_file
 from ..names import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
 from ..tensors import TensorStore, open_store
 from .adalora import AdaLora
@@ -43,15 +42,19 @@ from .lycoris import LoHa, LoKr
 from .variant import Adapted, Variant
 from .vera import Vera
 
+# base_model_name_or_path → a local model folder, or None. Given by the caller
+# (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
+BaseLookup = Callable[[str], Path | None]
+
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FILES",
     "PEFT_TYPES",
     "VARIANTS",
+    "BaseLookup",
     "PeftCheckpoint",
     "adapter_folder",
     "read_adapter_config",
-    "resolve_base",
     "sub_adapters",
 ]
 
@@ -118,22 +121,6 @@ def adapter_folder(path: Path, adapter: str | None) -> Path:
     )
 
 
-def resolve_base(name: object) -> Path | None:
-    """A local folder for ``base_model_name_or_path``: the path itself, or its cached snapshot.
-
-    Only the local Hub cache is read (``hub.resolve_cached``): an analysis never
-    downloads a base model it was not asked for.
-    """
-    if not isinstance(name, str) or not name:
-        return None
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        path = resolve_cached(name)
-    if path is not None and path.is_dir() and find_model_file(path) is not None:
-        return path
-    return None
-
-
 def _pattern_value(patterns: object, module: str) -> tuple[str, object] | None:
     for key, value in (patterns or {}).items() if isinstance(patterns, dict) else ():
         if re.match(rf"(.*\.)?({key})$", module):
@@ -178,8 +165,10 @@ class PeftCheckpoint(AdapterCheckpoint):
         adapter: str | None = None,
         per_head: bool = False,
         directional_only: bool = False,
+        base_lookup: BaseLookup | None = None,
     ):
         folder = adapter_folder(path, adapter)
+        self.base_lookup = base_lookup  # base_model_name_or_path → a local model folder, or None
         super().__init__(folder, base)
         self.adapter_name = adapter
         self.from_sub_folder = folder != path
@@ -290,7 +279,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         if not (self.rebuild.needs_base(self) or heads_needed or depth_needed):
             return None
         name = self.config.get("base_model_name_or_path")
-        found = resolve_base(name)
+        found = self.base_lookup(name) if self.base_lookup is not None and name else None
         if found is not None:
             self._notes.append(f"base model found from base_model_name_or_path {name!r}: {found}")
         return found

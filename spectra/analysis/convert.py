@@ -1,0 +1,55 @@
+"""``spectra convert``: write a MultiLoRA checkpoint in spectra's documented folder layout.
+
+The reference implementation saves a bare ``torch.save`` state dict with no
+config (FORMATS.md §3); this writes ``adapter_config.json`` (``peft_type``
+``SPECTRA_MULTILORA``, ``r``, ``num_heads``, ``lora_alpha``, the formula) and
+``adapter_model.safetensors`` with the stacked tensors, so that other
+MultiLoRA code can convert once. Writing lives here, outside the loaders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FormatError
+from ..io.atomic import check_replaceable, replace_folder, write_safetensors
+from ..loaders.multilora import MULTILORA_TYPE, MultiLoraCheckpoint
+
+__all__ = ["write_multilora"]
+
+
+def write_multilora(
+    checkpoint: MultiLoraCheckpoint, destination: str | Path, force: bool = False
+) -> Path:
+    """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically)."""
+    out = Path(destination)
+    check_replaceable(out, force, "adapter_config.json", "MultiLoRA folder", flag="DST")
+    ranks = {s.rank for s in checkpoint.stacked.values()}
+    heads = {s.heads for s in checkpoint.stacked.values()}
+    if len(ranks) != 1 or len(heads) != 1:
+        raise FormatError(
+            f"{checkpoint.store.path}: modules differ in r {sorted(ranks)} or n {sorted(heads)}; "
+            "spectra's MultiLoRA layout holds one r and one n"
+        )
+    tensors = {}
+    for stacked in checkpoint.stacked.values():
+        for part, name in (
+            ("lora_A", stacked.a),
+            ("lora_B", stacked.b),
+            ("lora_scaling", stacked.scaling),
+        ):
+            tensors[f"{stacked.module}.{part}"] = checkpoint.store.load(name).contiguous()
+    config = {
+        "peft_type": MULTILORA_TYPE,
+        "format_version": 1,
+        "r": ranks.pop(),
+        "num_heads": heads.pop(),
+        "lora_alpha": checkpoint.alpha,
+        "source": str(checkpoint.path),
+        "formula": "ΔW = (lora_alpha / r) · Σ_i diag(lora_scaling[i]) · lora_B[i] @ lora_A[i]",
+    }
+    with replace_folder(out) as staging:
+        write_safetensors(staging / "adapter_model.safetensors", tensors, {"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

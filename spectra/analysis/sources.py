@@ -1,0 +1,55 @@
+"""Checkpoints by name: paths and Hub ids are resolved here, then opened by the loaders.
+
+The loaders see local paths only. ``load`` resolves a checkpoint and its base
+(``io.hub.locate``: an existing path, an ``org/name`` in the local Hugging
+Face cache, or an ``hf://`` id to download) and gives the loaders
+``cached_base`` to find a PEFT adapter's ``base_model_name_or_path`` when a
+base is needed and not given: a local model folder or a cached snapshot,
+never a download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..io.hub import locate, resolve_cached
+from ..loaders import Checkpoint, find_model_file
+from ..loaders import load as load_local
+
+__all__ = ["cached_base", "load"]
+
+
+def cached_base(name: object) -> Path | None:
+    """A local model folder for ``base_model_name_or_path``: the path, or its cached snapshot."""
+    if not isinstance(name, str) or not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        path = resolve_cached(name)
+    if path is not None and path.is_dir() and find_model_file(path) is not None:
+        return path
+    return None
+
+
+def load(
+    path: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    format: str = "auto",
+    **options: object,
+) -> Checkpoint:
+    """Open a checkpoint lazily; nothing but headers and configs is read here.
+
+    ``path`` and ``base`` are local paths, Hub ids or ``spectra.io.hub.Source``
+    objects: ``hf://org/name[@revision]`` downloads (with ``huggingface_hub``),
+    a bare ``org/name[@revision]`` that is no path is looked up in the local
+    Hugging Face cache only; each is resolved once, here. ``base`` is the
+    model the checkpoint was tuned from: required to analyse a full fine-tune
+    or a DoRA adapter, optional otherwise (it adds ``relative_norm``).
+    ``format`` is ``"auto"`` or one of ``"full"``, ``"peft"``, ``"multilora"``;
+    ``options`` are those of ``spectra.loaders`` (``adapter``, ``per_head``,
+    ``directional_only``, ``lora_alpha``).
+    """
+    source = locate(path, "CKPT")
+    base_source = locate(base, "--base") if base is not None else None
+    return load_local(source, base_source, format, base_lookup=cached_base, **options)
