@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from spectra_cli.main import cli
 
 import spectra
+from spectra.analysis import measure_subspaces
 from spectra.delta import Dense, Factored
 from spectra.errors import SpectraError
 from spectra.subspace import (
@@ -193,16 +194,48 @@ def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_
     assert (out / "subspace_similarity.svg").stat().st_size > 5_000
     assert "amplification" in (out / "summary.csv").read_text().splitlines()[0]
 
-    # a saved report is re-opened from the checkpoint it names
-    again = spectra.compare(
-        [out / "reports" / "FT", lora_adapter.path],
+    # a saved report keeps no vectors, and is never re-opened behind the user's back
+    with pytest.raises(SpectraError, match="pass the checkpoint itself"):
+        spectra.compare(
+            [out / "reports" / "FT", lora_adapter.path],
+            ["FT", "LoRA"],
+            base=minilm_dir,
+            subspace=True,
+        )
+    # the standalone pass gives the same numbers as the one inside compare
+    again = measure_subspaces(
+        [ft_single.path, lora_adapter.path],
+        ["FT", "LoRA"],
+        ["k", "v"],
+        layers=[0, 3],
+        base=minilm_dir,
+        rank=4,
+    )
+    assert again.pairs == result.pairs and again.modules == result.modules
+
+
+def test_compare_with_subspaces_reads_each_checkpoint_once(
+    ft_single, lora_adapter, minilm_dir, monkeypatch
+):
+    from spectra.loaders.base import Checkpoint
+
+    reads: list[str] = []
+    real = Checkpoint.deltas_for
+
+    def counted(self, selection):
+        reads.append(str(self.path))
+        return real(self, selection)
+
+    monkeypatch.setattr(Checkpoint, "deltas_for", counted)
+    comparison = spectra.compare(
+        [ft_single.path, lora_adapter.path],
         ["FT", "LoRA"],
         base=minilm_dir,
-        layers=[0, 3],
+        layers=[1],
         subspace=True,
-        subspace_rank=4,
     )
-    assert again.subspace.pairs == result.pairs
+    assert sorted(reads) == sorted([str(ft_single.path), str(lora_adapter.path)])
+    assert len(comparison.subspace.pairs) == 2  # k and v of layer 1
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,13 @@ from ..report import (
 )
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .stream import analyze
-from .subspaces import SubspaceResult, measure_subspaces
+from .subspaces import (
+    SubspaceCollector,
+    SubspaceResult,
+    check_subspace_options,
+    combine,
+    refuse_reports,
+)
 
 __all__ = ["SUMMARY_METRICS", "Comparison", "check_comparison_target", "compare", "write_figures"]
 
@@ -207,11 +213,23 @@ def compare(
         )
     if len(set(labels)) != len(labels):
         raise SpectraError(f"labels must differ; got {labels}")
+    if subspace:  # refused before any work
+        check_subspace_options(subspace_rank, intruder_top, intruder_eps, options)
+        refuse_reports(sources)
     # each Hub id resolved once, here: analyze and the subspace pass get the local Source
     base = locate(base, "--base") if base is not None else None
+    memo: dict = {}  # W0's singular vectors, shared by the sources that share a base
+    collectors = (
+        [
+            SubspaceCollector(label, subspace_rank, intruder_top, intruder_eps, device, memo)
+            for label in labels
+        ]
+        if subspace
+        else []
+    )
     sources = [source if is_report(source) else locate(source, "CKPT") for source in sources]
     reports = []
-    for source in sources:
+    for index, source in enumerate(sources):
         if is_report(source):
             saved = Report.load(source)
             outdated = version_warning(saved)
@@ -230,28 +248,8 @@ def compare(
                 method,
                 jobs=jobs,
                 progress=progress,
+                each=collectors[index] if subspace else None,  # vectors in the same read
                 **given,
             )
         )
-    measured = None
-    if subspace:
-        measured = measure_subspaces(
-            sources,
-            labels,
-            _shared_roles(reports),
-            layers,
-            base,
-            device,
-            rank=subspace_rank,
-            intruder_top=intruder_top,
-            intruder_eps=intruder_eps,
-            progress=progress,
-            **options,
-        )
-    return Comparison(labels, reports, measured)
-
-
-def _shared_roles(reports: Sequence[Report]) -> list[str]:
-    """The roles every report has, in the first report's order."""
-    roles = dict.fromkeys(str(row["module"]) for row in reports[0].rows)
-    return [m for m in roles if all(any(r["module"] == m for r in rep.rows) for rep in reports)]
+    return Comparison(labels, reports, combine(collectors) if subspace else None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from .. import __version__
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError
 from ..io.hub import locate
+from ..loaders import Checkpoint
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_warning, spectrum_key
 from ..svd import (
@@ -51,6 +52,7 @@ def analyze(
     batch_size: int | None = None,
     jobs: int | None = None,
     skip_nonfinite: bool = False,
+    each: Callable[[Checkpoint, LayerDelta, torch.Tensor], None] | None = None,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -76,9 +78,10 @@ def analyze(
     raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
     named in the warnings and in ``meta["skipped"]``. Every tensor of the
     checkpoint that no analysed ΔW uses is in ``meta["not_analysed"]`` as
-    ``[tensor, reason]``. ``options``
-    go to ``spectra.load`` (``adapter``, ``per_head``, ``directional_only``,
-    ``lora_alpha``).
+    ``[tensor, reason]``. ``each(checkpoint, delta, σ)``, if given, is called
+    for every module while its ΔW is in memory (``compare`` takes the subspace
+    metrics this way, in the same read). ``options`` go to ``spectra.load``
+    (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
     """
     source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
     base_source = locate(base, "--base") if base is not None else None
@@ -115,6 +118,8 @@ def analyze(
         done.add((delta.layer, delta.role))
         if progress is not None:
             progress(len(done) + len(skipped), total, key)
+        if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
+            each(checkpoint, delta, sigma)
         del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
     if skipped:
         warnings.append(
