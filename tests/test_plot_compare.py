@@ -356,3 +356,17 @@ def test_sweep_figure_names_each_layer_in_its_own_colour():
     for line in axes.flat[0].get_lines():
         layer = round((line.get_ydata()[0] - 10) * 10)
         assert tuple(line.get_color()) == legend_colours[layer]
+
+
+def test_redraw_keeps_existing_figures_without_force(comparison, tmp_path):
+    """The overwrite policy is the library's: Python users get it too."""
+    pairs = zip(LABELS, comparison.reports, strict=True)
+    folders = [report.save(tmp_path / label) for label, report in pairs]
+    written, warnings = plot.redraw(folders, tmp_path / "figs", top="all")
+    assert [path.name for path in written] == ["figure2.png", "spectrum.png"] and not warnings
+    before = written[0].read_bytes()
+    with pytest.raises(ReportExistsError, match="pass --force"):
+        plot.redraw(folders, tmp_path / "figs", top=2)
+    assert written[0].read_bytes() == before
+    again, _ = plot.redraw(folders, tmp_path / "figs", top=2, force=True)
+    assert again == written and written[0].read_bytes() != before

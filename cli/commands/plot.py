@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-import spectra
 from spectra import plot as plot_module
-from spectra.errors import ReportExistsError
 from spectra.plot import NORMALIZATIONS
-from spectra.report import version_warning
 
 from .. import options
 from ..output import warn
@@ -36,15 +33,17 @@ from ..output import warn
 def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, figure_format):
     """Redraw the figures from saved REPORT folders, without recomputing anything:
     figure2 (the equal-rank histograms, --top) and spectrum."""
-    loaded = [spectra.Report.load(path) for path in reports]
-    warn(filter(None, map(version_warning, loaded)))
-    names = list(labels) or [path.name for path in reports]
-    targets = [out / f"{name}.{figure_format}" for name in ("figure2", "spectrum")]
-    existing = [str(path) for path in targets if path.exists()]
-    if existing and not force:
-        raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
-    figure, _ = plot_module.histogram(loaded, names, modules, normalize, log_x, layer, top=top)
-    spectrum_figure, _ = plot_module.spectrum(loaded, names, modules)
-    plot_module.save_figure(figure, targets[0])
-    plot_module.save_figure(spectrum_figure, targets[1])
-    click.echo(f"figures written to {out}/: {', '.join(path.name for path in targets)}")
+    written, warnings = plot_module.redraw(
+        reports,
+        out,
+        labels,
+        modules=modules,
+        top=top,
+        normalize=normalize,
+        log_x=log_x,
+        layer=layer,
+        figure_format=figure_format,
+        force=force,
+    )
+    warn(warnings)
+    click.echo(f"figures written to {out}/: {', '.join(path.name for path in written)}")

@@ -8,8 +8,10 @@ PNG, PDF or SVG by the file's extension.
 
 One module per figure: ``figure2`` (``histogram``), ``layers``
 (``layer_curves``), ``spectrum``, ``subspace`` (``similarity_heatmap``) and
-``sweep`` (``sweep_curves``); ``_style`` holds the look they share and
-``_rows`` what they take from reports.
+``sweep`` (``sweep_curves``); ``redraw`` is what ``spectra plot`` runs (saved
+reports in, figures out, never over existing ones without ``force``);
+``_style`` holds the look they share and ``_rows`` what they take from
+reports.
 
 ``histogram`` is the MultiLoRA paper's Figure 2 (Wang et al., 2023): the
 distribution of singular values of ΔW per projection, one overlaid histogram
@@ -31,6 +33,7 @@ from ._rows import NORMALIZATIONS, common_modules, floor_of
 from ._style import PANELS_PER_ROW, method_colors, save_figure
 from .figure2 import adapter_rank, histogram
 from .layers import ceiling, layer_curves
+from .redraw import redraw
 from .spectrum import spectrum
 from .subspace import chance_levels, similarity_heatmap
 from .sweep import layer_colours, sweep_curves
@@ -47,6 +50,7 @@ __all__ = [
     "layer_colours",
     "layer_curves",
     "method_colors",
+    "redraw",
     "save_figure",
     "similarity_heatmap",
     "spectrum",
