@@ -106,7 +106,11 @@ def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatc
     import spectra.analysis.sweeps as sweeps
 
     real = sweeps._analyze_job
-    monkeypatch.setattr(sweeps, "_analyze_job", lambda job: calls.append(job) or real(job))
+    def counted(job, *args):
+        calls.append(job)
+        return real(job, *args)
+
+    monkeypatch.setattr(sweeps, "_analyze_job", counted)
     again = spectra.run_sweep(run, cache=cache)
     assert again.cached == [True, True, True] and calls == []
     for before, after in zip(first.reports, again.reports, strict=True):
@@ -199,3 +203,21 @@ def test_cli_sweep_writes_table_and_figure_and_refuses_to_overwrite(lora_run, tm
     assert "3 from the cache" in again.output
     bad = CliRunner().invoke(cli, [*args, "--force", "--metrics", "nonsense"])
     assert bad.exit_code == 2 and "nonsense" in bad.output
+
+
+def test_a_serial_sweep_opens_each_checkpoint_once(lora_run, monkeypatch):
+    import spectra.analysis.stream as stream
+    import spectra.analysis.sweeps as sweeps
+
+    opened = []
+    real = sweeps.load
+
+    def counted(path, *args, **kwargs):
+        opened.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "load", counted)
+    monkeypatch.setattr(stream, "load", counted)
+    result = spectra.run_sweep(lora_run, cache=False)
+    assert len(result.reports) == 3
+    assert sorted(opened) == sorted(str(found.path) for found in result.checkpoints)

@@ -53,6 +53,7 @@ def analyze(
     jobs: int | None = None,
     skip_nonfinite: bool = False,
     each: Callable[[Checkpoint, LayerDelta, torch.Tensor], None] | None = None,
+    checkpoint: Checkpoint | None = None,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -80,12 +81,15 @@ def analyze(
     checkpoint that no analysed ΔW uses is in ``meta["not_analysed"]`` as
     ``[tensor, reason]``. ``each(checkpoint, delta, σ)``, if given, is called
     for every module while its ΔW is in memory (``compare`` takes the subspace
-    metrics this way, in the same read). ``options`` go to ``spectra.load``
+    metrics this way, in the same read). ``checkpoint`` is ``path`` already
+    opened with these ``base`` and ``options`` (a sweep opens each checkpoint
+    once, to check it before any work). ``options`` go to ``spectra.load``
     (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
     """
     source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
     base_source = locate(base, "--base") if base is not None else None
-    checkpoint = load(source, base=base_source, format=format, **options)
+    if checkpoint is None:
+        checkpoint = load(source, base=base_source, format=format, **options)
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)

@@ -195,9 +195,13 @@ def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
 # ---------------------------------------------------------------- running
 
 
-def _analyze_job(job: dict) -> Report:
-    """One checkpoint's analysis; module-level so that process pools and Ray can ship it."""
-    return analyze(**job)
+def _analyze_job(job: dict, checkpoint: Checkpoint | None = None) -> Report:
+    """One checkpoint's analysis; module-level so that process pools and Ray can ship it.
+
+    ``checkpoint`` is the job's checkpoint as the sweep opened it (serial runs);
+    a worker process opens its own.
+    """
+    return analyze(**job, checkpoint=checkpoint)
 
 
 def _worker_setup(threads: int) -> None:
@@ -243,7 +247,7 @@ def run_sweep(
     checkpoints = find_checkpoints(run, pattern)
     base = locate(base, "--base") if base is not None else None  # a Hub id once, for every job
     store = _cache(cache)
-    tasks, keys = [], []
+    tasks, keys, opened = [], [], []
     for found in checkpoints:  # every one is opened and its selection checked before any work
         given = options_for(found.path, options)
         checkpoint = load(found.path, base=base, **given)
@@ -260,6 +264,7 @@ def run_sweep(
         }
         tasks.append(job)
         keys.append(_key(checkpoint, job, given, store) if store is not None else None)
+        opened.append(checkpoint)  # analysed as opened here, unless a worker process does it
     reports: list[Report | None] = [
         store.get(key) if store is not None and key is not None else None for key in keys
     ]
@@ -285,7 +290,8 @@ def run_sweep(
         _run_on_processes(todo, missing, workers, finished)
     else:
         for index, job in zip(missing, todo, strict=True):
-            finished(index, _analyze_job(job))
+            finished(index, _analyze_job(job, opened[index]))
+            opened[index] = None  # nothing of a finished checkpoint stays in memory
     for index in range(total):
         if cached[index]:  # a hit keeps the result but says where the content is now
             assert reports[index] is not None
