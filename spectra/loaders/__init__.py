@@ -1,5 +1,7 @@
-"""Checkpoint loading: detect the format of a path and map its modules.
+"""Checkpoint loading: detect the format of a local path and map its modules.
 
+The loaders see local paths only and write nothing; names and Hub ids are
+resolved before them (``spectra.load``, in ``spectra.analysis.sources``).
 ``load(path, base=None, format="auto", **options)`` returns a ``Checkpoint``
 whose ``describe()`` says what is there and whose ``deltas()`` yields one
 ``LayerDelta`` per module, reading lazily. Detection:
