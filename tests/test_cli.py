@@ -158,9 +158,18 @@ def test_demo_writes_checkpoints_reports_and_figure(runner, tmp_path):
     assert min(entropy["ft"]) > max(entropy["ml"]) > max(entropy["lora"])
     assert "mean over layers" in result.stdout
     assert (out / "comparison" / "figure2.png").stat().st_size > 10_000
-    # A second run without --force keeps the first.
-    assert runner.invoke(cli, ["demo", "--out", str(out)]).exit_code == 1
+    # The demo owns its folder: a second run redoes it, a folder of anything else is refused.
+    (out / "comparison" / "figure2.png").unlink()
+    again = runner.invoke(cli, ["demo", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (out / "comparison" / "figure2.png").is_file()
     assert runner.invoke(cli, ["demo", "--out", str(out), "--force"]).exit_code == 0
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    refused = runner.invoke(cli, ["demo", "--out", str(mine)])
+    assert refused.exit_code == 1 and "not a spectra demo folder" in refused.output
+    assert sorted(p.name for p in mine.iterdir()) == ["checkpoints", "notes.txt"]
 
 
 def test_modules_all_means_every_role_the_checkpoint_has(runner, lora_adapter, minilm_dir):

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-import spectra
-from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
-from spectra.io.atomic import check_replaceable
+from spectra.examples.demo import run_demo
 
 from .. import options
 from ..output import print_summary, with_progress
@@ -21,23 +19,15 @@ from ..output import print_summary, with_progress
     default=Path("spectra-demo"),
     show_default=True,
 )
-@options.force("Replace an existing demo folder.")
+@options.force("Not needed: the demo redoes a folder it made (kept for old scripts).")
 @options.quiet("No progress bar.")
 def demo(out, force, quiet):
     """Write a small FT, LoRA and MultiLoRA example in their real formats, analyse
-    and compare them, and draw the Figure 2 histograms."""
-    check_replaceable(out, force, "checkpoints", "demo folder")
-    paths = write_demo_checkpoints(out / "checkpoints")
+    and compare them, and draw the Figure 2 histograms. Run again, it redoes its
+    own folder; a folder of anything else is refused."""
+    _, comparison = with_progress(quiet, run_demo, out)
     click.echo(
         f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora, multilora.pt)"
-    )
-    comparison = with_progress(
-        quiet,
-        spectra.compare,
-        [paths["ft"], paths["lora"], paths["multilora"]],
-        ["FT", "LoRA", "MultiLoRA"],
-        base=paths["base"],
-        lora_alpha=DEMO_LORA_ALPHA,
     )
     click.echo("\nmean over layers:")
     print_summary(comparison)
@@ -46,7 +36,6 @@ def demo(out, force, quiet):
         "entropy, effective rank close to the rank); LoRA's update is led by a few "
         "(top-1 share near 3/4)."
     )
-    comparison.save(out / "comparison", force=True)
     click.echo(
         f"reports, summary.csv and figures (figure2.png: the Figure 2 histograms) written to "
         f"{out / 'comparison'}/"

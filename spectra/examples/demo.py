@@ -20,6 +20,13 @@ The FT and LoRA spectra are planted by construction (random orthonormal bases
 times chosen singular values), so the demo shows the contrast the MultiLoRA
 paper describes: FT and MultiLoRA updates spread over many directions, a
 LoRA update led by a few.
+
+``run_demo(out)`` is ``spectra demo``: it writes the checkpoints to
+``out/checkpoints/``, compares them and saves the comparison (reports,
+``summary.csv``, the figures) to ``out/comparison/``. The demo owns its
+folder: one it made before (the ``spectra-demo.json`` marker, or the layout
+of a demo made before the marker) is redone; a folder of anything else is
+never touched.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
+from ..errors import ReportExistsError
 from ..io.atomic import write_safetensors
 
-__all__ = ["DEMO_LORA_ALPHA", "DEMO_SHAPE", "write_demo_checkpoints"]
+__all__ = ["DEMO_LORA_ALPHA", "DEMO_MARKER", "DEMO_SHAPE", "run_demo", "write_demo_checkpoints"]
+
+DEMO_MARKER = "spectra-demo.json"  # written into the demo's folder: the folder is the demo's
 
 DEMO_SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "intermediate": 512}
 _LORA_RANK, _LORA_ALPHA = 8, 16
@@ -167,3 +178,42 @@ def _multilora_state(base: dict[str, torch.Tensor], generator: torch.Generator) 
             state[f"{name}.lora_B"] = 0.05 * torch.randn(n, d_out, r, generator=generator)
             state[f"{name}.lora_scaling"] = 1.0 + 0.1 * torch.randn(n, d_out, generator=generator)
     return state
+
+
+def run_demo(out: str | Path = "spectra-demo", progress=None):
+    """Write the example checkpoints under ``out``, compare them, save the comparison.
+
+    Returns ``(paths, comparison)``. ``progress`` is ``compare``'s. See the
+    module docstring for which folders the demo may write into.
+    """
+    from ..analysis import compare
+
+    out = Path(out)
+    _claim(out)
+    paths = write_demo_checkpoints(out / "checkpoints")
+    comparison = compare(
+        [paths["ft"], paths["lora"], paths["multilora"]],
+        ["FT", "LoRA", "MultiLoRA"],
+        base=paths["base"],
+        lora_alpha=DEMO_LORA_ALPHA,
+        progress=progress,
+    )
+    comparison.save(out / "comparison", force=True)
+    return paths, comparison
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` the demo's folder, refusing one that holds anything else."""
+    if out.exists() and not out.is_dir():
+        raise ReportExistsError(f"{out}: exists and is not a folder; choose another --out")
+    earlier = (out / "checkpoints" / "base" / "config.json").is_file() and (
+        out / "comparison" / "summary.csv"
+    ).is_file()
+    if out.is_dir() and any(out.iterdir()) and not ((out / DEMO_MARKER).is_file() or earlier):
+        raise ReportExistsError(
+            f"{out}: folder exists and is not a spectra demo folder; the demo writes only into "
+            "a new or empty folder or one it made: choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {"spectra_version": __version__, "what": "spectra demo: example checkpoints"}
+    (out / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
