@@ -9,6 +9,9 @@ exit with 2.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 import spectra
@@ -28,6 +31,10 @@ class SpectraGroup(click.Group):
             message = " ".join(str(exc).split())
             click.secho(f"error: {message}", fg="red", err=True)
             ctx.exit(1)
+        except BrokenPipeError:  # `spectra inspect … | head`: the reader left; say nothing
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+            ctx.exit(141)  # 128 + SIGPIPE, as a tool killed by the pipe exits
         except OSError as exc:  # unreadable files, full disks: still one line, not a traceback
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)

@@ -185,3 +185,23 @@ def test_modules_all_means_every_role_the_checkpoint_has(runner, lora_adapter, m
     assert ft.exit_code == 0, ft.output
     roles = [row["module"] for row in json.loads(ft.stdout)["rows"]]
     assert roles == ["q", "k", "v", "o", "up", "down"]
+
+
+def test_a_closed_pipe_ends_quietly(lora_adapter, tmp_path):
+    """`spectra inspect … | head`: no 'error: Broken pipe' when the reader stops early."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom spectra_cli.main import cli\n"
+        "sys.argv = ['spectra', 'inspect', sys.argv[1]]\ncli()\n"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", script, str(lora_adapter.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reader.stdout.close()  # the reader leaves before spectra writes, as head does early
+    stderr = reader.stderr.read().decode()
+    reader.wait(timeout=120)
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr

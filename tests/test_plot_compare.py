@@ -196,7 +196,7 @@ def test_histogram_options(comparison):
     )
     with pytest.raises(SpectraError, match="normalisation"):
         plot.histogram(comparison.reports, LABELS, normalize="max")
-    with pytest.raises(SpectraError, match="labels for"):
+    with pytest.raises(SpectraError, match="1 label for 3 reports"):
         plot.histogram(comparison.reports, ["one"])
     with pytest.raises(SpectraError, match="layer 9 is not in these reports"):
         plot.histogram(comparison.reports, LABELS, layer=9)
@@ -321,7 +321,7 @@ def test_compare_refuses_a_folder_that_is_not_a_comparison(comparison, tmp_path)
         (("--layer", "9"), "layer 9 is not in these reports"),
         (("--layer", "first"), "neither a layer number nor grid"),
         (("--modules", "o"), "no o rows in every report"),
-        (("--label", "only-one"), "1 labels for 2 reports"),
+        (("--label", "only-one"), "1 label for 2 reports"),
         (("--top", "0"), "neither a count"),
     ],
 )

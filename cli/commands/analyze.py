@@ -72,7 +72,7 @@ def analyze(
         source = report.meta["source"]
         if not quiet:
             click.echo(
-                f"{source['path']}: {source['variant']} ({source['format']}), "
+                f"{source['path']}: {source['variant']}, {source['format']} format, "
                 f"{len(report)} modules, device {report.meta['device']}, "
                 f"method {report.meta['method']}"
             )

@@ -140,11 +140,11 @@ def load(
     base_path = Path(base) if base is not None else None
     if format not in FORMATS:
         raise FormatError(
-            f"unknown format {format!r}: expected one of {', '.join(FORMATS)} (--format)"
+            f"unknown format {format!r}: expected one of {', '.join(FORMATS)} (format=)"
         )
     detected = detect_format(path)
     if format != "auto" and format != detected:
-        raise FormatError(f"{path}: looks like a {detected} checkpoint, not {format} (--format)")
+        raise FormatError(f"{path}: looks like a {detected} checkpoint, not {format} (format=)")
     if base_path is not None and not base_path.exists():
         raise FormatError(f"{base_path}: no such file or folder (--base)")
     given = {key: value for key, value in options.items() if value not in (None, False)}

@@ -46,7 +46,8 @@ def labels_for(reports: Sequence[Report], labels: Sequence[str] | None) -> list[
         ]
     if len(labels) != len(reports):
         raise SpectraError(
-            f"{len(labels)} labels for {len(reports)} reports: give one --label per report"
+            f"{_count(len(labels), 'label')} for {_count(len(reports), 'report')}: give one "
+            "--label per report"
         )
     if len(set(labels)) != len(labels):
         raise SpectraError(f"labels must differ; got {', '.join(labels)} (--label)")
@@ -128,3 +129,8 @@ def trusted(report: Report, row: dict) -> np.ndarray:
     """A row's σ above its floor (descending): what a figure may draw as data."""
     sigma = report.spectrum(row["layer"], row["module"], row.get("head"))
     return sigma[sigma > max(floor_of(row), 0.0)]
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 report``, ``2 reports``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -281,7 +281,8 @@ class PeftCheckpoint(AdapterCheckpoint):
         name = self.config.get("base_model_name_or_path")
         found = self.base_lookup(name) if self.base_lookup is not None and name else None
         if found is not None:
-            self._notes.append(f"base model found from base_model_name_or_path {name!r}: {found}")
+            where = "" if str(found) == name else f", at {found}"
+            self._notes.append(f"base model found from base_model_name_or_path {name!r}{where}")
         return found
 
     def _require(self, adapted: Adapted, parts: tuple[str, ...]) -> None:
