@@ -231,6 +231,9 @@ def test_pickles_are_loaded_weights_only(tmp_path):
     folder = tmp_path / "evil"
     folder.mkdir()
     torch.save({"model.layers.0.self_attn.k_proj.weight": Payload()}, folder / "pytorch_model.bin")
-    with pytest.raises(FormatError, match="weights_only=True"):
+    with pytest.raises(FormatError, match="weights_only=True") as refused:
         spectra.analyze(folder, base=folder)
     assert not marker.exists()
+    message = str(refused.value)  # one short line: no torch advice to turn weights_only off
+    assert "never runs pickled code" in message and "weights_only=False" not in message
+    assert len(message) < 300 + len(str(folder))

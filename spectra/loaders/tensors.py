@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ import torch
 from ..errors import FormatError
 
 __all__ = ["TensorInfo", "TensorStore", "open_store"]
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # what torch says the pickle asked for
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -176,13 +180,16 @@ def _load_pickle(path: Path) -> object:
     """``torch.load(weights_only=True)``, memory-mapped when the file is a zip archive."""
     mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch warns about legacy (non-zip) pickles: said below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        found = _GLOBAL.search(str(exc))
+        what = f"code ({found.group(1)})" if found else "more than tensors and plain containers"
         raise FormatError(
-            f"{path}: refused to unpickle: the file asks for more than tensors and plain "
-            f"containers, and spectra loads pickles with weights_only=True only ({exc}). "
-            "Re-save it as safetensors from code you trust"
-        ) from exc
+            f"{path}: refused to unpickle: it asks for {what}, and spectra never runs pickled "
+            "code (weights_only=True). Re-save it as safetensors from code you trust"
+        ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise FormatError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
 
