@@ -94,8 +94,9 @@ def test_nan_weight_is_refused_by_name_unless_skipped(tmp_path, pair):
     ft = _model(tmp_path / "nan", tensors)
     with pytest.raises(
         NonFiniteError, match=r"model.layers.1.self_attn.k_proj.weight.*--skip-nonfinite"
-    ):
+    ) as refused:
         spectra.analyze(ft, base=base)
+    assert str(refused.value).startswith(f"{ft}: ")  # the file, then the module
     report = spectra.analyze(ft, base=base, skip_nonfinite=True)
     assert [(r["layer"], r["module"]) for r in report.rows] == [(0, "k"), (0, "v"), (1, "v")]
     assert report.meta["skipped"] == ["L1.k"]

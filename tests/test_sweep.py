@@ -203,6 +203,7 @@ def test_cli_sweep_writes_table_and_figure_and_refuses_to_overwrite(lora_run, tm
     assert "3 from the cache" in again.output
     bad = CliRunner().invoke(cli, [*args, "--force", "--metrics", "nonsense"])
     assert bad.exit_code == 2 and "nonsense" in bad.output
+    assert "effective_rank" in bad.output  # the valid names are listed
 
 
 def test_a_serial_sweep_opens_each_checkpoint_once(lora_run, monkeypatch):

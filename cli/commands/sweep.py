@@ -94,7 +94,10 @@ def sweep(
     metrics = [name.strip() for name in metric_names.split(",") if name.strip()]
     unknown = [name for name in metrics if name not in spectra.METRICS]
     if unknown:
-        raise click.BadParameter(f"unknown metric {unknown[0]!r}", param_hint="--metrics")
+        raise click.BadParameter(
+            f"unknown metric {unknown[0]!r}; expected some of {', '.join(spectra.METRICS)}",
+            param_hint="--metrics",
+        )
     bar = ProgressBar(quiet, "sweeping", unit="checkpoints")
     try:
         result = run_sweep(

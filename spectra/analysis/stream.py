@@ -106,25 +106,28 @@ def analyze(
     stream = singular_values_stream(
         deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
-    for delta, sigma in stream:  # σ: (k,) float64, descending
-        info = checkpoint.module_info((delta.layer, delta.role))
-        row = _row(delta, sigma, method, info.rank)
-        key = spectrum_key(delta.layer, delta.role, delta.head)
-        rows.append(row)
-        spectra[key] = sigma.numpy()
-        if info.scale is not None:
-            scales[key] = {"scale": info.scale, "source": info.scale_source}
-        if row["spectral_norm"] == 0:
-            warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
-        noise = noise_warning(row)
-        if noise is not None:
-            warnings.append(noise)
-        done.add((delta.layer, delta.role))
-        if progress is not None:
-            progress(len(done) + len(skipped), total, key)
-        if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
-            each(checkpoint, delta, sigma)
-        del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
+    try:
+        for delta, sigma in stream:  # σ: (k,) float64, descending
+            info = checkpoint.module_info((delta.layer, delta.role))
+            row = _row(delta, sigma, method, info.rank)
+            key = spectrum_key(delta.layer, delta.role, delta.head)
+            rows.append(row)
+            spectra[key] = sigma.numpy()
+            if info.scale is not None:
+                scales[key] = {"scale": info.scale, "source": info.scale_source}
+            if row["spectral_norm"] == 0:
+                warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+            noise = noise_warning(row)
+            if noise is not None:
+                warnings.append(noise)
+            done.add((delta.layer, delta.role))
+            if progress is not None:
+                progress(len(done) + len(skipped), total, key)
+            if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
+                each(checkpoint, delta, sigma)
+            del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
+    except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
+        raise NonFiniteError(f"{source.path}: {exc}") from None
     if skipped:
         warnings.append(
             f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "

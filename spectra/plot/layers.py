@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import SpectraError
+from ..metrics import METRICS
 from ..report import Report, noise_warning
 from ._rows import labels_for, roles_for
 from ._style import method_colors, panel_grid, paper_style
@@ -51,7 +52,7 @@ def layer_curves(
     names = labels_for(reports, labels)
     roles = roles_for(reports, modules)
     if any(metric not in row for report in reports for row in report.rows):
-        raise SpectraError(f"unknown metric {metric!r}: see spectra.metrics.METRICS")
+        raise SpectraError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
     fig, axes = panel_grid(len(roles))
     with paper_style():
         for role, ax in zip(roles, axes.flat, strict=False):

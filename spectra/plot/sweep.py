@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import SpectraError
+from ..metrics import METRICS
 from ._style import figure_grid, paper_style
 
 __all__ = ["layer_colours", "sweep_curves"]
@@ -46,7 +47,7 @@ def sweep_curves(
         raise SpectraError("nothing to plot: the sweep has no rows")
     unknown = [m for m in metrics if m not in rows[0]]
     if unknown:
-        raise SpectraError(f"unknown metric {unknown[0]!r}: see spectra.metrics.METRICS")
+        raise SpectraError(f"unknown metric {unknown[0]!r}: expected one of {', '.join(METRICS)}")
     series: dict[tuple[int, str], dict[int, list[Mapping[str, object]]]] = {}
     for row in rows:
         series.setdefault((int(row["layer"]), str(row["module"])), {}).setdefault(
