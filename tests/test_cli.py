@@ -205,3 +205,19 @@ def test_a_closed_pipe_ends_quietly(lora_adapter, tmp_path):
     stderr = reader.stderr.read().decode()
     reader.wait(timeout=120)
     assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_convert_refuses_what_is_not_multilora_and_says_what_it_is(runner, lora_adapter, tmp_path):
+    result = runner.invoke(cli, ["convert", str(lora_adapter.path), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "this is a peft checkpoint" in result.output and "--format" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_says_where_a_label_that_is_no_file_name_went(runner, lora_adapter, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", str(lora_adapter.path), "--label", "LoRA r=8", "--out", str(out), "-q"]
+    result = runner.invoke(cli, [*args, "--layers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "the report of 'LoRA r=8' is in" in result.output
+    assert (out / "reports" / "LoRA-r-8" / "report.json").is_file()

@@ -111,3 +111,6 @@ def compare(
         warn(f"{label}: {warning}" for warning in report.warnings)
     comparison.save(out, force=force, figure_format=figure_format, top=top)
     click.echo(f"summary, reports and figures written to {out}/", err=True)
+    for label, folder in comparison.report_folders().items():
+        if folder != label:  # say where a label that is no file name went
+            click.echo(f"the report of {label!r} is in {out}/reports/{folder}/", err=True)

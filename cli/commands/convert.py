@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-import spectra
-from spectra.analysis.convert import write_multilora
+from spectra.analysis.convert import convert as convert_multilora
 
 from .. import options
 from ..output import warn
@@ -25,7 +24,6 @@ def convert(src, dst, lora_alpha, force):
     lora_alpha) and adapter_model.safetensors with the stacked lora_A (n, r, d_in),
     lora_B (n, d_out, r) and lora_scaling (n, d_out) of each module.
     """
-    checkpoint = spectra.load(src, format="multilora", lora_alpha=lora_alpha)
-    out = write_multilora(checkpoint, dst, force=force)
-    click.echo(f"{len(checkpoint.stacked)} MultiLoRA modules written to {out}/")
+    checkpoint = convert_multilora(src, dst, lora_alpha=lora_alpha, force=force)
+    click.echo(f"{len(checkpoint.stacked)} MultiLoRA modules written to {dst}/")
     warn(checkpoint.warnings())

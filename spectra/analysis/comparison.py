@@ -109,6 +109,10 @@ class Comparison:
     def summary_csv(self) -> str:
         return csv_text(self.columns, self.summary())
 
+    def report_folders(self) -> dict[str, str]:
+        """The folder under ``reports/`` of each label (labels made safe as file names)."""
+        return {label: _slug(label) for label in self.labels}
+
     def save(
         self,
         out: str | os.PathLike,
@@ -125,7 +129,7 @@ class Comparison:
         with replace_folder(out) as staging:
             (staging / SUMMARY_FILE).write_text(self.summary_csv())
             for label, report in zip(self.labels, self.reports, strict=True):
-                report.save(staging / "reports" / _slug(label))
+                report.save(staging / "reports" / self.report_folders()[label])
             write_figures(self.reports, self.labels, staging, figure_format, top)
             if self.subspace is not None:
                 self._save_subspace(staging, figure_format)

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..io.atomic import check_replaceable, replace_folder, write_safetensors
+from ..io.hub import locate
+from ..loaders import detect_format
 from ..loaders.multilora import MULTILORA_TYPE, MultiLoraCheckpoint
+from .sources import load
 
-__all__ = ["write_multilora"]
+__all__ = ["convert", "write_multilora"]
 
 
 def write_multilora(
@@ -53,3 +56,27 @@ def write_multilora(
         write_safetensors(staging / "adapter_model.safetensors", tensors, {"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def convert(
+    source: str | Path,
+    destination: str | Path,
+    lora_alpha: float | None = None,
+    force: bool = False,
+) -> MultiLoraCheckpoint:
+    """``spectra convert``: read a MultiLoRA checkpoint and write it in spectra's layout.
+
+    Returns the checkpoint read (its ``stacked`` modules and ``warnings()``). A
+    source of another format is refused with what it is: spectra analyses
+    those as they are.
+    """
+    found = detect_format(locate(source, "SRC").path)
+    if found != "multilora":
+        raise FormatError(
+            f"{source}: spectra convert reads MultiLoRA checkpoints (a state dict with "
+            f"lora_A, lora_B and lora_scaling tensors); this is a {found} checkpoint, which "
+            "spectra analyze reads as it is: nothing to convert"
+        )
+    checkpoint = load(source, lora_alpha=lora_alpha)
+    write_multilora(checkpoint, destination, force=force)
+    return checkpoint
