@@ -221,3 +221,17 @@ def test_compare_says_where_a_label_that_is_no_file_name_went(runner, lora_adapt
     assert result.exit_code == 0, result.output
     assert "the report of 'LoRA r=8' is in" in result.output
     assert (out / "reports" / "LoRA-r-8" / "report.json").is_file()
+
+
+def test_the_adapter_file_is_read_as_its_folder(runner, lora_adapter, tmp_path):
+    weights = lora_adapter.path / "adapter_model.safetensors"
+    result = runner.invoke(cli, ["analyze", str(weights), "--json", "--layers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    expected = reference_sigma(lora_adapter.reference[(0, "k")])
+    np.testing.assert_allclose(rows[0]["spectral_norm"], expected[0], rtol=1e-10)
+    # the same tensors with no adapter_config.json beside them: the folder is what to pass
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes(weights.read_bytes())
+    refused = runner.invoke(cli, ["analyze", str(bare)])
+    assert refused.exit_code == 1 and "pass the adapter folder" in refused.output

@@ -8,8 +8,10 @@ whose ``describe()`` says what is there and whose ``deltas()`` yields one
 
 - a folder with ``adapter_config.json`` whose ``peft_type`` is
   ``SPECTRA_MULTILORA`` → spectra's MultiLoRA layout (``"multilora"``);
-- a folder with ``adapter_config.json`` (or adapters in sub-folders) → a PEFT
-  adapter (``"peft"``);
+- a folder with ``adapter_config.json`` (or adapters in sub-folders), or the
+  ``adapter_model.*`` file inside one → a PEFT adapter (``"peft"``); a bare
+  file of adapter tensors with no config beside it is refused (its scale is
+  in the config);
 - a ``.pt`` / ``.bin`` / ``.safetensors`` file holding ``lora_scaling``
   tensors → a MultiLoRA checkpoint in the reference layout (``"multilora"``);
 - a model folder (``model.safetensors``, ``model.safetensors.index.json``,
@@ -27,6 +29,7 @@ not save).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import FormatError
@@ -36,6 +39,7 @@ from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file
 from .names import ROLES
 from .peft import (
     ADAPTER_CONFIG,
+    ADAPTER_FILES,
     PEFT_TYPES,
     BaseLookup,
     PeftCheckpoint,
@@ -61,6 +65,8 @@ __all__ = [
 ]
 
 FORMATS = ("auto", "full", "peft", "multilora")
+# Tensor names of LoRA-family adapters (a bare adapter file is not a full model).
+_ADAPTER_KEY = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|hada_w[12]_a|lokr_w[12])(?:\.|$)")
 _OPTIONS = {
     "full": (),
     "peft": ("adapter", "per_head", "directional_only"),
@@ -108,8 +114,19 @@ def detect_format(path: str | Path) -> str:
             f"{path}: no checkpoint recognised; expected {ADAPTER_CONFIG} (an adapter) or one of "
             f"{', '.join(MODEL_FILES)} (a model); found {listing}"
         )
+    if path.name in ADAPTER_FILES and (path.parent / ADAPTER_CONFIG).is_file():
+        return "peft"  # the weights file of an adapter folder: read as that folder
     if path.suffix in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
-        return "multilora" if is_multilora_file(open_store(path)) else "full"
+        store = open_store(path)
+        if is_multilora_file(store):
+            return "multilora"
+        if any(_ADAPTER_KEY.search(name) for name in store.names()):
+            raise FormatError(
+                f"{path}: holds LoRA-family adapter tensors (lora_A, lora_B, …) but no "
+                f"{ADAPTER_CONFIG} lies beside it, and the scale α/r is in that config: pass "
+                "the adapter folder that holds both"
+            )
+        return "full"
     raise FormatError(
         f"{path}: not a checkpoint file; expected a folder, or a .safetensors, .bin or .pt file"
     )
@@ -155,7 +172,8 @@ def load(
             f"{detected} checkpoint"
         )
     if detected == "peft":
-        return PeftCheckpoint(path, base_path, base_lookup=base_lookup, **given)
+        folder = path.parent if path.is_file() else path  # adapter_model.* → its folder
+        return PeftCheckpoint(folder, base_path, base_lookup=base_lookup, **given)
     if detected == "multilora":
         return MultiLoraCheckpoint(path, base_path, **given)
     return FullCheckpoint(path, base_path)
