@@ -21,8 +21,8 @@ TABLE_COLUMNS = (
     ("layer", "layer"),
     ("module", "module"),
     ("shape", "shape"),
-    ("numerical_rank", "rank"),
-    ("entropy", "entropy"),
+    ("numerical_rank", "num. rank"),  # "r" is the adapter's rank, in inspect
+    ("normalized_entropy", "norm. entropy"),  # as compare prints it
     ("effective_rank", "eff. rank"),
     ("stable_rank", "stable rank"),
     ("energy_rank@0.9", "energy rank@0.9"),

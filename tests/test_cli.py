@@ -30,8 +30,8 @@ def test_analyze_adapter_prints_a_table_and_writes_a_report(runner, lora_adapter
     for title in (
         "module",
         "shape",
-        "rank",
-        "entropy",
+        "num. rank",
+        "norm. entropy",
         "eff. rank",
         "stable rank",
         "energy rank@0.9",
@@ -93,7 +93,7 @@ def test_existing_report_is_kept_without_force(runner, lora_adapter, tmp_path):
 def test_inspect_shows_ranks_scales_and_their_source(runner, lora_adapter):
     result = runner.invoke(cli, ["inspect", str(lora_adapter.path)])
     assert result.exit_code == 0, result.output
-    assert "peft (LoRA)" in result.stdout
+    assert "LoRA, peft format" in result.stdout
     rows = [line for line in result.stdout.splitlines() if "factored" in line]
     assert len(rows) == 12
     assert all(" 8 " in row and "lora_alpha/r = 16/8" in row for row in rows)

@@ -74,7 +74,7 @@ def analyze(
             click.echo(
                 f"{source['path']}: {source['variant']}, {source['format']} format, "
                 f"{len(report)} modules, device {report.meta['device']}, "
-                f"method {report.meta['method']}"
+                f"σ {_method(report)}"
             )
         click.echo(metrics_table(report))
     warn(report.warnings)
@@ -85,3 +85,14 @@ def analyze(
                 f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors)",
                 err=True,
             )
+
+
+def _method(report) -> str:
+    """How σ was taken: factored ΔW always by the exact QR core, dense ΔW by --exact or not."""
+    kinds = {row["kind"] for row in report.rows}
+    dense = "exact SVD" if report.meta["method"] == "exact" else "fast Gram eigenvalues"
+    if kinds == {"factored"}:
+        return "exact (factored QR core)"
+    if kinds == {"dense"}:
+        return f"by {dense}"
+    return f"exact for factored ΔW, by {dense} for dense ΔW"

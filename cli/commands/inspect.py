@@ -35,7 +35,7 @@ def inspect(ckpt, base, as_json, **loader):
     roles = list(dict.fromkeys(m.role for m in info.modules))
     fields = {
         "path": info.path,
-        "format": f"{info.format} ({info.variant})",
+        "format": f"{info.variant}, {info.format} format",
         "base": info.base,
         **info.details,
         "modules": f"{len(info.modules)} ({', '.join(roles)}) in {len(layers)} layers",
@@ -50,7 +50,7 @@ def inspect(ckpt, base, as_json, **loader):
         "shape",
         "dtype",
         "kind",
-        "rank",
+        "r",
         "heads",
         "scale",
         "scale from",
