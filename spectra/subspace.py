@@ -71,7 +71,7 @@ def singular_vectors(
 
     ``k`` is cut to the numerical rank of METRICS.md, the one the report uses:
     σ above the larger of the float64 SVD's floor ``σ_1·max(d)·ε₆₄`` and
-    ``rounding_floor`` (``report.rounding_floor_of(delta)`` for a dense ΔW
+    ``rounding_floor`` (``analysis.stream.rounding_floor_of(delta)`` for a dense ΔW
     subtracted from stored weights), so no vector of rounding noise is compared.
     """
     if isinstance(update, Factored):

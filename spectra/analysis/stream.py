@@ -35,7 +35,7 @@ from ..svd import (
 )
 from .sources import load
 
-__all__ = ["analyze", "rank_tolerance_of", "rounding_floor_of"]
+__all__ = ["analyze", "rounding_floor_of"]
 
 
 def analyze(
@@ -191,31 +191,17 @@ def rounding_floor_of(delta: LayerDelta) -> float | None:
     return rounding_floor(delta.shape, delta.source_dtype, delta.weight_rms)
 
 
-def rank_tolerance_of(delta: LayerDelta, sigma: torch.Tensor, method: str) -> float:
-    """The numerical-rank tolerance of one ΔW whose σ came from ``method`` (METRICS.md).
-
-    ``metrics.rank_tolerance`` with the SVD path's accuracy floor
-    (``svd.accuracy_floor``) and the checkpoint's rounding floor
-    (``rounding_floor_of``); the subspace metrics take the same tolerance
-    for their exact SVD (``subspace.singular_vectors``).
-    """
-    kind = "factored" if isinstance(delta.update, Factored) else "dense"
-    return rank_tolerance(
-        sigma,
-        delta.shape,
-        relative_floor=accuracy_floor(delta.shape, kind, method),
-        rounding=rounding_floor_of(delta),
-    )
-
-
 def _row(
     delta: LayerDelta, sigma: torch.Tensor, method: str, rank: int | None
 ) -> dict[str, object]:
     """One report row; ``rank`` is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr)."""
     factored = isinstance(delta.update, Factored)
     kind = "factored" if factored else "dense"
+    relative = accuracy_floor(delta.shape, kind, method)  # the SVD path's floor, over σ_1
+    noise = rounding_floor_of(delta)
+    # METRICS.md's numerical-rank tolerance: the larger of the two floors (one definition)
+    tol = rank_tolerance(sigma, delta.shape, relative_floor=relative, rounding=noise)
     sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
-    tol = rank_tolerance_of(delta, sigma, method)
     row: dict[str, object] = {
         "layer": delta.layer,
         "module": delta.role,
@@ -227,8 +213,8 @@ def _row(
         "dtype": str(delta.source_dtype).removeprefix("torch."),
         "scale": float(delta.update.scale) if factored else None,
         "adapter_rank": delta.update.rank if factored else rank,
-        "accuracy_floor": sigma_1 * accuracy_floor(delta.shape, kind, method),
-        "noise_floor": rounding_floor_of(delta),
+        "accuracy_floor": sigma_1 * relative,
+        "noise_floor": noise,
         "share_above_floor": share_above(sigma, tol),
     }
     row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))

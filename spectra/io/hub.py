@@ -40,10 +40,8 @@ from ..errors import FormatError
 __all__ = [
     "Source",
     "cache_folder",
-    "is_hub_id",
     "locate",
     "offline",
-    "resolve",
     "resolve_cached",
 ]
 
@@ -75,20 +73,6 @@ class Source:
 
     def __str__(self) -> str:
         return os.fspath(self.path)
-
-
-def is_hub_id(source: object) -> bool:
-    """Whether ``source`` names a Hub id: ``hf://…``, or ``org/name[@revision]`` that is no path."""
-    if isinstance(source, Source):
-        return source.hub_id is not None
-    if not isinstance(source, str | os.PathLike):
-        return False
-    text = os.fspath(source)
-    if not isinstance(text, str):
-        return False
-    if _DOWNLOAD.match(text):
-        return True
-    return _HUB_ID.match(text) is not None and not Path(text).exists()
 
 
 def cache_folder() -> Path:
@@ -147,11 +131,6 @@ def locate(source: str | os.PathLike, flag: str) -> Source:
             f"write {write}"
         )
     return Source(found, match["repo"], match["revision"], found.name)
-
-
-def resolve(source: str | os.PathLike, flag: str) -> Path:
-    """``locate(source, flag).path``: the local path of a path or Hub id."""
-    return locate(source, flag).path
 
 
 def _download(text: str, hub_id: str, flag: str) -> Source:
