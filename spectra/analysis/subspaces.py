@@ -89,8 +89,7 @@ class SubspaceResult:
 def _open(
     source: str | os.PathLike, base: str | os.PathLike | None, options: dict[str, object]
 ) -> Checkpoint:
-    """The checkpoint behind a source; a saved report is refused (it keeps no vectors)."""
-    refuse_reports([source])
+    """The checkpoint behind a source (``refuse_reports`` has turned saved reports away)."""
     source = locate(source, "CKPT")  # once, for options_for and load
     return load(source, base=base, **options_for(source, options))
 
