@@ -16,7 +16,9 @@ whose ``describe()`` says what is there and whose ``deltas()`` yields one
   tensors → a MultiLoRA checkpoint in the reference layout (``"multilora"``);
 - a model folder (``model.safetensors``, ``model.safetensors.index.json``,
   ``pytorch_model.bin`` or its index) or any other tensor file → a full
-  fine-tune (``"full"``), which needs ``base``.
+  fine-tune (``"full"``), which needs ``base``;
+- before all of these, each format registered in ``registry.py`` (kohya,
+  MLX-LM, GGUF, …) is asked, in order, whether it claims the path.
 
 Options, each for the formats it applies to (others raise ``FormatError``):
 ``adapter`` (peft: a sub-folder adapter, or one of several in one file),
@@ -46,28 +48,34 @@ from .peft import (
     read_adapter_config,
     sub_adapters,
 )
+from .registry import REGISTERED, Format, claiming
 from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, open_store
 
+# Formats beyond the core three register themselves on import (registry.py), in the order
+# they are asked; one import line per format module below, e.g. ``from . import kohya``.
+
 __all__ = [
+    "CORE_FORMATS",
     "DEFAULT_MODULES",
-    "FORMATS",
     "PEFT_TYPES",
     "ROLES",
     "Checkpoint",
     "CheckpointInfo",
+    "Format",
     "ModuleInfo",
     "MultiLoraCheckpoint",
     "Selection",
     "detect_format",
+    "formats",
     "load",
     "option_names",
     "options_for",
 ]
 
-FORMATS = ("auto", "full", "peft", "multilora")
+CORE_FORMATS = ("full", "peft", "multilora")
 # Tensor names of LoRA-family adapters (a bare adapter file is not a full model).
 _ADAPTER_KEY = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|hada_w[12]_a|lokr_w[12])(?:\.|$)")
-_OPTIONS = {
+_CORE_OPTIONS = {
     "full": (),
     "peft": ("adapter", "per_head", "directional_only"),
     "multilora": ("lora_alpha", "per_head"),
@@ -80,9 +88,16 @@ _FLAGS = {
 }
 
 
+def formats() -> tuple[str, ...]:
+    """Every value ``format=`` takes: ``"auto"``, the core formats, then the registered ones."""
+    return ("auto", *CORE_FORMATS, *(fmt.name for fmt in REGISTERED))
+
+
 def option_names(format: str) -> tuple[str, ...]:
     """The ``load`` options that apply to checkpoints of ``format``."""
-    return _OPTIONS[format]
+    if format in _CORE_OPTIONS:
+        return _CORE_OPTIONS[format]
+    return next(fmt.options for fmt in REGISTERED if fmt.name == format)
 
 
 def options_for(path: str | Path, options: dict[str, object]) -> dict[str, object]:
@@ -91,15 +106,21 @@ def options_for(path: str | Path, options: dict[str, object]) -> dict[str, objec
     For commands over several sources (compare, sweep), where an option such
     as ``lora_alpha`` is meant for the sources that use it.
     """
-    usable = _OPTIONS[detect_format(path)]
+    usable = option_names(detect_format(path))
     return {k: v for k, v in options.items() if k in usable and v not in (None, False)}
 
 
 def detect_format(path: str | Path) -> str:
-    """``"peft"``, ``"multilora"`` or ``"full"`` for a local path; ``FormatError`` if none."""
+    """The format of a local path (see ``formats()``); ``FormatError`` if none.
+
+    Registered formats are asked first (``registry.claiming``), then the core ones.
+    """
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder (expected a checkpoint folder or file)")
+    registered = claiming(path)
+    if registered is not None:
+        return registered.name
     if path.is_dir():
         if (path / ADAPTER_CONFIG).is_file():
             peft_type = read_adapter_config(path).get("peft_type")
@@ -155,9 +176,9 @@ def load(
     """
     path = Path(path)
     base_path = Path(base) if base is not None else None
-    if format not in FORMATS:
+    if format not in formats():
         raise FormatError(
-            f"unknown format {format!r}: expected one of {', '.join(FORMATS)} (format=)"
+            f"unknown format {format!r}: expected one of {', '.join(formats())} (format=)"
         )
     detected = detect_format(path)
     if format != "auto" and format != detected:
@@ -165,12 +186,15 @@ def load(
     if base_path is not None and not base_path.exists():
         raise FormatError(f"{base_path}: no such file or folder (--base)")
     given = {key: value for key, value in options.items() if value not in (None, False)}
-    unknown = [key for key in given if key not in _OPTIONS[detected]]
+    unknown = [key for key in given if key not in option_names(detected)]
     if unknown:
         raise FormatError(
             f"{path}: {', '.join(_FLAGS.get(k, k) for k in unknown)} does not apply to a "
             f"{detected} checkpoint"
         )
+    for fmt in REGISTERED:
+        if fmt.name == detected:
+            return fmt.open(path, base_path, base_lookup=base_lookup, **given)
     if detected == "peft":
         folder = path.parent if path.is_file() else path  # adapter_model.* → its folder
         return PeftCheckpoint(folder, base_path, base_lookup=base_lookup, **given)
