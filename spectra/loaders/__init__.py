@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 from ..errors import FormatError
+from . import mlx  # noqa: F401
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
 from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file
