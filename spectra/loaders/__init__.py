@@ -35,7 +35,12 @@ import re
 from pathlib import Path
 
 from ..errors import FormatError
-from . import mlx  # noqa: F401
+from . import (
+    diffusers_lora,  # noqa: F401
+    gguf_lora,  # noqa: F401
+    kohya,  # noqa: F401
+    mlx,  # noqa: F401
+)
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file
 from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint, is_multilora_file

@@ -1,0 +1,256 @@
+"""llama.cpp LoRA adapters in GGUF (``convert_lora_to_gguf.py``), read with the ``gguf`` package.
+
+Facts from llama.cpp's code: the converter writes ``general.type = adapter``,
+``adapter.type = lora`` and ``adapter.lora.alpha`` (float32: the PEFT config's
+global ``lora_alpha``), and for each adapted weight ``W`` (named as in a GGUF
+model: ``blk.N.attn_q.weight``, ``attn_k``, ``attn_v``, ``attn_output``,
+``ffn_gate``, ``ffn_up``, ``ffn_down``) the tensors ``W.lora_a`` ``(r, d_in)``
+and ``W.lora_b`` ``(d_out, r)``, in f32, f16, bf16 or q8_0 (a tensor whose
+rows do not split into q8_0 blocks stays f16). ``src/llama-adapter.*`` applies
+``scale = alpha / r`` with ``r`` from ``lora_a``'s shape, and ``scale = 1``
+when alpha is 0 or absent. So ΔW = scale · lora_b @ lora_a, each tensor
+dequantised with gguf's own ``dequantize``.
+
+The converter keeps only the global ``lora_alpha``: ``use_rslora`` (α/√r)
+and ``alpha_pattern`` are dropped, and no GGUF records whether the adapter
+had them, so every report says the scale is llama.cpp's, which differs from
+training's for such adapters (balance metrics are scale-invariant; norms are
+not). For LLaMA-architecture files the converter permutes q and k rows into
+the interleaved RoPE order of GGML (``LlamaModel.permute`` applied to
+``lora_b``); with a base's ``config.json`` spectra puts them back in Hugging
+Face's order (``lowrank.py``).
+
+``gguf`` is an optional dependency (``pip install gguf``), imported only when
+a GGUF file is opened; recognising one needs only its magic bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FormatError
+from .base import ModuleInfo
+from .lowrank import LoraFileCheckpoint, LoraModule
+from .names import NO_LAYER, NO_ROLE, ModuleRef
+from .registry import Format, register
+from .tensors import TensorInfo
+
+__all__ = ["GgufLoraCheckpoint"]
+
+_MAGIC = b"GGUF"
+_ROLES = {
+    "attn_q": "q",
+    "attn_k": "k",
+    "attn_v": "v",
+    "attn_output": "o",
+    "ffn_gate": "gate",
+    "ffn_up": "up",
+    "ffn_down": "down",
+}
+_LORA = re.compile(r"^(?P<weight>.+\.weight)\.lora_(?P<part>[ab])$")
+_BLOCK = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<name>\w+)\.weight$")
+# GGUF architectures whose converter class permutes q/k rows (convert_hf_to_gguf.py's
+# LlamaModel.modify_tensors); their lora_b rows are in GGML's interleaved order.
+_INTERLEAVED_ARCHS = ("llama",)
+_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_FUSED = "fused q/k/v projection (attn_qkv): its split depends on the architecture; not read yet"
+_EXPERTS = "mixture-of-experts tensor (one factor pair per expert): not read yet"
+_NOT_LORA = "a full tensor carried in the adapter (e.g. a norm from mergekit-extract-lora), not ΔW"
+
+
+def claims(path: Path) -> bool:
+    """A ``.gguf`` file (its magic bytes; the ``gguf`` package is not needed for this)."""
+    if not (path.is_file() and path.suffix.lower() == ".gguf"):
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) == _MAGIC
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise FormatError(
+            "reading a GGUF adapter needs the gguf package, which is not installed: "
+            "pip install gguf (or pip install 'spectra[gguf]')"
+        ) from None
+    return gguf
+
+
+def _field(reader, key: str) -> object:
+    """The value of a metadata key, or None."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    if hasattr(field, "contents"):
+        return field.contents()
+    value = field.parts[field.data[0]]  # gguf before contents(): a numpy array or bytes
+    return bytes(value).decode() if value.dtype == np.uint8 else value.tolist()[0]
+
+
+class _GgufTensors:
+    """The tensors of a GGUF file, dequantised on demand with gguf's own ``dequantize``."""
+
+    def __init__(self, path: Path, reader, gguf):
+        self.path = path
+        self._gguf = gguf
+        self._tensors = {tensor.name: tensor for tensor in reader.tensors}
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def type_name(self, name: str) -> str:
+        return self._tensors[name].tensor_type.name.lower()
+
+    def info(self, name: str) -> TensorInfo:
+        tensor = self._tensors[name]
+        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # GGUF lists ne0 first
+        dtype = _TORCH_DTYPES.get(tensor.tensor_type.name, torch.float32)
+        return TensorInfo(shape, dtype, self.path)
+
+    def load(self, name: str) -> torch.Tensor:
+        tensor = self._tensors[name]
+        values = self._gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # float32
+        return torch.from_numpy(np.array(values, dtype=np.float32)).reshape(self.info(name).shape)
+
+
+class GgufLoraCheckpoint(LoraFileCheckpoint):
+    """A llama.cpp LoRA adapter (``general.type = adapter``, ``adapter.type = lora``)."""
+
+    format = "gguf"
+    method = "LoRA (llama.cpp GGUF)"
+    order_note = "llama.cpp's converter permutes LLaMA q/k rows for GGML's RoPE"
+
+    def __init__(self, path: Path, base: Path | None, *, base_lookup=None):
+        super().__init__(path, base)
+        gguf = _gguf()
+        try:
+            reader = gguf.GGUFReader(str(path), "r")
+        except (ValueError, OSError, KeyError) as exc:
+            raise FormatError(f"{path}: not a readable GGUF file ({exc})") from exc
+        kind, adapter = _field(reader, "general.type"), _field(reader, "adapter.type")
+        if kind != "adapter" or adapter != "lora":
+            raise FormatError(
+                f"{path}: expected a GGUF LoRA adapter (general.type = adapter, adapter.type = "
+                f"lora), found general.type = {kind!r}, adapter.type = {adapter!r}: spectra reads "
+                "GGUF adapters, not GGUF models"
+            )
+        self.architecture = _field(reader, "general.architecture")
+        self.alpha = _field(reader, "adapter.lora.alpha")
+        if self.alpha is not None and not isinstance(self.alpha, int | float):
+            raise FormatError(
+                f"{path}: expected a number for adapter.lora.alpha, found {self.alpha!r}"
+            )
+        self.store = _GgufTensors(path, reader, gguf)
+        self.lora, self.left_out = self._read_modules()
+        self.finish(base)
+
+    def _read_modules(self) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
+        pairs: dict[str, dict[str, str]] = {}
+        left_out = []
+        for name in self.store.names():
+            match = _LORA.match(name)
+            if match is None:
+                left_out.append((name, _NOT_LORA))
+            else:
+                pairs.setdefault(match["weight"], {})[match["part"]] = name
+        lora = {}
+        for weight, parts in pairs.items():
+            block = _BLOCK.match(weight)
+            reason = None
+            if block is None:
+                reason = NO_LAYER
+            elif block["name"] == "attn_qkv":
+                reason = _FUSED
+            elif block["name"].endswith("_exps") or block["name"].endswith("_shexp"):
+                reason = _EXPERTS
+            elif block["name"] not in _ROLES:
+                reason = NO_ROLE
+            if reason is not None:
+                left_out += [(name, reason) for name in parts.values()]
+                continue
+            role = _ROLES[block["name"]]
+            ref = ModuleRef(int(block["layer"]), role, weight.removesuffix(".weight"), "gguf")
+            lora[ref.module] = self._module(ref, parts)
+        return lora, left_out
+
+    def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LoraModule:
+        if set(parts) != {"a", "b"}:
+            raise FormatError(
+                f"{self.store.path}: {ref.module}.weight has only lora_{''.join(parts)}; "
+                "expected both lora_a and lora_b"
+            )
+        a, b = (self.store.info(parts[p]).shape for p in ("a", "b"))
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            raise FormatError(
+                f"{self.store.path}: {ref.module}.weight should have lora_a (r, d_in) and lora_b "
+                f"(d_out, r) of one rank r; found lora_a {a} and lora_b {b}"
+            )
+        rank = a[0]
+        if self.alpha:
+            scale, source = self.alpha / rank, f"GGUF: adapter.lora.alpha/r = {self.alpha:g}/{rank}"
+        else:
+            what = "absent" if self.alpha is None else "0"
+            scale, source = 1.0, f"GGUF: adapter.lora.alpha {what} → 1 (llama.cpp's rule)"
+        return LoraModule(
+            ref=ref,
+            a=parts["a"],
+            b=parts["b"],
+            rank=rank,
+            shape=(b[0], a[1]),
+            scale=scale,
+            scale_source=source,
+            interleaved=self.architecture in _INTERLEAVED_ARCHS and ref.role in ("q", "k"),
+        )
+
+    def module_info(self, key: tuple[int, str]) -> ModuleInfo:
+        info = super().module_info(key)
+        module = self.module_of(self.modules[key])
+        types = dict.fromkeys(self.store.type_name(name) for name in (module.a, module.b))
+        return replace(info, dtype="/".join(types))
+
+    def warnings(self) -> list[str]:
+        scale = (
+            "adapter.lora.alpha/r" if self.alpha else "1 (no adapter.lora.alpha: llama.cpp's rule)"
+        )
+        return [
+            f"the scale is llama.cpp's, {scale}: its converter keeps only the PEFT config's "
+            "global lora_alpha and drops use_rslora (α/√r) and alpha_pattern, which no GGUF "
+            "records; if the source adapter used either, norms differ from training's by that "
+            "factor (balance metrics are scale-invariant)",
+            *super().warnings(),
+        ]
+
+    def details(self) -> dict[str, object]:
+        types = sorted({self.store.type_name(name) for name in self.store.names()})
+        return {
+            "weights": str(self.store.path),
+            "general.architecture": self.architecture,
+            "adapter.lora.alpha": self.alpha,
+            "tensor types": types,
+        }
+
+
+def open_gguf(path: Path, base: Path | None, *, base_lookup=None) -> GgufLoraCheckpoint:
+    return GgufLoraCheckpoint(path, base, base_lookup=base_lookup)
+
+
+FORMAT = register(
+    Format(
+        name="gguf",
+        claims=claims,
+        open=open_gguf,
+        recognised_by=(
+            "a .gguf file with general.type = adapter, adapter.type = lora (llama.cpp's "
+            "convert_lora_to_gguf.py); needs pip install gguf"
+        ),
+    )
+)
