@@ -23,6 +23,7 @@ from ..errors import BaseMismatchError, FormatError, MissingBaseError
 from .base import Checkpoint, ModuleInfo, Selection
 from .names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
 from .tensors import TensorStore, open_store
+from .training import find_layout, open_layout
 
 __all__ = ["FullCheckpoint", "ModelWeights", "find_model_file"]
 
@@ -36,11 +37,15 @@ MODEL_FILES = (
 
 
 def find_model_file(folder: Path) -> Path | None:
-    """The weights file (or shard index) of a Hugging Face model folder, if any."""
+    """The weights file (or shard index) of a Hugging Face model folder, if any.
+
+    A folder without those files may hold a training layout (FSDP / DCP,
+    DeepSpeed ZeRO: ``training.find_layout``), returned as its folder.
+    """
     for name in MODEL_FILES:
         if (folder / name).is_file():
             return folder / name
-    return None
+    return find_layout(folder)
 
 
 def _open_model(path: Path, flag: str) -> TensorStore:
@@ -52,7 +57,7 @@ def _open_model(path: Path, flag: str) -> TensorStore:
                 f"{path}: expected a model folder with one of {', '.join(MODEL_FILES)}; "
                 f"found {found} ({flag})"
             )
-        return open_store(weights)
+        return open_layout(weights) if weights.is_dir() else open_store(weights)
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder ({flag})")
     return open_store(path)

@@ -81,6 +81,8 @@ __all__ = [
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 _WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
+# Wrappers that FSDP and activation checkpointing insert inside a name (training layouts).
+_WRAPPER_INFIXES = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 _ENCODER_BLOCK = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
 _DECODER_BLOCK = re.compile(r"(?:^|\.)decoder\.block\.(\d+)\.")
@@ -249,7 +251,11 @@ ROLE_REASONS = (NO_ROLE, NO_DEPTH, *(reason for _, reason in _LEFT_OUT))
 
 
 def canonical_name(name: str) -> str:
-    """Strip wrapper prefixes (repeatedly): ``base_model.model.``, ``module.``, ``_orig_mod.``."""
+    """Strip wrapper prefixes (repeatedly): ``base_model.model.``, ``module.``, ``_orig_mod.``.
+
+    ``_fsdp_wrapped_module.`` and ``_checkpoint_wrapped_module.`` are dropped wherever they sit.
+    """
+    name = _WRAPPER_INFIXES.sub("", name)
     changed = True
     while changed:
         changed = False
