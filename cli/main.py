@@ -15,7 +15,7 @@ import sys
 import click
 
 import spectra
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, command_line
 from spectra.io.memory import release_large_blocks
 
 from .commands import COMMANDS
@@ -25,6 +25,10 @@ class SpectraGroup(click.Group):
     """A click group that turns library errors into one line and exit status 1."""
 
     def invoke(self, ctx: click.Context):
+        with command_line():  # messages name flags; warnings are printed, not emitted
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SpectraError as exc:
@@ -53,6 +57,15 @@ def cli() -> None:
     adapter (LoRA, rsLoRA, DoRA, AdaLoRA, LoHa, LoKr, VeRA, multi-head LoRA)
     or a MultiLoRA checkpoint, takes its singular values, and measures how
     balanced they are (entropy, effective rank, stable rank, energy rank, …).
+
+    \b
+    Examples:
+      spectra demo                                    # the whole tool on a built-in example
+      spectra inspect adapter/                        # what a checkpoint holds
+      spectra analyze adapter/                        # metrics of k and v per layer
+      spectra compare tuned/ adapter/ --base base/ --label FT --label LoRA --out cmp/
+
+    spectra CMD --help shows each command's options and examples.
     """
     release_large_blocks()  # peak memory that does not grow with the model (spectra.io.memory)
 

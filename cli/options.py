@@ -12,33 +12,22 @@ from pathlib import Path
 
 import click
 
-from spectra.loaders import ROLES
+from spectra.errors import SpectraError
+from spectra.selection import parse_layers, parse_modules
 
 
 class LayerList(click.ParamType):
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``."""
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (read by ``spectra.selection``, as in Python)."""
 
     name = "layers"
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
-        layers: set[int] = set()
         try:
-            for part in str(value).split(","):
-                part = part.strip()
-                if "-" in part:
-                    start, stop = (int(p) for p in part.split("-", 1))
-                    if start > stop or start < 0:
-                        raise ValueError
-                    layers.update(range(start, stop + 1))
-                else:
-                    if int(part) < 0:
-                        raise ValueError
-                    layers.add(int(part))
-        except ValueError:
-            self.fail(f"{value!r} is not a layer list like 0-3,7 (non-negative, ranges low-high)")
-        return sorted(layers)
+            return list(parse_layers(str(value), flag="--layers"))
+        except SpectraError as exc:
+            self.fail(str(exc))
 
 
 class ModuleList(click.ParamType):
@@ -49,16 +38,11 @@ class ModuleList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, list) or value == "all":
             return value
-        roles = [part.strip() for part in str(value).split(",") if part.strip()]
-        if roles == ["all"]:
-            return "all"
-        unknown = [role for role in roles if role not in ROLES]
-        if unknown or not roles:
-            self.fail(
-                f"unknown module role(s) {', '.join(unknown) or repr(value)}: "
-                f"expected a comma list of {', '.join(ROLES)}, or all"
-            )
-        return list(dict.fromkeys(roles))
+        try:
+            roles = parse_modules(str(value), flag="--modules")
+        except SpectraError as exc:
+            self.fail(str(exc))
+        return roles if roles == "all" else list(roles)
 
 
 class TopCount(click.ParamType):

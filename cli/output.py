@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import click
 
 import spectra
-from spectra.analysis.comparison import SUMMARY_METRICS
-from spectra.report import noise_warning
+from spectra.defaults import SUMMARY_METRICS
 
 TABLE_COLUMNS = (
     ("layer", "layer"),
@@ -82,6 +81,7 @@ class ProgressBar:
                 length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True
             )
             self._bar.__enter__()
+        self._bar.length = total  # a sweep counts checkpoints, then the modules they hold
         rate = done / max(time.perf_counter() - self._start, 1e-9)
         self._bar.label = f"{self.label} {key} ({rate:.1f} {self.unit}/s)"
         self._bar.update(done - self._bar.pos)  # heads of one module share a step
@@ -108,6 +108,8 @@ def warn(messages) -> None:
 
 def metrics_table(report: spectra.Report) -> str:
     """The analyze table; rows at the rounding-noise floor are marked in a last column."""
+    from spectra.report import noise_warning
+
     noisy = [noise_warning(row) is not None for row in report.rows]
     rows = []
     for row, noise in zip(report.rows, noisy, strict=True):

@@ -14,10 +14,9 @@ adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
 
 __version__ = "0.2.0.dev0"
 
-from . import metrics
-from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
-from .analysis.sources import load
-from .delta import Dense, Factored, LayerDelta
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import (
     BaseMismatchError,
     DeviceError,
@@ -27,11 +26,55 @@ from .errors import (
     ReportExistsError,
     SelectionError,
     SpectraError,
+    SpectraWarning,
 )
-from .loaders import Checkpoint, CheckpointInfo, ModuleInfo
-from .metrics import METRICS
-from .report import Report
-from .svd import singular_values
+
+# The public names and the module each comes from. They are imported on first use (PEP 562),
+# so that ``import spectra`` and ``spectra --help`` do not load torch and matplotlib.
+_LAZY = {
+    "metrics": ".metrics",
+    "METRICS": ".metrics",
+    "Comparison": ".analysis",
+    "Sweep": ".analysis",
+    "analyze": ".analysis",
+    "compare": ".analysis",
+    "find_checkpoints": ".analysis",
+    "run_sweep": ".analysis",
+    "sweep": ".analysis",
+    "load": ".analysis.sources",
+    "Dense": ".delta",
+    "Factored": ".delta",
+    "LayerDelta": ".delta",
+    "Checkpoint": ".loaders",
+    "CheckpointInfo": ".loaders",
+    "ModuleInfo": ".loaders",
+    "Report": ".report",
+    "singular_values": ".svd",
+}
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from . import metrics
+    from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
+    from .analysis.sources import load
+    from .delta import Dense, Factored, LayerDelta
+    from .loaders import Checkpoint, CheckpointInfo, ModuleInfo
+    from .metrics import METRICS
+    from .report import Report
+    from .svd import singular_values
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spectra' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = module if name == "metrics" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "METRICS",
@@ -51,6 +94,7 @@ __all__ = [
     "ReportExistsError",
     "SelectionError",
     "SpectraError",
+    "SpectraWarning",
     "Sweep",
     "__version__",
     "analyze",

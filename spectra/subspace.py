@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .delta import Dense, Factored
 from .metrics import numerical_rank, rank_tolerance
 from .svd import accuracy_floor
@@ -39,9 +40,6 @@ __all__ = [
     "subspace_similarity",
 ]
 
-SUBSPACE_RANK = 8  # top-k vectors compared between methods, and r of the amplification
-INTRUDER_TOP = 10
-INTRUDER_EPS = 0.5
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import json
 import click
 
 import spectra
-from spectra.report import check_target
 
 from .. import options
 from ..output import metrics_table, warn, with_progress
@@ -50,7 +49,16 @@ def analyze(
     checkpoint, or a fine-tuned model folder (with --base).
 
     CKPT and --base may also be Hub ids: org/name[@revision] from the local
-    Hugging Face cache, hf://org/name[@revision] to download (below)."""
+    Hugging Face cache, hf://org/name[@revision] to download (below).
+
+    \b
+    Examples:
+      spectra analyze adapter/                        # k and v of a LoRA adapter
+      spectra analyze tuned/ --base base/ --out report/
+      spectra analyze adapter/ --modules all --layers 0-3,7 --json
+    """
+    from spectra.report import check_target  # the library loads when a command runs
+
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
     report = with_progress(

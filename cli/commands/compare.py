@@ -6,8 +6,7 @@ from __future__ import annotations
 import click
 
 import spectra
-from spectra.analysis.comparison import check_comparison_target
-from spectra.subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 
 from .. import options
 from ..output import print_summary, warn, with_progress
@@ -84,7 +83,16 @@ def compare(
 
     With --subspace, also the subspace similarity between methods (subspace_similarity.csv
     and its heat-map), and amplification and intruder dimensions per method
-    (subspace_modules.csv)."""
+    (subspace_modules.csv).
+
+    \b
+    Examples:
+      spectra compare tuned/ adapter/ --label FT --label LoRA --base base/ --out cmp/
+      spectra compare cmp/reports/FT cmp/reports/LoRA --out cmp2/ --top all
+      spectra compare tuned/ adapter/ --base base/ --subspace --out cmp3/
+    """
+    from spectra.analysis.comparison import check_comparison_target
+
     check_comparison_target(out, force)
     comparison = with_progress(
         quiet,

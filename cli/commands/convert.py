@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from spectra.analysis.convert import convert as convert_multilora
-
 from .. import options
 from ..output import warn
 
@@ -23,7 +21,13 @@ def convert(src, dst, lora_alpha, force):
     DST holds adapter_config.json (peft_type SPECTRA_MULTILORA, r, num_heads,
     lora_alpha) and adapter_model.safetensors with the stacked lora_A (n, r, d_in),
     lora_B (n, d_out, r) and lora_scaling (n, d_out) of each module.
+
+    \b
+    Example:
+      spectra convert final_checkpoint.pt multilora/ --lora-alpha 16
     """
+    from spectra.analysis.convert import convert as convert_multilora
+
     checkpoint = convert_multilora(src, dst, lora_alpha=lora_alpha, force=force)
     click.echo(f"{len(checkpoint.stacked)} MultiLoRA modules written to {dst}/")
     warn(checkpoint.warnings())

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from spectra.examples.demo import run_demo
-
 from .. import options
 from ..output import print_summary, with_progress
 
@@ -24,7 +22,14 @@ from ..output import print_summary, with_progress
 def demo(out, force, quiet):
     """Write a small FT, LoRA and MultiLoRA example in their real formats, analyse
     and compare them, and draw the Figure 2 histograms. Run again, it redoes its
-    own folder; a folder of anything else is refused."""
+    own folder; a folder of anything else is refused.
+
+    \b
+    Example:
+      spectra demo && open spectra-demo/comparison/figure2.png
+    """
+    from spectra.examples.demo import run_demo
+
     _, comparison = with_progress(quiet, run_demo, out)
     click.echo(
         f"example checkpoints written to {out / 'checkpoints'}/ (base, ft, lora, multilora.pt)"

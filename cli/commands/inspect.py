@@ -23,7 +23,13 @@ from ..output import format_value, render, warn
 def inspect(ckpt, base, as_json, **loader):
     """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
     where each scale came from, heads, the tensors not analysed and why, warnings)
-    without computing anything."""
+    without computing anything.
+
+    \b
+    Examples:
+      spectra inspect adapter/
+      spectra inspect tuned/ --base base/ --json
+    """
     checkpoint = spectra.load(ckpt, base=base, **options.load_options(**loader))
     info = checkpoint.describe()
     if base is not None:

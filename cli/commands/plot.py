@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from spectra import plot as plot_module
-from spectra.plot import NORMALIZATIONS
+from spectra.defaults import NORMALIZATIONS
 
 from .. import options
 from ..output import warn
@@ -32,8 +31,16 @@ from ..output import warn
 @options.figure_format()
 def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, figure_format):
     """Redraw the figures from saved REPORT folders, without recomputing anything:
-    figure2 (the equal-rank histograms, --top) and spectrum."""
-    written, warnings = plot_module.redraw(
+    figure2 (the equal-rank histograms, --top) and spectrum.
+
+    \b
+    Examples:
+      spectra plot cmp/reports/FT cmp/reports/LoRA --out figs/ --format pdf
+      spectra plot cmp/reports/* --out figs/ --layer grid --top all --force
+    """
+    from spectra.plot import redraw
+
+    written, warnings = redraw(
         reports,
         out,
         labels,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 import spectra
-from spectra.analysis.sweeps import SWEEP_METRICS, check_sweep_target, run_sweep
+from spectra.defaults import SWEEP_METRICS
 
 from .. import options
 from ..output import ProgressBar, print_sweep, warn
@@ -89,7 +89,15 @@ def sweep(
 ):
     """Analyse every checkpoint of the training run in RUN (checkpoint-<step>/ folders, or
     --glob), reuse cached results of unchanged checkpoints, and write one table
-    (sweep.csv: a row per step and module) and a figure of metrics against step."""
+    (sweep.csv: a row per step and module) and a figure of metrics against step.
+
+    \b
+    Examples:
+      spectra sweep output/ --out sweep/              # every checkpoint-<step>/ of a run
+      spectra sweep runs/ --glob 'seed*/step-*' --out sweep/ --workers 2
+    """
+    from spectra.analysis.sweeps import check_sweep_target, run_sweep
+
     check_sweep_target(out, force)
     metrics = [name.strip() for name in metric_names.split(",") if name.strip()]
     unknown = [name for name in metrics if name not in spectra.METRICS]

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..delta import Factored, LayerDelta
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, warn
 from ..io.hub import locate
 from ..loaders import Checkpoint
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
@@ -41,8 +41,8 @@ __all__ = ["analyze", "rounding_floor_of"]
 def analyze(
     path: str | os.PathLike,
     base: str | os.PathLike | None = None,
-    modules: Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
+    modules: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
     device: str = "auto",
     method: str = "fast",
     *,
@@ -63,8 +63,10 @@ def analyze(
     resolved once, and ``meta["source"]`` records the Hub id, the revision
     asked for and the commit of the snapshot analysed (``hub_id``,
     ``revision``, ``commit``; ``base_hub_id``, ``base_commit`` for the base).
-    ``modules`` are roles (``"k"``, ``"v"``, …); ``None`` means k and v,
-    whichever the checkpoint has. ``layers=None`` means every layer.
+    ``modules`` are roles, written as on the command line or as a list
+    (``"k,v"``, ``["k", "v"]``, ``"all"`` for every role the checkpoint has);
+    ``None`` means k and v, whichever the checkpoint has. ``layers`` likewise
+    (``"0-3,7"``, ``[0, 1, 2, 3, 7]``); ``None`` means every layer.
     ``method`` is ``"fast"`` (Gram eigenvalues) or ``"exact"`` (float64 SVD)
     for dense ΔW; factored ΔW always takes the exact QR core.
     ``progress(done, total, label)`` is called after each module. Reading
@@ -165,6 +167,8 @@ def analyze(
         # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
         "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
     }
+    for warning in warnings:  # in Python, also through the warnings module (SpectraWarning)
+        warn(f"{source.path}: {warning}")
     return Report(rows=rows, spectra=spectra, meta=meta)
 
 

@@ -38,7 +38,8 @@ import torch
 
 from ..delta import LayerDelta
 from ..errors import SelectionError
-from .names import ROLE_REASONS, ROLES
+from ..selection import DEFAULT_MODULES, ROLES, parse_layers, parse_modules
+from .names import ROLE_REASONS
 
 __all__ = [
     "DEFAULT_MODULES",
@@ -50,7 +51,6 @@ __all__ = [
     "summarise_not_analysed",
 ]
 
-DEFAULT_MODULES = ("k", "v")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,15 @@ class Checkpoint(ABC):
     @abstractmethod
     def module_info(self, key: tuple[int, str]) -> ModuleInfo:
         """What is known of one (layer, role) before computing: shape, dtype, rank, scale."""
+
+    def __repr__(self) -> str:
+        pairs = list(self.available())
+        layers = sorted({layer for layer, _ in pairs})
+        roles = sorted({role for _, role in pairs}, key=_role_order)
+        return (
+            f"{type(self).__name__}({self.variant}, {self.format} format: {len(pairs)} modules, "
+            f"layers {_ranges(layers)} × {', '.join(roles)}; {self.path})"
+        )
 
     def details(self) -> dict[str, object]:
         """Format-specific facts for ``describe()`` (files, config fields)."""
@@ -192,17 +201,23 @@ class _MissingRoleError(SelectionError):
 
 def select(
     available: Sequence[tuple[int, str]],
-    modules: Sequence[str] | None,
-    layers: Sequence[int] | None,
+    modules: str | Sequence[str] | None,
+    layers: str | int | Sequence[int] | None,
     path: Path,
 ) -> Selection:
-    """Apply the selection rules of this module to the pairs a checkpoint has."""
+    """Apply the selection rules of this module to the pairs a checkpoint has.
+
+    ``modules`` and ``layers`` are read by ``spectra.selection`` (``"k,v"``,
+    ``"all"``, ``"0-3,7"`` or lists alike).
+    """
+    modules = parse_modules(modules)
+    layers = parse_layers(layers)
     have_roles = sorted({role for _, role in available}, key=_role_order)
     have_layers = sorted({layer for layer, _ in available})
     if not available:
         raise _MissingRoleError(f"{path}: no projection modules found in this checkpoint")
     warnings: list[str] = []
-    if modules == "all" or (not isinstance(modules, str) and list(modules or ()) == ["all"]):
+    if modules == "all":
         modules = have_roles  # every role this checkpoint has
 
     if modules is None:
@@ -219,13 +234,7 @@ def select(
                     f"analysing {', '.join(roles)}"
                 )
     else:
-        roles = list(dict.fromkeys(modules))
-        unknown = [role for role in roles if role not in ROLES]
-        if unknown:
-            raise SelectionError(
-                f"unknown module role(s) {', '.join(unknown)}: expected some of "
-                f"{', '.join(ROLES)} (--modules)"
-            )
+        roles = list(modules)
         missing = [role for role in roles if role not in have_roles]
         if missing:
             raise _MissingRoleError(

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FormatError
+from ..selection import ROLES
 
 __all__ = [
     "ROLES",
@@ -79,7 +80,6 @@ __all__ = [
     "map_with_reasons",
 ]
 
-ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 _WRAPPER_PREFIXES = ("base_model.model.", "module.", "_orig_mod.")
 # Wrappers that FSDP and activation checkpointing insert inside a name (training layouts).
 _WRAPPER_INFIXES = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")

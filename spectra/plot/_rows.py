@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import NORMALIZATIONS
 from ..errors import SpectraError
 from ..loaders.names import ROLES
 from ..report import Report
@@ -29,11 +30,6 @@ __all__ = [
     "trusted",
 ]
 
-NORMALIZATIONS = {
-    "sigma1": "σ / σ₁ (per matrix)",
-    "frobenius": "σ / ‖ΔW‖_F (per matrix)",
-    "none": "σ",
-}
 
 
 def labels_for(reports: Sequence[Report], labels: Sequence[str] | None) -> list[str]:
