@@ -33,6 +33,10 @@ class Dense:
     def to_dense(self) -> torch.Tensor:
         return self.matrix
 
+    def __repr__(self) -> str:
+        d_out, d_in = self.shape
+        return f"Dense({d_out}×{d_in}, {_dtype_name(self.matrix.dtype)})"
+
 
 @dataclass(frozen=True)
 class Factored:
@@ -62,6 +66,13 @@ class Factored:
         """Merge into a float64 matrix ``(d_out, d_in)``; for tests and small cases."""
         return self.scale * (self.B.double() @ self.A.double())
 
+    def __repr__(self) -> str:
+        d_out, d_in = self.shape
+        return (
+            f"Factored({d_out}×{d_in}, r={self.rank}, scale={self.scale:.6g}, "
+            f"{_dtype_name(self.B.dtype)})"
+        )
+
 
 @dataclass(frozen=True)
 class LayerDelta:
@@ -87,8 +98,17 @@ class LayerDelta:
         """``(d_out, d_in)`` of ΔW."""
         return self.update.shape
 
+    def __repr__(self) -> str:
+        head = "" if self.head is None else f", head {self.head}"
+        return f"LayerDelta({self.label}, {self.name!r}, {self.update!r}{head})"
+
     @property
     def label(self) -> str:
         """A short human name such as ``L3.k`` or ``L3.k.h1``."""
         head = "" if self.head is None else f".h{self.head}"
         return f"L{self.layer}.{self.role}{head}"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``."""
+    return str(dtype).removeprefix("torch.")

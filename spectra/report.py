@@ -46,6 +46,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
+from .display import frame, html_table, layer_ranges
 from .errors import FormatError, SpectraError
 from .io.atomic import check_replaceable, replace_folder
 from .metrics import METRICS
@@ -87,6 +88,23 @@ NOISE_SHARE = 0.5  # rows with less of Σσ above the rounding floor get a warni
 Progress = Callable[[int, int, str], None]
 
 
+# The columns a notebook shows of a report (to_pandas() has them all).
+_HTML_COLUMNS = (
+    "layer",
+    "module",
+    "head",
+    "d_out",
+    "d_in",
+    "numerical_rank",
+    "normalized_entropy",
+    "effective_rank",
+    "stable_rank",
+    "top_share@1",
+    "frobenius_norm",
+    "relative_norm",
+)
+
+
 def spectrum_key(layer: int, module: str, head: int | None = None) -> str:
     """The key of one row's singular values: ``L3.k`` or ``L3.k.h1``."""
     return f"L{layer}.{module}" + ("" if head is None else f".h{head}")
@@ -104,10 +122,32 @@ class Report:
         return len(self.rows)
 
     def __repr__(self) -> str:
+        return f"Report({self._headline()})"
+
+    def _headline(self) -> str:
+        """``LoRA, peft format: 12 rows, layers 0-5 × k, v, 1 warning; adapter/``."""
         source = self.meta.get("source", {})
+        what = ", ".join(
+            str(x) for x in (source.get("variant"), f"{source.get('format')} format") if x
+        )
+        layers = layer_ranges(int(row["layer"]) for row in self.rows)
+        modules = ", ".join(dict.fromkeys(str(row["module"]) for row in self.rows))
+        notes = len(self.warnings)
+        warned = f", {notes} warning{'s' * (notes != 1)}" if notes else ""
         return (
-            f"Report({len(self.rows)} rows, format={source.get('format')!r}, "
-            f"path={source.get('path')!r})"
+            f"{what}: {len(self.rows)} rows, layers {layers} × {modules}{warned}; "
+            f"{source.get('path')}"
+        )
+
+    def _repr_html_(self) -> str:
+        """The rows as a table in a notebook, with the warnings under it."""
+        shown = [
+            c
+            for c in _HTML_COLUMNS
+            if c != "head" or any(r.get("head") is not None for r in self.rows)
+        ]
+        return html_table(
+            shown, self.rows, caption=f"Report — {self._headline()}", notes=self.warnings
         )
 
     def __eq__(self, other: object) -> bool:
@@ -136,13 +176,8 @@ class Report:
         return self.spectra[spectrum_key(layer, module, head)]
 
     def to_pandas(self):
-        """The rows as a ``pandas.DataFrame`` (pandas is imported only here)."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            [{column: row.get(column) for column in self.columns} for row in self.rows],
-            columns=self.columns,
-        )
+        """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here)."""
+        return frame(self.rows, self.columns)
 
     # -- writing -----------------------------------------------------------
 

@@ -75,10 +75,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
             f"device {device!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
-            "GPU; use --device cpu or --device auto"
+            "GPU; use --device=cpu or --device=auto"
         )
     if resolved.type not in ("cpu", "cuda"):
-        raise DeviceError(f"device {device!r} is not supported: use --device auto, cpu or cuda")
+        raise DeviceError(f"device {device!r} is not supported: use --device=auto, cpu or cuda")
     return resolved
 
 

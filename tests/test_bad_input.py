@@ -93,7 +93,7 @@ def test_nan_weight_is_refused_by_name_unless_skipped(tmp_path, pair):
     tensors["model.layers.1.self_attn.k_proj.weight"][2, 3] = float("nan")
     ft = _model(tmp_path / "nan", tensors)
     with pytest.raises(
-        NonFiniteError, match=r"model.layers.1.self_attn.k_proj.weight.*--skip-nonfinite"
+        NonFiniteError, match=r"model.layers.1.self_attn.k_proj.weight.*skip_nonfinite=True"
     ) as refused:
         spectra.analyze(ft, base=base)
     assert str(refused.value).startswith(f"{ft}: ")  # the file, then the module
@@ -137,7 +137,7 @@ def test_checkpoint_mixing_dtypes(tmp_path, pair):
 
 def test_base_of_another_architecture(tmp_path, pair, minilm_dir):
     ft, _ = pair
-    expected = r"encoder.layer.0.attention.self.key has shape \(384, 384\).*is --base the model"
+    expected = r"encoder.layer.0.attention.self.key has shape \(384, 384\).*is base= the model"
     with pytest.raises(SpectraError, match=expected):
         spectra.analyze(ft, base=minilm_dir)
 

@@ -135,7 +135,7 @@ def test_a_typo_is_no_such_folder_and_no_hub_call(hub_cache, no_hub_calls, tmp_p
     assert message.startswith("ckpts/lroa (CKPT): no such file or folder")
     assert f"not in the local Hugging Face cache ({hub_cache}) either" in message
     assert message.endswith("to download it from the Hub, write hf://ckpts/lroa")
-    with pytest.raises(FormatError, match=r"org/typo \(--base\).*write --base hf://org/typo$"):
+    with pytest.raises(FormatError, match=r"org/typo \(base=\).*write base='hf://org/typo'$"):
         spectra.load(tmp_path, base="org/typo")
     with pytest.raises(FormatError, match=r"ckpts/lroa \(CKPT\): no such file or folder"):
         spectra.compare(["ckpts/lroa"], ["a"])

@@ -98,7 +98,7 @@ def _tiny_model(folder, layers=2, d=16, names=("k_proj", "v_proj"), seed=0, dtyp
 def test_full_finetune_without_base_names_the_flag(tmp_path, dtype):
     ckpt = _tiny_model(tmp_path / "ft", dtype=dtype)
     assert detect_format(ckpt) == "full"
-    with pytest.raises(MissingBaseError, match="--base"):
+    with pytest.raises(MissingBaseError, match="base="):
         spectra.analyze(ckpt)
     # inspect still works: it computes nothing.
     info = spectra.load(ckpt).describe()
@@ -117,7 +117,7 @@ def test_base_with_other_shapes_or_names_is_refused(tmp_path, dtype):
 
 @in_each_dtype
 def test_missing_base_path_is_reported(tmp_path, dtype):
-    with pytest.raises(FormatError, match="--base"):
+    with pytest.raises(FormatError, match="base="):
         spectra.load(_tiny_model(tmp_path / "ft", dtype=dtype), base=tmp_path / "missing")
 
 
@@ -129,7 +129,7 @@ def test_selection_rules(tmp_path, dtype):
         SelectionError, match=r"layer\(s\) 5 not in this checkpoint; it has layers 0-1"
     ):
         spectra.analyze(ckpt, base=base, layers=[5])
-    with pytest.raises(SelectionError, match=r"no q modules.*--modules k,v"):
+    with pytest.raises(SelectionError, match=r"no q modules.*modules='k,v'"):
         spectra.analyze(ckpt, base=base, modules=["q"])
     with pytest.raises(SelectionError, match="unknown module role"):
         spectra.analyze(ckpt, base=base, modules=["x"])
@@ -196,7 +196,7 @@ def test_dora_without_base_names_the_config_field_and_the_flags(tmp_path):
     keys["base_model.model.model.layers.0.self_attn.k_proj.lora_magnitude_vector"] = torch.ones(16)
     folder = _adapter(tmp_path / "dora", config, keys)
     with pytest.raises(
-        MissingBaseError, match=r"'org/not-downloaded'.*--base DIR.*--directional-only"
+        MissingBaseError, match=r"'org/not-downloaded'.*base=DIR.*directional_only=True"
     ):
         spectra.analyze(folder)
     report = spectra.analyze(folder, directional_only=True)

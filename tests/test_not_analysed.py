@@ -104,10 +104,10 @@ def _two_adapters_in_one_file(adapter, folder):
 def test_several_adapters_in_one_file_need_a_name(tmp_path, lora_adapter):
     folder = tmp_path / "two"
     tensors = _two_adapters_in_one_file(lora_adapter, folder)
-    several = r"several adapters in one file \(default, other\).*--adapter NAME"
+    several = r"several adapters in one file \(default, other\).*adapter=NAME"
     with pytest.raises(FormatError, match=several):
         spectra.load(folder)
-    with pytest.raises(FormatError, match=r"no adapter named 'third'.*default, other.*--adapter"):
+    with pytest.raises(FormatError, match=r"no adapter named 'third'.*default, other.*adapter="):
         spectra.load(folder, adapter="third")
     for name, factor in (("default", 1.0), ("other", 2.0)):
         checkpoint = spectra.load(folder, adapter=name)

@@ -211,9 +211,9 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
     data = json.loads(config_path.read_text())
     data["base_model_name_or_path"] = "nowhere/to-be-found"
     config_path.write_text(json.dumps(data))
-    with pytest.raises(MissingBaseError, match=r"adapter_config.json: VeRA .*d_in.*--base DIR"):
+    with pytest.raises(MissingBaseError, match=r"adapter_config.json: VeRA .*d_in.*base=DIR"):
         spectra.analyze(adapter.path, modules=["k"])
-    with pytest.raises(MissingBaseError, match="--base"):
+    with pytest.raises(MissingBaseError, match="base=DIR"):
         list(spectra.load(adapter.path).deltas(modules=["k"]))
     info = spectra.load(adapter.path).describe()
     assert {m.shape for m in info.modules if m.role == "k"} == {(384, None)}
@@ -233,7 +233,7 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
     shared = next(name for name in tensors if name.endswith("vera_A"))
     tensors[shared] = tensors[shared][:, :384].contiguous()
     save_file(tensors, str(weights_path))
-    with pytest.raises(FormatError, match=r"vera_A \(8, 384\).*cannot be narrower.*--base"):
+    with pytest.raises(FormatError, match=r"vera_A \(8, 384\).*cannot be narrower.*base="):
         spectra.analyze(adapter.path, base=minilm_dir, modules=["down"])
 
 
@@ -286,7 +286,7 @@ def test_sub_folder_adapters_need_a_name(tmp_path, minilm_dir):
     folder = tmp_path / "two"
     model.save_pretrained(str(folder), selected_adapters=["other"])
     assert (folder / "other" / "adapter_config.json").is_file()
-    with pytest.raises(FormatError, match=r"sub-folders \(other\).*--adapter NAME"):
+    with pytest.raises(FormatError, match=r"sub-folders \(other\).*adapter=NAME"):
         spectra.load(folder)
     with pytest.raises(FormatError, match="no adapter named 'missing'"):
         spectra.load(folder, adapter="missing")

@@ -365,7 +365,7 @@ def test_redraw_keeps_existing_figures_without_force(comparison, tmp_path):
     written, warnings = plot.redraw(folders, tmp_path / "figs", top="all")
     assert [path.name for path in written] == ["figure2.png", "spectrum.png"] and not warnings
     before = written[0].read_bytes()
-    with pytest.raises(ReportExistsError, match="pass --force"):
+    with pytest.raises(ReportExistsError, match="pass force=True"):
         plot.redraw(folders, tmp_path / "figs", top=2)
     assert written[0].read_bytes() == before
     again, _ = plot.redraw(folders, tmp_path / "figs", top=2, force=True)

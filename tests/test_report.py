@@ -63,7 +63,7 @@ def test_to_pandas_has_one_row_per_module(report):
 def test_existing_report_needs_force_and_is_replaced_whole(report, tmp_path):
     out = report.save(tmp_path / "r")
     (out / "metrics.csv").write_text("stale")  # would break the checksum if kept
-    with pytest.raises(ReportExistsError, match="--force"):
+    with pytest.raises(ReportExistsError, match="force=True"):
         report.save(out)
     report.save(out, force=True)
     assert Report.load(out) == report

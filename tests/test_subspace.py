@@ -275,7 +275,7 @@ def test_two_adapters_without_base_match_numpy_and_leave_w0_metrics_empty(
 
 
 def test_per_head_is_refused_for_subspaces(lora_adapter):
-    with pytest.raises(SpectraError, match="--per-head"):
+    with pytest.raises(SpectraError, match="per_head=True"):
         spectra.compare([lora_adapter.path] * 2, ["a", "b"], subspace=True, per_head=True)
 
 

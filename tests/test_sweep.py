@@ -83,7 +83,7 @@ def test_glob_and_trainer_state_step(tmp_path, lora_run):
     shutil.copytree(lora_run / "checkpoint-20", run / "seed0" / "epoch-2")
     found = spectra.find_checkpoints(run, "seed0/*")
     assert [(c.step, c.path.name) for c in found] == [(2, "epoch-2"), (500, "final")]
-    with pytest.raises(SpectraError, match=r"no checkpoints found.*--glob"):
+    with pytest.raises(SpectraError, match=r"no checkpoints found.*pattern=PATTERN"):
         spectra.find_checkpoints(run)
     (run / "seed0" / "epoch-2" / "trainer_state.json").write_text('{"global_step": 500}')
     with pytest.raises(SpectraError, match="several checkpoints share step 500"):

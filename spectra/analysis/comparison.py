@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SpectraError
+from ..defaults import SUMMARY_METRICS
+from ..display import frame, html_table
+from ..errors import SpectraError, warn
 from ..io.atomic import check_replaceable, replace_folder
 from ..io.hub import locate
 from ..loaders import options_for
@@ -49,13 +51,6 @@ from .subspaces import (
 
 __all__ = ["SUMMARY_METRICS", "Comparison", "check_comparison_target", "compare", "write_figures"]
 
-SUMMARY_METRICS = (
-    "normalized_entropy",
-    "effective_rank",
-    "stable_rank",
-    "energy_rank@0.9",
-    "top_share@1",
-)
 SUMMARY_FILE = "summary.csv"
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -108,6 +103,21 @@ class Comparison:
 
     def summary_csv(self) -> str:
         return csv_text(self.columns, self.summary())
+
+    def to_pandas(self):
+        """``summary()`` as a ``pandas.DataFrame`` (missing values NaN); each report has its own."""
+        return frame(self.summary(), self.columns)
+
+    def __repr__(self) -> str:
+        modules = dict.fromkeys(row["module"] for report in self.reports for row in report.rows)
+        extra = "; subspace metrics" if self.subspace is not None else ""
+        return f"Comparison({', '.join(self.labels)}: {', '.join(modules)}{extra})"
+
+    def _repr_html_(self) -> str:
+        """The summary as a table in a notebook, with every report's warnings under it."""
+        pairs = zip(self.labels, self.reports, strict=True)
+        notes = [f"{label}: {warning}" for label, report in pairs for warning in report.warnings]
+        return html_table(self.columns, self.summary(), caption=repr(self), notes=notes)
 
     def report_folders(self) -> dict[str, str]:
         """The folder under ``reports/`` of each label (labels made safe as file names)."""
@@ -185,8 +195,8 @@ def compare(
     sources: Sequence[str | os.PathLike],
     labels: Sequence[str] | None = None,
     base: str | os.PathLike | None = None,
-    modules: Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
+    modules: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
     device: str = "auto",
     method: str = "fast",
     *,
@@ -239,6 +249,7 @@ def compare(
             outdated = version_warning(saved)
             if outdated is not None:
                 saved.meta["warnings"] = [*saved.warnings, outdated]
+                warn(f"{source}: {outdated}")
             reports.append(saved)
             continue
         given = options_for(source, options)
@@ -256,4 +267,7 @@ def compare(
                 **given,
             )
         )
-    return Comparison(labels, reports, combine(collectors) if subspace else None)
+    result = Comparison(labels, reports, combine(collectors) if subspace else None)
+    for warning in result.subspace.warnings if result.subspace is not None else ():
+        warn(warning)
+    return result

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..delta import LayerDelta
+from ..display import frame
 from ..errors import SpectraError
 from ..io.hub import locate
 from ..loaders import ROLES, Checkpoint, Selection, options_for
@@ -78,6 +79,14 @@ class SubspaceResult:
             if row["method"] == method and row["module"] == module and row[column] is not None
         ]
         return sum(values) / len(values) if values else None
+
+    def pairs_to_pandas(self):
+        """``pairs`` (one row per layer, module and pair of methods) as a DataFrame."""
+        return frame(self.pairs, PAIR_COLUMNS)
+
+    def modules_to_pandas(self):
+        """``modules`` (amplification and intruders per method and module) as a DataFrame."""
+        return frame(self.modules, MODULE_COLUMNS)
 
     def pairs_csv(self) -> str:
         return csv_text(PAIR_COLUMNS, self.pairs)

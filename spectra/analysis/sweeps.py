@@ -20,11 +20,15 @@ import json
 import multiprocessing
 import os
 import re
+import signal
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpectraError
+from ..defaults import SWEEP_METRICS
+from ..display import frame
+from ..errors import SpectraError, SpectraWarning, warn
 from ..io.atomic import check_replaceable, replace_folder
 from ..io.hub import locate
 from ..loaders import Checkpoint, options_for
@@ -43,7 +47,6 @@ __all__ = [
     "sweep",
 ]
 
-SWEEP_METRICS = ("normalized_entropy", "effective_rank", "stable_rank", "frobenius_norm")
 SWEEP_FILE = "sweep.csv"
 _TRAINER_FOLDER = re.compile(r"^checkpoint-(\d+)$")
 
@@ -130,12 +133,15 @@ class Sweep:
         return rows
 
     def to_pandas(self):
-        """The rows as one ``pandas.DataFrame`` (pandas is imported only here)."""
-        import pandas as pd
+        """The rows as one ``pandas.DataFrame``, missing numbers NaN (pandas imported here)."""
+        return frame(self.rows(), self.columns)
 
-        columns = self.columns
-        return pd.DataFrame(
-            [{c: row.get(c) for c in columns} for row in self.rows()], columns=columns
+    def __repr__(self) -> str:
+        steps = [checkpoint.step for checkpoint in self.checkpoints]
+        span = f"steps {steps[0]}–{steps[-1]}" if steps else "no steps"
+        return (
+            f"Sweep({self.run}: {len(self.checkpoints)} checkpoints, {span}, "
+            f"{sum(self.cached)} from the cache)"
         )
 
     def csv(self) -> str:
@@ -180,11 +186,23 @@ class Sweep:
 
     @property
     def warnings(self) -> list[str]:
-        return [
-            f"step {c.step}: {warning}"
-            for c, report in zip(self.checkpoints, self.reports, strict=True)
-            for warning in report.warnings
-        ]
+        """Each distinct warning once, with the steps it applies to (not once per step)."""
+        steps: dict[str, list[int]] = {}
+        for checkpoint, report in zip(self.checkpoints, self.reports, strict=True):
+            for warning in report.warnings:
+                steps.setdefault(warning, []).append(checkpoint.step)
+        every = len(self.checkpoints)
+        return [f"{_steps_text(found, every)}: {warning}" for warning, found in steps.items()]
+
+
+def _steps_text(steps: list[int], every: int) -> str:
+    """``step 300``, ``steps 100, 300`` or ``every step (9 checkpoints)``."""
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    if len(steps) == every:
+        return f"every step ({every} checkpoints)"
+    shown = ", ".join(map(str, steps[:6])) + (", …" if len(steps) > 6 else "")
+    return f"steps {shown} ({len(steps)} of {every} checkpoints)"
 
 
 def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
@@ -195,13 +213,15 @@ def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
 # ---------------------------------------------------------------- running
 
 
-def _analyze_job(job: dict, checkpoint: Checkpoint | None = None) -> Report:
+def _analyze_job(
+    job: dict, checkpoint: Checkpoint | None = None, progress: Progress | None = None
+) -> Report:
     """One checkpoint's analysis; module-level so that process pools and Ray can ship it.
 
     ``checkpoint`` is the job's checkpoint as the sweep opened it (serial runs);
     a worker process opens its own.
     """
-    return analyze(**job, checkpoint=checkpoint)
+    return analyze(**job, checkpoint=checkpoint, progress=progress)
 
 
 def _worker_setup(threads: int) -> None:
@@ -212,13 +232,14 @@ def _worker_setup(threads: int) -> None:
 
     torch.set_num_threads(threads)
     release_large_blocks()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
 
 
 def run_sweep(
     run: str | os.PathLike,
     base: str | os.PathLike | None = None,
-    modules: Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
+    modules: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
     device: str = "auto",
     method: str = "fast",
     *,
@@ -247,11 +268,13 @@ def run_sweep(
     checkpoints = find_checkpoints(run, pattern)
     base = locate(base, "--base") if base is not None else None  # a Hub id once, for every job
     store = _cache(cache)
-    tasks, keys, opened = [], [], []
+    tasks, keys, opened, sizes = [], [], [], []
     for found in checkpoints:  # every one is opened and its selection checked before any work
+        if progress is not None:
+            progress(0, len(checkpoints), f"checking step {found.step}")
         given = options_for(found.path, options)
         checkpoint = load(found.path, base=base, **given)
-        checkpoint.plan(modules, layers)
+        sizes.append(len(checkpoint.plan(modules, layers).keys))
         job = {
             "path": found.path,
             "base": base,
@@ -270,38 +293,106 @@ def run_sweep(
     ]
     cached = [report is not None for report in reports]
     missing = [i for i, report in enumerate(reports) if report is None]
-    total, done = len(checkpoints), sum(cached)
-    if progress is not None and done:
-        progress(done, total, f"{done} from the cache")
+    # progress counts modules, so that it moves within a checkpoint (serial runs)
+    total, done = sum(sizes), sum(size for size, hit in zip(sizes, cached, strict=True) if hit)
+    if progress is not None:
+        progress(done, total, f"{sum(cached)} checkpoints from the cache")
 
     def finished(index: int, report: Report) -> None:
         nonlocal done
         reports[index] = report
         if store is not None:
-            store.put(keys[index], report)
-        done += 1
+            store.put(keys[index], report)  # kept at once: an interrupted sweep loses nothing done
+        done += sizes[index]
         if progress is not None:
-            progress(done, total, f"step {checkpoints[index].step}")
+            progress(done, total, f"step {checkpoints[index].step} done")
 
     todo = [tasks[i] for i in missing]
-    if ray is not None and ray is not False:
-        _run_on_ray(todo, missing, ray, finished)
-    elif workers > 1 and len(todo) > 1:
-        _run_on_processes(todo, missing, workers, finished)
-    else:
-        for index, job in zip(missing, todo, strict=True):
-            finished(index, _analyze_job(job, opened[index]))
-            opened[index] = None  # nothing of a finished checkpoint stays in memory
-    for index in range(total):
+    try:
+        with warnings.catch_warnings():  # each checkpoint's warnings go once, grouped, below
+            warnings.simplefilter("ignore", SpectraWarning)
+            if ray is not None and ray is not False:
+                _run_on_ray(todo, missing, ray, finished)
+            elif workers > 1 and len(todo) > 1:
+                _run_on_processes(todo, missing, workers, finished)
+            else:
+                for index in missing:
+                    step_progress = _within(progress, done, total, checkpoints[index].step)
+                    finished(index, _analyze_job(tasks[index], opened[index], step_progress))
+                    opened[index] = None  # nothing of a finished checkpoint stays in memory
+    except KeyboardInterrupt:
+        kept = sum(report is not None for report in reports) - sum(cached)
+        where = "kept in the cache: run the same sweep again to go on" if store else "not kept"
+        raise KeyboardInterrupt(
+            f"{kept} of {len(missing)} checkpoints to analyse had finished, {where}"
+        ) from None
+    for index in range(len(checkpoints)):
         if cached[index]:  # a hit keeps the result but says where the content is now
             assert reports[index] is not None
             reports[index].meta["source"]["path"] = str(checkpoints[index].path.resolve())
-    return Sweep(Path(run), checkpoints, [r for r in reports if r is not None], cached)
+    result = Sweep(Path(run), checkpoints, [r for r in reports if r is not None], cached)
+    for warning in result.warnings:
+        warn(f"{run}: {warning}")
+    return result
 
 
-def sweep(run: str | os.PathLike, *args: object, **kwargs: object):
-    """``run_sweep(...).to_pandas()``: one DataFrame, a ``step`` column first."""
-    return run_sweep(run, *args, **kwargs).to_pandas()
+def _within(progress: Progress | None, done: int, total: int, step: int) -> Progress | None:
+    """``analyze``'s progress over one checkpoint's modules, as the sweep's, labelled by step."""
+    if progress is None:
+        return None
+    return lambda modules, _, key: progress(done + modules, total, f"step {step}: {key}")
+
+
+def sweep(
+    run: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    modules: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
+    device: str = "auto",
+    method: str = "fast",
+    *,
+    pattern: str | None = None,
+    cache: bool | str | os.PathLike | ReportCache = True,
+    workers: int = 1,
+    ray: bool | str | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    **options: object,
+):
+    """Every checkpoint of a training run as one ``pandas.DataFrame``, a ``step`` column first.
+
+    ``run`` is a training output folder: its ``checkpoint-<step>/`` folders
+    (Hugging Face Trainer), or what ``pattern`` (a glob relative to ``run``,
+    e.g. ``"seed*/step-*"``) matches. Each checkpoint is analysed as
+    ``spectra.analyze`` would (``base``, ``modules``, ``layers``, ``device``,
+    ``method`` and loader ``options`` such as ``lora_alpha`` are its), and its
+    report is cached by content (``cache``: True for the default folder, a
+    folder, or False), so that a second sweep over a growing run analyses
+    only the new checkpoints. ``workers`` processes or ``ray`` tasks run
+    checkpoints side by side. The frame has one row per (checkpoint, module[,
+    head]) and every metric column; ``run_sweep`` takes the same arguments
+    and returns the ``Sweep`` (reports, cache hits, ``save``).
+
+    Example::
+
+        df = spectra.sweep("output/", modules="k,v")
+        df.groupby(["step", "module"])["effective_rank"].mean().unstack()
+    """
+    return run_sweep(
+        run,
+        base,
+        modules,
+        layers,
+        device,
+        method,
+        pattern=pattern,
+        cache=cache,
+        workers=workers,
+        ray=ray,
+        jobs=jobs,
+        progress=progress,
+        **options,
+    ).to_pandas()
 
 
 def _cache(cache: bool | str | os.PathLike | ReportCache) -> ReportCache | None:
@@ -331,16 +422,40 @@ def _key(
 def _run_on_processes(
     jobs: list[dict], indices: list[int], workers: int, finished: Callable[[int, Report], None]
 ) -> None:
+    """Run ``jobs`` on a process pool; on Ctrl-C keep what finished and stop the workers at once."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
-    ) as pool:
-        futures = {
-            pool.submit(_analyze_job, job): index for job, index in zip(jobs, indices, strict=True)
-        }
+    )
+    futures = {
+        pool.submit(_analyze_job, job): index for job, index in zip(jobs, indices, strict=True)
+    }
+    handled: set[concurrent.futures.Future] = set()
+    try:
         for future in concurrent.futures.as_completed(futures):
+            handled.add(future)
             finished(futures[future], future.result())
+    except BaseException:
+        for future, index in futures.items():  # finished before the stop: still kept
+            done = future.done() and not future.cancelled() and future.exception() is None
+            if done and future not in handled:
+                handled.add(future)
+                finished(index, future.result())
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now, not when they finish."""
+    # the executor keeps its processes in ``_processes`` (pid → process); read before shutdown
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _run_on_ray(

@@ -246,7 +246,7 @@ class FullCheckpoint(Checkpoint):
         if self.base_weights is None:
             raise MissingBaseError(
                 f"{self.path} is a full model checkpoint: ΔW = W_tuned − W_base needs the "
-                "base model it was fine-tuned from; pass --base DIR (base=... in Python)"
+                "base model it was fine-tuned from; pass --base DIR"
             )
         for side in (self.tuned, self.base_weights):
             side.check_one_dtype(
