@@ -40,6 +40,7 @@ from . import (
     gguf_lora,  # noqa: F401
     kohya,  # noqa: F401
     mlx,  # noqa: F401
+    torchtune_lora,  # noqa: F401
 )
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
 from .full import MODEL_FILES, FullCheckpoint, find_model_file

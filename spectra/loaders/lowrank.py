@@ -182,6 +182,12 @@ class LoraFileCheckpoint(AdapterCheckpoint):
         self.open_base(base)
         self.head_counts = read_head_counts(base) or read_head_counts(heads_from)
 
+    def source_files(self) -> list[Path]:
+        """The adapter's files and the base's, and the config the head counts came from."""
+        files = super().source_files()
+        counts = self.head_counts
+        return files + ([counts.source] if counts and counts.source not in files else [])
+
     # -- what a subclass may use -------------------------------------------
 
     @property

@@ -1,0 +1,230 @@
+"""torchtune adapters written by torchtune itself, checked against torchtune's own merge.
+
+The model is torchtune's own ``lora_llama3`` builder at the tiny LLaMA's
+sizes, loaded with the Hugging Face base through ``convert_weights.hf_to_tune``
+(which puts q and k in Meta's row order), its adapter parameters made random,
+and saved by torchtune's ``FullModelHFCheckpointer`` exactly as the LoRA
+recipes save: ``adapter_model.pt`` (native keys), ``adapter_config.json``,
+the PEFT export ``adapter_model.safetensors`` and the base's ``config.json``.
+The reference ΔW is torchtune's own: ``get_merged_lora_ckpt`` on the float64
+state dict, back to Hugging Face's layout with ``tune_to_hf``, minus the base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+with warnings.catch_warnings():  # torchao's deprecation notices on import
+    warnings.simplefilter("ignore")
+    convert_weights = pytest.importorskip("torchtune.models.convert_weights")
+    from torchtune.models.llama3._component_builders import lora_llama3
+    from torchtune.modules.peft import get_adapter_state_dict, get_merged_lora_ckpt
+    from torchtune.training import FullModelHFCheckpointer
+
+from spectra_cli.main import cli
+
+import spectra
+from spectra.errors import FormatError, MissingBaseError
+from spectra.loaders import detect_format, load
+
+from .conftest import assert_same_reads, read_deltas, relative_error
+from .llama_base import (
+    HEADS,
+    HF_MODULES,
+    HIDDEN,
+    INTERMEDIATE,
+    KV_HEADS,
+    LAYERS,
+    random_factor,
+    save_tiny_llama,
+)
+
+RANK, ALPHA = 4, 16.0
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "output_proj"]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+def _hf_state(base: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(base / "model.safetensors"))
+
+
+def _convert(state: dict, to: str) -> dict:
+    convert = convert_weights.hf_to_tune if to == "tune" else convert_weights.tune_to_hf
+    return convert(state, num_heads=HEADS, num_kv_heads=KV_HEADS, dim=HIDDEN)
+
+
+def write_adapter(
+    out: Path, base: Path, dtype=torch.float32, dora: bool = False, output: bool = False
+) -> Path:
+    """A torchtune LoRA (or DoRA) with random adapter weights, saved by the HF checkpointer."""
+    model = lora_llama3(
+        ATTENTION,
+        apply_lora_to_mlp=True,
+        apply_lora_to_output=output,
+        vocab_size=100,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        embed_dim=HIDDEN,
+        max_seq_len=64,
+        intermediate_dim=INTERMEDIATE,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        use_dora=dora,
+    )
+    model.load_state_dict(_convert(_hf_state(base), "tune"), strict=False)
+    adapter = get_adapter_state_dict(model.state_dict())
+    with torch.no_grad():
+        for i, (name, value) in enumerate(sorted(adapter.items())):
+            noise = torch.from_numpy(random_factor(value.shape, i))
+            adapter[name] = (value * (1 + noise) if "magnitude" in name else noise).to(dtype)
+    checkpointer = FullModelHFCheckpointer(
+        checkpoint_dir=str(base),
+        checkpoint_files=["model.safetensors"],
+        model_type="LLAMA3",
+        output_dir=str(out),
+    )
+    config = {
+        "r": RANK,
+        "lora_alpha": ALPHA,
+        "target_modules": [*ATTENTION, "w1", "w2", "w3", *(["output"] if output else [])],
+        "peft_type": "LORA",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checkpointer.save_checkpoint(
+            {"adapter": adapter, "adapter_config": config}, epoch=0, adapter_only=True
+        )
+    return out / "epoch_0"
+
+
+def torchtune_reference(folder: Path, base: Path) -> dict[tuple[int, str], np.ndarray]:
+    """torchtune's own merge of the saved adapter, in float64, in Hugging Face's layout."""
+    tune = {k: v.double() for k, v in _convert(_hf_state(base), "tune").items()}
+    adapter = torch.load(folder / "adapter_model.pt", weights_only=True)
+    merged = get_merged_lora_ckpt(
+        tune | {k: v.double() for k, v in adapter.items()}, rank=RANK, alpha=ALPHA
+    )
+    merged_hf, base_hf = _convert(merged, "hf"), _hf_state(base)
+    return {
+        (layer, role): (merged_hf[n] - base_hf[n].double()).numpy()
+        for layer in range(LAYERS)
+        for role, module in HF_MODULES.items()
+        if (n := f"model.layers.{layer}.{module}.weight")
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lora_matches_torchtune_merge_and_reads_twice(tmp_path, llama, dtype):
+    folder = write_adapter(tmp_path, llama, dtype)
+    assert {"adapter_model.pt", "adapter_model.safetensors", "config.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    reference = torchtune_reference(folder, llama)
+    checkpoint = load(folder)  # heads from the config.json torchtune copied beside
+    assert detect_format(folder) == "torchtune" and checkpoint.variant == "LoRA (torchtune)"
+    first = read_deltas(checkpoint, modules="all")
+    assert_same_reads(first, read_deltas(checkpoint, modules="all"))
+    assert {(r.delta.layer, r.delta.role) for r in first} == set(reference)
+    for read in first:
+        key = (read.delta.layer, read.delta.role)
+        assert read.delta.source_dtype == dtype and read.delta.update.scale == ALPHA / RANK
+        assert relative_error(read.dense, reference[key]) < 1e-6, key
+    # torchtune's PEFT export of the same adapter, read as PEFT, gives the same ΔW
+    export = {
+        (r.delta.layer, r.delta.role): r.dense
+        for r in read_deltas(load(folder / "adapter_model.safetensors"), modules="all")
+    }
+    for read in first:
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, export[key]) < 1e-12, key
+
+
+def test_dora_matches_torchtune_merge(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama, dora=True)
+    reference = torchtune_reference(folder, llama)
+    checkpoint = load(folder, base=llama)
+    assert checkpoint.variant == "DoRA (LoRA (torchtune))"
+    for read in read_deltas(checkpoint, modules="all"):
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, reference[key]) < 1e-6, key
+    with pytest.raises(MissingBaseError, match="needs the base weight W0"):
+        load(folder).plan()
+
+
+def test_without_head_counts_q_and_k_keep_the_stored_order(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(folder / "adapter_model.pt", alone)
+    reference = torchtune_reference(folder, llama)
+    checkpoint = load(alone, lora_alpha=ALPHA)
+    assert any("interleaved RoPE order" in w for w in checkpoint.describe().warnings)
+    for read in read_deltas(checkpoint, modules=["q", "k", "v"]):
+        key = (read.delta.layer, read.delta.role)
+        sigma = np.linalg.svd(read.dense, compute_uv=False)
+        np.testing.assert_allclose(
+            sigma, np.linalg.svd(reference[key], compute_uv=False), atol=1e-12
+        )
+        if key[1] == "v":
+            assert relative_error(read.dense, reference[key]) < 1e-12
+    for read in read_deltas(load(alone, base=llama, lora_alpha=ALPHA), modules=["q", "k"]):
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, reference[key]) < 1e-6, key
+
+
+def test_nothing_dropped(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama, output=True)
+    checkpoint = load(folder)
+    names = set(checkpoint.store.names())
+    analysed = {m.name + f".lora_{p}.weight" for m in checkpoint.describe().modules for p in "ab"}
+    left_out = dict(checkpoint.not_analysed())
+    assert analysed | set(left_out) == names and not analysed & set(left_out)
+    assert set(left_out) == {"output.lora_a.weight", "output.lora_b.weight"}
+    assert all("outside the transformer blocks" in reason for reason in left_out.values())
+
+
+def test_inspect_says_where_the_scale_came_from(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama)
+    result = CliRunner().invoke(cli, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "torchtune format" in result.output
+    assert "adapter_config.json: lora_alpha/r = 16/4" in result.output
+
+
+def test_missing_alpha_is_refused_and_lora_alpha_supplies_it(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama)
+    (folder / "adapter_config.json").unlink()
+    with pytest.raises(FormatError) as error:
+        load(folder)
+    message = str(error.value)
+    assert "adapter_model.pt" in message and "lora_alpha / r" in message
+    assert "no adapter_config.json" in message and "lora_alpha=ALPHA" in message
+    info = spectra.load(folder, lora_alpha=8).describe()
+    assert {m.scale_source for m in info.modules} == {"--lora-alpha/r = 8/4"}
+
+
+def test_mismatched_rank_is_refused(tmp_path, llama):
+    folder = write_adapter(tmp_path, llama)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | {"r": 8}))
+    with pytest.raises(FormatError) as error:
+        load(folder)
+    message = str(error.value)
+    assert "adapter_model.pt" in message and "(8, d_in)" in message
+    assert "from adapter_config.json (r)" in message and "found lora_a (4, 64)" in message
