@@ -3,11 +3,17 @@
 The model is torchtune's own ``lora_llama3`` builder at the tiny LLaMA's
 sizes, loaded with the Hugging Face base through ``convert_weights.hf_to_tune``
 (which puts q and k in Meta's row order), its adapter parameters made random,
-and saved by torchtune's ``FullModelHFCheckpointer`` exactly as the LoRA
-recipes save: ``adapter_model.pt`` (native keys), ``adapter_config.json``,
-the PEFT export ``adapter_model.safetensors`` and the base's ``config.json``.
-The reference ΔW is torchtune's own: ``get_merged_lora_ckpt`` on the float64
-state dict, back to Hugging Face's layout with ``tune_to_hf``, minus the base.
+and saved as torchtune's ``FullModelHFCheckpointer.save_checkpoint`` saves an
+adapter (training/checkpointing/_checkpointer.py): ``torch.save`` of the
+adapter state dict as ``adapter_model.pt``, the PEFT export made by
+``convert_weights.tune_to_peft_adapter_weights`` as ``adapter_model.safetensors``
+(metadata ``format: pt``), ``tune_to_peft_adapter_config`` as
+``adapter_config.json``, and the base's ``config.json`` copied beside. (The
+checkpointer class itself is not called: ``torchtune.training`` 0.6 imports a
+torchao API that the torchao peft needs no longer has; the steps are the same
+calls.) The reference ΔW is torchtune's own: ``get_merged_lora_ckpt`` on the
+float64 state dict, back to Hugging Face's layout with ``tune_to_hf``, minus
+the base.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save_file
 
 with warnings.catch_warnings():  # torchao's deprecation notices on import
     warnings.simplefilter("ignore")
     convert_weights = pytest.importorskip("torchtune.models.convert_weights")
     from torchtune.models.llama3._component_builders import lora_llama3
     from torchtune.modules.peft import get_adapter_state_dict, get_merged_lora_ckpt
-    from torchtune.training import FullModelHFCheckpointer
 
 from spectra_cli.main import cli
 
@@ -71,7 +77,7 @@ def _convert(state: dict, to: str) -> dict:
 def write_adapter(
     out: Path, base: Path, dtype=torch.float32, dora: bool = False, output: bool = False
 ) -> Path:
-    """A torchtune LoRA (or DoRA) with random adapter weights, saved by the HF checkpointer."""
+    """A torchtune LoRA (or DoRA) with random adapter weights, saved as the HF checkpointer does."""
     model = lora_llama3(
         ATTENTION,
         apply_lora_to_mlp=True,
@@ -93,23 +99,22 @@ def write_adapter(
         for i, (name, value) in enumerate(sorted(adapter.items())):
             noise = torch.from_numpy(random_factor(value.shape, i))
             adapter[name] = (value * (1 + noise) if "magnitude" in name else noise).to(dtype)
-    checkpointer = FullModelHFCheckpointer(
-        checkpoint_dir=str(base),
-        checkpoint_files=["model.safetensors"],
-        model_type="LLAMA3",
-        output_dir=str(out),
-    )
     config = {
         "r": RANK,
         "lora_alpha": ALPHA,
         "target_modules": [*ATTENTION, "w1", "w2", "w3", *(["output"] if output else [])],
         "peft_type": "LORA",
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        checkpointer.save_checkpoint(
-            {"adapter": adapter, "adapter_config": config}, epoch=0, adapter_only=True
-        )
+    folder = out / "epoch_0"
+    folder.mkdir(parents=True)
+    torch.save(adapter, folder / "adapter_model.pt")
+    peft = convert_weights.tune_to_peft_adapter_weights(
+        adapter, num_heads=HEADS, num_kv_heads=KV_HEADS, dim=HIDDEN
+    )
+    save_file(peft, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    peft_config = convert_weights.tune_to_peft_adapter_config(config, str(base))
+    (folder / "adapter_config.json").write_text(json.dumps(peft_config))
+    shutil.copy(base / "config.json", folder / "config.json")
     return out / "epoch_0"
 
 
