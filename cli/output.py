@@ -107,27 +107,21 @@ def warn(messages) -> None:
 
 
 def metrics_table(report: spectra.Report) -> str:
-    """The analyze table; rows at the rounding-noise floor are marked in a last column."""
-    from spectra.report import noise_warning
+    """The analyze table, with a ``flags`` column and one line per flag under it (flags.py)."""
+    from spectra.flags import flag_lines
 
-    noisy = [noise_warning(row) is not None for row in report.rows]
+    flagged = any(row.get("flags") for row in report.rows)
     rows = []
-    for row, noise in zip(report.rows, noisy, strict=True):
+    for row in report.rows:
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
         if row.get("head") is not None:
             values["module"] = f"{row['module']}.h{row['head']}"
         rows.append(
             [values[key] for key, _ in TABLE_COLUMNS]
-            + (["noise" if noise else ""] if any(noisy) else [])
+            + ([row.get("flags") or ""] if flagged else [])
         )
-    header = [title for _, title in TABLE_COLUMNS] + (["floor"] if any(noisy) else [])
-    table = render(header, rows)
-    if any(noisy):
-        table += (
-            f"\nnoise: {sum(noisy)} of {len(noisy)} modules are not clearly above their rounding "
-            "floor; their entropy and effective rank measure rounding, not the update"
-        )
-    return table
+    header = [title for _, title in TABLE_COLUMNS] + (["flags"] if flagged else [])
+    return "\n".join([render(header, rows), *flag_lines(report.rows)])
 
 
 def print_summary(comparison) -> None:

@@ -166,10 +166,11 @@ class Report:
 
     @property
     def columns(self) -> list[str]:
-        """The CSV columns, in order (``head`` only when some row has a head)."""
+        """The CSV columns, in order (``head`` only when some row has a head; ``flags`` last)."""
         has_heads = any(row.get("head") is not None for row in self.rows)
         ids = [name for name, _ in _ID_COLUMNS if name != "head" or has_heads]
-        return ids + list(METRICS)
+        flags = ["flags"] if any("flags" in row for row in self.rows) else []  # reports ≥ 0.2
+        return ids + list(METRICS) + flags
 
     def spectrum(self, layer: int, module: str, head: int | None = None) -> np.ndarray:
         """The singular values (descending, float64) of one row."""
@@ -272,7 +273,7 @@ def version_warning(report: Report) -> str | None:
 
 
 def _column_type(name: str) -> str:
-    types = dict(_ID_COLUMNS)
+    types = dict(_ID_COLUMNS, flags="str")
     if name in types:
         return types[name]
     return "int" if name in _INT_METRICS else "float"

@@ -46,7 +46,7 @@ def test_save_writes_the_documented_files_and_load_reads_them_back_identically(r
         header = next(csv.reader(handle))
     assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
     assert header[8:12] == ["adapter_rank", "accuracy_floor", "noise_floor", "share_above_floor"]
-    assert header[12:] == list(METRICS)
+    assert header[12:] == [*METRICS, "flags"]
     assert {row["adapter_rank"] for row in report.rows} == {8}  # the adapter's r
     loaded = Report.load(out)
     assert loaded == report

@@ -22,6 +22,7 @@ import torch
 from .. import __version__
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError, warn
+from ..flags import row_flags
 from ..io.hub import locate
 from ..loaders import Checkpoint
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
@@ -35,7 +36,7 @@ from ..svd import (
 )
 from .sources import load
 
-__all__ = ["analyze", "rounding_floor_of"]
+__all__ = ["analyze", "report_row", "rounding_floor_of"]
 
 
 def analyze(
@@ -111,17 +112,13 @@ def analyze(
     try:
         for delta, sigma in stream:  # σ: (k,) float64, descending
             info = checkpoint.module_info((delta.layer, delta.role))
-            row = _row(delta, sigma, method, info.rank)
+            row, notes = report_row(delta, sigma, method, info.rank)
             key = spectrum_key(delta.layer, delta.role, delta.head)
             rows.append(row)
             spectra[key] = sigma.numpy()
             if info.scale is not None:
                 scales[key] = {"scale": info.scale, "source": info.scale_source}
-            if row["spectral_norm"] == 0:
-                warnings.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
-            noise = noise_warning(row)
-            if noise is not None:
-                warnings.append(noise)
+            warnings.extend(notes)
             done.add((delta.layer, delta.role))
             if progress is not None:
                 progress(len(done) + len(skipped), total, key)
@@ -195,6 +192,27 @@ def rounding_floor_of(delta: LayerDelta) -> float | None:
     return rounding_floor(delta.shape, delta.source_dtype, delta.weight_rms)
 
 
+def report_row(
+    delta: LayerDelta, sigma: torch.Tensor, method: str = "fast", rank: int | None = None
+) -> tuple[dict[str, object], list[str]]:
+    """One report row of a ΔW and its σ, and the row's warnings (ΔW zero, at its noise floor).
+
+    What ``analyze`` does for each module, public so that reports made
+    elsewhere (``spectra.integrations``: a live model during training) get
+    the same rows. ``method`` is the SVD method σ was taken with; ``rank``
+    is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr).
+    """
+    row = _row(delta, sigma, method, rank)
+    key = spectrum_key(delta.layer, delta.role, delta.head)
+    notes = []
+    if row["spectral_norm"] == 0:
+        notes.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
+    noise = noise_warning(row)
+    if noise is not None:
+        notes.append(noise)
+    return row, notes
+
+
 def _row(
     delta: LayerDelta, sigma: torch.Tensor, method: str, rank: int | None
 ) -> dict[str, object]:
@@ -222,6 +240,7 @@ def _row(
         "share_above_floor": share_above(sigma, tol),
     }
     row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))
+    row["flags"] = row_flags(row, sigma[:2].tolist())  # spike, ceiling, noise, zero (flags.py)
     return row
 
 
