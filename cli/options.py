@@ -134,6 +134,14 @@ def lora_alpha(help: str = "MultiLoRA: α, which its checkpoints do not save (no
     return click.option("--lora-alpha", type=float, help=help)
 
 
+def initial(
+    help: str = "LoRA whose init moved W0 (PiSSA, OLoRA, CorDA, LoftQ): the adapter folder saved "
+    "before training; ΔW = s·(B@A − B0@A0), the update of the original weights (rank ≤ 2r).",
+):
+    """``--initial DIR``."""
+    return click.option("--initial", type=click.Path(exists=True, file_okay=False), help=help)
+
+
 def figure_format():
     """``--format png|pdf|svg`` (the parameter is ``figure_format``)."""
     return click.option(
@@ -182,17 +190,19 @@ def loader_options(command):
             help="DoRA without a base: analyse the directional part s·B@A alone.",
         ),
         lora_alpha(),
+        initial(),
     ]
     return _with_options(command, options)
 
 
-def load_options(adapter, per_head, directional_only, lora_alpha) -> dict:
+def load_options(adapter, per_head, directional_only, lora_alpha, initial=None) -> dict:
     """The values of ``loader_options`` as keyword arguments of ``spectra.load``."""
     return {
         "adapter": adapter,
         "per_head": per_head,
         "directional_only": directional_only,
         "lora_alpha": lora_alpha,
+        "initial": initial,
     }
 
 

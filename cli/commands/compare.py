@@ -21,6 +21,9 @@ from ..output import print_summary, warn, with_progress
 @options.analysis_options
 @options.lora_alpha("α for MultiLoRA sources (their checkpoints save none).")
 @options.per_head("Multi-head sources: one row per head.")
+@options.initial(
+    "PEFT LoRA sources whose init moved W0 (PiSSA, OLoRA, …): the adapter saved before training."
+)
 @click.option(
     "--subspace",
     is_flag=True,
@@ -66,6 +69,7 @@ def compare(
     jobs,
     lora_alpha,
     per_head,
+    initial,
     subspace,
     subspace_rank,
     intruder_top,
@@ -106,6 +110,7 @@ def compare(
         method="exact" if exact else "fast",
         lora_alpha=lora_alpha,
         per_head=per_head,
+        initial=initial,
         subspace=subspace,
         subspace_rank=subspace_rank,
         intruder_top=intruder_top,

@@ -78,6 +78,7 @@ def sweep(
     per_head,
     directional_only,
     lora_alpha,
+    initial,
     metric_names,
     cache_dir,
     no_cache,
@@ -121,7 +122,7 @@ def sweep(
             ray=ray_address,
             jobs=jobs,
             progress=bar,
-            **options.load_options(adapter, per_head, directional_only, lora_alpha),
+            **options.load_options(adapter, per_head, directional_only, lora_alpha, initial),
         )
     finally:
         bar.close()

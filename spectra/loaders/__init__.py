@@ -25,7 +25,8 @@ Options, each for the formats it applies to (others raise ``FormatError``):
 ``per_head`` (peft multi-head, multilora: one row per head),
 ``directional_only`` (peft DoRA: analyse
 s·B@A alone), ``lora_alpha`` (multilora: α, which the reference layout does
-not save).
+not save), ``initial`` (peft LoRA: the adapter folder saved before training,
+for inits that move W₀ such as PiSSA: ΔW = s·(B@A − B₀@A₀)).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ CORE_FORMATS = ("full", "peft", "multilora")
 _ADAPTER_KEY = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|hada_w[12]_a|lokr_w[12])(?:\.|$)")
 _CORE_OPTIONS = {
     "full": (),
-    "peft": ("adapter", "per_head", "directional_only"),
+    "peft": ("adapter", "per_head", "directional_only", "initial"),
     "multilora": ("lora_alpha", "per_head"),
 }
 _FLAGS = {
@@ -92,6 +93,7 @@ _FLAGS = {
     "per_head": "--per-head",
     "directional_only": "--directional-only",
     "lora_alpha": "--lora-alpha",
+    "initial": "--initial",
 }
 
 

@@ -37,6 +37,7 @@ from ..base import Selection, summarise_not_analysed
 from ..names import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
 from ..tensors import TensorStore, open_store
 from .adalora import AdaLora
+from .initial import InitialAdapter
 from .lora import Lora
 from .lycoris import LoHa, LoKr
 from .variant import Adapted, Variant
@@ -166,6 +167,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         per_head: bool = False,
         directional_only: bool = False,
         base_lookup: BaseLookup | None = None,
+        initial: str | Path | None = None,
     ):
         folder = adapter_folder(path, adapter)
         self.base_lookup = base_lookup  # base_model_name_or_path → a local model folder, or None
@@ -177,6 +179,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         self.per_head = per_head
         self.directional_only = directional_only
         self.peft_type = str(self.config.get("peft_type", "")).upper()
+        self.initial: InitialAdapter | None = None  # initial=: ΔW = s·(B@A − B₀@A₀)
         self._notes: list[str] = []
         self.rebuild = self._variant()
         self.store = self._open_weights()
@@ -197,6 +200,8 @@ class PeftCheckpoint(AdapterCheckpoint):
         for adapted in self.adapted.values():
             if adapted.module in self.mapped:
                 self.rebuild.resolve_scale(self, adapted)
+        if initial is not None:
+            self.initial = InitialAdapter(self, Path(initial))
 
     # -- reading -----------------------------------------------------------
 
@@ -332,10 +337,16 @@ class PeftCheckpoint(AdapterCheckpoint):
     def warnings(self) -> list[str]:
         warnings = list(self._notes)
         init = self.config.get("init_lora_weights")
-        if isinstance(init, str) and init.lower().startswith(_W0_CHANGING_INITS):
+        if self.initial is not None:
+            warnings.append(
+                f"ΔW = s·(B@A − B₀@A₀) against the initial adapter {self.initial.path} "
+                "(--initial): the update of the original weights, rank ≤ 2r"
+            )
+        elif isinstance(init, str) and init.lower().startswith(_W0_CHANGING_INITS):
             warnings.append(
                 f"init_lora_weights={init!r} changes W0 when the adapter is created: the "
-                "rebuilt ΔW is the update from that modified W0, not W_merged − W_original"
+                "rebuilt ΔW is the update from that modified W0, not W_merged − W_original; "
+                "pass --initial DIR (the adapter saved before training) for that"
             )
         saved = self._modules_to_save()
         if saved:
@@ -399,11 +410,12 @@ class PeftCheckpoint(AdapterCheckpoint):
 
     def factors(self, ref: ModuleRef) -> dict[str, object]:
         adapted = self.adapted[ref.module]
+        initial = self.initial is not None  # [B, −B₀] @ [A; A₀]: rank ≤ 2r
         return {
             "kind": self.rebuild.kind(self),
-            "rank": adapted.rank,
+            "rank": 2 * adapted.rank if initial else adapted.rank,
             "scale": adapted.scale,
-            "scale_source": adapted.scale_source,
+            "scale_source": adapted.scale_source + (" (B@A − B₀@A₀)" if initial else ""),
             "heads": adapted.heads,
         }
 
@@ -419,7 +431,13 @@ class PeftCheckpoint(AdapterCheckpoint):
         adapters = sub_adapters(self.path)
         if adapters:
             details["other_adapters"] = adapters
+        if self.initial is not None:
+            details["initial"] = str(self.initial.path)
         return details
+
+    def source_files(self) -> list[Path]:
+        initial = self.initial.files() if self.initial is not None else []
+        return [*super().source_files(), *initial]
 
 
 # The variant of each peft_type (one instance serves every checkpoint of that type).

@@ -55,6 +55,8 @@ class Lora(Variant):
         base = "rsLoRA" if ckpt.config.get("use_rslora") else "LoRA"
         if ckpt.config.get("use_dora"):
             return f"DoRA ({base}{', directional part only' if ckpt.directional_only else ''})"
+        if getattr(ckpt, "initial", None) is not None:
+            return f"{base} minus its initial adapter (--initial)"
         return base
 
     def _heads(self, ckpt: PeftCheckpoint) -> int | None:
@@ -131,6 +133,10 @@ class Lora(Variant):
         if self._heads(ckpt):
             return multihead.updates(A, Bs, rows, s, ckpt.per_head)
         (B,) = Bs
+        if ckpt.initial is not None:  # W₀ moved at init: s·(B@A − B₀@A₀) = s·[B, −B₀]@[A; A₀]
+            B0, A0 = ckpt.initial.factors(adapted.module)
+            B = torch.cat([B.double(), -B0.double()], dim=1)  # (d_out_all, 2r), a new tensor
+            A = torch.cat([A.double(), A0.double()], dim=0)  # (2r, d_in)
         if not ckpt.config.get("use_dora") or ckpt.directional_only:
             return [(None, Factored(B[rows], A, s))]
         (magnitude,) = ckpt.need(adapted, "lora_magnitude_vector")  # (d_out_all,)
