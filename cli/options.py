@@ -100,6 +100,14 @@ def force(help: str):
     return click.option("--force", is_flag=True, help=help)
 
 
+def html(
+    help: str = "Also write a self-contained HTML page (heat-map, spectra, Figure 2, table, "
+    "warnings) to this file; an existing one needs --force.",
+):
+    """``--html FILE``: one page a browser opens with no server or network."""
+    return click.option("--html", "html_file", type=PATH, metavar="FILE", help=help)
+
+
 def quiet(help: str = "No progress bar or status lines."):
     """``--quiet`` / ``-q``."""
     return click.option("--quiet", "-q", is_flag=True, help=help)
@@ -120,6 +128,11 @@ def modules(
 ):
     """``--modules k,v`` (or ``all``)."""
     return click.option("--modules", type=MODULES, default=None, help=help)
+
+
+def layers(help: str = "Layers, e.g. 0-3,7 [default: all]."):
+    """``--layers 0-3,7``."""
+    return click.option("--layers", type=LAYERS, default=None, help=help)
 
 
 def per_head(
@@ -210,9 +223,7 @@ def analysis_options(command):
     """What to analyse and how, shared by analyze, compare and sweep."""
     options = [
         modules(),
-        click.option(
-            "--layers", type=LAYERS, default=None, help="Layers, e.g. 0-3,7 [default: all]."
-        ),
+        layers(),
         click.option(
             "--device",
             type=click.Choice(["auto", "cpu", "cuda"]),

@@ -114,8 +114,10 @@ def metrics_table(report: spectra.Report) -> str:
     rows = []
     for row in report.rows:
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
+        if row.get("expert") is not None:  # a mixture-of-experts role: gate.e5
+            values["module"] = f"{values['module']}.e{row['expert']}"
         if row.get("head") is not None:
-            values["module"] = f"{row['module']}.h{row['head']}"
+            values["module"] = f"{values['module']}.h{row['head']}"
         rows.append(
             [values[key] for key, _ in TABLE_COLUMNS]
             + ([row.get("flags") or ""] if flagged else [])

@@ -50,10 +50,14 @@ _LAZY = {
     "ModuleInfo": ".loaders",
     "Report": ".report",
     "singular_values": ".svd",
+    "suggest": ".actions",
+    "resize": ".actions",
+    "extract": ".actions",
 }
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from . import metrics
+    from .actions import extract, resize, suggest
     from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
     from .analysis.sources import load
     from .delta import Dense, Factored, LayerDelta
@@ -99,10 +103,13 @@ __all__ = [
     "__version__",
     "analyze",
     "compare",
+    "extract",
     "find_checkpoints",
     "load",
     "metrics",
+    "resize",
     "run_sweep",
     "singular_values",
+    "suggest",
     "sweep",
 ]

@@ -20,7 +20,8 @@ from ..output import metrics_table, warn, with_progress
 )
 @options.analysis_options
 @options.out("Write the report folder here.")
-@options.force("Replace an existing report at --out.")
+@options.html()
+@options.force("Replace an existing report at --out, or file at --html.")
 @options.quiet()
 @options.as_json("Print rows and metadata as JSON.")
 @click.option(
@@ -39,6 +40,7 @@ def analyze(
     exact,
     jobs,
     out,
+    html_file,
     force,
     quiet,
     as_json,
@@ -56,11 +58,16 @@ def analyze(
       spectra analyze adapter/                        # k and v of a LoRA adapter
       spectra analyze tuned/ --base base/ --out report/
       spectra analyze adapter/ --modules all --layers 0-3,7 --json
+      spectra analyze adapter/ --html adapter.html    # a page to click through
     """
     from spectra.report import check_target  # the library loads when a command runs
 
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
+    if html_file is not None:
+        from spectra.html_report import check_html_target
+
+        check_html_target(html_file, force)
     report = with_progress(
         quiet,
         spectra.analyze,
@@ -93,6 +100,10 @@ def analyze(
                 f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors)",
                 err=True,
             )
+    if html_file is not None:
+        report.to_html(html_file, force=force)
+        if not quiet:
+            click.echo(f"HTML report written to {html_file}", err=True)
 
 
 def _method(report) -> str:

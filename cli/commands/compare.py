@@ -53,7 +53,8 @@ from ..output import print_summary, warn, with_progress
     help="A vector is an intruder when its max |cos| with W0's singular vectors is below this.",
 )
 @options.out("Folder for summary.csv, reports and figures.", required=True)
-@options.force("Replace an earlier comparison at --out.")
+@options.html()
+@options.force("Replace an earlier comparison at --out, or file at --html.")
 @options.top()
 @options.figure_format()
 @options.quiet("No progress bar.")
@@ -75,6 +76,7 @@ def compare(
     intruder_top,
     intruder_eps,
     out,
+    html_file,
     force,
     figure_format,
     quiet,
@@ -94,10 +96,15 @@ def compare(
       spectra compare tuned/ adapter/ --label FT --label LoRA --base base/ --out cmp/
       spectra compare cmp/reports/FT cmp/reports/LoRA --out cmp2/ --top all
       spectra compare tuned/ adapter/ --base base/ --subspace --out cmp3/
+      spectra compare cmp/reports/FT cmp/reports/LoRA --out cmp4/ --html cmp.html
     """
     from spectra.analysis.comparison import check_comparison_target
 
     check_comparison_target(out, force)
+    if html_file is not None:
+        from spectra.html_report import check_html_target
+
+        check_html_target(html_file, force)  # before the work, not after it
     comparison = with_progress(
         quiet,
         spectra.compare,
@@ -124,6 +131,9 @@ def compare(
         warn(f"{label}: {warning}" for warning in report.warnings)
     comparison.save(out, force=force, figure_format=figure_format, top=top)
     click.echo(f"summary, reports and figures written to {out}/", err=True)
+    if html_file is not None:
+        comparison.to_html(html_file, force=force, top=top)
+        click.echo(f"HTML report written to {html_file}", err=True)
     for label, folder in comparison.report_folders().items():
         if folder != label:  # say where a label that is no file name went
             click.echo(f"the report of {label!r} is in {out}/reports/{folder}/", err=True)

@@ -1,0 +1,143 @@
+"""A LoRA extracted from a full fine-tune: ΔW = W_tuned − W_base, truncated per module.
+
+``extract(tuned, base, out, rank=r)`` or ``energy=q`` streams the fine-tune
+module by module (the same ``LayerDelta``s ``analyze`` reads, one in memory
+at a time) and writes a PEFT LoRA adapter of the base: for each module B, A
+with B@A the best rank-r approximation of its ΔW (``truncation.dense_top``: a
+full SVD when r is a large part of n, else a randomized range finder with
+power iterations), scale 1 (``lora_alpha = r``). ``energy=q`` takes each
+module's rank from its spectrum (spectra's σ, as ``analyze`` computes them):
+the smallest keeping a share q of ‖ΔW‖_F².
+
+Per module, ``extract.csv`` in the folder (and the result's rows) gives the
+rank, the kept energy, the relative Frobenius error ‖ΔW − B@A‖_F / ‖ΔW‖_F
+(computed, not assumed) and ``spectral_suboptimality``, an estimate of
+‖ΔW − B@A‖₂ / σ_{r+1}: 1 means the truncation is the optimal one (above 1.01
+gets a warning: the range finder missed part of the top-r subspace).
+Fused projections (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) are refused:
+a LoRA adapts the whole weight, which extract does not assemble yet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..delta import Dense
+from ..errors import SpectraError
+from ..metrics import energy_rank
+from ..report import Progress, csv_text
+from ..svd import singular_values
+from .lora_folder import check_replaceable_adapter, lora_config, write_lora_folder
+from .suggest import module_path
+from .truncation import dense_top, lora_factors, spectral_suboptimality
+
+__all__ = ["EXTRACT_COLUMNS", "SUBOPTIMAL", "Extracted", "extract"]
+
+EXTRACT_COLUMNS = (
+    "module",
+    "layer",
+    "role",
+    "rank",
+    "method",
+    "kept_energy",
+    "relative_frobenius_error",
+    "spectral_suboptimality",
+)
+SUBOPTIMAL = 1.01  # ‖ΔW − B@A‖₂ / σ_{r+1} above this gets a warning
+
+
+@dataclass
+class Extracted:
+    """The adapter folder written, one row per module (``EXTRACT_COLUMNS``), warnings."""
+
+    out: Path
+    rows: list[dict[str, object]]
+    warnings: list[str] = field(default_factory=list)
+
+    def csv(self) -> str:
+        return csv_text(EXTRACT_COLUMNS, self.rows)
+
+
+def extract(
+    tuned: str | os.PathLike,
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    rank: int | None = None,
+    energy: float | None = None,
+    *,
+    modules: str | list[str] | None = "all",
+    layers: str | list[int] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Extracted:
+    """Write a PEFT LoRA adapter of ``base`` approximating the fine-tune ``tuned`` (docstring)."""
+    from ..analysis.sources import load
+
+    if (rank is None) == (energy is None):
+        raise SpectraError("give one of --rank R or --energy Q (how much of each ΔW to keep)")
+    if rank is not None and rank < 1:
+        raise SpectraError(f"--rank must be at least 1, got {rank}")
+    if energy is not None and not 0 < energy <= 1:
+        raise SpectraError(f"--energy must be in (0, 1], got {energy}")
+    check_replaceable_adapter(out, force)  # before the work
+    checkpoint = load(tuned, base=base)
+    if checkpoint.format != "full":
+        raise SpectraError(
+            f"{checkpoint.path}: extract reads full fine-tunes (with --base); this is a "
+            f"{checkpoint.format} checkpoint (spectra resize shrinks a LoRA adapter)"
+        )
+    selection = checkpoint.plan(modules, layers)
+    names = [checkpoint.module_info(key).name for key in selection.keys]
+    fused = sorted({name for name in names if names.count(name) > 1})
+    if fused:
+        raise SpectraError(
+            f"{checkpoint.path}: {fused[0]} holds several roles in one fused weight; a LoRA adapts "
+            "the whole weight, which extract does not assemble yet: leave those roles out "
+            "(--modules)"
+        )
+    factors, ranks, rows, warnings = {}, {}, [], list(selection.warnings)
+    for done, delta in enumerate(checkpoint.deltas_for(selection), start=1):
+        assert isinstance(delta.update, Dense)
+        matrix = delta.update.matrix.to(torch.float64)  # (d_out, d_in)
+        norm = float(torch.linalg.matrix_norm(matrix))
+        if energy is not None:
+            sigma = singular_values(delta)  # (n,) descending, as analyze takes them
+            wanted = energy_rank(sigma, energy)
+        else:
+            wanted = rank
+        keep = max(1, min(wanted, min(matrix.shape)))
+        top = dense_top(matrix, keep)
+        B, A = lora_factors(top, 1.0)  # (d_out, k), (k, d_in)
+        residual = float(torch.linalg.matrix_norm(matrix - B @ A))
+        worse = spectral_suboptimality(matrix, top, top.next_sigma)
+        module = module_path(delta.name)
+        factors[module], ranks[module] = (B, A), keep
+        rows.append(
+            {
+                "module": module,
+                "layer": delta.layer,
+                "role": delta.role,
+                "rank": keep,
+                "method": top.method,
+                "kept_energy": 1 - (residual / norm) ** 2 if norm else 1.0,
+                "relative_frobenius_error": residual / norm if norm else 0.0,
+                "spectral_suboptimality": worse,
+            }
+        )
+        if not math.isnan(worse) and worse > SUBOPTIMAL:
+            warnings.append(
+                f"{module}: ‖ΔW − B@A‖₂ is {worse:.3f}× σ_(r+1); the range finder missed part "
+                "of the top-r subspace"
+            )
+        del matrix, delta
+        if progress is not None:
+            progress(done, len(selection.keys), module)
+    config = lora_config(ranks, dict.fromkeys(ranks, 1.0), base_model=str(checkpoint.base))
+    result = Extracted(Path(out), rows, warnings)
+    write_lora_folder(out, factors, config, force=force, extra_files={"extract.csv": result.csv()})
+    return result

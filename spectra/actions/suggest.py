@@ -1,0 +1,118 @@
+"""Rank suggestions: per module, the rank that keeps a share of ‖ΔW‖_F², as PEFT patterns.
+
+``suggest(source, energy=0.9)`` reads a report folder or analyses a
+checkpoint (every role, ``modules="all"``), and for each module gives the
+smallest k with Σ_{i≤k} σ_i² ≥ energy · Σσ² (``metrics.energy_rank``, at most
+the numerical rank). ``Suggestion.config()`` is a ``LoraConfig``-ready dict:
+``r`` (the most common suggestion), ``rank_pattern`` for the others, keyed by
+the module's full path, and ``lora_alpha`` / ``alpha_pattern`` chosen so that
+each module keeps the scale it was trained with (α/r, or α/√r for rsLoRA);
+for a full fine-tune, which has no scale, α = r (scale 1) and the config says
+so in ``suggestion.notes``::
+
+    from peft import LoraConfig
+    LoraConfig(**spectra.suggest("adapter/", energy=0.9).config())
+
+A module that several roles share (GPT-2's fused ``c_attn``) takes the
+largest of its roles' ranks: one LoRA serves all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..errors import SpectraError
+from ..metrics import energy_rank
+from ..report import Report, is_report, spectrum_key
+from .lora_folder import lora_config
+
+__all__ = ["Suggestion", "module_path", "suggest"]
+
+
+def module_path(name: str) -> str:
+    """The module a report row's tensor belongs to, as PEFT's patterns name it."""
+    return name.removeprefix("base_model.model.").removesuffix(".weight")
+
+
+@dataclass
+class Suggestion:
+    """Per-module ranks that keep ``energy`` of ‖ΔW‖_F², and the config that sets them."""
+
+    energy: float
+    rows: list[dict[str, object]]  # module, layer, roles, rank now, suggested rank, kept share
+    rslora: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def config(self) -> dict[str, object]:
+        """``LoraConfig(**config)``: r, lora_alpha, use_rslora, target_modules, the patterns."""
+        ranks = {row["module"]: row["suggested_rank"] for row in self.rows}
+        scales = {row["module"]: row["scale"] for row in self.rows}
+        full = lora_config(ranks, scales, rslora=self.rslora)
+        keys = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern")
+        return {key: full[key] for key in keys}
+
+
+def suggest(
+    source: str | os.PathLike | Report,
+    energy: float = 0.9,
+    base: str | os.PathLike | None = None,
+    **analysis: object,
+) -> Suggestion:
+    """Suggest per-module ranks for ``source`` (a report, its folder, or a checkpoint).
+
+    ``energy`` ∈ (0, 1] is the share of ‖ΔW‖_F² to keep. A checkpoint is
+    analysed first (``spectra.analyze(source, base, modules="all",
+    **analysis)``); a report is used as saved.
+    """
+    if not 0 < energy <= 1:
+        raise SpectraError(f"energy must be in (0, 1], got {energy} (--energy)")
+    if isinstance(source, Report):
+        report = source
+    elif is_report(source):
+        report = Report.load(source)
+    else:
+        from ..analysis import analyze
+
+        report = analyze(source, base, **({"modules": "all"} | analysis))
+    if any(row.get("head") is not None for row in report.rows):
+        raise SpectraError(
+            "rank suggestions are per module: analyse without --per-head (one row per module)"
+        )
+    scales = report.meta.get("scales", {})
+    by_module: dict[str, dict[str, object]] = {}
+    spectra_of: dict[str, list] = {}  # the σ of each role a module serves
+    for row in report.rows:
+        key = spectrum_key(row["layer"], row["module"], row["head"])
+        sigma = report.spectra[key]
+        keep = min(energy_rank(sigma, energy), int(row["numerical_rank"])) if len(sigma) else 0
+        scale = scales.get(key, {}).get("scale")
+        path = module_path(str(row["name"]))
+        entry = by_module.setdefault(
+            path,
+            {
+                "module": path,
+                "layer": row["layer"],
+                "roles": [],
+                "rank": row.get("adapter_rank"),
+                "suggested_rank": 1,
+                "scale": 1.0 if scale is None else float(scale),
+            },
+        )
+        entry["roles"].append(row["module"])
+        entry["suggested_rank"] = max(int(entry["suggested_rank"]), keep)
+        spectra_of.setdefault(path, []).append(sigma)
+    for path, entry in by_module.items():  # the share each role keeps at the module's rank
+        shares = []
+        for sigma in spectra_of[path]:
+            total = float((sigma**2).sum())
+            kept = float((sigma[: int(entry["suggested_rank"])] ** 2).sum())
+            shares.append(kept / total if total else 1.0)
+        entry["kept_energy"] = min(shares)
+    variant = str(report.meta.get("source", {}).get("variant", ""))
+    notes = []
+    if not scales:
+        notes.append(
+            "no trained scale (a full fine-tune): lora_alpha = r, so each module's scale is 1"
+        )
+    return Suggestion(energy, list(by_module.values()), variant.startswith("rsLoRA"), notes)
