@@ -180,6 +180,12 @@ class Report:
         """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here)."""
         return frame(self.rows, self.columns)
 
+    def to_html(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write one self-contained HTML page of this report (``spectra.html_report``)."""
+        from .html_report import write_html
+
+        return write_html(self, path, force=force)
+
     # -- writing -----------------------------------------------------------
 
     def save(self, directory: str | os.PathLike, force: bool = False) -> Path:

@@ -108,6 +108,17 @@ class Comparison:
         """``summary()`` as a ``pandas.DataFrame`` (missing values NaN); each report has its own."""
         return frame(self.summary(), self.columns)
 
+    def to_html(
+        self, path: str | os.PathLike, force: bool = False, top: int | str | None = None
+    ) -> Path:
+        """Write one self-contained HTML page of the comparison (``spectra.html_report``).
+
+        ``top`` is Figure 2's K, as in ``save``.
+        """
+        from ..html_report import write_html
+
+        return write_html(self, path, force=force, top=top)
+
     def __repr__(self) -> str:
         modules = dict.fromkeys(row["module"] for report in self.reports for row in report.rows)
         extra = "; subspace metrics" if self.subspace is not None else ""
