@@ -93,7 +93,7 @@ def html_page(results, top: int | str | None = None, title: str | None = None) -
         warnings = results.warnings
         kind, heading = "analyze", f"spectra report: {_label_of(results)}"
         table_title, details = "Rows", ""
-    elif hasattr(results, "reports") and hasattr(results, "summary"):
+    elif all(hasattr(results, name) for name in ("labels", "reports", "summary")):  # Comparison
         labels, reports = list(results.labels), list(results.reports)
         table = _table(results.columns, results.summary())
         pairs = list(zip(labels, reports, strict=True))
@@ -151,11 +151,10 @@ def _data(reports: Sequence[Report], labels: Sequence[str], kind: str) -> dict:
     for label, color, report in zip(labels, method_colors(labels), reports, strict=True):
         rows = []
         for row in report.rows:
-            head = row.get("head")
-            sigma = report.spectrum(row["layer"], row["module"], head)
-            entry = {key: value for key, value in row.items()}
-            entry["key"] = spectrum_key(row["layer"], row["module"], head)
-            entry["column"] = row["module"] if head is None else f"{row['module']}.h{head}"
+            key, sigma = _key_and_sigma(report, row)
+            entry = {name: value for name, value in row.items()}
+            entry["key"] = key
+            entry["column"] = key.partition(".")[2]  # L3.k.h1 → k.h1: the heat-map's column
             entry["floor"] = floor_of(row)
             entry["spectrum"] = _spectrum_points(sigma)
             entry["spectrum"]["above_floor"] = int(trusted(report, row).size)
@@ -186,13 +185,25 @@ def _data(reports: Sequence[Report], labels: Sequence[str], kind: str) -> dict:
     }
 
 
+def _key_and_sigma(report: Report, row: Mapping[str, object]) -> tuple[str, np.ndarray]:
+    """A row's spectrum key (``L3.k``, ``L3.k.h1``; an expert's where rows have one) and σ."""
+    where = [row["layer"], row["module"], row.get("head")]
+    if row.get("expert") is not None:  # mixture-of-experts rows
+        where.append(row["expert"])
+    return spectrum_key(*where), report.spectrum(*where)
+
+
 def _ordered_columns(columns: Sequence[str]) -> list[str]:
-    """Heat-map columns in the order of ``ROLES`` (q k v o gate up down), heads in turn."""
+    """Heat-map columns in the order of ``ROLES`` (q k v o gate up down), then by number.
+
+    ``k.h0``, ``k.h1`` … ``k.h10`` for heads (and experts) in numerical order.
+    """
     from .loaders.names import ROLES
 
     def order(column: str):
-        role, _, head = column.partition(".h")
-        return (ROLES.index(role) if role in ROLES else len(ROLES), role, int(head or -1))
+        role, *parts = column.split(".")
+        numbers = [(part[:1], int(part[1:]) if part[1:].isdigit() else -1) for part in parts]
+        return (ROLES.index(role) if role in ROLES else len(ROLES), role, numbers)
 
     return sorted(columns, key=order)
 
@@ -449,6 +460,7 @@ ul.sources { margin: 0; padding-left: 20px; }
 #maps { flex: 1 1 560px; min-width: 320px; }
 #spectrum { flex: 0 0 580px; position: sticky; top: 8px; }
 #heatmaps { display: flex; flex-wrap: wrap; gap: 18px; }
+.heatmap-box { max-width: 100%; overflow-x: auto; }
 .controls { display: flex; align-items: center; gap: 8px; flex-wrap: wrap; }
 #colorbar { display: inline-flex; align-items: center; gap: 6px; font-size: 12px; }
 #colorbar .bar { width: 160px; height: 12px; border: 1px solid #aaa; background: linear-gradient(
