@@ -92,6 +92,7 @@ class LayerDelta:
     head: int | None = None
     weight_rms: float | None = None
     base_norm: float | None = None
+    expert: int | None = None  # the expert of a mixture-of-experts role (``L3.gate.e5``)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,9 +105,10 @@ class LayerDelta:
 
     @property
     def label(self) -> str:
-        """A short human name such as ``L3.k`` or ``L3.k.h1``."""
+        """A short human name such as ``L3.k``, ``L3.k.h1`` or ``L3.gate.e5`` (expert 5)."""
         head = "" if self.head is None else f".h{self.head}"
-        return f"L{self.layer}.{self.role}{head}"
+        expert = "" if self.expert is None else f".e{self.expert}"
+        return f"L{self.layer}.{self.role}{expert}{head}"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -69,6 +69,7 @@ REPORT_FILES = (METRICS_FILE, SPECTRA_FILE, META_FILE)
 _ID_COLUMNS = (
     ("layer", "int"),
     ("module", "str"),
+    ("expert", "int"),
     ("head", "int"),
     ("name", "str"),
     ("d_out", "int"),
@@ -81,6 +82,7 @@ _ID_COLUMNS = (
     ("noise_floor", "float"),
     ("share_above_floor", "float"),
 )
+_OPTIONAL = ("head", "expert")  # id columns shown only when some row has one
 _INT_METRICS = {"numerical_rank"} | {name for name in METRICS if name.startswith("energy_rank@")}
 
 NOISE_SHARE = 0.5  # rows with less of Σσ above the rounding floor get a warning
@@ -92,6 +94,7 @@ Progress = Callable[[int, int, str], None]
 _HTML_COLUMNS = (
     "layer",
     "module",
+    "expert",
     "head",
     "d_out",
     "d_in",
@@ -105,9 +108,12 @@ _HTML_COLUMNS = (
 )
 
 
-def spectrum_key(layer: int, module: str, head: int | None = None) -> str:
-    """The key of one row's singular values: ``L3.k`` or ``L3.k.h1``."""
-    return f"L{layer}.{module}" + ("" if head is None else f".h{head}")
+def spectrum_key(
+    layer: int, module: str, head: int | None = None, expert: int | None = None
+) -> str:
+    """The key of one row's singular values: ``L3.k``, ``L3.k.h1``, ``L3.gate.e5`` (expert 5)."""
+    key = f"L{layer}.{module}" + ("" if expert is None else f".e{expert}")
+    return key + ("" if head is None else f".h{head}")
 
 
 @dataclass
@@ -144,7 +150,7 @@ class Report:
         shown = [
             c
             for c in _HTML_COLUMNS
-            if c != "head" or any(r.get("head") is not None for r in self.rows)
+            if c not in _OPTIONAL or self._has(c)
         ]
         return html_table(
             shown, self.rows, caption=f"Report — {self._headline()}", notes=self.warnings
@@ -167,14 +173,19 @@ class Report:
     @property
     def columns(self) -> list[str]:
         """The CSV columns, in order (``head`` only when some row has a head; ``flags`` last)."""
-        has_heads = any(row.get("head") is not None for row in self.rows)
-        ids = [name for name, _ in _ID_COLUMNS if name != "head" or has_heads]
+        # head and expert only when some row has one
+        ids = [name for name, _ in _ID_COLUMNS if name not in _OPTIONAL or self._has(name)]
         flags = ["flags"] if any("flags" in row for row in self.rows) else []  # reports ≥ 0.2
         return ids + list(METRICS) + flags
 
-    def spectrum(self, layer: int, module: str, head: int | None = None) -> np.ndarray:
+    def _has(self, column: str) -> bool:
+        return any(row.get(column) is not None for row in self.rows)
+
+    def spectrum(
+        self, layer: int, module: str, head: int | None = None, expert: int | None = None
+    ) -> np.ndarray:
         """The singular values (descending, float64) of one row."""
-        return self.spectra[spectrum_key(layer, module, head)]
+        return self.spectra[spectrum_key(layer, module, head, expert)]
 
     def to_pandas(self):
         """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here)."""
@@ -247,12 +258,14 @@ class Report:
             raise FormatError(f"{folder / METRICS_FILE}: columns disagree with {META_FILE}")
         rows = []
         for cells in reader:
-            row: dict[str, object] = {"head": None}
+            row: dict[str, object] = {"head": None, "expert": None}
             for (name, kind), cell in zip(columns, cells, strict=True):
                 row[name] = _parse_cell(cell, kind)
             rows.append(row)
         spectra = load_numpy(str(folder / SPECTRA_FILE)) if contents[SPECTRA_FILE] else {}
-        keys = [spectrum_key(row["layer"], row["module"], row["head"]) for row in rows]
+        keys = [
+            spectrum_key(row["layer"], row["module"], row["head"], row["expert"]) for row in rows
+        ]
         if sorted(keys) != sorted(spectra):
             raise FormatError(
                 f"{folder}: {METRICS_FILE} and {SPECTRA_FILE} list different modules; "
@@ -348,7 +361,7 @@ def noise_warning(row: Mapping[str, object]) -> str | None:
     share = row["share_above_floor"]
     if share >= NOISE_SHARE:
         return None
-    key = spectrum_key(row["layer"], row["module"], row["head"])
+    key = spectrum_key(row["layer"], row["module"], row["head"], row.get("expert"))
     return (
         f"{key}: ΔW is not clearly above the {row['dtype']} rounding floor "
         f"(σ ≤ {row['noise_floor']:.3g}): only {share:.0%} of Σσ lies above it "

@@ -183,7 +183,9 @@ def test_initial_missing_a_module_is_refused(moved, tmp_path, minilm_dir):
 
 def test_initial_on_dora_is_refused(tmp_path, minilm_dir, moved):
     dora = make_peft_adapter(tmp_path / "dora", minilm_dir, use_dora=True)
-    with pytest.raises(FormatError, match=r"initial= applies to LoRA and rsLoRA adapters.*drop initial="):
+    with pytest.raises(
+        FormatError, match=r"initial= applies to LoRA and rsLoRA adapters.*drop initial="
+    ):
         spectra.load(dora.path, base=minilm_dir, initial=moved("pissa", torch.float32).initial)
 
 

@@ -113,7 +113,7 @@ def analyze(
         for delta, sigma in stream:  # σ: (k,) float64, descending
             info = checkpoint.module_info((delta.layer, delta.role))
             row, notes = report_row(delta, sigma, method, info.rank)
-            key = spectrum_key(delta.layer, delta.role, delta.head)
+            key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
             rows.append(row)
             spectra[key] = sigma.numpy()
             if info.scale is not None:
@@ -203,7 +203,7 @@ def report_row(
     is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr).
     """
     row = _row(delta, sigma, method, rank)
-    key = spectrum_key(delta.layer, delta.role, delta.head)
+    key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
     notes = []
     if row["spectral_norm"] == 0:
         notes.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
@@ -227,6 +227,7 @@ def _row(
     row: dict[str, object] = {
         "layer": delta.layer,
         "module": delta.role,
+        "expert": delta.expert,
         "head": delta.head,
         "name": delta.name,
         "d_out": delta.shape[0],

@@ -62,8 +62,8 @@ class AdapterCheckpoint(Checkpoint):
         return self.modules.keys()
 
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
-        if self.base_weights is None:
-            return None
+        if self.base_weights is None or self.modules[key].experts:
+            return None  # experts: one W0 each
         module = self.base_weights.module_weight(self.base_weights.modules[key])
         return module[self.rows(self.modules[key])].to(torch.float64)  # (d_out, d_in)
 
@@ -94,7 +94,8 @@ class AdapterCheckpoint(Checkpoint):
         return (len(torch.arange(d_out)[self.rows(ref)]), d_in)
 
     def module_info(self, key: tuple[int, str]) -> ModuleInfo:
-        ref = self.modules[key]
+        group = self.modules[key]
+        ref = group.members[0]  # experts of a mixture-of-experts role share one shape (check())
         try:
             shape = self.role_shape(ref)
         except SpectraError:  # an interleaved projection, VeRA's d_in: before --base is known
@@ -102,32 +103,47 @@ class AdapterCheckpoint(Checkpoint):
         return ModuleInfo(
             layer=ref.layer,
             role=ref.role,
-            name=ref.module,
+            name=group.module,
             shape=shape,
             dtype=str(self.module_dtype(ref)).removeprefix("torch."),
             **self.factors(ref),
+            **({"experts": len(group.experts)} if group.experts else {}),
         )
 
     def check(self, selection: Selection) -> None:
         for key in selection.keys:
-            shape = self.role_shape(self.modules[key])
-            if self.base_weights is None:
-                continue
-            base_ref = self.base_weights.modules.get(key)
-            found = None if base_ref is None else self.base_weights.shape(base_ref)
-            if found != shape:
-                raise BaseMismatchError(
-                    f"{self.base_weights.store.path}: expected a layer {key[0]} {key[1]!r} weight "
-                    f"of shape {shape} to match the adapter, found {found or 'nothing'}; is --base "
-                    "the model this adapter was trained on?"
-                )
+            for ref, base_ref in self._pairs(key):  # one pair, or one per expert
+                self._check_pair(key, ref, base_ref)
+
+    def _pairs(self, key: tuple[int, str]):
+        """(adapter, base) refs of a (layer, role): one pair, or one per expert."""
+        group = None if self.base_weights is None else self.base_weights.modules.get(key)
+        base = {} if group is None else {member.expert: member for member in group.members}
+        for ref in self.modules[key].members:
+            yield ref, base.get(ref.expert)
+
+    def _check_pair(self, key: tuple[int, str], ref: ModuleRef, base_ref: ModuleRef | None) -> None:
+        shape = self.role_shape(ref)
+        if self.base_weights is None:
+            return
+        found = None if base_ref is None else self.base_weights.shape(base_ref)
+        if found != shape:
+            expert = "" if ref.expert is None else f" (expert {ref.expert})"
+            raise BaseMismatchError(
+                f"{self.base_weights.store.path}: expected a layer {key[0]} {key[1]!r}{expert} "
+                f"weight of shape {shape} to match the adapter, found {found or 'nothing'}; is "
+                "--base the model this adapter was trained on?"
+            )
 
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
-        ref = self.modules[key]
+        for ref, base_ref in self._pairs(key):  # one module, or one per expert
+            yield from self._member_deltas(ref, base_ref)
+
+    def _member_deltas(self, ref: ModuleRef, base_ref: ModuleRef | None) -> Iterator[LayerDelta]:
         rows = self.rows(ref)
         base_module = base_norm = None
         if self.base_weights is not None:
-            base_module = self.base_weights.module_weight(self.base_weights.modules[key])
+            base_module = self.base_weights.module_weight(base_ref)
             base_norm = float(torch.linalg.vector_norm(base_module[rows]))
         for head, update in self.updates(ref, rows, base_module):
             yield LayerDelta(
@@ -138,4 +154,5 @@ class AdapterCheckpoint(Checkpoint):
                 source_dtype=self.module_dtype(ref),
                 head=head,
                 base_norm=base_norm,
+                expert=ref.expert,
             )

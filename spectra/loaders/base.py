@@ -67,6 +67,7 @@ class ModuleInfo:
     scale: float | None = None
     scale_source: str | None = None  # where the scale came from, e.g. "config: lora_alpha/r"
     heads: int | None = None  # number of heads of a multi-head module
+    experts: int | None = None  # number of experts of a mixture-of-experts role (one row each)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from ..delta import Dense, LayerDelta
 from ..errors import BaseMismatchError, FormatError, MissingBaseError
 from .base import Checkpoint, ModuleInfo, Selection
-from .names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
+from .names import ModuleRef, canonical_name, encoder_depth, left_out_reason, map_with_reasons
 from .tensors import TensorStore, open_store
 from .training import find_layout, open_layout
 
@@ -76,11 +76,17 @@ class ModelWeights:
         self._tensor_names = names  # canonical module path -> raw tensor name
         # T5: decoder blocks are numbered after the encoder's (names.py)
         self.encoder_layers = encoder_depth(names)
-        self.modules, self._left_out = map_with_reasons(names, self.encoder_layers)
+        self.modules, self._left_out = map_with_reasons(names, self.encoder_layers, experts=True)
         self.heads = read_heads(path if path.is_dir() else path.parent)
 
     def tensor_name(self, ref: ModuleRef) -> str:
+        if ref.experts:  # a mixture-of-experts role: one tensor per expert
+            raise FormatError(f"{ref.module}: read each of its experts (ModuleRef.members)")
         return self._tensor_names[ref.module]
+
+    def expert_refs(self, ref: ModuleRef) -> dict[int | None, ModuleRef]:
+        """The refs of a role by expert index (``{None: ref}`` for a role without experts)."""
+        return {member.expert: member for member in ref.members}
 
     def files(self) -> list[Path]:
         """The tensor files and the config.json (head count) this model is read from."""
@@ -148,7 +154,7 @@ class ModelWeights:
 
     def not_mapped(self) -> list[tuple[str, str]]:
         """``(tensor name, reason)`` for every tensor that is no mapped projection's weight."""
-        mapped = {ref.module for ref in self.modules.values()}
+        mapped = {member.module for ref in self.modules.values() for member in ref.members}
         left_out = []
         for name in self.store.names():
             module = canonical_name(name).removesuffix(".weight")
@@ -161,6 +167,8 @@ class ModelWeights:
         """Why a tensor is not analysed, from its name alone (no shard is opened for it)."""
         if name.endswith(".bias"):
             return "bias vector: spectra analyses weight matrices"
+        if left_out_reason(module) is not None:  # routers, shared and fused experts
+            return left_out_reason(module)
         if not name.endswith(".weight"):
             return "not a weight (a buffer or other tensor)"
         if _NORM.search(module):
@@ -250,31 +258,57 @@ class FullCheckpoint(Checkpoint):
             )
         for side in (self.tuned, self.base_weights):
             side.check_one_dtype(
-                [side.modules[key] for key in selection.keys if key in side.modules]
+                [
+                    m
+                    for key in selection.keys
+                    if key in side.modules
+                    for m in side.modules[key].members
+                ]
             )
         for key in selection.keys:
-            ref = self.tuned.modules[key]
-            base_ref = self.base_weights.modules.get(key)
-            if base_ref is None:
-                raise BaseMismatchError(
-                    f"{self.base_weights.store.path}: the base has no layer {key[0]} "
-                    f"{key[1]!r} module, which {self.tuned.store.path} has as {ref.module}; "
-                    "is --base the model this checkpoint was fine-tuned from?"
-                )
-            tuned_shape, base_shape = self.tuned.shape(ref), self.base_weights.shape(base_ref)
-            if tuned_shape != base_shape:
-                raise BaseMismatchError(
-                    f"{self.base_weights.store.path}: {base_ref.module} has shape {base_shape}, "
-                    f"but {self.tuned.store.path} has {tuned_shape} for {ref.module}; "
-                    "is --base the model this checkpoint was fine-tuned from?"
-                )
+            for ref, base_ref in self._pairs(key, check=True):
+                self._check_pair(key, ref, base_ref)
         self._grid_notes = self._grid_note(selection.keys[0]) if selection.keys else []
+
+    def _pairs(self, key: tuple[int, str], check: bool = False):
+        """(tuned, base) refs of a (layer, role): one pair, or one per expert."""
+        assert self.base_weights is not None
+        base_group = self.base_weights.modules.get(key)
+        base = self.base_weights.expert_refs(base_group) if base_group is not None else {}
+        tuned = self.tuned.modules[key]
+        for ref in tuned.members:
+            base_ref = base.get(ref.expert)
+            if check and base_group is not None and len(base) != len(tuned.members):
+                raise BaseMismatchError(
+                    f"{self.base_weights.store.path}: layer {key[0]} {key[1]!r} has "
+                    f"{len(base)} expert(s) ({base_group.module}); {self.tuned.store.path} has "
+                    f"{len(tuned.members)} ({tuned.module}); is --base the model this checkpoint "
+                    "was fine-tuned from?"
+                )
+            yield ref, base_ref
+
+    def _check_pair(self, key: tuple[int, str], ref: ModuleRef, base_ref: ModuleRef | None) -> None:
+        """A tuned module (or expert) and its base counterpart must have one shape."""
+        assert self.base_weights is not None
+        if base_ref is None:
+            raise BaseMismatchError(
+                f"{self.base_weights.store.path}: the base has no layer {key[0]} "
+                f"{key[1]!r} module{_of_expert(ref)}, which {self.tuned.store.path} has as "
+                f"{ref.module}; is --base the model this checkpoint was fine-tuned from?"
+            )
+        tuned_shape, base_shape = self.tuned.shape(ref), self.base_weights.shape(base_ref)
+        if tuned_shape != base_shape:
+            raise BaseMismatchError(
+                f"{self.base_weights.store.path}: {base_ref.module} has shape {base_shape}, "
+                f"but {self.tuned.store.path} has {tuned_shape} for {ref.module}; "
+                "is --base the model this checkpoint was fine-tuned from?"
+            )
 
     def _grid_note(self, key: tuple[int, str]) -> list[str]:
         """Say so when the base is rounded to the tuned grid (one dtype per side: checked)."""
         assert self.base_weights is not None
-        tuned = self.tuned.dtype(self.tuned.modules[key])
-        base = self.base_weights.dtype(self.base_weights.modules[key])
+        tuned = self.tuned.dtype(self.tuned.modules[key].members[0])
+        base = self.base_weights.dtype(self.base_weights.modules[key].members[0])
         if tuned == base or coarser_dtype(tuned, base) != tuned:
             return []
         tuned_name, base_name = (str(d).removeprefix("torch.") for d in (tuned, base))
@@ -285,14 +319,16 @@ class FullCheckpoint(Checkpoint):
         ]
 
     def module_info(self, key: tuple[int, str]) -> ModuleInfo:
-        ref = self.tuned.modules[key]
+        group = self.tuned.modules[key]
+        ref = group.members[0]  # experts share shape and dtype (check() compares each)
         return ModuleInfo(
             layer=ref.layer,
             role=ref.role,
-            name=self.tuned.tensor_name(ref),
+            name=f"{group.module}.weight" if group.experts else self.tuned.tensor_name(ref),
             shape=self.tuned.shape(ref),
             dtype=str(self.tuned.dtype(ref)).removeprefix("torch."),
             kind="dense",
+            experts=len(group.experts) or None,
         )
 
     def warnings(self) -> list[str]:
@@ -301,8 +337,8 @@ class FullCheckpoint(Checkpoint):
         return list(self._grid_notes)
 
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
-        if self.base_weights is None:
-            return None
+        if self.base_weights is None or self.base_weights.modules[key].experts:
+            return None  # experts: one W0 each
         return self.base_weights.weight(self.base_weights.modules[key])  # (d_out, d_in) float64
 
     def not_analysed(self) -> list[tuple[str, str]]:
@@ -320,13 +356,16 @@ class FullCheckpoint(Checkpoint):
 
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:
         assert self.base_weights is not None  # enforced by check()
-        ref, base_ref = self.tuned.modules[key], self.base_weights.modules[key]
+        for ref, base_ref in self._pairs(key):  # one pair, or one per expert
+            yield self._member_delta(ref, base_ref)
+
+    def _member_delta(self, ref: ModuleRef, base_ref: ModuleRef) -> LayerDelta:
         tuned = self.tuned.weight(ref, dtype=None)  # (d_out, d_in), as stored
         base = self.base_weights.weight(base_ref, dtype=None)  # (d_out, d_in), as stored
         delta, tuned_norm, base_norm = difference(tuned, base)
         # The coarser of the two dtypes sets the rounding floor of the difference.
         dtype = coarser_dtype(tuned.dtype, base.dtype)
-        yield LayerDelta(
+        return LayerDelta(
             layer=ref.layer,
             role=ref.role,
             name=self.tuned.tensor_name(ref),
@@ -334,4 +373,9 @@ class FullCheckpoint(Checkpoint):
             source_dtype=dtype,
             weight_rms=max(base_norm, tuned_norm) / math.sqrt(base.numel()),
             base_norm=base_norm,
+            expert=ref.expert,
         )
+
+
+def _of_expert(ref: ModuleRef) -> str:
+    return "" if ref.expert is None else f" of expert {ref.expert}"

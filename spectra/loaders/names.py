@@ -5,7 +5,9 @@ Module names are matched by *role* (``q``, ``k``, ``v``, ``o``, ``up``,
 calls them (see ``shared/FORMATS.md``, "Where the k and v projections live").
 Names are first put in canonical form by stripping wrapper prefixes
 (``base_model.model.`` from PEFT, ``module.`` from DDP, ``_orig_mod.`` from
-``torch.compile``); ``model.`` is part of Hugging Face names and is kept.
+``torch.compile``) and, wherever they sit, the ``_fsdp_wrapped_module.`` and
+``_checkpoint_wrapped_module.`` of FSDP and activation checkpointing;
+``model.`` is part of Hugging Face names and is kept.
 
 A fused projection maps to one ``ModuleRef`` per role, whose ``rows()``
 picks that role's output rows:
@@ -55,6 +57,17 @@ is left out with the reason. Cross-attention (``EncDecAttention``) has no role:
 its k and v read the encoder's output, not the decoder's stream, so it is left
 out with that reason rather than mixed with self-attention.
 
+Mixture-of-experts blocks (Mixtral ``block_sparse_moe.experts.N.w1/w3/w2`` =
+gate/up/down; Qwen-MoE, OLMoE, DeepSeek ``mlp.experts.N.{gate,up,down}_proj``):
+each routed expert's weight keeps its role, and the experts of one (layer,
+role) become one ref with a ref per expert (``ModuleRef.experts``), read by
+the loaders that ask for them (``experts=True``: full fine-tunes and PEFT
+adapters; a row per expert, the ``expert`` column). The router
+(``block_sparse_moe.gate``, ``mlp.gate``) scores experts per token and is no
+projection, shared experts (``mlp.shared_expert``) have no expert index, and
+experts fused into one 3-D parameter are not read yet: each is left out with
+its reason. Attention is mapped as in the dense model.
+
 Every module path that gets no (layer, role) gets a reason instead
 (``map_with_reasons``), so loaders can list what they do not analyse.
 """
@@ -86,6 +99,8 @@ _WRAPPER_INFIXES = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 _ENCODER_BLOCK = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
 _DECODER_BLOCK = re.compile(r"(?:^|\.)decoder\.block\.(\d+)\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")  # the expert index of a mixture-of-experts weight
+_MOE = ("mixtral", "moe")  # the rule families of per-expert weights
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,9 @@ class ModuleRef:
     ``conv1d`` says the weight is stored ``(d_in, d_out)`` (GPT-2 ``Conv1D``);
     ``fused`` names the layout of a fused projection (``thirds``, ``halves``,
     ``neox``, ``phi3``, ``falcon``) and ``index`` the role's place in it.
+    A mixture-of-experts role is one ref whose ``experts`` hold a ref per
+    expert (``expert`` set, ``module`` that expert's path); its own ``module``
+    names them all (``…experts.*.w1``) and is no tensor: read its ``experts``.
     """
 
     layer: int
@@ -105,6 +123,13 @@ class ModuleRef:
     conv1d: bool = False
     fused: str | None = None
     index: int = 0
+    expert: int | None = None
+    experts: tuple[ModuleRef, ...] = ()
+
+    @property
+    def members(self) -> tuple[ModuleRef, ...]:
+        """The refs to read: one per expert of a mixture-of-experts role, else this one."""
+        return self.experts or (self,)
 
     @property
     def needs_heads(self) -> bool:
@@ -224,6 +249,13 @@ _RULES = (
     _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wi_0", "gate", "t5"),
     _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wi_1", "up", "t5"),
     _rule(r"block\.\d+\.layer\.\d+\.DenseReluDense\.wo", "down", "t5"),
+    # Mixture-of-experts: one weight per expert, read as one role with an expert index
+    _rule(r"block_sparse_moe\.experts\.\d+\.w1", "gate", "mixtral"),
+    _rule(r"block_sparse_moe\.experts\.\d+\.w3", "up", "mixtral"),
+    _rule(r"block_sparse_moe\.experts\.\d+\.w2", "down", "mixtral"),
+    _rule(r"(?:mlp|block_sparse_moe)\.experts\.\d+\.gate_proj", "gate", "moe"),
+    _rule(r"(?:mlp|block_sparse_moe)\.experts\.\d+\.up_proj", "up", "moe"),
+    _rule(r"(?:mlp|block_sparse_moe)\.experts\.\d+\.down_proj", "down", "moe"),
     # Unknown architectures: the usual suffix names
     _rule(r"(?:q_proj|query)", "q", "generic"),
     _rule(r"(?:k_proj|key)", "k", "generic"),
@@ -239,6 +271,25 @@ _LEFT_OUT = (
         "cross-attention (T5 EncDecAttention): its k and v read the encoder's output, not the "
         "block's own stream; no role in the architecture map",
     ),
+    (
+        re.compile(r"(?:^|\.)(?:block_sparse_moe|mlp)\.(?:gate|router)$"),
+        "router of a mixture-of-experts block: scores the experts for each token "
+        "(num_experts × hidden), a choice of experts, not a projection; not analysed",
+    ),
+    (
+        re.compile(r"(?:^|\.)mlp\.(?:shared_experts?\.\w+|shared_expert_gate)$"),
+        "shared expert of a mixture-of-experts block (always active beside the routed "
+        "experts) or its gate: no expert index in the map; not analysed",
+    ),
+    (
+        re.compile(r"(?:^|\.)experts(?:\.(?:gate_up_proj|down_proj))?$"),
+        "experts fused into one 3-D parameter (transformers ≥ 5 in memory; peft "
+        "target_parameters): not read yet; save_pretrained writes one weight per expert, "
+        "which spectra reads",
+    ),
+)
+EXPERTS_NOT_READ = (
+    "expert of a mixture-of-experts block: this format's reader does not read experts"
 )
 NO_LAYER = "outside the transformer blocks (embeddings, pooler, head, …): no layer in the map"
 NO_ROLE = "no role (q, k, v, o, gate, up, down) in the architecture map for this module"
@@ -248,6 +299,11 @@ NO_DEPTH = (
 )
 # The reasons that can explain why a role is missing from a checkpoint (for selection errors).
 ROLE_REASONS = (NO_ROLE, NO_DEPTH, *(reason for _, reason in _LEFT_OUT))
+
+
+def left_out_reason(module: str) -> str | None:
+    """Why a module path is left out by name alone (routers, shared or fused experts), or None."""
+    return next((why for pattern, why in _LEFT_OUT if pattern.search(module)), None)
 
 
 def canonical_name(name: str) -> str:
@@ -279,14 +335,14 @@ def encoder_depth(names: Iterable[str]) -> int | None:
 
 
 def map_modules(
-    modules: Iterable[str], encoder_layers: int | None = None
+    modules: Iterable[str], encoder_layers: int | None = None, experts: bool = False
 ) -> dict[tuple[int, str], ModuleRef]:
     """Map canonical module paths to ``(layer, role) → ModuleRef`` (see ``map_with_reasons``)."""
-    return map_with_reasons(modules, encoder_layers)[0]
+    return map_with_reasons(modules, encoder_layers, experts)[0]
 
 
 def map_with_reasons(
-    modules: Iterable[str], encoder_layers: int | None = None
+    modules: Iterable[str], encoder_layers: int | None = None, experts: bool = False
 ) -> tuple[dict[tuple[int, str], ModuleRef], dict[str, str]]:
     """Map canonical module paths to ``(layer, role) → ModuleRef``, and say why others are not.
 
@@ -295,9 +351,15 @@ def map_with_reasons(
     block when ``encoder_layers`` (the encoder's depth) is not known. Two paths
     claiming the same (layer, role), as in an encoder-decoder other than T5,
     raise ``FormatError``: guessing would analyse the wrong matrix.
+
+    The experts of a mixture-of-experts block (``…experts.N.w1``) become one
+    ref per (layer, role) holding a ref per expert (``ModuleRef.experts``) when
+    the caller reads experts (``experts=True``); otherwise they are left out
+    with ``EXPERTS_NOT_READ``, never read as one matrix.
     """
     found: dict[tuple[int, str], ModuleRef] = {}
     left_out: dict[str, str] = {}
+    grouped: dict[tuple[int, str], list[ModuleRef]] = {}  # mixture-of-experts roles
     for module in modules:
         layer = layer_index(module)
         reason = next((why for pattern, why in _LEFT_OUT if pattern.search(module)), None)
@@ -310,8 +372,15 @@ def map_with_reasons(
             reason = NO_LAYER
         if reason is None and rule is None:
             reason = NO_ROLE
+        expert = _EXPERT.search(module) if reason is None and rule.family in _MOE else None
+        if expert is not None and not experts:
+            reason = EXPERTS_NOT_READ
         if reason is not None:
             left_out[module] = reason
+            continue
+        if expert is not None:
+            ref = ModuleRef(layer, rule.roles[0], module, rule.family, expert=int(expert[1]))
+            grouped.setdefault((layer, ref.role), []).append(ref)
             continue
         for index, role in enumerate(rule.roles):
             ref = ModuleRef(layer, role, module, rule.family, rule.conv1d, rule.fused, index)
@@ -323,4 +392,15 @@ def map_with_reasons(
                     "other than T5 need their own map)"
                 )
             found[(layer, role)] = ref
+    for (layer, role), members in grouped.items():
+        members.sort(key=lambda ref: ref.expert)
+        if (layer, role) in found:
+            raise FormatError(
+                f"two modules claim layer {layer} role {role!r}: {found[layer, role].module} and "
+                f"the experts {members[0].module} …; this architecture is not supported yet"
+            )
+        pattern = _EXPERT.sub(".experts.*.", members[0].module)
+        found[(layer, role)] = ModuleRef(
+            layer, role, pattern, members[0].family, experts=tuple(members)
+        )
     return found, left_out

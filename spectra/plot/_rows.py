@@ -123,7 +123,7 @@ def floor_of(row: dict) -> float:
 
 def trusted(report: Report, row: dict) -> np.ndarray:
     """A row's σ above its floor (descending): what a figure may draw as data."""
-    sigma = report.spectrum(row["layer"], row["module"], row.get("head"))
+    sigma = report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert"))
     return sigma[sigma > max(floor_of(row), 0.0)]
 
 

@@ -39,7 +39,7 @@ def adapter_rank(reports: Sequence[Report]) -> int | None:
     ranks = [
         int(row["adapter_rank"])
         if row.get("adapter_rank") is not None
-        else report.spectrum(row["layer"], row["module"], row.get("head")).size
+        else report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert")).size
         for report in reports
         for row in report.rows
         if row.get("adapter_rank") is not None or row.get("kind") == "factored"
@@ -70,7 +70,7 @@ def _values(
     for row in report.rows:
         if row["module"] != module or (layer is not None and row["layer"] != layer):
             continue
-        full = report.spectrum(row["layer"], module, row.get("head"))
+        full = report.spectrum(row["layer"], module, row.get("head"), row.get("expert"))
         kept = normalized(full, normalize)[: trusted(report, row).size]  # above the floor
         parts.append(kept[:top] if top is not None else kept)
     return np.concatenate(parts) if parts else np.zeros(0)

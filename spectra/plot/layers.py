@@ -26,7 +26,7 @@ def ceiling(report: Report, row: dict, metric: str) -> float | None:
     A dense ΔW: n = min(d_out, d_in) directions, normalized entropy ≤ 1.
     """
     n = min(row["d_out"], row["d_in"])
-    k = report.spectrum(row["layer"], row["module"], row.get("head")).size
+    k = report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert")).size
     k = k if row.get("kind") == "factored" else n
     if metric in ("effective_rank", "stable_rank", "participation_ratio", "numerical_rank"):
         return float(k)

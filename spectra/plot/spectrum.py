@@ -48,7 +48,7 @@ def spectrum(
                     sigma = trusted(report, row)
                     if sigma.size == 0:
                         continue
-                    full = report.spectrum(row["layer"], role, row.get("head"))
+                    full = report.spectrum(row["layer"], role, row.get("head"), row.get("expert"))
                     index_i = np.arange(1, sigma.size + 1)
                     energy = np.cumsum(sigma**2) / np.sum(full**2)
                     label = name if first else None

@@ -275,8 +275,8 @@ class PeftCheckpoint(AdapterCheckpoint):
 
     def _map_modules(self, encoder_layers: int | None) -> None:
         """Map the adapted modules to (layer, role); the others get their reason."""
-        self.modules, self.unmapped = map_with_reasons(self.adapted, encoder_layers)
-        self.mapped = {ref.module for ref in self.modules.values()}
+        self.modules, self.unmapped = map_with_reasons(self.adapted, encoder_layers, experts=True)
+        self.mapped = {member.module for ref in self.modules.values() for member in ref.members}
 
     def _found_base(self) -> Path | None:
         heads_needed = any(ref.needs_heads for ref in self.modules.values())
