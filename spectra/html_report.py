@@ -8,7 +8,8 @@ It shows
 - a layer × module heat-map of a metric chosen in a ``<select>`` (one per
   method for a comparison, on one colour scale, so that methods compare);
 - the spectrum σᵢ/σ₁ of a module, drawn when its cell is hovered (a click
-  keeps it; ``page.html#L2.v`` opens on ``L2.v``), values at or below the
+  keeps it; ``page.html?metric=stable_rank#L2.v`` opens on that metric and
+  ``L2.v``), values at or below the
   row's floor left out as in every figure;
 - Figure 2 (the equal-rank view; ``top`` as in ``plot.histogram``);
 - the table: a report's rows, or a comparison's ``summary()`` (each report's
@@ -570,7 +571,9 @@ window.onerror = function (message, source, line) {
 
   const select = document.getElementById("metric");
   for (const name of DATA.metrics) select.appendChild(el("option", {value: name}, name));
-  if (DATA.default_metric) select.value = DATA.default_metric;
+  const asked = new URLSearchParams(window.location.search).get("metric");  // ?metric=…
+  const first = DATA.metrics.includes(asked) ? asked : DATA.default_metric;
+  if (first) select.value = first;
   select.addEventListener("change", paint);
 
   function paint() {

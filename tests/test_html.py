@@ -311,6 +311,12 @@ def test_the_page_renders_in_chromium(compared, tmp_path):
         assert len(line["points"].split()) == row["spectrum"]["above_floor"]
     assert len(dom.find("option")) == len(data["metrics"]) >= 10
 
+    # another metric (?metric=, as the <select> sets it): the cells repainted with its values
+    dom = parse(chromium("--dump-dom", page.as_uri() + "?metric=top_share@1").stdout)
+    values = [float(attrs["data-value"]) for attrs in dom.find("td", **{"class": "cell"})]
+    assert values == [row["top_share@1"] for row in rows]
+    assert [a["data-key"] for a in dom.find("td", **{"class": "selected"})] == ["L0.k"] * 3
+
     shot = tmp_path / "page.png"
     chromium(f"--screenshot={shot}", "--window-size=1400,1000", page.as_uri())
     from matplotlib.image import imread
