@@ -1,17 +1,19 @@
 """``Report``: the rows, spectra and metadata of one analysis, and how they are saved.
 
-A report holds one row per (layer, module[, head]) with every metric of
+A report holds one row per (layer, module[, expert][, head]) with every metric of
 ``spectra.metrics``, the singular values of each ΔW, and the metadata of the
 run (source paths, detected format, scales, device, method, versions,
 warnings). ``Report.save(dir)`` writes
 
-- ``metrics.csv``: ``layer``, ``module`` (the role), ``head`` (only when
-  there are heads), ``name``, ``d_out``, ``d_in``, ``kind``, ``dtype``,
+- ``metrics.csv``: ``layer``, ``module`` (the role), ``expert`` (only for
+  mixture-of-experts rows), ``head`` (only when there are heads), ``name``,
+  ``d_out``, ``d_in``, ``kind``, ``dtype``,
   ``scale``, ``adapter_rank`` (the bound r of an adapter's update: r, n·r for
   a MultiLoRA sum; empty for a full fine-tune), the floors below, then every
   metric under its METRICS.md name;
 - ``spectra.safetensors``: the singular values of each row (float64, keyed
-  ``L{layer}.{module}`` or ``L{layer}.{module}.h{head}``);
+  ``L{layer}.{module}``, ``L{layer}.{module}.h{head}`` or
+  ``L{layer}.{module}.e{expert}``);
 - ``report.json``: the metadata, the column types and the SHA-256 of the two
   files above, so ``Report.load`` can refuse a folder whose files disagree.
 
