@@ -228,11 +228,12 @@ def _metric_help(name: str) -> str:
     """The first line of a metric's docstring, for the page's legend."""
     from . import metrics
 
-    function = getattr(metrics, name.partition("@")[0], None)
+    family, _, level = name.partition("@")
+    function = getattr(metrics, family, None)
     doc = (getattr(function, "__doc__", None) or "").strip()
     line = doc.splitlines()[0] if doc else ""
-    if "@" in name:
-        line = f"{line} (here {name.partition('@')[0][0]}… = {name.partition('@')[2]})"
+    if level:  # energy_rank@0.9: q = 0.9; top_share@1: m = 1
+        line = f"{line} Here {'q' if family == 'energy_rank' else 'm'} = {level}."
     return line.replace("``", "")
 
 
@@ -583,13 +584,14 @@ window.onerror = function (message, source, line) {
     document.getElementById("bar-low").textContent = values.length ? short(low) : "";
     document.getElementById("bar-high").textContent = values.length ? short(high) : "";
     document.getElementById("metric-help").textContent = DATA.metric_help[metric] || "";
+    const flat = !(high - low > 1e-9 * Math.max(Math.abs(low), Math.abs(high)));  // one value
     for (const c of cells) {
       const value = c.row[metric];
       c.td.title = c.method.label + " " + c.row.key + "\n" + metric + " = " + String(num(value)) +
         (c.row.flags ? "\nflags: " + c.row.flags : "");
       c.td.classList.toggle("flagged", Boolean(c.row.flags));
       if (isNum(value)) {
-        const t = high > low ? (num(value) - low) / (high - low) : 0.5;
+        const t = flat ? 0.5 : (num(value) - low) / (high - low);
         c.td.style.backgroundColor = viridis(t);
         c.td.style.color = t < 0.6 ? "#fff" : "#000";
       } else {
