@@ -163,12 +163,13 @@ def test_fsdp_dcp_sharded_over_two_ranks(tmp_path, pairs):
     torch.save(pair.tuned, tmp_path / "tuned.pt")
     script = tmp_path / "write.py"
     script.write_text(_SHARDED_WRITER)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(script), str(tmp_path), str(_free_port())],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "pytorch_model_fsdp_0"
     assert sorted(p.name for p in folder.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     checkpoint = spectra.load(folder, base=pair.base)
@@ -261,9 +262,10 @@ _ZERO_WRITER = textwrap.dedent(
     import os, sys, torch
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=sys.argv[2], DS_ACCELERATOR="cpu")
+    import importlib
     import deepspeed
-    import deepspeed.comm.torch
-    deepspeed.comm.torch.build_shm_op = lambda: None  # a CPU all-reduce kernel: not needed here
+    # a C++ CPU all-reduce kernel, compiled on first use (a minute): not needed for one rank
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     from transformers import LlamaConfig, LlamaForCausalLM
     root = sys.argv[1]
     config = LlamaConfig.from_pretrained(os.path.join(root, "config"))
@@ -300,13 +302,14 @@ def zero_folders(tmp_path_factory, pairs):
         torch.save(state, root / f"tuned-{precision}.pt")
     script = root / "write.py"
     script.write_text(_ZERO_WRITER)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(script), str(root), str(_free_port())],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     return root
 
 
