@@ -4,7 +4,9 @@
 steps: the ``checkpoint-<step>/`` folders the Hugging Face Trainer writes, or
 whatever ``pattern`` (a glob, relative to ``run``) matches. The step is
 ``global_step`` from a ``trainer_state.json`` inside, else the last number in
-the name.
+the name. A match that is a saved report folder (``out/step-<N>/``, written
+while training by ``spectra.integrations``) is taken as saved, as ``compare``
+takes reports: not analysed again, not cached, and not filtered by ``modules``.
 
 ``run_sweep(...)`` analyses each one that is not already in the report cache
 (``spectra.analysis.cache``), serially, on a local process pool (``workers > 1``) or as
@@ -32,7 +34,7 @@ from ..errors import SpectraError, SpectraWarning, warn
 from ..io.atomic import check_replaceable, replace_folder
 from ..io.hub import locate
 from ..loaders import Checkpoint, options_for
-from ..report import Progress, Report, csv_text
+from ..report import Progress, Report, csv_text, is_report
 from .cache import ReportCache, analysis_key
 from .sources import load
 from .stream import analyze
@@ -269,7 +271,16 @@ def run_sweep(
     base = locate(base, "--base") if base is not None else None  # a Hub id once, for every job
     store = _cache(cache)
     tasks, keys, opened, sizes = [], [], [], []
-    for found in checkpoints:  # every one is opened and its selection checked before any work
+    # report folders saved while training (spectra.integrations, out/step-<N>/) are taken as
+    # saved, as compare takes them: already analysed, so not opened, analysed or cached again
+    saved = {i: Report.load(c.path) for i, c in enumerate(checkpoints) if is_report(c.path)}
+    for index, found in enumerate(checkpoints):  # each opened and checked before any work
+        if index in saved:
+            sizes.append(len(saved[index].rows))
+            tasks.append({})
+            keys.append(None)
+            opened.append(None)
+            continue
         if progress is not None:
             progress(0, len(checkpoints), f"checking step {found.step}")
         given = options_for(found.path, options)
@@ -289,12 +300,14 @@ def run_sweep(
         keys.append(_key(checkpoint, job, given, store) if store is not None else None)
         opened.append(checkpoint)  # analysed as opened here, unless a worker process does it
     reports: list[Report | None] = [
-        store.get(key) if store is not None and key is not None else None for key in keys
+        store.get(key) if store is not None and key is not None else saved.get(i)
+        for i, key in enumerate(keys)
     ]
-    cached = [report is not None for report in reports]
+    cached = [report is not None and i not in saved for i, report in enumerate(reports)]
     missing = [i for i, report in enumerate(reports) if report is None]
     # progress counts modules, so that it moves within a checkpoint (serial runs)
-    total, done = sum(sizes), sum(size for size, hit in zip(sizes, cached, strict=True) if hit)
+    total = sum(sizes)
+    done = sum(size for size, report in zip(sizes, reports, strict=True) if report is not None)
     if progress is not None:
         progress(done, total, f"{sum(cached)} checkpoints from the cache")
 
