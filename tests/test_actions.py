@@ -1,0 +1,158 @@
+"""suggest, resize and extract (issue 19, items 1-3) against peft's own loading and merge and
+numpy's SVD: a resized or extracted adapter, loaded by peft onto the base and merged, must
+give the best rank-k approximation (Eckart–Young, by numpy) of the original ΔW."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from spectra_cli.main import cli
+
+import spectra
+from spectra.errors import SpectraError
+
+from .conftest import (
+    DTYPES,
+    MINILM_LAYERS,
+    ROLE_MODULES,
+    dtype_id,
+    load_bert,
+    merged_reference,
+    random_peft_model,
+    save_peft_adapter,
+)
+
+
+def best_rank(matrix: np.ndarray, k: int) -> np.ndarray:
+    U, S, Vt = np.linalg.svd(matrix, full_matrices=False)
+    return (U[:, :k] * S[:k]) @ Vt[:k]
+
+
+def energy_rank(matrix: np.ndarray, q: float) -> int:
+    S = np.linalg.svd(matrix, compute_uv=False)
+    shares = np.cumsum(S**2) / np.sum(S**2)
+    return int(np.searchsorted(shares, q - 1e-12) + 1)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def lora_model(minilm_dir):
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["key", "value"],
+        rank_pattern={"layer.2.attention.self.value": 4},
+    )
+    return random_peft_model(minilm_dir, config, seed=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_resized_adapter_merges_to_the_best_rank_k(tmp_path, minilm_dir, lora_model, dtype):
+    original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir, dtype)
+    result = spectra.resize(original.path, tmp_path / "r3", rank=3)
+    resized = merged_reference(tmp_path / "r3", minilm_dir)  # peft loads and merges it
+    assert set(resized) == set(original.reference)
+    for key, delta in original.reference.items():
+        assert relative(resized[key], best_rank(delta, 3)) < 1e-6, key
+    by_module = {row["module"]: row for row in result.rows}
+    row = by_module["encoder.layer.2.attention.self.value"]
+    delta = original.reference[(2, "v")]
+    S = np.linalg.svd(delta, compute_uv=False)
+    assert row["rank"] == 4 and row["new_rank"] == 3
+    assert row["spectral_error"] == pytest.approx(S[3], rel=1e-9)
+    assert row["relative_frobenius_error"] == pytest.approx(
+        np.sqrt(np.sum(S[3:] ** 2) / np.sum(S**2)), rel=1e-9
+    )
+    config = json.loads((tmp_path / "r3" / "adapter_config.json").read_text())
+    assert config["r"] == 3 and config["lora_alpha"] == pytest.approx(2.0 * 3)  # scale kept
+
+
+def test_resize_by_energy_gives_per_module_ranks(tmp_path, minilm_dir, lora_model):
+    original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir)
+    spectra.resize(original.path, tmp_path / "e", energy=0.8)
+    resized = merged_reference(tmp_path / "e", minilm_dir)
+    for key, delta in original.reference.items():
+        k = energy_rank(delta, 0.8)
+        assert relative(resized[key], best_rank(delta, k)) < 1e-6, key
+    with pytest.raises(spectra.ReportExistsError, match="force=True"):
+        spectra.resize(original.path, tmp_path / "e", energy=0.8)
+
+
+def test_resize_refuses_dora(tmp_path, minilm_dir):
+    from peft import LoraConfig
+
+    model = random_peft_model(minilm_dir, LoraConfig(r=4, target_modules=["value"], use_dora=True))
+    dora = save_peft_adapter(model, tmp_path / "d", minilm_dir)
+    with pytest.raises(SpectraError, match="DoRA's magnitude"):
+        spectra.resize(dora.path, tmp_path / "out", rank=2)
+
+
+def test_suggest_matches_numpy_and_builds_in_peft(tmp_path, minilm_dir, lora_model):
+    from peft import LoraConfig, get_peft_model
+
+    original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir)
+    suggestion = spectra.suggest(original.path, energy=0.7)
+    config = suggestion.config()
+    model = get_peft_model(load_bert(minilm_dir), LoraConfig(**config))
+    for layer in range(MINILM_LAYERS):
+        for role in ("k", "v"):
+            module = getattr(
+                model.base_model.model.encoder.layer[layer].attention.self, ROLE_MODULES[role]
+            )
+            expected = energy_rank(original.reference[(layer, role)], 0.7)
+            assert module.r["default"] == expected
+            trained_r = 4 if (layer, role) == (2, "v") else 8  # rank_pattern
+            assert module.scaling["default"] == pytest.approx(16 / trained_r)  # α/r as trained
+    result = CliRunner().invoke(
+        cli,
+        ["suggest", str(original.path), "--energy", "0.7", "--out", str(tmp_path / "ranks.json")],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ranks.json").read_text()) == config
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_extracted_lora_merges_to_the_best_rank_k(tmp_path, finetunes, minilm_in, dtype):
+    from safetensors.torch import load_file
+
+    def weights(folder):  # the saved tensors, widened exactly to float64
+        return {
+            k: v.double().numpy() for k, v in load_file(str(folder / "model.safetensors")).items()
+        }
+
+    tuned = finetunes("single", dtype)
+    out = tmp_path / "lora"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            str(tuned.path),
+            "--base",
+            str(tuned.base),
+            "--rank",
+            "4",
+            "--modules",
+            "k,v",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    extracted = merged_reference(out, tuned.base)
+    tuned_w, base_w = weights(tuned.path), weights(tuned.base)
+    assert len(extracted) == MINILM_LAYERS * 2
+    for (layer, role), merged in extracted.items():
+        name = f"encoder.layer.{layer}.attention.self.{ROLE_MODULES[role]}.weight"
+        assert relative(merged, best_rank(tuned_w[name] - base_w[name], 4)) < 1e-6, (layer, role)
+    rows = (out / "extract.csv").read_text().splitlines()
+    assert len(rows) == 1 + MINILM_LAYERS * 2 and "randomized" in rows[1]
+    suboptimal = [float(line.split(",")[-1]) for line in rows[1:]]
+    assert all(value < 1.01 for value in suboptimal)
