@@ -323,7 +323,7 @@ def _format_cell(value: object) -> str:
 
 
 def _parse_cell(cell: str, kind: str) -> object:
-    if cell == "" and kind != "str":
+    if cell == "":  # None is written as an empty cell (flags of an unflagged row, a missing base)
         return None
     if kind == "int":
         return int(cell)

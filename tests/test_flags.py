@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from spectra_cli.main import cli
 
+import spectra
 from spectra.analysis.stream import _row
 from spectra.delta import Dense, Factored, LayerDelta
 from spectra.flags import CEILING_SHARE, SPIKE_RATIO, SPIKE_SHARE
@@ -87,3 +88,12 @@ def test_every_flag_is_documented(flag):
     from spectra import flags
 
     assert f"``{flag}``" in flags.__doc__
+
+
+def test_flags_survive_a_save_and_load(tmp_path, minilm_dir):
+    adapter = make_peft_adapter(tmp_path / "a", minilm_dir, r=8, target_modules=["value"])
+    report = spectra.analyze(adapter.path, modules="v")
+    report.rows[0]["flags"] = None  # an unflagged row beside flagged ones
+    report.save(tmp_path / "r")
+    loaded = spectra.Report.load(tmp_path / "r")
+    assert [row["flags"] for row in loaded.rows] == [row["flags"] for row in report.rows]
