@@ -34,7 +34,7 @@ from ..report import Progress, csv_text
 from ..svd import singular_values
 from .lora_folder import check_replaceable_adapter, lora_config, write_lora_folder
 from .suggest import module_path
-from .truncation import dense_top, lora_factors, spectral_suboptimality
+from .truncation import check_amount, dense_top, lora_factors, spectral_suboptimality
 
 __all__ = ["EXTRACT_COLUMNS", "SUBOPTIMAL", "Extracted", "extract"]
 
@@ -78,12 +78,7 @@ def extract(
     """Write a PEFT LoRA adapter of ``base`` approximating the fine-tune ``tuned`` (docstring)."""
     from ..analysis.sources import load
 
-    if (rank is None) == (energy is None):
-        raise SpectraError("give one of --rank R or --energy Q (how much of each ΔW to keep)")
-    if rank is not None and rank < 1:
-        raise SpectraError(f"--rank must be at least 1, got {rank}")
-    if energy is not None and not 0 < energy <= 1:
-        raise SpectraError(f"--energy must be in (0, 1], got {energy}")
+    check_amount(rank, energy)
     check_replaceable_adapter(out, force)  # before the work
     checkpoint = load(tuned, base=base)
     if checkpoint.format != "full":

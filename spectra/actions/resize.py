@@ -31,7 +31,7 @@ from ..errors import SpectraError
 from ..metrics import energy_rank
 from ..report import csv_text
 from .lora_folder import check_replaceable_adapter, lora_config, write_lora_folder
-from .truncation import factored_top, lora_factors
+from .truncation import check_amount, factored_top, lora_factors
 
 __all__ = ["RESIZE_COLUMNS", "Resized", "resize"]
 
@@ -72,12 +72,7 @@ def resize(
     """Write the truncated-SVD copy of a LoRA adapter to ``out`` (module docstring)."""
     from ..analysis.sources import load
 
-    if (rank is None) == (energy is None):
-        raise SpectraError("give one of --rank R or --energy Q (how much of each ΔW to keep)")
-    if rank is not None and rank < 1:
-        raise SpectraError(f"--rank must be at least 1, got {rank}")
-    if energy is not None and not 0 < energy <= 1:
-        raise SpectraError(f"--energy must be in (0, 1], got {energy}")
+    check_amount(rank, energy)
     check_replaceable_adapter(out, force)  # before the work
     checkpoint = load(adapter, adapter=adapter_name)
     _check_resizable(checkpoint)

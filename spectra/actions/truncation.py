@@ -23,13 +23,31 @@ from dataclasses import dataclass
 import torch
 
 from ..delta import Factored
+from ..errors import SpectraError
 from ..subspace import singular_vectors
 
-__all__ = ["Truncation", "dense_top", "factored_top", "lora_factors", "spectral_suboptimality"]
+__all__ = [
+    "Truncation",
+    "check_amount",
+    "dense_top",
+    "factored_top",
+    "lora_factors",
+    "spectral_suboptimality",
+]
 
 OVERSAMPLING = 10  # extra random directions of the range finder (Halko et al. §4.2)
 POWER_ITERATIONS = 4  # (ΔW ΔWᵀ)^q sharpens a slowly decaying spectrum (Halko et al. §4.5)
 FULL_SVD_SHARE = 0.25  # r above this share of n: a full SVD costs about the same, and is exact
+
+
+def check_amount(rank: int | None, energy: float | None) -> None:
+    """How much of each ΔW to keep: exactly one of ``rank`` ≥ 1 or ``energy`` ∈ (0, 1]."""
+    if (rank is None) == (energy is None):
+        raise SpectraError("give one of --rank R or --energy Q (how much of each ΔW to keep)")
+    if rank is not None and rank < 1:
+        raise SpectraError(f"--rank must be at least 1, got {rank}")
+    if energy is not None and not 0 < energy <= 1:
+        raise SpectraError(f"--energy must be in (0, 1], got {energy}")
 
 
 @dataclass(frozen=True)
