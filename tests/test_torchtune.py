@@ -98,7 +98,9 @@ def write_adapter(
     with torch.no_grad():
         for i, (name, value) in enumerate(sorted(adapter.items())):
             noise = torch.from_numpy(random_factor(value.shape, i))
-            adapter[name] = (value * (1 + noise) if "magnitude" in name else noise).to(dtype)
+            # DoRA's magnitude starts as torch.empty until torchtune's recipe initialises it from
+            # W0's row norms: give it finite positive values near 1 instead of that memory
+            adapter[name] = (1 + 0.1 * noise if "magnitude" in name else noise).to(dtype)
     config = {
         "r": RANK,
         "lora_alpha": ALPHA,
