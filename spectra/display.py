@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-__all__ = ["frame", "html_table", "layer_ranges", "number"]
+__all__ = ["frame", "html_table", "number"]
 
 _HTML_ROWS = 40  # rows shown in a notebook table before the rest are elided
 
@@ -28,17 +28,6 @@ def number(value: object, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
-
-
-def layer_ranges(layers: Iterable[int]) -> str:
-    """``[0, 1, 2, 5]`` → ``"0-2,5"``."""
-    parts: list[list[int]] = []
-    for layer in sorted(set(layers)):
-        if parts and layer == parts[-1][1] + 1:
-            parts[-1][1] = layer
-        else:
-            parts.append([layer, layer])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in parts) or "none"
 
 
 def frame(rows: Sequence[dict[str, object]], columns: Sequence[str]):

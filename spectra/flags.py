@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .report import NOISE_SHARE
+from .report import NOISE_SHARE, spectrum_key
 
 __all__ = ["CEILING_SHARE", "FLAGS", "SPIKE_RATIO", "SPIKE_SHARE", "flag_lines", "row_flags"]
 
@@ -80,5 +80,4 @@ def flag_lines(rows: Sequence[Mapping[str, object]]) -> list[str]:
 
 
 def _key(row: Mapping[str, object]) -> str:
-    head = "" if row.get("head") is None else f".h{row['head']}"
-    return f"L{row['layer']}.{row['module']}{head}"
+    return spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))

@@ -48,10 +48,11 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
-from .display import frame, html_table, layer_ranges
+from .display import frame, html_table
 from .errors import FormatError, SpectraError
 from .io.atomic import check_replaceable, replace_folder
 from .metrics import METRICS
+from .selection import layer_ranges
 
 __all__ = [
     "NOISE_SHARE",

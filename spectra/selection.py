@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from .errors import SelectionError
 
-__all__ = ["DEFAULT_MODULES", "ROLES", "parse_layers", "parse_modules"]
+__all__ = ["DEFAULT_MODULES", "ROLES", "layer_ranges", "parse_layers", "parse_modules"]
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")  # every module role, in display order
 DEFAULT_MODULES = ("k", "v")  # what an analysis takes when no modules are named
@@ -94,3 +94,14 @@ def _layer_part(part: object, whole: object, flag: str) -> range:
     if start < 0 or stop < start:
         raise bad
     return range(start, stop + 1)
+
+
+def layer_ranges(layers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"``."""
+    parts: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if parts and layer == parts[-1][1] + 1:
+            parts[-1][1] = layer
+        else:
+            parts.append([layer, layer])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in parts) or "none"

@@ -38,7 +38,7 @@ import torch
 
 from ..delta import LayerDelta
 from ..errors import SelectionError
-from ..selection import DEFAULT_MODULES, ROLES, parse_layers, parse_modules
+from ..selection import DEFAULT_MODULES, ROLES, layer_ranges, parse_layers, parse_modules
 from .names import ROLE_REASONS
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "group_by_reason",
     "summarise_not_analysed",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class Checkpoint(ABC):
         roles = sorted({role for _, role in pairs}, key=_role_order)
         return (
             f"{type(self).__name__}({self.variant}, {self.format} format: {len(pairs)} modules, "
-            f"layers {_ranges(layers)} × {', '.join(roles)}; {self.path})"
+            f"layers {layer_ranges(layers)} × {', '.join(roles)}; {self.path})"
         )
 
     def details(self) -> dict[str, object]:
@@ -251,7 +250,7 @@ def select(
         if missing_layers:
             raise SelectionError(
                 f"{path}: layer(s) {', '.join(map(str, missing_layers))} not in this checkpoint; "
-                f"it has layers {_ranges(have_layers)} (--layers)"
+                f"it has layers {layer_ranges(have_layers)} (--layers)"
             )
 
     have = set(available)
@@ -264,7 +263,7 @@ def select(
                 warnings.append(f"layer {layer} has no {role!r} module in this checkpoint")
     if not keys:
         raise SelectionError(
-            f"{path}: nothing to analyse for roles {roles} in layers {_ranges(chosen_layers)}"
+            f"{path}: nothing to analyse for roles {roles} in layers {layer_ranges(chosen_layers)}"
         )
     return Selection(tuple(keys), tuple(warnings))
 
@@ -288,14 +287,3 @@ def summarise_not_analysed(pairs: Sequence[tuple[str, str]], examples: int = 2) 
 
 def _role_order(role: str) -> int:
     return ROLES.index(role) if role in ROLES else len(ROLES)
-
-
-def _ranges(values: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` → ``"0-2,5"``."""
-    parts: list[str] = []
-    for value in values:
-        if parts and value == int(parts[-1].split("-")[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{value}"
-        else:
-            parts.append(str(value))
-    return ",".join(parts) if parts else "none"
