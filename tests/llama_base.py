@@ -60,3 +60,50 @@ def hf_weight(folder: Path, layer: int, role: str) -> np.ndarray:
 def random_factor(shape, seed: int, scale: float = 0.1) -> np.ndarray:
     """A float32 array of normal entries (adapters' B starts at zero: tests need both random)."""
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+# A tiny Phi-3 (fused qkv_proj and gate_up_proj): 8 heads, 4 key/value heads of dimension 8,
+# so qkv_proj is (64 + 32 + 32, 64) and gate_up_proj (2 · 96, 64).
+PHI3_KV_HEADS = 4
+# Rows of each role in the fused Phi-3 weights: (module, first row, end row).
+PHI3_ROWS = {
+    "q": ("self_attn.qkv_proj", 0, HIDDEN),
+    "k": ("self_attn.qkv_proj", HIDDEN, HIDDEN + PHI3_KV_HEADS * HEAD_DIM),
+    "v": (
+        "self_attn.qkv_proj",
+        HIDDEN + PHI3_KV_HEADS * HEAD_DIM,
+        HIDDEN + 2 * PHI3_KV_HEADS * HEAD_DIM,
+    ),
+    "o": ("self_attn.o_proj", 0, HIDDEN),
+    "gate": ("mlp.gate_up_proj", 0, INTERMEDIATE),
+    "up": ("mlp.gate_up_proj", INTERMEDIATE, 2 * INTERMEDIATE),
+    "down": ("mlp.down_proj", 0, HIDDEN),
+}
+
+
+def save_tiny_phi3(folder: Path, seed: int = 0) -> Path:
+    """A Phi3ForCausalLM with random weights, saved in float32 with its config.json."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Phi3Config(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=PHI3_KV_HEADS,
+        vocab_size=100,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    Phi3ForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+def phi3_weight(folder: Path, layer: int, role: str) -> np.ndarray:
+    """The float64 rows (d_out, d_in) of one role in the saved Phi-3, cut by hand from safetensors."""
+    from safetensors.numpy import load_file
+
+    module, start, end = PHI3_ROWS[role]
+    name = f"model.layers.{layer}.{module}.weight"
+    return load_file(str(folder / "model.safetensors"))[name].astype(np.float64)[start:end]

@@ -49,8 +49,12 @@ from .llama_base import (
     INTERMEDIATE,
     KV_HEADS,
     LAYERS,
+    PHI3_KV_HEADS,
+    PHI3_ROWS,
+    phi3_weight,
     random_factor,
     save_tiny_llama,
+    save_tiny_phi3,
 )
 
 RANK, ALPHA = 4, 16.0
@@ -235,3 +239,136 @@ def test_mismatched_rank_is_refused(tmp_path, llama):
     message = str(error.value)
     assert "adapter_model.pt" in message and "(8, d_in)" in message
     assert "from adapter_config.json (r)" in message and "found lora_a (4, 64)" in message
+
+
+# -- other model families: Phi-3 (fused base) and Qwen2 (no permutation) ---------------------
+
+
+def _write_family_adapter(out: Path, model, to_tune, base: Path, dtype):
+    """A torchtune adapter of ``model`` with random weights, saved as the HF checkpointer does."""
+    model.load_state_dict(to_tune(_hf_state(base)), strict=False)
+    adapter = get_adapter_state_dict(model.state_dict())
+    with torch.no_grad():
+        for i, (name, value) in enumerate(sorted(adapter.items())):
+            noise = torch.from_numpy(random_factor(value.shape, 100 + i))
+            adapter[name] = (1 + 0.1 * noise if "magnitude" in name else noise).to(dtype)
+    out.mkdir(parents=True)
+    torch.save(adapter, out / "adapter_model.pt")
+    (out / "adapter_config.json").write_text(json.dumps({"r": RANK, "lora_alpha": ALPHA}))
+    shutil.copy(base / "config.json", out / "config.json")
+    return out
+
+
+def _family_reference(folder: Path, base: Path, to_tune, to_hf) -> dict[str, np.ndarray]:
+    """torchtune's float64 merge, back in Hugging Face names, minus the base: ΔW per HF tensor."""
+    tune = {k: v.double() for k, v in to_tune(_hf_state(base)).items()}
+    adapter = torch.load(folder / "adapter_model.pt", weights_only=True)
+    merged = get_merged_lora_ckpt(
+        tune | {k: v.double() for k, v in adapter.items()}, rank=RANK, alpha=ALPHA
+    )
+    base_hf = _hf_state(base)
+    return {n: (t - base_hf[n].double()).numpy() for n, t in to_hf(merged).items() if n in base_hf}
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory) -> Path:
+    return save_tiny_phi3(tmp_path_factory.mktemp("phi3"))
+
+
+def _phi3_adapter(out: Path, base: Path, dtype=torch.float32, dora: bool = False):
+    from torchtune.models.phi3 import _convert_weights as phi3_weights
+    from torchtune.models.phi3._component_builders import lora_phi3
+
+    model = lora_phi3(
+        ATTENTION,
+        apply_lora_to_mlp=True,
+        vocab_size=100,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=PHI3_KV_HEADS,
+        embed_dim=HIDDEN,
+        intermediate_dim=INTERMEDIATE,
+        max_seq_len=64,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        use_dora=dora,
+    )
+
+    def to_tune(state):
+        return phi3_weights.phi3_hf_to_tune(
+            state, num_heads=HEADS, num_kv_heads=PHI3_KV_HEADS, dim=HIDDEN
+        )
+
+    folder = _write_family_adapter(out, model, to_tune, base, dtype)
+    reference = _family_reference(folder, base, to_tune, phi3_weights.phi3_tune_to_hf)
+    by_role = {}  # the fused ΔW cut per role by hand (PHI3_ROWS)
+    for layer in range(LAYERS):
+        for role, (module, start, end) in PHI3_ROWS.items():
+            by_role[(layer, role)] = reference[f"model.layers.{layer}.{module}.weight"][start:end]
+    return folder, by_role
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_phi3_relative_norm_is_each_roles_own_rows_of_the_fused_base(tmp_path, phi3, dtype):
+    folder, reference = _phi3_adapter(tmp_path / "tt", phi3, dtype)
+    report = spectra.analyze(folder, base=phi3, modules="all")
+    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    assert set(rows) == set(reference)
+    for key, delta in reference.items():
+        expected = np.linalg.norm(delta) / np.linalg.norm(phi3_weight(phi3, *key))
+        assert rows[key]["relative_norm"] == pytest.approx(expected, rel=1e-6), key
+    for read in read_deltas(load(folder, base=phi3), modules="all"):
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, reference[key]) < 1e-6, key
+        own_rows = np.linalg.norm(phi3_weight(phi3, *key))
+        assert read.delta.base_norm == pytest.approx(own_rows, rel=1e-12), key
+
+
+def test_phi3_dora_on_the_fused_base_matches_torchtune_merge(tmp_path, phi3):
+    folder, reference = _phi3_adapter(tmp_path / "tt", phi3, dora=True)
+    for read in read_deltas(load(folder, base=phi3), modules="all"):
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, reference[key]) < 1e-6, key
+
+
+def test_qwen2_q_and_k_are_left_as_stored(tmp_path):
+    """torchtune's Qwen2 converter keeps Hugging Face's q/k rows: no un-permutation."""
+    from torchtune.models.qwen2 import _convert_weights as qwen2_weights
+    from torchtune.models.qwen2._component_builders import lora_qwen2
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    base = tmp_path / "qwen2"
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        vocab_size=100,
+        tie_word_embeddings=False,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(str(base))
+    model = lora_qwen2(
+        ATTENTION,
+        vocab_size=100,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        embed_dim=HIDDEN,
+        intermediate_dim=INTERMEDIATE,
+        max_seq_len=64,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+    )
+    folder = _write_family_adapter(
+        tmp_path / "tt", model, qwen2_weights.qwen2_hf_to_tune, base, torch.float32
+    )
+    reference = _family_reference(
+        folder, base, qwen2_weights.qwen2_hf_to_tune, qwen2_weights.qwen2_tune_to_hf
+    )
+    checkpoint = load(folder, base=base)
+    assert not any("interleaved" in w for w in checkpoint.describe().warnings)
+    for read in read_deltas(checkpoint, modules=["q", "k"]):
+        name = f"model.layers.{read.delta.layer}.{HF_MODULES[read.delta.role]}.weight"
+        assert relative_error(read.dense, reference[name]) < 1e-6, name

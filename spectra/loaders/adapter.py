@@ -5,6 +5,13 @@ module's whole shape, and rebuilds the module's update(s); this class adds the
 optional base model (for ``relative_norm``, DoRA, and the head count of
 interleaved projections), checks the base against the adapter, selects the
 rows of a fused projection, and yields the ``LayerDelta``s.
+
+The base and the adapter need not fuse the same projections: a torchtune or
+GGUF adapter keeps Phi-3's q, k, v (gate, up) apart where the Hugging Face base
+fuses them in ``qkv_proj`` (``gate_up_proj``), and the reverse can happen. Each
+role's W0 is then taken from its own rows of the base (``names.ModuleRef.rows``,
+the split the full fine-tune loader uses), and the base handed to ``updates``
+is laid out as the adapted module is (``aligned_base``).
 """
 
 from __future__ import annotations
@@ -64,8 +71,48 @@ class AdapterCheckpoint(Checkpoint):
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
         if self.base_weights is None or self.modules[key].experts:
             return None  # experts: one W0 each
-        module = self.base_weights.module_weight(self.base_weights.modules[key])
-        return module[self.rows(self.modules[key])].to(torch.float64)  # (d_out, d_in)
+        return self.base_weights.weight(self.base_weights.modules[key])  # (d_out, d_in) float64
+
+    def same_layout(self, ref: ModuleRef, base_ref: ModuleRef) -> bool:
+        """Whether the adapted module and the base's module hold the same rows in one order."""
+        assert self.base_weights is not None
+        return ref.fused == base_ref.fused and self.module_shape(
+            ref
+        ) == self.base_weights.module_shape(base_ref)
+
+    def fused_roles(self, ref: ModuleRef) -> list[ModuleRef]:
+        """The refs of every role the adapted module of ``ref`` holds (``ref`` unless fused)."""
+        if ref.fused is None:
+            return [ref]
+        return [other for other in self.modules.values() if other.module == ref.module]
+
+    def aligned_base(self, ref: ModuleRef, base_ref: ModuleRef) -> torch.Tensor:
+        """W0 laid out as the adapted module: ``(d_out, d_in)`` float64, its rows in its order.
+
+        With one layout on both sides this is the base module itself; otherwise
+        each role of the adapted module gets that role's rows of the base.
+        """
+        assert self.base_weights is not None
+        if self.same_layout(ref, base_ref):
+            return self.base_weights.module_weight(base_ref)  # (d_out, d_in) float64
+        aligned = torch.empty(self.module_shape(ref), dtype=torch.float64)  # (d_out, d_in)
+        for role_ref in self.fused_roles(ref):
+            base_role = self._base_ref(role_ref)
+            aligned[self.rows(role_ref)] = self.base_weights.weight(base_role)  # (rows, d_in)
+        return aligned
+
+    def _base_ref(self, ref: ModuleRef) -> ModuleRef:
+        """The base's ref of the role of ``ref`` (which is no expert), or BaseMismatchError."""
+        assert self.base_weights is not None
+        base_ref = self.base_weights.modules.get((ref.layer, ref.role))
+        if base_ref is None or base_ref.experts:
+            raise BaseMismatchError(
+                f"{self.base_weights.store.path}: expected a layer {ref.layer} {ref.role!r} "
+                f"weight, the {ref.role} rows of {ref.module} in the adapter, found "
+                f"{'experts' if base_ref is not None else 'nothing'}; is --base the model this "
+                "adapter was trained on?"
+            )
+        return base_ref
 
     def source_files(self) -> list[Path]:
         config = [self.config_path] if self.config_path is not None else []
@@ -123,6 +170,17 @@ class AdapterCheckpoint(Checkpoint):
             yield ref, base.get(ref.expert)
 
     def _check_pair(self, key: tuple[int, str], ref: ModuleRef, base_ref: ModuleRef | None) -> None:
+        self._check_shape(key, ref, base_ref)
+        if self.base_weights is None or ref.fused is None or self.same_layout(ref, base_ref):
+            return
+        for role_ref in self.fused_roles(ref):  # the base rows aligned_base gathers
+            if role_ref is not ref:
+                key = (role_ref.layer, role_ref.role)
+                self._check_shape(key, role_ref, self._base_ref(role_ref))
+
+    def _check_shape(
+        self, key: tuple[int, str], ref: ModuleRef, base_ref: ModuleRef | None
+    ) -> None:
         shape = self.role_shape(ref)
         if self.base_weights is None:
             return
@@ -143,8 +201,8 @@ class AdapterCheckpoint(Checkpoint):
         rows = self.rows(ref)
         base_module = base_norm = None
         if self.base_weights is not None:
-            base_module = self.base_weights.module_weight(base_ref)
-            base_norm = float(torch.linalg.vector_norm(base_module[rows]))
+            base_module = self.aligned_base(ref, base_ref)  # (d_out, d_in), the adapter's rows
+            base_norm = float(torch.linalg.vector_norm(base_module[rows]))  # this role's W0
         for head, update in self.updates(ref, rows, base_module):
             yield LayerDelta(
                 layer=ref.layer,
