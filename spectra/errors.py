@@ -44,6 +44,8 @@ _SWITCHES = {
     "--skip-nonfinite": "skip_nonfinite=True",
     "--no-cache": "cache=False",
     "--ray": "ray=True",
+    "--exact": 'method="exact"',
+    "--log-x": "log_x=True",
 }
 _VALUED = {
     "--base": "base",
@@ -63,6 +65,13 @@ _VALUED = {
     "--energy": "energy",
     "--rank": "rank",
     "--metrics": "metrics",
+    "--out": "out",
+    "--html": "html",
+    "--format": "format",
+    "--normalize": "normalize",
+    "--subspace-rank": "subspace_rank",
+    "--intruder-top": "intruder_top",
+    "--intruder-eps": "intruder_eps",
 }
 # A flag, then (for flags that take one) its value: ``--base DIR``, ``--modules k,v``.
 _FLAG = re.compile(

@@ -14,7 +14,7 @@ from ..output import warn
 @click.argument("src", type=options.SOURCE)
 @click.argument("dst", type=options.PATH)
 @options.lora_alpha("α to record (the reference layout saves none).")
-@options.force("Replace a MultiLoRA folder already at DST.")
+@options.force("Replace a MultiLoRA folder spectra wrote at DST (never any other folder).")
 def convert(src, dst, lora_alpha, force):
     """Convert a MultiLoRA checkpoint SRC (reference .pt layout) to spectra's folder DST.
 

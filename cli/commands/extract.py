@@ -16,7 +16,7 @@ from .resize import print_errors, rank_or_energy
 @options.modules("Roles to extract, e.g. k,v [default: all].")
 @options.layers()
 @options.out("Folder for the PEFT adapter.", required=True)
-@options.force("Replace an adapter folder already at --out.")
+@options.force("Replace an adapter folder spectra wrote at --out (never a trained one).")
 @options.quiet()
 def extract(tuned, base, rank, energy, modules, layers, out, force, quiet):
     """Write a PEFT LoRA adapter of --base whose modules approximate the fine-tune TUNED:

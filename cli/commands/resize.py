@@ -29,7 +29,7 @@ def print_errors(rows, columns) -> None:
 @click.argument("adapter", type=options.SOURCE)
 @rank_or_energy
 @options.out("Folder for the resized PEFT adapter.", required=True)
-@options.force("Replace an adapter folder already at --out.")
+@options.force("Replace an adapter folder spectra wrote at --out (never a trained one).")
 @click.option("--adapter", "adapter_name", help="The adapter to read, by name (sub-folder).")
 @options.quiet("No table.")
 def resize(adapter, rank, energy, out, force, adapter_name, quiet):

@@ -21,7 +21,7 @@ from ..output import render, warn
 )
 @options.base("Base model folder or Hub id, for a full fine-tune or DoRA.")
 @options.out("Write the LoraConfig fields as JSON to this file.")
-@options.force("Replace the JSON file at --out.")
+@options.force("Replace a suggestion file spectra wrote at --out (never any other file).")
 @options.quiet("Print only the JSON.")
 def suggest(source, energy, base, out, force, quiet):
     """Suggest, for each module of SOURCE (an adapter, a fine-tune with --base, or a saved
@@ -36,10 +36,11 @@ def suggest(source, energy, base, out, force, quiet):
       python -c "import json, peft; peft.LoraConfig(**json.load(open('ranks.json')))"
     """
     import spectra
-    from spectra.errors import ReportExistsError
+    from spectra.actions.suggest import _is_suggestion
+    from spectra.io.atomic import check_replaceable_file
 
-    if out is not None and out.exists() and not force:
-        raise ReportExistsError(f"{out}: already there; pass --force to replace it")
+    if out is not None:  # before the work; Suggestion.save checks again as it writes
+        check_replaceable_file(out, force, _is_suggestion, "rank suggestion (JSON)")
     suggestion = spectra.suggest(source, energy=energy, base=base)
     config = suggestion.config()
     if not quiet:
@@ -62,7 +63,7 @@ def suggest(source, energy, base, out, force, quiet):
     warn(suggestion.notes)
     text = json.dumps(config, indent=2)
     if out is not None:
-        out.write_text(text + "\n")
+        suggestion.save(out, force=force)
         click.echo(f"LoraConfig fields written to {out}", err=True)
     else:
         click.echo(text)

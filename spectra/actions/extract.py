@@ -79,7 +79,7 @@ def extract(
     from ..analysis.sources import load
 
     check_amount(rank, energy)
-    check_replaceable_adapter(out, force)  # before the work
+    check_replaceable_adapter(out, force, (tuned, base))  # before the work
     checkpoint = load(tuned, base=base)
     if checkpoint.format != "full":
         raise SpectraError(
@@ -134,5 +134,13 @@ def extract(
             progress(done, len(selection.keys), module)
     config = lora_config(ranks, dict.fromkeys(ranks, 1.0), base_model=str(checkpoint.base))
     result = Extracted(Path(out), rows, warnings)
-    write_lora_folder(out, factors, config, force=force, extra_files={"extract.csv": result.csv()})
+    write_lora_folder(
+        out,
+        factors,
+        config,
+        force=force,
+        sources=(tuned, base),
+        extra_files={"extract.csv": result.csv()},
+        what="LoRA adapter (spectra extract)",
+    )
     return result

@@ -12,8 +12,10 @@ PEFT's own terms (``peft.LoraConfig``, FORMATS.md §2):
 - ``adapter_model.safetensors`` holds ``base_model.model.{module}.lora_A.weight``
   (r, d_in) and ``….lora_B.weight`` (d_out, r).
 
-The folder is written atomically, and replaces an earlier adapter folder only
-with ``force`` (never a folder of anything else).
+The folder is written atomically with ``io.atomic.OUTPUT_MARKER`` in it, and
+replaces only an adapter folder spectra wrote, and only with ``force``: never a
+trained adapter, a Trainer checkpoint or a folder of anything else, and never
+a folder that is, holds or lies inside a source being read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import check_replaceable, replace_folder, write_safetensors
+from ..io.atomic import (
+    OUTPUT_MARKER,
+    check_replaceable,
+    mark_output,
+    replace_folder,
+    write_safetensors,
+)
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -88,9 +96,16 @@ def lora_config(
     return config
 
 
-def check_replaceable_adapter(out: str | os.PathLike, force: bool) -> None:
-    """Refuse ``out`` unless it is free, or an adapter folder and ``force`` is given."""
-    check_replaceable(Path(out), force, ADAPTER_CONFIG, "adapter folder")
+def check_replaceable_adapter(
+    out: str | os.PathLike, force: bool, sources: tuple[str | os.PathLike, ...] = ()
+) -> None:
+    """Refuse ``out`` unless it is free, or an adapter folder spectra wrote and ``force``.
+
+    ``sources`` (the checkpoints read) must lie apart from ``out``.
+    """
+    check_replaceable(
+        Path(out), force, OUTPUT_MARKER, "adapter folder", sources=sources
+    )
 
 
 def write_lora_folder(
@@ -100,16 +115,19 @@ def write_lora_folder(
     *,
     dtype: torch.dtype = torch.float32,
     force: bool = False,
+    sources: tuple[str | os.PathLike, ...] = (),
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
     extra_files: Mapping[str, str] | None = None,
+    what: str = "LoRA adapter",
 ) -> Path:
     """Write ``{module: (B (d_out, r), A (r, d_in))}`` and ``config`` as a PEFT adapter folder.
 
     ``extra_tensors`` are stored as given (e.g. tensors copied unchanged);
-    ``extra_files`` are text files written beside (a report of the errors).
+    ``extra_files`` are text files written beside (a report of the errors);
+    ``what`` goes into the output marker (which command wrote the folder).
     """
     out = Path(out)
-    check_replaceable_adapter(out, force)
+    check_replaceable_adapter(out, force, sources)
     tensors: dict[str, torch.Tensor] = {}
     for module, (B, A) in factors.items():
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = A.to(dtype).contiguous()  # (r, d_in)
@@ -120,4 +138,5 @@ def write_lora_folder(
         write_safetensors(staging / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        mark_output(staging, what)
     return out

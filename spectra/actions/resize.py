@@ -73,7 +73,7 @@ def resize(
     from ..analysis.sources import load
 
     check_amount(rank, energy)
-    check_replaceable_adapter(out, force)  # before the work
+    check_replaceable_adapter(out, force, (adapter,))  # before the work
     checkpoint = load(adapter, adapter=adapter_name)
     _check_resizable(checkpoint)
     config = checkpoint.config
@@ -120,8 +120,10 @@ def resize(
         new_config,
         dtype=dtype,
         force=force,
+        sources=(adapter,),
         extra_tensors=copied,
         extra_files={"resize.csv": result.csv()},
+        what="LoRA adapter (spectra resize)",
     )
     return result
 

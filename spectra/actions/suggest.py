@@ -19,15 +19,21 @@ largest of its roles' ranks: one LoRA serves all of them.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import SpectraError
+from ..io.atomic import check_replaceable_file
 from ..metrics import energy_rank
 from ..report import Report, is_report, spectrum_key
 from .lora_folder import lora_config
 
 __all__ = ["Suggestion", "module_path", "suggest"]
+
+# The fields ``Suggestion.config()`` holds: a JSON file of these alone is one ``save`` wrote.
+CONFIG_FIELDS = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern")
 
 
 def module_path(name: str) -> str:
@@ -49,8 +55,29 @@ class Suggestion:
         ranks = {row["module"]: row["suggested_rank"] for row in self.rows}
         scales = {row["module"]: row["scale"] for row in self.rows}
         full = lora_config(ranks, scales, rslora=self.rslora)
-        keys = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern")
-        return {key: full[key] for key in keys}
+        return {key: full[key] for key in CONFIG_FIELDS}
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write ``config()`` as JSON to ``path``.
+
+        An existing file is replaced only with ``force``, and only when it is a
+        suggestion spectra wrote (a JSON object of ``config()``'s fields alone):
+        never a PEFT ``adapter_config.json`` or any other file.
+        """
+        path = Path(path)
+        check_replaceable_file(path, force, _is_suggestion, "rank suggestion (JSON)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.config(), indent=2) + "\n")
+        return path
+
+
+def _is_suggestion(path: Path) -> bool:
+    """Whether ``path`` holds what ``Suggestion.save`` writes, and nothing else."""
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(fields, dict) and set(fields) == set(CONFIG_FIELDS)
 
 
 def suggest(

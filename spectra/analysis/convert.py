@@ -13,7 +13,13 @@ import json
 from pathlib import Path
 
 from ..errors import FormatError
-from ..io.atomic import check_replaceable, replace_folder, write_safetensors
+from ..io.atomic import (
+    OUTPUT_MARKER,
+    check_replaceable,
+    mark_output,
+    replace_folder,
+    write_safetensors,
+)
 from ..io.hub import locate
 from ..loaders import detect_format
 from ..loaders.multilora import MULTILORA_TYPE, MultiLoraCheckpoint
@@ -25,9 +31,21 @@ __all__ = ["convert", "write_multilora"]
 def write_multilora(
     checkpoint: MultiLoraCheckpoint, destination: str | Path, force: bool = False
 ) -> Path:
-    """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically)."""
+    """Write a MultiLoRA checkpoint in spectra's own folder layout (atomically).
+
+    An existing ``destination`` is replaced only if spectra wrote it (its
+    ``OUTPUT_MARKER``) and ``force`` is given, and never when it is, holds or
+    lies inside the checkpoint read.
+    """
     out = Path(destination)
-    check_replaceable(out, force, "adapter_config.json", "MultiLoRA folder", flag="DST")
+    check_replaceable(
+        out,
+        force,
+        OUTPUT_MARKER,
+        "MultiLoRA folder",
+        flag="DST",
+        sources=(checkpoint.path,),
+    )
     ranks = {s.rank for s in checkpoint.stacked.values()}
     heads = {s.heads for s in checkpoint.stacked.values()}
     if len(ranks) != 1 or len(heads) != 1:
@@ -55,6 +73,7 @@ def write_multilora(
     with replace_folder(out) as staging:
         write_safetensors(staging / "adapter_model.safetensors", tensors, {"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        mark_output(staging, "MultiLoRA folder (spectra convert)")
     return out
 
 

@@ -6,32 +6,95 @@ of it; a failure leaves no temporary folder behind. The folder gets the mode
 colleagues on a shared server can read a report as they read any other folder.
 ``write_safetensors`` writes a safetensors file with ``open``'s mode for the
 same reason (safetensors' ``save_file`` leaves its own temporary file's 0o600).
+
+Before any write, ``check_replaceable`` (folders) and ``check_replaceable_file``
+(single files) say whether the output may be written: the one "may I write
+here" rule of every command. ``force`` replaces only what spectra wrote — a
+folder holding the marker its writer leaves (``report.json``, ``summary.csv``,
+``OUTPUT_MARKER`` in adapter folders, …), a file its writer recognises as its
+own — never anything else, and never an output that is, holds or lies inside
+one of the sources being read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ReportExistsError
 
-__all__ = ["check_replaceable", "replace_folder", "write_safetensors"]
+__all__ = [
+    "OUTPUT_MARKER",
+    "check_apart",
+    "check_replaceable",
+    "check_replaceable_file",
+    "mark_output",
+    "replace_folder",
+    "write_safetensors",
+]
+
+# Left in every folder spectra writes that has no file of spectra's own to tell it by
+# (adapter folders from resize / extract, MultiLoRA folders from convert): what a later
+# ``--force`` may replace. A folder without it (a user's adapter, a Trainer checkpoint) never is.
+OUTPUT_MARKER = "spectra-output.json"
+
+
+def mark_output(folder: Path, what: str) -> None:
+    """Write ``OUTPUT_MARKER`` into ``folder`` (a staging folder): spectra wrote this ``what``."""
+    from .. import __version__
+
+    marker = {"written_by": f"spectra {__version__}", "what": what}
+    (folder / OUTPUT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def check_apart(
+    out: str | os.PathLike, sources: Iterable[str | os.PathLike], flag: str = "--out"
+) -> None:
+    """Raise ``ReportExistsError`` if ``out`` is one of ``sources``, lies inside one or holds one.
+
+    Replacing such an output would destroy what is being read.
+    """
+    target = Path(out).resolve()
+    for source in sources:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        if target == source:
+            where = "is"
+        elif source in target.parents:
+            where = "lies inside"
+        elif target in source.parents:
+            where = "holds"
+        else:
+            continue
+        raise ReportExistsError(
+            f"{out}: {where} the source {source}, which spectra is reading and will not write "
+            f"over: choose another {flag}"
+        )
 
 
 def check_replaceable(
-    out: str | os.PathLike, force: bool, marker: str, what: str, flag: str = "--out"
+    out: str | os.PathLike,
+    force: bool,
+    marker: str,
+    what: str,
+    flag: str = "--out",
+    sources: Iterable[str | os.PathLike] = (),
 ) -> None:
     """Raise ``ReportExistsError`` unless ``replace_folder(out)`` may run.
 
-    A missing or empty folder is fine. A folder holding ``marker`` (a file or
+    ``out`` must be apart from every one of ``sources`` (``check_apart``). A
+    missing or empty folder is fine. A folder holding ``marker`` (a file or
     folder spectra writes there, naming it a ``what``) is replaced only with
     ``force``; a folder of anything else, or a file, is never replaced.
     """
     out = Path(out)
+    check_apart(out, sources, flag)
     if not out.exists():
         return
     if not out.is_dir():
@@ -45,6 +108,35 @@ def check_replaceable(
         )
     if not force:
         raise ReportExistsError(f"{out}: a {what} is already there; pass --force to replace it")
+
+
+def check_replaceable_file(
+    path: str | os.PathLike,
+    force: bool,
+    ours: Callable[[Path], bool],
+    what: str,
+    flag: str = "--out",
+    sources: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Raise ``ReportExistsError`` unless a ``what`` may be written to the file ``path``.
+
+    A missing file is fine; an existing one is replaced only with ``force``
+    and only when ``ours(path)`` recognises it as one spectra wrote. A folder,
+    or a file that is or lies inside one of ``sources``, is never replaced.
+    """
+    path = Path(path)
+    check_apart(path, sources, flag)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ReportExistsError(f"{path}: is a folder, not a {what} file; choose another {flag}")
+    if not ours(path):
+        raise ReportExistsError(
+            f"{path}: exists and is not a spectra {what}; spectra will not replace it, "
+            f"even with --force: choose another {flag}"
+        )
+    if not force:
+        raise ReportExistsError(f"{path}: a {what} is already there; pass --force to replace it")
 
 
 @contextmanager
