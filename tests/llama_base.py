@@ -101,7 +101,7 @@ def save_tiny_phi3(folder: Path, seed: int = 0) -> Path:
 
 
 def phi3_weight(folder: Path, layer: int, role: str) -> np.ndarray:
-    """The float64 rows (d_out, d_in) of one role in the saved Phi-3, cut by hand from safetensors."""
+    """The float64 rows (d_out, d_in) of one role of the saved Phi-3, cut by hand."""
     from safetensors.numpy import load_file
 
     module, start, end = PHI3_ROWS[role]

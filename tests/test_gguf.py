@@ -25,11 +25,21 @@ gguf = pytest.importorskip("gguf")
 
 from spectra_cli.main import cli  # noqa: E402
 
+import spectra  # noqa: E402
 from spectra.errors import FormatError  # noqa: E402
 from spectra.loaders import detect_format, load  # noqa: E402
 
 from .conftest import assert_same_reads, randomize_adapter, read_deltas, relative_error  # noqa: E402
-from .llama_base import HEADS, HF_MODULES, KV_HEADS, LAYERS, save_tiny_llama  # noqa: E402
+from .llama_base import (  # noqa: E402
+    HEADS,
+    HF_MODULES,
+    KV_HEADS,
+    LAYERS,
+    PHI3_ROWS,
+    phi3_weight,
+    save_tiny_llama,
+    save_tiny_phi3,
+)
 
 RANK, ALPHA = 4, 16.0
 OUTTYPES = ["f32", "f16", "bf16", "q8_0"]
@@ -82,13 +92,20 @@ def to_gguf(
     alpha: float | None = ALPHA,
     extra: dict[str, np.ndarray] | None = None,
     general_type: str = "adapter",
+    arch=None,
+    permute: bool = True,
 ) -> Path:
-    """Convert a peft LoRA folder as convert_lora_to_gguf.py does, with gguf's GGUFWriter."""
+    """Convert a peft LoRA folder as convert_lora_to_gguf.py does, with gguf's GGUFWriter.
+
+    ``arch`` is the gguf MODEL_ARCH written (LLaMA by default); ``permute`` says
+    whether its converter class permutes q/k rows (LlamaModel.permute).
+    """
     from safetensors.numpy import load_file
 
+    arch = gguf.MODEL_ARCH.LLAMA if arch is None else arch
     tensors = load_file(str(peft_folder / "adapter_model.safetensors"))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    names = gguf.get_tensor_name_map(arch, LAYERS)
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type(general_type)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     if alpha is not None:
@@ -98,9 +115,9 @@ def to_gguf(
             continue
         hf = name.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
         A, B = tensors[name], tensors[name.replace(".lora_A.", ".lora_B.")]
-        if hf.endswith("q_proj.weight"):
+        if permute and hf.endswith("q_proj.weight"):
             B = ggml_permute(B, HEADS)
-        if hf.endswith("k_proj.weight"):
+        if permute and hf.endswith("k_proj.weight"):
             B = ggml_permute(B, KV_HEADS)
         target = names.get_name(hf, try_suffixes=(".weight",))
         _write(writer, target + ".lora_a", A, outtype)
@@ -250,3 +267,82 @@ def test_without_the_gguf_package_the_error_says_how_to_install_it(
     assert detect_format(path) == "gguf"  # recognised from its magic bytes alone
     with pytest.raises(FormatError, match="pip install gguf"):
         load(path)
+
+
+# -- architectures: which permute q/k (llama.cpp's converter classes), which fuse ffn_up ------
+
+
+@pytest.mark.parametrize(
+    ("arch", "permuted"),
+    [("GRANITE", True), ("SMOLLM3", True), ("QWEN2", False), ("LLAMA4", False)],
+)
+def test_q_and_k_are_un_permuted_only_where_the_converter_permutes(
+    tmp_path, peft_lora, llama, arch, permuted
+):
+    """Granite, SmolLM3 derive from LlamaModel and permute; Qwen2 does not; Llama 4 turns it off."""
+    model_arch = getattr(gguf.MODEL_ARCH, arch)
+    path = to_gguf(peft_lora, tmp_path / f"{arch}.gguf", arch=model_arch, permute=permuted)
+    exact = peft_reference(peft_lora, llama)
+    checkpoint = load(path, base=llama)
+    notes = checkpoint.describe().warnings
+    assert any("interleaved RoPE order" in w for w in notes) == permuted
+    for read in read_deltas(checkpoint, modules=["q", "k", "v"]):
+        key = (read.delta.layer, read.delta.role)
+        assert relative_error(read.dense, exact[key]) < 1e-6, key
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory) -> Path:
+    return save_tiny_phi3(tmp_path_factory.mktemp("phi3"))
+
+
+@pytest.fixture(scope="module")
+def peft_phi3(tmp_path_factory, phi3) -> Path:
+    """A peft LoRA on the tiny Phi-3's fused qkv_proj and gate_up_proj (and o, down)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Phi3ForCausalLM
+
+    targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets)
+    model = get_peft_model(Phi3ForCausalLM.from_pretrained(str(phi3)), config)
+    randomize_adapter(model, seed=5)
+    folder = tmp_path_factory.mktemp("peft_phi3")
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def _fused_reference(path: Path) -> dict[tuple[int, str], np.ndarray]:
+    """ΔW of each role, cut by hand from (α/r)·B@A of the fused tensors as gguf reads them."""
+    reader = gguf.GGUFReader(str(path))
+    values = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+    tensors = {"self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output"}
+    tensors |= {"mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    reference = {}
+    for layer in range(LAYERS):
+        for role, (module, start, end) in PHI3_ROWS.items():
+            name = f"blk.{layer}.{tensors[module]}.weight.lora_"
+            B, A = (values[name + part].astype(np.float64) for part in "ba")
+            reference[(layer, role)] = ((ALPHA / RANK) * B @ A)[start:end]
+    return reference
+
+
+@pytest.mark.parametrize("outtype", ["f32", "bf16", "f16"])
+def test_phi3_ffn_up_is_split_into_gate_and_up(tmp_path, peft_phi3, phi3, outtype):
+    path = to_gguf(peft_phi3, tmp_path / f"phi3-{outtype}.gguf", outtype, arch=gguf.MODEL_ARCH.PHI3)
+    reference = _fused_reference(path)
+    alone = read_deltas(load(path), modules="all")
+    assert {(r.delta.layer, r.delta.role) for r in alone} == set(reference)
+    for read in alone:  # σ of each half against numpy's SVD of that half
+        key = (read.delta.layer, read.delta.role)
+        assert read.dense.shape == reference[key].shape, key
+        np.testing.assert_allclose(
+            np.linalg.svd(read.dense, compute_uv=False),
+            np.linalg.svd(reference[key], compute_uv=False),
+            rtol=1e-9,
+            atol=1e-12,
+        )
+    report = spectra.analyze(path, base=phi3, modules="all")  # the right base is accepted
+    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    for key, delta in reference.items():
+        expected = np.linalg.norm(delta) / np.linalg.norm(phi3_weight(phi3, *key))
+        assert rows[key]["relative_norm"] == pytest.approx(expected, rel=1e-6), key

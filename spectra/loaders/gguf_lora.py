@@ -15,10 +15,24 @@ The converter keeps only the global ``lora_alpha``: ``use_rslora`` (α/√r)
 and ``alpha_pattern`` are dropped, and no GGUF records whether the adapter
 had them, so every report says the scale is llama.cpp's, which differs from
 training's for such adapters (balance metrics are scale-invariant; norms are
-not). For LLaMA-architecture files the converter permutes q and k rows into
-the interleaved RoPE order of GGML (``LlamaModel.permute`` applied to
-``lora_b``); with a base's ``config.json`` spectra puts them back in Hugging
-Face's order (``lowrank.py``).
+not). convert_lora_to_gguf.py runs the base model's converter class from
+convert_hf_to_gguf.py on each ``lora_b``, so the architectures whose class
+permutes q and k rows into GGML's interleaved RoPE order (``LlamaModel.permute``
+or the same reshape copied) have their q/k ``lora_b`` rows in that order
+(``_INTERLEAVED_ARCHS``); with a base's ``config.json`` spectra puts them back
+in Hugging Face's order (``lowrank.py``). Qwen2, Phi-3, Gemma and the other
+classes that do not permute keep Hugging Face's order, and so do Llama 4,
+Apertus, AFMoE and CogVLM, whose classes derive from LlamaModel but switch the
+permutation off (``undo_permute = False``) or bypass it.
+
+Some architectures keep fused projections that gguf's own
+``tensor_mapping.py`` names as one tensor: ``ffn_up`` is Hugging Face's
+``gate_up_proj`` for phi3, glm4 (GLM-4-0414) and plamo2, and ChatGLM's
+``dense_h_to_4h`` for chatglm, all ``[gate; up]`` rows (each model splits it
+with ``chunk(2)``, gate first); phi3's ``attn_qkv`` is ``qkv_proj`` (q, k, v
+rows as ``names.py``'s phi3 layout). Such a tensor is read as one module with
+a ref per role (fused ``halves`` / ``phi3``), never as one role; ``attn_qkv``
+of other architectures is listed as not analysed.
 
 ``gguf`` is an optional dependency (``pip install gguf``), imported only when
 a GGUF file is opened; recognising one needs only its magic bytes.
@@ -54,9 +68,46 @@ _ROLES = {
 }
 _LORA = re.compile(r"^(?P<weight>.+\.weight)\.lora_(?P<part>[ab])$")
 _BLOCK = re.compile(r"^blk\.(?P<layer>\d+)\.(?P<name>\w+)\.weight$")
-# GGUF architectures whose converter class permutes q/k rows (convert_hf_to_gguf.py's
-# LlamaModel.modify_tensors); their lora_b rows are in GGML's interleaved order.
-_INTERLEAVED_ARCHS = ("llama",)
+# general.architecture of the convert_hf_to_gguf.py classes that permute q/k rows into GGML's
+# RoPE order (read from the converter, ggml-org/llama.cpp): LlamaModel.modify_tensors and the
+# subclasses that keep it (LlamaModel, InternLM3, Janus-Pro: llama; Arcee; Ministral3: mistral3;
+# Granite, GraniteMoe, GraniteHybrid and its NemotronH / NemotronH-MoE; LlamaEmbedNemotron:
+# llama-embed; SmolLM3), classes that call LlamaModel.permute (MiniCPM, InternLM2 from wqkv,
+# OLMo, Arctic, Chameleon), and classes with a copy of it (Deci, LLaDA, Deepseek, BailingMoe;
+# Xverse and Baichuan, whose copy matches it when kv heads = heads, as in those models).
+_INTERLEAVED_ARCHS = frozenset(
+    {
+        "llama",
+        "arcee",
+        "mistral3",
+        "granite",
+        "granitemoe",
+        "granitehybrid",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "llama-embed",
+        "smollm3",
+        "minicpm",
+        "internlm2",
+        "olmo",
+        "arctic",
+        "chameleon",
+        "deci",
+        "llada",
+        "deepseek",
+        "bailingmoe",
+        "xverse",
+        "baichuan",
+    }
+)
+# Fused tensors (gguf's tensor_mapping.py): name → (roles in row order, names.py layout), per
+# architecture. ffn_up is gate_up_proj ([gate; up]) for these; phi3's attn_qkv is qkv_proj.
+_FUSED_TENSORS = {
+    "phi3": {"ffn_up": ("gate,up", "halves"), "attn_qkv": ("q,k,v", "phi3")},
+    "glm4": {"ffn_up": ("gate,up", "halves")},
+    "plamo2": {"ffn_up": ("gate,up", "halves")},
+    "chatglm": {"ffn_up": ("gate,up", "halves")},
+}
 _TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _FUSED = "fused q/k/v projection (attn_qkv): its split depends on the architecture; not read yet"
 _EXPERTS = "mixture-of-experts tensor (one factor pair per expert): not read yet"
@@ -163,11 +214,16 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
             else:
                 pairs.setdefault(match["weight"], {})[match["part"]] = name
         lora = {}
+        fused = _FUSED_TENSORS.get(self.architecture, {})
         for weight, parts in pairs.items():
             block = _BLOCK.match(weight)
             reason = None
             if block is None:
                 reason = NO_LAYER
+            elif block["name"] in fused:
+                refs = _fused_refs(int(block["layer"]), weight, *fused[block["name"]])
+                lora[refs[0].module] = replace(self._module(refs[0], parts), fused_refs=refs)
+                continue
             elif block["name"] == "attn_qkv":
                 reason = _FUSED
             elif block["name"].endswith("_exps") or block["name"].endswith("_shexp"):
@@ -180,7 +236,21 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
             role = _ROLES[block["name"]]
             ref = ModuleRef(int(block["layer"]), role, weight.removesuffix(".weight"), "gguf")
             lora[ref.module] = self._module(ref, parts)
+        self._check_roles(lora)
         return lora, left_out
+
+    def _check_roles(self, lora: dict[str, LoraModule]) -> None:
+        """Refuse two tensors of one (layer, role): a fused ffn_up beside an ffn_gate."""
+        seen: dict[tuple[int, str], str] = {}
+        for module in lora.values():
+            for ref in module.refs:
+                other = seen.setdefault((ref.layer, ref.role), ref.module)
+                if other != ref.module:
+                    raise FormatError(
+                        f"{self.store.path}: layer {ref.layer} {ref.role!r} is in both {other} "
+                        f"and {ref.module}; expected one of them for general.architecture = "
+                        f"{self.architecture!r} (its ffn_up fuses gate and up)"
+                    )
 
     def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LoraModule:
         if set(parts) != {"a", "b"}:
@@ -237,6 +307,15 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
             "adapter.lora.alpha": self.alpha,
             "tensor types": types,
         }
+
+
+def _fused_refs(layer: int, weight: str, roles: str, layout: str) -> tuple[ModuleRef, ...]:
+    """One ref per role of a fused GGUF tensor, each picking its rows (``names.ModuleRef``)."""
+    module = weight.removesuffix(".weight")
+    return tuple(
+        ModuleRef(layer, role, module, "gguf", fused=layout, index=index)
+        for index, role in enumerate(roles.split(","))
+    )
 
 
 def open_gguf(path: Path, base: Path | None, *, base_lookup=None) -> GgufLoraCheckpoint:

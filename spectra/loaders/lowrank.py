@@ -20,6 +20,9 @@ records; ``LoraFileCheckpoint`` does the rest:
   a Hugging Face base. A row permutation changes no singular value: without
   head counts such a module is analysed in its stored order, with a warning,
   and refused only where it must meet a base;
+- a module that fuses several roles (GGUF phi3's ``ffn_up``, which is
+  ``gate_up_proj``) holds one ref per role (``LoraModule.fused_refs``), each
+  of which reads its own rows of ΔW, and of W0 for DoRA (``adapter.py``);
 - every tensor of the file is part of an analysed ΔW or listed by
   ``not_analysed()`` with its reason (``left_out``).
 """
@@ -130,7 +133,10 @@ def to_hf_rows(matrix: torch.Tensor, heads: int, head_dim: int, name: str) -> to
 def dora_delta(
     base: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, magnitude: torch.Tensor
 ) -> torch.Tensor:
-    """DoRA's ΔW = diag(m / ‖V‖_row) · V − W0, V = W0 + scale · B @ A, in float64."""
+    """DoRA's ΔW = diag(m / ‖V‖_row) · V − W0, V = W0 + scale · B @ A, in float64.
+
+    ``base`` is W0 with the adapted module's rows (``AdapterCheckpoint.aligned_base``).
+    """
     V = base + scale * (B.double() @ A.double())  # (d_out, d_in)
     row_norm = torch.linalg.vector_norm(V, dim=1)  # (d_out,)
     return (magnitude.double().reshape(-1) / row_norm)[:, None] * V - base
@@ -150,6 +156,12 @@ class LoraModule:
     magnitude: str | None = None  # DoRA's m (d_out,)
     transposed: bool = False  # a stored (d_in, r) and b (r, d_out), as MLX-LM does
     interleaved: bool = False  # q/k rows stored in the interleaved RoPE order
+    fused_refs: tuple[ModuleRef, ...] = ()  # one per role of a fused module (ref is the first)
+
+    @property
+    def refs(self) -> tuple[ModuleRef, ...]:
+        """The (layer, role) refs this module's ΔW is read as: one, or one per fused role."""
+        return self.fused_refs or (self.ref,)
 
     def tensors(self) -> list[str]:
         return [self.a, self.b, *([self.magnitude] if self.magnitude else [])]
@@ -172,7 +184,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
     ) -> None:
         """Map the modules, open the base, and find head counts (base first, then beside)."""
         self.directional_only = directional_only
-        self.modules = {(m.ref.layer, m.ref.role): m.ref for m in self.lora.values()}
+        self.modules = {(r.layer, r.role): r for m in self.lora.values() for r in m.refs}
         if not self.modules:
             listing = ", ".join(name for name, _ in self.left_out[:6]) or "none"
             raise FormatError(
