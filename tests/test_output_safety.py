@@ -67,7 +67,9 @@ def test_resize_never_replaces_a_trainer_checkpoint(demo, tmp_path, force):
     line = refused(args + (["--force"] if force else []))
     assert str(checkpoint) in line and "not a spectra" in line and "choose another --out" in line
     assert snapshot(checkpoint) == before
-    with pytest.raises(ReportExistsError, match=r"not a spectra adapter folder.*choose another out="):
+    with pytest.raises(
+        ReportExistsError, match=r"not a spectra adapter folder.*choose another out="
+    ):
         spectra.resize(demo["lora"], checkpoint, rank=2, force=True)
     assert snapshot(checkpoint) == before
 
