@@ -1,0 +1,31 @@
+"""Each method's ΔW, written once: pure functions of tensors → ``Dense`` / ``Factored``.
+
+Every reader of a method (PEFT folders, kohya / LyCORIS and diffusers files,
+MLX-LM, torchtune, GGUF, a live peft model, ``resize``) parses its own names,
+layouts and config, then hands the tensors to the function here, which
+widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
+``(d_out, d_in)``:
+
+| module | method |
+|---|---|
+| ``lora.py`` | LoRA / rsLoRA (``s · B @ A``, α/r or α/√r, the pattern rule), minus its start |
+| ``dora.py`` | DoRA (``diag(m / ‖V‖_row) · V − W0``) |
+| ``lycoris.py`` | LoHa, LoKr, and the Tucker / CP cores of their conv forms |
+| ``adalora.py`` | AdaLoRA (``B @ (A ⊙ E) · s``) |
+| ``vera.py`` | VeRA (``diag(λ_b) B diag(λ_d) A``, shared A and B sliced) |
+| ``multilora.py`` | MultiLoRA (``s · Σ_i diag(c_i) B_i @ A_i``, or each head) |
+| ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
+
+``rows`` (every function takes it) keeps the rows of ΔW that one role of a
+fused module owns (``names.ModuleRef.rows``); by default all of them. The
+functions read nothing from disk and never write into the tensors given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ALL_ROWS", "Rows"]
+
+Rows = slice | torch.Tensor  # the rows of ΔW one role owns
+ALL_ROWS = slice(None)
