@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..delta import Factored
 from ..errors import SpectraError
+from ..loaders.methods import lora
 from ..metrics import energy_rank
 from ..report import csv_text
 from .lora_folder import check_replaceable_adapter, lora_config, write_lora_folder
@@ -81,7 +81,7 @@ def resize(
     for adapted in checkpoint.adapted.values():
         checkpoint.rebuild.resolve_scale(checkpoint, adapted)  # also for unmapped modules
         A, B = checkpoint.need(adapted, "lora_A", "lora_B")  # (r, d_in), (d_out, r)
-        update = Factored(B.double(), A.double(), adapted.scale)
+        update = lora.factored(B, A, adapted.scale)
         every = factored_top(update, adapted.rank)  # all directions above the numerical floor
         sigma = every.S  # descending
         wanted = energy_rank(sigma, energy) if energy is not None else rank

@@ -38,10 +38,11 @@ import torch
 
 from .. import __version__
 from ..defaults import SWEEP_METRICS
-from ..delta import Dense, Factored, LayerDelta
+from ..delta import Dense, LayerDelta
 from ..errors import SelectionError, SpectraError, warn
 from ..loaders.base import Checkpoint, ModuleInfo, Selection
 from ..loaders.full import difference
+from ..loaders.methods import lora
 from ..loaders.names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
 from ..loaders.peft.checkpoint import _W0_CHANGING_INITS  # LoRA inits that move W0
 from ..metrics import METRICS
@@ -178,7 +179,7 @@ class LiveModel(Checkpoint):
                 layer=ref.layer,
                 role=ref.role,
                 name=self.names[key],
-                update=Factored(B[rows], A, float(module.scaling[self.adapter])),
+                update=lora.factored(B, A, float(module.scaling[self.adapter]), rows),
                 source_dtype=B.dtype,
                 base_norm=self._base_norm(key),
             )

@@ -26,12 +26,12 @@ from ..delta import Dense, Factored, LayerDelta
 from ..errors import BaseMismatchError, MissingBaseError, SpectraError
 from .base import Checkpoint, ModuleInfo, Selection
 from .full import ModelWeights
+from .methods import Rows
 from .names import ModuleRef
 from .tensors import TensorStore
 
 __all__ = ["AdapterCheckpoint", "Rows", "Update"]
 
-Rows = slice | torch.Tensor
 Update = Dense | Factored
 
 

@@ -22,12 +22,12 @@ the modules.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 from ..errors import FormatError, SpectraError
 from .imagelora import ImageLoraCheckpoint, LoraModule, safetensors_metadata
+from .methods import lora
 from .registry import Format, register
 from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
 
@@ -101,14 +101,6 @@ def claims(path: Path) -> bool:
     return any(
         (_COMPONENT.match(name) and _parse(name)) or _PROCESSOR.match(name) for name in names
     )
-
-
-def _pattern_value(patterns: object, module: str) -> tuple[str, object] | None:
-    """peft's rank_pattern / alpha_pattern lookup: ``(.*\\.)?{key}$``, first key wins."""
-    for key, value in patterns.items() if isinstance(patterns, dict) else ():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key, value
-    return None
 
 
 class DiffusersCheckpoint(ImageLoraCheckpoint):
@@ -188,30 +180,18 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
             self._unscaled.append(module.name)
             return 1.0, f"no alpha, no {METADATA_KEY}: lora_alpha = r, scale 1"
         path = module.name[len(component) + 1 :] if component else module.name
-        rank, alpha = config.get("r"), config.get("lora_alpha")
-        rank_source, alpha_source = "r", "lora_alpha"
-        found = _pattern_value(config.get("rank_pattern"), path)
-        if found:
-            rank, rank_source = found[1], f"rank_pattern[{found[0]!r}]"
-        found = _pattern_value(config.get("alpha_pattern"), path)
-        if found:
-            alpha, alpha_source = found[1], f"alpha_pattern[{found[0]!r}]"
         where = f"{METADATA_KEY} {component + '.' if component else ''}"
-        for value, source in ((rank, rank_source), (alpha, alpha_source)):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise FormatError(
-                    f"{self.store.path}: expected a number for {where}{source}, found {value!r}"
-                )
+        rank, alpha, rank_source, alpha_source = lora.rank_and_alpha(
+            config, path, "lora_alpha", str(self.store.path), field_prefix=where
+        )
         if rank != module.rank:
             raise FormatError(
                 f"{self.store.path}: {module.name}: {where}{rank_source} says r = {rank}, but "
                 f"its lora_A has {module.rank} rows"
             )
-        if config.get("use_rslora"):
-            return alpha / math.sqrt(rank), (
-                f"{where}{alpha_source}/√{rank_source} = {alpha:g}/√{rank}"
-            )
-        return alpha / rank, f"{where}{alpha_source}/{rank_source} = {alpha:g}/{rank}"
+        rslora = bool(config.get("use_rslora"))
+        source = lora.scale_text(rank, alpha, rank_source, alpha_source, rslora)
+        return lora.scale(rank, alpha, rslora), f"{where}{source}"
 
     def warnings(self) -> list[str]:
         notes = super().warnings()

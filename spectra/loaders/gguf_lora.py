@@ -50,6 +50,7 @@ import torch
 from ..errors import FormatError
 from .base import ModuleInfo
 from .lowrank import LoraFileCheckpoint, LoraModule
+from .methods import lora
 from .names import NO_LAYER, NO_ROLE, ModuleRef
 from .registry import Format, register
 from .tensors import TensorInfo
@@ -266,7 +267,8 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
             )
         rank = a[0]
         if self.alpha:
-            scale, source = self.alpha / rank, f"GGUF: adapter.lora.alpha/r = {self.alpha:g}/{rank}"
+            scale = lora.scale(rank, self.alpha)
+            source = f"GGUF: adapter.lora.alpha/r = {self.alpha:g}/{rank}"
         else:
             what = "absent" if self.alpha is None else "0"
             scale, source = 1.0, f"GGUF: adapter.lora.alpha {what} → 1 (llama.cpp's rule)"

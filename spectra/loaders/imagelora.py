@@ -6,7 +6,8 @@ it belongs to a text encoder, and its tensors by canonical part — and say
 where a module's scale comes from (``scale_of``). This module maps the
 modules to (layer, role) with ``diffusion_names`` (an ordinal per block, the
 block names in ``details()``), checks their shapes, and rebuilds ΔW in
-float64 as LyCORIS's forward pass applies it:
+float64 as LyCORIS's forward pass applies it (the formulas are
+``methods.lora`` and ``methods.lycoris``):
 
 - LoRA / LoCon: ``lora_down`` (r, in[, kh, kw]), ``lora_up`` (out, r[, 1, 1]);
   ``ΔW = s · up @ down``, a conv kernel flattened to (out, in·kh·kw) (factored);
@@ -46,11 +47,12 @@ from pathlib import Path
 
 import torch
 
-from ..delta import Dense, Factored
+from ..delta import Dense
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows, Update
 from .base import Selection, summarise_not_analysed
 from .diffusion_names import match_roles, natural_key, reason_for
+from .methods import lora, lycoris
 from .names import ModuleRef
 from .tensors import TensorStore
 
@@ -156,7 +158,8 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         if alpha is None or alpha == 0:
             what = "alpha tensor 0" if alpha == 0 else "no alpha tensor"
             return 1.0, f"{what}: alpha = r, scale 1"
-        return alpha / module.rank, f"alpha tensor: {alpha:g}/r = {alpha:g}/{module.rank}"
+        source = f"alpha tensor: {alpha:g}/r = {alpha:g}/{module.rank}"
+        return lora.scale(module.rank, alpha), source
 
     def alpha_tensor(self, module: LoraModule) -> float | None:
         """The module's scalar ``alpha`` tensor, or None when it has none."""
@@ -367,27 +370,24 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         if module.method == "LoRA":  # a conv kernel flattened: (r, in, kh, kw) → (r, in·kh·kw)
             B = self.store.load(module.parts["lora_up"]).reshape(d_out, module.rank)  # (out, r)
             A = self.store.load(module.parts["lora_down"]).reshape(module.rank, d_in)  # (r, in)
-            return [(None, Factored(B[rows], A, s))]
-        if module.method == "LoHa":
+            return [(None, lora.factored(B, A, s, rows))]
+        if module.method == "LoHa":  # hada_w*_b (r, in[, kh, kw]): flattened by lycoris.loha
             w1a, w1b, w2a, w2b = (
                 self._load(module, p) for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
             )
-            delta = (w1a @ w1b.reshape(module.rank, -1)) * (w2a @ w2b.reshape(w2b.shape[0], -1))
-            delta = delta * s  # (out, in)
-        elif module.method == "LoKr":
-            delta = torch.kron(self._kron_factor(module, "w1"), self._kron_factor(module, "w2")) * s
-        else:
-            delta = self._load(module, "diff").reshape(d_out, d_in)
+            return [(None, lycoris.loha(w1a, w1b, w2a, w2b, s, rows=rows))]
+        if module.method == "LoKr":
+            w1, w2 = self._kron_factor(module, "w1"), self._kron_factor(module, "w2")
+            return [(None, lycoris.lokr(w1, w2, s, rows))]
+        delta = self._load(module, "diff").reshape(d_out, d_in)  # LyCORIS full: ΔW itself
         return [(None, Dense(delta[rows]))]
 
     def _kron_factor(self, module: LoraModule, which: str) -> torch.Tensor:
         """LoKr's w1 or w2 in float64, a conv kernel flattened to (rows, in·kh·kw)."""
         if f"lokr_{which}" in module.parts:
-            factor = self._load(module, f"lokr_{which}")
-        else:
-            a, b = self._load(module, f"lokr_{which}_a"), self._load(module, f"lokr_{which}_b")
-            factor = a @ b.reshape(b.shape[0], -1)
-        return factor.reshape(factor.shape[0], -1)
+            return lycoris.lokr_factor(whole=self.store.load(module.parts[f"lokr_{which}"]))
+        a, b = self._load(module, f"lokr_{which}_a"), self._load(module, f"lokr_{which}_b")
+        return lycoris.lokr_factor(a=a, b=b)
 
     # -- Checkpoint ------------------------------------------------------------
 

@@ -11,7 +11,8 @@ records; ``LoraFileCheckpoint`` does the rest:
   ``B (d_out, r)`` and ``A (r, d_in)`` whatever the file's orientation
   (``transposed``: MLX-LM stores ``lora_a (d_in, r)`` and ``lora_b (r, d_out)``);
 - DoRA: ``diag(m / ‖V‖_row) · V − W0`` with ``V = W0 + scale · B @ A``
-  (``Dense``; needs the base), or ``s · B @ A`` alone with ``directional_only``;
+  (``Dense``; needs the base), or ``s · B @ A`` alone with ``directional_only``
+  (both formulas in ``methods/``: ``lora.factored``, ``dora.delta``);
 - rows stored in the interleaved RoPE order (torchtune's native q/k, and
   llama.cpp's for LLaMA-family q/k, both from Meta's layout) are put back in
   Hugging Face's order (``to_hf_rows``) with the head counts of the base
@@ -37,10 +38,10 @@ from typing import Protocol
 
 import torch
 
-from ..delta import Dense, Factored
 from ..errors import FormatError, MissingBaseError
 from .adapter import AdapterCheckpoint, Rows, Update
 from .base import Selection
+from .methods import dora, lora
 from .names import ModuleRef
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "LoraFileCheckpoint",
     "LoraModule",
     "TensorSource",
-    "dora_delta",
     "read_head_counts",
     "to_hf_rows",
 ]
@@ -128,18 +128,6 @@ def to_hf_rows(matrix: torch.Tensor, heads: int, head_dim: int, name: str) -> to
         )
     rest = matrix.shape[1:]
     return matrix.reshape(heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest)
-
-
-def dora_delta(
-    base: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, magnitude: torch.Tensor
-) -> torch.Tensor:
-    """DoRA's ΔW = diag(m / ‖V‖_row) · V − W0, V = W0 + scale · B @ A, in float64.
-
-    ``base`` is W0 with the adapted module's rows (``AdapterCheckpoint.aligned_base``).
-    """
-    V = base + scale * (B.double() @ A.double())  # (d_out, d_in)
-    row_norm = torch.linalg.vector_norm(V, dim=1)  # (d_out,)
-    return (magnitude.double().reshape(-1) / row_norm)[:, None] * V - base
 
 
 @dataclass
@@ -309,6 +297,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
         module = self.module_of(ref)
         B, A = self._factors(module)  # (d_out, r), (r, d_in)
         if module.magnitude is None or self.directional_only:
-            return [(None, Factored(B[rows], A, module.scale))]
-        magnitude = self._hf_rows(module, self.store.load(module.magnitude).double().reshape(-1, 1))
-        return [(None, Dense(dora_delta(base, B, A, module.scale, magnitude)[rows]))]
+            return [(None, lora.factored(B, A, module.scale, rows))]
+        magnitude = self.store.load(module.magnitude).reshape(-1, 1)  # (d_out, 1)
+        magnitude = self._hf_rows(module, magnitude)
+        return [(None, dora.delta(base, B, A, module.scale, magnitude, rows))]

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from ..delta import Factored
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
+from .methods import lora, multilora
 from .names import ModuleRef, canonical_name, map_with_reasons
 from .tensors import TensorStore, open_store
 
@@ -136,7 +136,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
         return "MultiLoRA (" + ("per head" if self.per_head else "sum of heads") + ")"
 
     def scale(self, stacked: _Stacked) -> float:
-        return 1.0 if self.alpha is None else self.alpha / stacked.rank
+        return 1.0 if self.alpha is None else lora.scale(stacked.rank, self.alpha)
 
     def scale_source(self, stacked: _Stacked) -> str:
         if self.alpha is None:
@@ -152,17 +152,13 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
 
     def updates(self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None):
         stacked = self.stacked[ref.module]
-        A = self.store.load(stacked.a).double()  # (n, r, d_in)
-        B = self.store.load(stacked.b).double()  # (n, d_out, r)
-        c = self.store.load(stacked.scaling).double()  # (n, d_out)
-        scaled_B = (c[:, :, None] * B)[:, rows]  # (n, d_out of role, r): diag(c_i) B_i
+        A = self.store.load(stacked.a)  # (n, r, d_in)
+        B = self.store.load(stacked.b)  # (n, d_out, r)
+        c = self.store.load(stacked.scaling)  # (n, d_out)
         s = self.scale(stacked)
         if self.per_head:
-            return [(i, Factored(scaled_B[i], A[i], s)) for i in range(stacked.heads)]
-        n, d_out, r = scaled_B.shape
-        B_cat = scaled_B.permute(1, 0, 2).reshape(d_out, n * r)  # (d_out, n·r) = [c_1B_1 … c_nB_n]
-        A_cat = A.reshape(n * r, stacked.d_in)  # (n·r, d_in) = [A_1; …; A_n]
-        return [(None, Factored(B_cat, A_cat, s))]
+            return list(enumerate(multilora.each_head(A, B, c, s, rows)))
+        return [(None, multilora.summed(A, B, c, s, rows))]
 
     def warnings(self) -> list[str]:
         notes = []

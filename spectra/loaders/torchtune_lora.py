@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..errors import FormatError
 from .lowrank import LoraFileCheckpoint, LoraModule
+from .methods import lora
 from .names import NO_LAYER, ModuleRef, canonical_name, layer_index
 from .registry import Format, register
 from .tensors import PICKLE_SUFFIXES, TensorStore, open_store
@@ -197,7 +198,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
             b=parts["lora_b"],
             rank=rank,
             shape=(b[0], a[1]),
-            scale=self.alpha / rank,
+            scale=lora.scale(rank, self.alpha),
             scale_source=f"{self.alpha_source}/r = {self.alpha:g}/{rank}",
             magnitude=parts.get("magnitude"),
             interleaved=interleaved,

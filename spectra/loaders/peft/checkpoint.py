@@ -34,6 +34,7 @@ import torch
 from ...errors import FormatError, MissingBaseError
 from ..adapter import AdapterCheckpoint, Rows
 from ..base import Selection, summarise_not_analysed
+from ..methods import lora
 from ..names import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
 from ..tensors import TensorStore, open_store
 from .adalora import AdaLora
@@ -120,13 +121,6 @@ def adapter_folder(path: Path, adapter: str | None) -> Path:
         f"{path}: holds several adapters in sub-folders ({', '.join(names)}); "
         "choose one with --adapter NAME"
     )
-
-
-def _pattern_value(patterns: object, module: str) -> tuple[str, object] | None:
-    for key, value in (patterns or {}).items() if isinstance(patterns, dict) else ():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return key, value
-    return None
 
 
 @dataclass(frozen=True)
@@ -310,20 +304,7 @@ class PeftCheckpoint(AdapterCheckpoint):
 
     def rank_and_alpha(self, module: str, alpha_field: str) -> tuple[int, float, str, str]:
         """r and α of a module from the config and its patterns, with where each came from."""
-        rank, alpha = self.config.get("r"), self.config.get(alpha_field)
-        rank_source, alpha_source = "r", alpha_field
-        pattern = _pattern_value(self.config.get("rank_pattern"), module)
-        if pattern:
-            rank, rank_source = pattern[1], f"rank_pattern[{pattern[0]!r}]"
-        pattern = _pattern_value(self.config.get("alpha_pattern"), module)
-        if pattern:
-            alpha, alpha_source = pattern[1], f"alpha_pattern[{pattern[0]!r}]"
-        for value, source in ((rank, rank_source), (alpha, alpha_source)):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise FormatError(
-                    f"{self.config_path}: expected a number for {source}, found {value!r}"
-                )
-        return int(rank), float(alpha), rank_source, alpha_source
+        return lora.rank_and_alpha(self.config, module, alpha_field, str(self.config_path))
 
     # -- Checkpoint --------------------------------------------------------
 

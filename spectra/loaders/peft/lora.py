@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...delta import Dense, Factored
 from ...errors import FormatError
+from ..methods import dora, lora
 from . import multihead
 from .variant import Adapted, Variant
 
@@ -132,15 +132,11 @@ class Lora(Variant):
         s = adapted.scale
         if self._heads(ckpt):
             return multihead.updates(A, Bs, rows, s, ckpt.per_head)
-        (B,) = Bs
-        if ckpt.initial is not None:  # W₀ moved at init: s·(B@A − B₀@A₀) = s·[B, −B₀]@[A; A₀]
+        (B,) = Bs  # (d_out_all, r)
+        if ckpt.initial is not None:  # W₀ moved at init (DoRA refused there): s·(B@A − B₀@A₀)
             B0, A0 = ckpt.initial.factors(adapted.module)
-            B = torch.cat([B.double(), -B0.double()], dim=1)  # (d_out_all, 2r), a new tensor
-            A = torch.cat([A.double(), A0.double()], dim=0)  # (2r, d_in)
+            return [(None, lora.minus_initial(B, A, B0, A0, s, rows))]
         if not ckpt.config.get("use_dora") or ckpt.directional_only:
-            return [(None, Factored(B[rows], A, s))]
+            return [(None, lora.factored(B, A, s, rows))]
         (magnitude,) = ckpt.need(adapted, "lora_magnitude_vector")  # (d_out_all,)
-        V = base + s * (B.double() @ A.double())  # (d_out_all, d_in)
-        row_norm = torch.linalg.vector_norm(V, dim=1)  # (d_out_all,)
-        tuned = (magnitude.double().reshape(-1) / row_norm)[:, None] * V  # (d_out_all, d_in)
-        return [(None, Dense((tuned - base)[rows]))]
+        return [(None, dora.delta(base, B, A, s, magnitude, rows))]

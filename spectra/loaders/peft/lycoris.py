@@ -9,21 +9,22 @@ LoHa's ``hada_w1_a`` / ``hada_w2_a`` are ``(d_out, r)`` and ``hada_w1_b`` /
 ``hada_w2_b`` ``(r, d_in)``; LoKr's ``lokr_w1`` ``(p, q)`` and ``lokr_w2``
 ``(d_out/p, d_in/q)`` are stored whole or as products ``lokr_w{1,2}_a @
 lokr_w{1,2}_b``. r and α come from the config (``r``, ``alpha``) and its
-patterns. The CP decompositions for convolutions (``hada_t1/t2``,
-``lokr_t2``) are refused: spectra reads linear layers only.
+patterns; the formulas are ``methods.lycoris``'s. The CP decompositions for
+convolutions (``hada_t1/t2``, ``lokr_t2``) are refused: spectra reads linear
+layers only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
-from ...delta import Dense
 from ...errors import FormatError
+from ..methods import lycoris
 from .variant import Adapted, Variant
 
 if TYPE_CHECKING:
+    import torch
+
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
@@ -62,12 +63,8 @@ class LoHa(Variant):
     def updates(
         self, ckpt: PeftCheckpoint, adapted: Adapted, rows: Rows, base: torch.Tensor | None
     ) -> list[tuple[int | None, Update]]:
-        w1a, w1b, w2a, w2b = (
-            t.double()
-            for t in ckpt.need(adapted, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-        )
-        delta = (w1a @ w1b) * (w2a @ w2b) * adapted.scale  # (d_out, d_in)
-        return [(None, Dense(delta[rows]))]
+        w1a, w1b, w2a, w2b = ckpt.need(adapted, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        return [(None, lycoris.loha(w1a, w1b, w2a, w2b, adapted.scale, rows=rows))]
 
 
 class LoKr(Variant):
@@ -97,10 +94,11 @@ class LoKr(Variant):
         return (a[0], b[1])
 
     def _factor(self, ckpt: PeftCheckpoint, adapted: Adapted, which: str) -> torch.Tensor:
+        """LoKr's w1 or w2 in float64: stored whole, or as ``_a @ _b``."""
         if which in adapted.parts:
-            return ckpt.need(adapted, which)[0].double()
+            return lycoris.lokr_factor(whole=ckpt.need(adapted, which)[0])
         a, b = ckpt.need(adapted, f"{which}_a", f"{which}_b")
-        return a.double() @ b.double()
+        return lycoris.lokr_factor(a=a, b=b)
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         w1 = self._factor_shape(ckpt, adapted, "lokr_w1")
@@ -112,5 +110,4 @@ class LoKr(Variant):
     ) -> list[tuple[int | None, Update]]:
         w1 = self._factor(ckpt, adapted, "lokr_w1")
         w2 = self._factor(ckpt, adapted, "lokr_w2")
-        delta = torch.kron(w1, w2) * adapted.scale  # (d_out, d_in)
-        return [(None, Dense(delta[rows]))]
+        return [(None, lycoris.lokr(w1, w2, adapted.scale, rows))]  # (d_out, d_in)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-import torch
-
-from ...delta import Factored
 from ...errors import FormatError
+from ..methods import multihead as formulas
 
 if TYPE_CHECKING:
+    import torch
+
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
     from .variant import Adapted
@@ -96,6 +96,5 @@ def updates(
     module, cut to the role's ``rows``.
     """
     if per_head:
-        return [(j, Factored(B[rows], A, s)) for j, B in enumerate(Bs)]
-    mixture = torch.stack([B.double() for B in Bs]).mean(0)  # (d_out_all, r)
-    return [(None, Factored(mixture[rows], A, s))]
+        return list(enumerate(formulas.each_head(A, Bs, s, rows)))
+    return [(None, formulas.mixture(A, Bs, s, rows))]

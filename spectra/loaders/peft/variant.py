@@ -15,11 +15,12 @@ where each came from.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..methods import lora
 
 if TYPE_CHECKING:
     from ..adapter import Rows, Update
@@ -43,10 +44,10 @@ class Adapted:
         self, rank: int, alpha: float, rank_source: str, alpha_source: str, root: bool = False
     ) -> None:
         """Set rank and the scale α/r (α/√r with ``root``), saying where each came from."""
-        sign = "√" if root else ""
         self.rank = rank
-        self.scale = alpha / (math.sqrt(rank) if root else rank)
-        self.scale_source = f"config: {alpha_source}/{sign}{rank_source} = {alpha:g}/{sign}{rank}"
+        self.scale = lora.scale(rank, alpha, root)
+        source = lora.scale_text(rank, alpha, rank_source, alpha_source, root)
+        self.scale_source = f"config: {source}"
 
 
 class Variant:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...delta import Factored
 from ...errors import FormatError, MissingBaseError
+from ..methods import vera
 from .variant import Adapted, Variant
 
 if TYPE_CHECKING:
@@ -111,12 +111,7 @@ class Vera(Variant):
     def updates(
         self, ckpt: PeftCheckpoint, adapted: Adapted, rows: Rows, base: torch.Tensor | None
     ) -> list[tuple[int | None, Update]]:
-        d_out, d_in = self.module_shape(ckpt, adapted)
-        A = ckpt.store.load(ckpt.shared["vera_A"])[:, :d_in].double()  # (r, d_in)
-        B = ckpt.store.load(ckpt.shared["vera_B"])[:d_out].double()  # (d_out, r)
-        lambda_b, lambda_d = (  # (d_out,), (r,)
-            t.double() for t in ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")
-        )
-        scaled_B = lambda_b[:, None] * B  # (d_out, r)
-        scaled_A = lambda_d[:, None] * A  # (r, d_in)
-        return [(None, Factored(scaled_B[rows], scaled_A, 1.0))]
+        d_in = self.module_shape(ckpt, adapted)[1]
+        vera_A, vera_B = (ckpt.store.load(ckpt.shared[name]) for name in ("vera_A", "vera_B"))
+        lambda_b, lambda_d = ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")  # (d_out,), (r,)
+        return [(None, vera.delta(vera_A, vera_B, lambda_b, lambda_d, d_in, rows))]
