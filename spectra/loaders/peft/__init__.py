@@ -8,7 +8,7 @@ the method defines it (FORMATS.md §2, checked against peft's own merge):
 | LoRA / rsLoRA | ``s · B @ A``, ``s = α/r`` or ``α/√r`` (factored) | ``lora`` |
 | DoRA | ``diag(m / ‖V‖_row) · V − W0``, ``V = W0 + s·B@A`` (dense; needs W0) | ``lora`` |
 | multi-head (HydraLoRA) | per head ``s·B_j @ A``; mixture ``s·mean_j(B_j) @ A`` | ``multihead`` |
-| AdaLoRA | ``B @ (A ⊙ E) · α / (init_r + 1e-5)`` (factored; pruned: zero) | ``adalora`` |
+| AdaLoRA | ``B @ (A ⊙ E) · α / (init_r + 1e-5)``, α ≤ 0: the kept rank (factored) | ``adalora`` |
 | LoHa | ``(w1a @ w1b) ⊙ (w2a @ w2b) · α/r`` (dense) | ``lycoris`` |
 | LoKr | ``kron(w1, w2) · α/r``, each factor whole or ``_a @ _b`` (dense) | ``lycoris`` |
 | VeRA | ``diag(λ_b) B diag(λ_d) A``, shared ``A`` sliced to d_in (from W0) | ``vera`` |
