@@ -17,10 +17,19 @@ Errors raised while producing or computing are re-raised in the consumer at
 the item where a serial loop would have met them; if the consumer stops early
 (an error, KeyboardInterrupt, ``break``), the threads stop after their current
 item. Nothing here knows about torch or spectra's types.
+
+A consumer that stops early without closing its iterator (a KeyboardInterrupt
+whose traceback keeps the generator alive until the interpreter exits) would
+leave daemon threads inside a decomposition when Python finalises: Python then
+ends such a thread from under the C++ frames it is in, and the process aborts
+(``terminate called without an active exception``, status 134). So every
+thread started here is registered, and an ``atexit`` hook, which runs before
+that point, stops them and waits for their current item.
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -34,29 +43,62 @@ Result = TypeVar("Result")
 _DONE = object()
 _POLL_S = 0.1  # how often a blocked thread looks at the stop flag
 
+# threads started here and not yet joined, each with the stop flag it obeys
+_RUNNING: dict[threading.Thread, threading.Event] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def _start(threads: list[threading.Thread], stop: threading.Event) -> None:
+    with _RUNNING_LOCK:
+        for thread in threads:
+            _RUNNING[thread] = stop
+    for thread in threads:
+        thread.start()
+
+
+def _finished(threads: list[threading.Thread]) -> None:
+    with _RUNNING_LOCK:
+        for thread in threads:
+            _RUNNING.pop(thread, None)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop every thread still running and wait for its current item (see the docstring)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING.items())
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join()
+
 
 def read_ahead(items: Iterable[Item], depth: int = 1) -> Iterator[Item]:
     """Iterate ``items`` on a background thread, keeping up to ``depth`` items ready."""
     ready: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
 
+    def offer(entry: tuple[object, BaseException | None]) -> bool:
+        """Put ``entry`` in the queue unless told to stop first (never blocks for good)."""
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put((item, None), timeout=_POLL_S)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            ready.put((_DONE, None))
+            offer((_DONE, None))
         except BaseException as exc:  # handed to the consumer, raised there
-            ready.put((_DONE, exc))
+            offer((_DONE, exc))
 
     thread = threading.Thread(target=produce, name="spectra-read-ahead", daemon=True)
-    thread.start()
+    _start([thread], stop)
     try:
         while True:
             item, error = ready.get()
@@ -72,6 +114,7 @@ def read_ahead(items: Iterable[Item], depth: int = 1) -> Iterator[Item]:
                 ready.get_nowait()
             except queue.Empty:
                 thread.join(timeout=_POLL_S)
+        _finished([thread])
 
 
 def ordered_map(
@@ -141,8 +184,7 @@ def ordered_map(
     threads = [
         threading.Thread(target=work, name=f"spectra-worker-{i}", daemon=True) for i in range(jobs)
     ]
-    for thread in threads:
-        thread.start()
+    _start(threads, stop)
     try:
         index = 0
         while True:
@@ -162,3 +204,4 @@ def ordered_map(
         stop.set()
         for thread in threads:
             thread.join()
+        _finished(threads)
