@@ -4,12 +4,14 @@ This module is the group itself — the version option, the error mapping and th
 registration of the commands (one module each in ``commands/``). Each command parses its
 options (``options.py``), calls the public ``spectra`` API, and prints (``output.py``). A
 ``SpectraError`` becomes one red line on stderr and exit status 1; click's usage errors
-exit with 2.
+exit with 2. Ctrl-C becomes one line and exit status 130, whatever is running
+(``interrupt.py`` says how, and why the process then leaves with ``os._exit``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -18,15 +20,53 @@ import spectra
 from spectra.errors import SpectraError, command_line
 from spectra.io.memory import release_large_blocks
 
+from . import NOTHING_WRITTEN, _imported, interrupt
 from .commands import COMMANDS
 
 
 class SpectraGroup(click.Group):
-    """A click group that turns library errors into one line and exit status 1."""
+    """A click group that turns library errors into one line and exit status 1.
+
+    ``own_process`` is set when the group is called as the program (the
+    console script, ``python -m spectra_cli.main``), not through ``main()`` as
+    click's ``CliRunner`` does: only then may an interrupt end the process with
+    ``os._exit`` (``interrupt.leave``).
+    """
+
+    own_process = False
+
+    def __call__(self, *args, **kwargs):
+        self.own_process = True
+        return super().__call__(*args, **kwargs)
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:  # parsing the command line: click would say "Aborted!" and exit 1
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            self._interrupted(exc)
 
     def invoke(self, ctx: click.Context):
-        with command_line():  # messages name flags; warnings are printed, not emitted
-            return self._invoke(ctx)
+        try:
+            with command_line():  # messages name flags; warnings are printed, not emitted
+                try:
+                    return self._invoke(ctx)
+                except KeyboardInterrupt as exc:
+                    self._interrupted(exc)
+        finally:
+            if self.own_process:  # the command is over: a late Ctrl-C must not disturb the exit
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _interrupted(self, exc: KeyboardInterrupt):
+        """One line (the interrupt's own message, if a command gave one) and status 130."""
+        message = " ".join(str(exc).split())
+        if not message:  # the command's own outputs tell how far it got
+            done = interrupt.written()
+            message = f"stopped after writing {', '.join(done)}" if done else NOTHING_WRITTEN
+        if self.own_process:
+            interrupt.leave(message)
+        interrupt.tidy()
+        click.secho(f"interrupted: {message}", fg="red", err=True)
+        raise click.exceptions.Exit(interrupt.STATUS)
 
     def _invoke(self, ctx: click.Context):
         try:
@@ -43,9 +83,6 @@ class SpectraGroup(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.secho("interrupted: no report was written", fg="red", err=True)
-            ctx.exit(130)
 
 
 @click.group(cls=SpectraGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +108,9 @@ def cli() -> None:
 
 
 for _command in COMMANDS:
+    _command.callback = interrupt.watching_outputs(_command.callback)  # tidied on Ctrl-C
     cli.add_command(_command)
+_imported()  # Ctrl-C is answered by SpectraGroup from here on
 
 
 if __name__ == "__main__":  # pragma: no cover
