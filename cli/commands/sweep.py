@@ -126,13 +126,27 @@ def sweep(
         )
     finally:
         bar.close()
-    if not quiet:
-        print_sweep(result)
-    warn(result.warnings)
-    result.save(out, force=force, figure_format=figure_format, metrics=metrics)
+    try:
+        if not quiet:
+            print_sweep(result)
+        warn(result.warnings)
+        result.save(out, force=force, figure_format=figure_format, metrics=metrics)
+    except KeyboardInterrupt:  # every checkpoint is analysed (and cached) by now: say so
+        raise _interrupted_after_analysis(result, cached=not no_cache) from None
     hits = sum(result.cached)
     click.echo(
         f"{len(result.reports)} checkpoints ({hits} from the cache): sweep.csv, sweep.json and "
         f"sweep.{figure_format} written to {out}/",
         err=True,
     )
+
+
+def _interrupted_after_analysis(result, cached: bool) -> KeyboardInterrupt:
+    """The interrupt of a sweep whose checkpoints are all analysed, counted as run_sweep does."""
+    from spectra.analysis.sweeps import SweepInterrupted
+    from spectra.report import is_report
+
+    saved = sum(is_report(checkpoint.path) for checkpoint in result.checkpoints)
+    total = len(result.checkpoints) - saved
+    analysed = total - sum(result.cached)
+    return SweepInterrupted(total if cached else 0, total, analysed, cached, saved)

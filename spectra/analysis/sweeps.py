@@ -13,6 +13,11 @@ takes reports: not analysed again, not cached, and not filtered by ``modules``.
 Ray tasks (``ray=...``, one GPU each where the cluster has GPUs), and returns
 a ``Sweep``; ``sweep(...)`` returns its ``to_pandas()``. Every executor runs
 the same ``analyze`` on the same inputs, so their results are equal.
+
+Ctrl-C raises ``SweepInterrupted`` (a ``KeyboardInterrupt``) whose message
+says how many checkpoints are in the cache, so that the same sweep run again
+goes on from there (``spectra sweep`` raises one too when Ctrl-C comes while
+it writes the table).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "SWEEP_METRICS",
     "RunCheckpoint",
     "Sweep",
+    "SweepInterrupted",
     "check_sweep_target",
     "find_checkpoints",
     "run_sweep",
@@ -207,6 +213,38 @@ def _steps_text(steps: list[int], every: int) -> str:
     return f"steps {shown} ({len(steps)} of {every} checkpoints)"
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; the message counts what is kept.
+
+    ``in_cache`` of ``total`` checkpoints to analyse are in the cache
+    (``analysed`` of them by this run); ``kept`` is False when nothing is
+    cached (``cache=False``), and ``checking`` says what was under way when
+    the interrupt came before any analysis (``"checking step 300"``).
+    """
+
+    def __init__(
+        self,
+        in_cache: int,
+        total: int,
+        analysed: int,
+        kept: bool = True,
+        saved: int = 0,
+        checking: str | None = None,
+    ):
+        self.in_cache, self.total, self.analysed, self.kept = in_cache, total, analysed, kept
+        if checking is not None:
+            done = f"while {checking}, before any analysis"
+        elif kept:
+            done = (
+                f"{in_cache} of {total} checkpoints kept in the cache ({analysed} analysed by "
+                "this run): run the same sweep again to go on"
+            )
+        else:
+            done = f"{analysed} of {total} checkpoints analysed, not kept: the cache is off"
+        besides = f" (besides {saved} saved reports, analysed before)" if saved else ""
+        super().__init__(f"{done}{besides}; no sweep was written")
+
+
 def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
     """A sweep may replace an empty folder, or an earlier sweep with ``force``."""
     check_replaceable(out, force, SWEEP_FILE, "sweep")
@@ -274,35 +312,45 @@ def run_sweep(
     # report folders saved while training (spectra.integrations, out/step-<N>/) are taken as
     # saved, as compare takes them: already analysed, so not opened, analysed or cached again
     saved = {i: Report.load(c.path) for i, c in enumerate(checkpoints) if is_report(c.path)}
-    for index, found in enumerate(checkpoints):  # each opened and checked before any work
-        if index in saved:
-            sizes.append(len(saved[index].rows))
-            tasks.append({})
-            keys.append(None)
-            opened.append(None)
-            continue
-        if progress is not None:
-            progress(0, len(checkpoints), f"checking step {found.step}")
-        given = options_for(found.path, options)
-        checkpoint = load(found.path, base=base, **given)
-        sizes.append(len(checkpoint.plan(modules, layers).keys))
-        job = {
-            "path": found.path,
-            "base": base,
-            "modules": modules,
-            "layers": layers,
-            "device": device,
-            "method": method,
-            "jobs": jobs,
-            **given,
-        }
-        tasks.append(job)
-        keys.append(_key(checkpoint, job, given, store) if store is not None else None)
-        opened.append(checkpoint)  # analysed as opened here, unless a worker process does it
-    reports: list[Report | None] = [
-        store.get(key) if store is not None and key is not None else saved.get(i)
-        for i, key in enumerate(keys)
-    ]
+    to_analyse = len(checkpoints) - len(saved)
+    try:
+        for index, found in enumerate(checkpoints):  # each opened and checked before any work
+            if index in saved:
+                sizes.append(len(saved[index].rows))
+                tasks.append({})
+                keys.append(None)
+                opened.append(None)
+                continue
+            if progress is not None:
+                progress(0, len(checkpoints), f"checking step {found.step}")
+            given = options_for(found.path, options)
+            checkpoint = load(found.path, base=base, **given)
+            sizes.append(len(checkpoint.plan(modules, layers).keys))
+            job = {
+                "path": found.path,
+                "base": base,
+                "modules": modules,
+                "layers": layers,
+                "device": device,
+                "method": method,
+                "jobs": jobs,
+                **given,
+            }
+            tasks.append(job)
+            keys.append(_key(checkpoint, job, given, store) if store is not None else None)
+            opened.append(checkpoint)  # analysed as opened here, unless a worker process does it
+        reports: list[Report | None] = [
+            store.get(key) if store is not None and key is not None else saved.get(i)
+            for i, key in enumerate(keys)
+        ]
+    except KeyboardInterrupt:  # hashing a large checkpoint can take a while: say where it was
+        if len(keys) < len(checkpoints):
+            checking = f"checking step {checkpoints[len(keys)].step}"
+        else:
+            checking = "reading the cached reports"
+        raise SweepInterrupted(
+            0, to_analyse, 0, store is not None, len(saved), checking=checking
+        ) from None
     cached = [report is not None and i not in saved for i, report in enumerate(reports)]
     missing = [i for i, report in enumerate(reports) if report is None]
     # progress counts modules, so that it moves within a checkpoint (serial runs)
@@ -313,9 +361,9 @@ def run_sweep(
 
     def finished(index: int, report: Report) -> None:
         nonlocal done
-        reports[index] = report
         if store is not None:
             store.put(keys[index], report)  # kept at once: an interrupted sweep loses nothing done
+        reports[index] = report  # after the put, so that an interrupt counts only what is kept
         done += sizes[index]
         if progress is not None:
             progress(done, total, f"step {checkpoints[index].step} done")
@@ -334,10 +382,10 @@ def run_sweep(
                     finished(index, _analyze_job(tasks[index], opened[index], step_progress))
                     opened[index] = None  # nothing of a finished checkpoint stays in memory
     except KeyboardInterrupt:
-        kept = sum(report is not None for report in reports) - sum(cached)
-        where = "kept in the cache: run the same sweep again to go on" if store else "not kept"
-        raise KeyboardInterrupt(
-            f"{kept} of {len(missing)} checkpoints to analyse had finished, {where}"
+        analysed = sum(report is not None for report in reports) - sum(cached) - len(saved)
+        in_cache = sum(cached) + analysed if store is not None else 0
+        raise SweepInterrupted(
+            in_cache, to_analyse, analysed, store is not None, len(saved)
         ) from None
     for index in range(len(checkpoints)):
         if cached[index]:  # a hit keeps the result but says where the content is now
