@@ -239,3 +239,48 @@ def test_figures_draw_expert_rows(tuned):
     for draw in (plot.histogram, plot.layer_curves, plot.spectrum):
         fig, _ = draw([report], labels=["FT"])
         plt.close(fig)
+
+
+def _energy_rank(delta: np.ndarray, share: float) -> int:
+    """The smallest k keeping ``share`` of Σσ² (numpy's SVD)."""
+    sigma = np.linalg.svd(delta, compute_uv=False)
+    kept = np.cumsum(sigma**2) / np.sum(sigma**2)
+    return int(np.searchsorted(kept, share - 1e-12) + 1)
+
+
+def test_suggest_gives_each_expert_its_rank(tuned):
+    case = tuned("mixtral")
+    report = spectra.analyze(case.path, base=case.base, modules="gate,k", layers=[0])
+    suggestion = spectra.suggest(report, energy=0.6)
+    by_module = {row["module"]: row for row in suggestion.rows}
+    assert len(by_module) == 1 + EXPERTS  # k and one row per expert of gate (w1)
+    ranks = {}
+    for expert in range(EXPERTS):
+        module = f"model.layers.0.block_sparse_moe.experts.{expert}.w1"
+        expected = _energy_rank(case.reference[f"{module}.weight"], 0.6)
+        assert by_module[module]["suggested_rank"] == expected, module
+        ranks[module] = expected
+    k_module = "model.layers.0.self_attn.k_proj"
+    ranks[k_module] = _energy_rank(case.reference[f"{k_module}.weight"], 0.6)
+    config = suggestion.config()
+    for module, rank in ranks.items():
+        assert config["rank_pattern"].get(module, config["r"]) == rank, module
+
+
+def test_logger_scalars_keep_one_key_per_expert(tuned):
+    from spectra.integrations import scalars
+
+    case = tuned("mixtral")
+    report = spectra.analyze(case.path, base=case.base, modules="gate", layers="0-1")
+    values = scalars(report, ["frobenius_norm"])
+    per_row = {k: v for k, v in values.items() if k.startswith("spectra/L")}
+    assert len(per_row) == len(report.rows) == 2 * EXPERTS
+    norms = []
+    for layer in (0, 1):
+        for expert in range(EXPERTS):
+            name = f"model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight"
+            norm = float(np.linalg.norm(case.reference[name]))
+            norms.append(norm)
+            logged = per_row[f"spectra/L{layer}.gate.e{expert}/frobenius_norm"]
+            assert logged == pytest.approx(norm, rel=1e-9)
+    assert values["spectra/gate/frobenius_norm"] == pytest.approx(np.mean(norms), rel=1e-9)

@@ -110,7 +110,7 @@ def suggest(
     by_module: dict[str, dict[str, object]] = {}
     spectra_of: dict[str, list] = {}  # the σ of each role a module serves
     for row in report.rows:
-        key = spectrum_key(row["layer"], row["module"], row["head"])
+        key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
         sigma = report.spectra[key]
         keep = min(energy_rank(sigma, energy), int(row["numerical_rank"])) if len(sigma) else 0
         scale = scales.get(key, {}).get("scale")

@@ -426,7 +426,7 @@ def _report(
         sigma = singular_values(delta, target, method)  # (k,) float64, descending
         info = live.module_info((delta.layer, delta.role))
         row, notes = report_row(delta, sigma, method, info.rank)
-        key = spectrum_key(delta.layer, delta.role, delta.head)
+        key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
         rows.append(row)
         spectra[key] = sigma.numpy()
         if info.scale is not None:
@@ -465,10 +465,12 @@ def scalars(
 ) -> dict[str, float]:
     """Flat ``{name: value}`` for loggers: ``spectra/L3.v/effective_rank`` and role means.
 
-    One value per row and metric (``per_module``), and the mean over layers
-    (and heads) per role, ``spectra/v/effective_rank``, as ``compare``'s
-    summary takes it. Metrics that are None for a row (``relative_norm``
-    without W0) are left out.
+    One value per row and metric (``per_module``), keyed by the row's
+    ``report.spectrum_key`` (``L3.k.h1`` for a head, ``L0.gate.e5`` for an
+    expert), and the mean over layers (and heads, experts) per role,
+    ``spectra/v/effective_rank``, as ``compare``'s summary takes it.
+    Metrics that are None for a row (``relative_norm`` without W0) are left
+    out.
     """
     unknown = [name for name in metrics if name not in METRICS]
     if unknown:
@@ -478,7 +480,7 @@ def scalars(
     values: dict[str, float] = {}
     by_role: dict[tuple[str, str], list[float]] = {}
     for row in report.rows:
-        key = spectrum_key(row["layer"], row["module"], row["head"])
+        key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
         for metric in metrics:
             value = row.get(metric)
             if value is None:
