@@ -126,6 +126,14 @@ def metrics_table(report: spectra.Report) -> str:
     return "\n".join([render(header, rows), *flag_lines(report.rows)])
 
 
+def not_selected_line(report: spectra.Report, label: str | None = None) -> str | None:
+    """The line naming what the selection left out of a report's checkpoint, or None."""
+    note = report.not_selected_note
+    if not note:
+        return None
+    return f"{label}: {note}" if label else note
+
+
 def print_summary(comparison) -> None:
     """The compare (and demo) table: means over layers per method and module, then the
     subspace similarity of each pair of methods when the comparison has one."""

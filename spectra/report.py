@@ -3,7 +3,8 @@
 A report holds one row per (layer, module[, expert][, head]) with every metric of
 ``spectra.metrics``, the singular values of each ΔW, and the metadata of the
 run (source paths, detected format, scales, device, method, versions,
-warnings). ``Report.save(dir)`` writes
+warnings, the modules not analysed and those the selection left out:
+``not_selected``, ``not_selected_note``). ``Report.save(dir)`` writes
 
 - ``metrics.csv``: ``layer``, ``module`` (the role), ``expert`` (only for
   mixture-of-experts rows), ``head`` (only when there are heads), ``name``,
@@ -172,6 +173,16 @@ class Report:
     @property
     def warnings(self) -> list[str]:
         return list(self.meta.get("warnings", []))
+
+    @property
+    def not_selected(self) -> list[tuple[int, str]]:
+        """The (layer, role) pairs the checkpoint has that the selection left out."""
+        return [(int(layer), str(role)) for layer, role in self.meta.get("not_selected", [])]
+
+    @property
+    def not_selected_note(self) -> str:
+        """One line naming ``not_selected`` and the flag for them; "" when nothing was left out."""
+        return str(self.meta.get("not_selected_note") or "")
 
     @property
     def columns(self) -> list[str]:

@@ -9,7 +9,7 @@ import click
 import spectra
 
 from .. import options
-from ..output import metrics_table, warn, with_progress
+from ..output import metrics_table, not_selected_line, warn, with_progress
 
 
 @click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
@@ -92,6 +92,9 @@ def analyze(
                 f"σ {_method(report)}"
             )
         click.echo(metrics_table(report))
+        left_out = not_selected_line(report)  # what else the checkpoint holds, and the flag
+        if left_out:
+            click.echo(left_out)
     warn(report.warnings)
     if out is not None:
         report.save(out, force=force)

@@ -9,7 +9,7 @@ import spectra
 from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 
 from .. import options
-from ..output import print_summary, warn, with_progress
+from ..output import not_selected_line, print_summary, warn, with_progress
 
 
 @click.command(
@@ -125,6 +125,10 @@ def compare(
         jobs=jobs,
     )
     print_summary(comparison)
+    for label, report in zip(comparison.labels, comparison.reports, strict=True):
+        left_out = not_selected_line(report, label)  # what else each checkpoint holds
+        if left_out:
+            click.echo(left_out)
     if comparison.subspace is not None:
         warn(comparison.subspace.warnings)
     for label, report in zip(comparison.labels, comparison.reports, strict=True):

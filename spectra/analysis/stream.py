@@ -82,9 +82,12 @@ def analyze(
     raises ``NonFiniteError``, or with ``skip_nonfinite=True`` is left out and
     named in the warnings and in ``meta["skipped"]``. Every tensor of the
     checkpoint that no analysed ΔW uses is in ``meta["not_analysed"]`` as
-    ``[tensor, reason]``. ``each(checkpoint, delta, σ)``, if given, is called
-    for every module while its ΔW is in memory (``compare`` takes the subspace
-    metrics this way, in the same read). ``checkpoint`` is ``path`` already
+    ``[tensor, reason]``; every (layer, role) it has that the selection leaves
+    out is in ``meta["not_selected"]`` as ``[layer, role]``, named in one line
+    by ``meta["not_selected_note"]`` (``Report.not_selected``).
+    ``each(checkpoint, delta, σ)``, if given, is called for every module
+    while its ΔW is in memory (``compare`` takes the subspace metrics this
+    way, in the same read). ``checkpoint`` is ``path`` already
     opened with these ``base`` and ``options`` (a sweep opens each checkpoint
     once, to check it before any work). ``options`` go to ``spectra.load``
     (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
@@ -163,6 +166,9 @@ def analyze(
         "skipped": skipped,
         # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
         "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
+        # (layer, role) pairs the checkpoint has that the selection left out (loaders/base.py)
+        "not_selected": [[layer, role] for layer, role in selection.not_selected],
+        "not_selected_note": selection.not_selected_note,
     }
     for warning in warnings:  # in Python, also through the warnings module (SpectraWarning)
         warn(f"{source.path}: {warning}")

@@ -17,6 +17,13 @@ Selection rules, so that a report is never silently partial:
 - A selected (layer, role) pair that is missing while both the layer and the
   role exist elsewhere (e.g. an adapter on some layers' k only) is reported
   in the warnings.
+- Every (layer, role) the checkpoint has that the selection leaves out is in
+  ``Selection.not_selected``, and ``Selection.not_selected_note`` names them
+  in one line with the flag that takes them in ("not selected: q, o, up, down
+  in 6 layers (24 modules); --modules all for every role"): a default k, v
+  run of an all-linear adapter says what else the file holds. ``analyze``
+  stores both in the report (``meta["not_selected"]``,
+  ``meta["not_selected_note"]``).
 
 Nothing in a checkpoint vanishes: every tensor of an adapter file (and of a
 full fine-tune) is either part of some (layer, role)'s ΔW or listed by
@@ -48,6 +55,7 @@ __all__ = [
     "ModuleInfo",
     "Selection",
     "group_by_reason",
+    "not_selected_note",
     "summarise_not_analysed",
 ]
 
@@ -96,6 +104,9 @@ class Selection:
 
     keys: tuple[tuple[int, str], ...]
     warnings: tuple[str, ...]
+    # (layer, role) pairs the checkpoint has that the selection leaves out, sorted
+    not_selected: tuple[tuple[int, str], ...] = ()
+    not_selected_note: str = ""  # one line naming them and the flag for the rest; "" if none
 
 
 class Checkpoint(ABC):
@@ -265,7 +276,57 @@ def select(
         raise SelectionError(
             f"{path}: nothing to analyse for roles {roles} in layers {layer_ranges(chosen_layers)}"
         )
-    return Selection(tuple(keys), tuple(warnings))
+    chosen = set(keys)
+    left_out = sorted((pair for pair in have if pair not in chosen), key=_pair_order)
+    note = not_selected_note(left_out, roles, have_layers)
+    return Selection(tuple(keys), tuple(warnings), tuple(left_out), note)
+
+
+def not_selected_note(
+    left_out: Sequence[tuple[int, str]], roles: Sequence[str], have_layers: Sequence[int]
+) -> str:
+    """One line naming the (layer, role) pairs a selection left out, and the flags for them.
+
+    ``roles`` are the roles selected and ``have_layers`` every layer of the
+    checkpoint; a pair of another role counts under ``--modules``, a pair of
+    a selected role (so in a layer not selected) under ``--layers``:
+    ``not selected: o in 6 layers (6 modules) and k, v in layers 3-5 (6
+    modules); --modules all for every role, leave out --layers for every layer``.
+    """
+    other_roles = [pair for pair in left_out if pair[1] not in roles]
+    other_layers = [pair for pair in left_out if pair[1] in roles]
+    groups = [*_groups(other_roles, have_layers), *_groups(other_layers, have_layers)]
+    if not groups:
+        return ""
+    hints = ["--modules all for every role"] if other_roles else []
+    hints += ["leave out --layers for every layer"] if other_layers else []
+    return f"not selected: {' and '.join(groups)}; {', '.join(hints)}"
+
+
+def _groups(pairs: Sequence[tuple[int, str]], have_layers: Sequence[int]) -> list[str]:
+    """``q, o in 6 layers (12 modules)`` (every layer) or ``k in layers 3-5 (3 modules)``.
+
+    Roles present in the same layers share a group.
+    """
+    layers_of: dict[str, list[int]] = {}
+    for layer, role in sorted(pairs, key=_pair_order):
+        layers_of.setdefault(role, []).append(layer)
+    by_layers: dict[tuple[int, ...], list[str]] = {}
+    for role in sorted(layers_of, key=_role_order):
+        by_layers.setdefault(tuple(layers_of[role]), []).append(role)
+    groups = []
+    for layers, group in by_layers.items():
+        if list(layers) == list(have_layers) and len(layers) > 1:
+            where = f"{len(layers)} layers"
+        else:
+            where = f"layer{'s' * (len(layers) > 1)} {layer_ranges(layers)}"
+        count = len(layers) * len(group)
+        groups.append(f"{', '.join(group)} in {where} ({count} module{'s' * (count != 1)})")
+    return groups
+
+
+def _pair_order(pair: tuple[int, str]) -> tuple[int, int, str]:
+    return (pair[0], _role_order(pair[1]), pair[1])
 
 
 def group_by_reason(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
