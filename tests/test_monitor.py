@@ -2,7 +2,9 @@
 
 A real ``transformers.Trainer`` run (the packaged MiniLM with a real peft
 LoRA on key and value, a tiny regression task made here, TensorBoard as its
-logger, a checkpoint every 2 steps) is watched every 2 steps. The
+logger, a checkpoint every 2 steps) is watched every 2 steps, once through
+``watch(trainer)`` and once with the callback in ``callbacks=[...]`` (after
+the loggers). The
 independent references are the checkpoints the Trainer saved, analysed
 offline by ``spectra.analyze``, and numpy's SVD of α/r·B@A read from the
 saved adapter file with safetensors; the logged values are read back from
@@ -14,6 +16,7 @@ numpy.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,15 +57,21 @@ def _tiny_regression(vocab: int, count: int = 16, length: int = 8) -> list[dict]
     ]
 
 
-@pytest.fixture(scope="module")
-def trainer_run(tmp_path_factory, minilm_dir):
-    """Six Trainer steps of a LoRA (r=4, α=8, key/value), watched every 2, saved every 2."""
+def _trainer_run(folder: Path, minilm_dir: Path, how: str):
+    """Six Trainer steps of a LoRA (r=4, α=8, key/value), watched every 2, saved every 2.
+
+    ``how`` is "watch" (``watch(trainer, ...)``) or "callbacks" (the callback in
+    ``Trainer(callbacks=[...])``, after the loggers). Returns the callback and
+    what the Trainer printed (``disable_tqdm``: its PrinterCallback's lines).
+    """
+    import contextlib
+    import io
+
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-    from spectra.integrations import watch
+    from spectra.integrations import SpectraCallback, watch
 
-    folder = tmp_path_factory.mktemp("trainer")
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["key", "value"]))
@@ -81,10 +90,31 @@ def trainer_run(tmp_path_factory, minilm_dir):
         dataloader_num_workers=0,
     )
     data = _tiny_regression(base.config.vocab_size)
-    trainer = Trainer(model=model, args=args, train_dataset=data)
-    callback = watch(trainer, every=EVERY, modules="k,v", out=folder / "spectra", metrics="all")
-    trainer.train()
+    options = {"modules": "k,v", "out": folder / "spectra", "metrics": "all"}
+    if how == "watch":
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        callback = watch(trainer, every=EVERY, **options)
+    else:
+        callback = SpectraCallback(every=EVERY, **options)
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+        loggers = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+        assert loggers.index("TensorBoardCallback") < loggers.index("SpectraCallback")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        trainer.train()
+    return folder, callback, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trainer_run(tmp_path_factory, minilm_dir):
+    folder, callback, _ = _trainer_run(tmp_path_factory.mktemp("trainer"), minilm_dir, "watch")
     return folder, callback
+
+
+@pytest.fixture(scope="module")
+def listed_run(tmp_path_factory, minilm_dir):
+    """The same run with the callback passed as ``callbacks=[SpectraCallback(...)]``."""
+    return _trainer_run(tmp_path_factory.mktemp("listed"), minilm_dir, "callbacks")
 
 
 def _tensorboard(run: Path) -> dict[str, dict[int, float]]:
@@ -105,8 +135,9 @@ def _relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
 
 
-def test_trainer_logs_match_offline_analysis_of_saved_checkpoints(trainer_run):
-    folder, callback = trainer_run
+@pytest.mark.parametrize("run_fixture", ["trainer_run", "listed_run"])
+def test_trainer_logs_match_offline_analysis_of_saved_checkpoints(request, run_fixture):
+    folder, callback = request.getfixturevalue(run_fixture)[:2]
     run = folder / "run"
     logged = _tensorboard(run)
     for step in range(EVERY, STEPS + 1, EVERY):
@@ -133,6 +164,20 @@ def test_trainer_logs_match_offline_analysis_of_saved_checkpoints(trainer_run):
     # measured only at the due steps
     assert sorted(logged["train/spectra/v/stable_rank"]) == [2, 4, 6]
     assert [step for step, _ in callback.monitor.history] == [2, 4, 6]
+
+
+def test_console_line_carries_role_means_only(listed_run):
+    _, callback, printed = listed_run
+    lines = [line for line in printed.splitlines() if "spectra/" in line]
+    assert len(lines) == STEPS // EVERY  # one Trainer log line per measured step
+    metrics = len(spectra.METRICS)
+    for line in lines:
+        keys = re.findall(r"'(spectra/[^']+)'", line)
+        assert sorted({key.split("/")[1] for key in keys}) == ["k", "v"], line
+        assert len(keys) == 2 * metrics  # two roles × the metrics; no spectra/L3.v/… key
+    assert repr(callback) == (
+        f"SpectraCallback(every=2, modules='k,v', out={callback.options['out']!r}, metrics='all')"
+    )
 
 
 def test_logged_metric_against_numpy_svd_of_saved_adapter(trainer_run):
@@ -310,7 +355,9 @@ def test_other_peft_methods_are_refused(minilm_dir):
         spectra_of_model(model, "v")
 
 
-def test_callback_warns_when_it_would_run_after_the_loggers(minilm_dir, tmp_path):
+def test_callback_finds_its_handler_or_warns(minilm_dir, tmp_path):
+    import warnings
+
     from transformers import Trainer, TrainingArguments
 
     from spectra.integrations import SpectraCallback
@@ -322,8 +369,13 @@ def test_callback_warns_when_it_would_run_after_the_loggers(minilm_dir, tmp_path
     callback = SpectraCallback(every=1, modules="q")
     trainer = Trainer(model=model, args=args, callbacks=[callback])
     state, control = trainer.state, trainer.control
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", spectra.SpectraWarning)
+        trainer.callback_handler.on_train_begin(args, state, control)  # as the Trainer calls it
+    assert callback._handler is trainer.callback_handler
+    alone = SpectraCallback(every=1, modules="q")  # called by hand: no handler to find
     with pytest.warns(spectra.SpectraWarning, match="watch"):
-        callback.on_train_begin(args, state, control, model=model)
+        alone.on_train_begin(args, state, control, model=model)
     callback.attach(trainer)
     assert trainer.callback_handler.callbacks[0] is callback
     assert trainer.callback_handler.callbacks.count(callback) == 1
