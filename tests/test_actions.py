@@ -75,6 +75,43 @@ def test_resized_adapter_merges_to_the_best_rank_k(tmp_path, minilm_dir, lora_mo
     assert config["r"] == 3 and config["lora_alpha"] == pytest.approx(2.0 * 3)  # scale kept
 
 
+@pytest.fixture(scope="module")
+def rslora_model(minilm_dir):
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        use_rslora=True,  # scale α/√r: 16/√8, and 16/√4 = 8 for the rank_pattern module
+        target_modules=["key", "value"],
+        rank_pattern={"layer.2.attention.self.value": 4},
+    )
+    return random_peft_model(minilm_dir, config, seed=5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_resized_rslora_adapter_merges_to_the_best_rank_k(
+    tmp_path, minilm_dir, rslora_model, dtype
+):
+    from safetensors.torch import load_file
+
+    original = save_peft_adapter(rslora_model, tmp_path / "a", minilm_dir, dtype)
+    # the reference (peft's merge) is α/√r·B@A, by hand from the saved file
+    tensors = load_file(str(original.path / "adapter_model.safetensors"))
+    module = "base_model.model.encoder.layer.2.attention.self.value"
+    A = tensors[f"{module}.lora_A.weight"].double().numpy()  # (4, d_in), widened exactly
+    B = tensors[f"{module}.lora_B.weight"].double().numpy()  # (d_out, 4)
+    assert relative(original.reference[(2, "v")], 16 / np.sqrt(4) * B @ A) < 1e-12
+    spectra.resize(original.path, tmp_path / "r3", rank=3)
+    resized = merged_reference(tmp_path / "r3", minilm_dir)  # peft loads and merges it
+    assert set(resized) == set(original.reference)
+    for key, delta in original.reference.items():
+        assert relative(resized[key], best_rank(delta, 3)) < 1e-6, key
+    config = json.loads((tmp_path / "r3" / "adapter_config.json").read_text())
+    assert config["use_rslora"] is True and config["r"] == 3
+    assert config["lora_alpha"] == pytest.approx(16 / np.sqrt(8) * np.sqrt(3))  # scale kept
+
+
 def test_resize_by_energy_gives_per_module_ranks(tmp_path, minilm_dir, lora_model):
     original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir)
     spectra.resize(original.path, tmp_path / "e", energy=0.8)
