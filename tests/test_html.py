@@ -235,7 +235,8 @@ def test_compare_html_holds_the_summary_and_every_report(compared):
     for shown, row in zip(tables[0], summary, strict=True):
         assert shown == {column: cell(row.get(column)) for column in comparison.columns}
     # Figure 2 is inline SVG with its text as text: the legend counts the drawn values
-    assert text.count("<svg") == 1 and "FT (32 values)" in text and "LoRA (32 values)" in text
+    # (4 layers × σ₂ … σ₈: σ₁/σ₁ = 1 is left out of the normalised histogram)
+    assert text.count("<svg") == 1 and "FT (28 values)" in text and "LoRA (28 values)" in text
 
 
 # ---------------------------------------------------------------- Python

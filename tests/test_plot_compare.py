@@ -31,13 +31,13 @@ def comparison(demo_paths):
 
 
 def _drawn_count(report, module, top):
-    """Values per method in a panel: each row's σ above its floors, top ``top`` of them."""
+    """Values per method in a panel: each row's σ above its floors, σ₂ … σ_top of them."""
     count = 0
     for row in report.rows:
         if row["module"] == module:
             sigma = report.spectrum(row["layer"], module)
             floor = max(row["accuracy_floor"], row["noise_floor"] or 0.0)
-            count += min(int(np.sum(sigma > floor)), top)
+            count += min(int(np.sum(sigma > floor)), top) - 1  # σ₁/σ₁ = 1 left out
     return count
 
 
@@ -46,8 +46,8 @@ def test_histogram_panels_labels_legend_and_paper_colours(comparison):
     assert isinstance(fig, Figure) and axes.shape == (1, 2)
     # demo: LoRA r = 8 and MultiLoRA 4 heads × r = 2, so K = 8 of n = 64
     assert [ax.get_title() for ax in axes[0]] == [
-        "k projection, all layers\ntop 8 of 64 per matrix, above its floor",
-        "v projection, all layers\ntop 8 of 64 per matrix, above its floor",
+        "k projection, all layers\ntop 8 of 64 per matrix, above its floor\nσ₁/σ₁ = 1 left out",
+        "v projection, all layers\ntop 8 of 64 per matrix, above its floor\nσ₁/σ₁ = 1 left out",
     ]
     assert all("σ / σ₁" in ax.get_xlabel() for ax in axes[0])
     assert all(ax.get_ylabel() == "fraction of singular values" for ax in axes[0])
@@ -84,12 +84,12 @@ def test_figure2_is_the_equal_rank_view_of_numpy_top_k_values(comparison, demo_p
     for layer in sorted({r["layer"] for r in comparison.reports[0].rows}):
         name = f"model.layers.{layer}.self_attn.k_proj.weight"
         sigma = np.linalg.svd(tuned[name].astype(np.float64) - base[name], compute_uv=False)
-        pooled.append(sigma[:8] / sigma[0])  # far above both floors: the top 8 are data
+        pooled.append(sigma[1:8] / sigma[0])  # far above both floors; σ₁/σ₁ = 1 left out
     ft_values = np.concatenate(pooled)
     lora = comparison.reports[1]
     lora_values = np.concatenate(
         [
-            lora.spectrum(r["layer"], "k") / lora.spectrum(r["layer"], "k")[0]
+            lora.spectrum(r["layer"], "k")[1:] / lora.spectrum(r["layer"], "k")[0]
             for r in lora.rows
             if r["module"] == "k"
         ]
@@ -122,11 +122,11 @@ def _report(sigma, noise_floor, kind="dense", module="k"):
 def test_no_bar_or_line_below_a_rows_floor():
     noisy = _report([1.0, 0.5, 0.2, 0.05, 0.01, 0.001], noise_floor=0.1)
     _, axes = plot.histogram([noisy], ["FT"], top="all", bins=5)
-    assert axes[0, 0].get_legend().get_texts()[0].get_text() == "FT (3 values)"
+    assert axes[0, 0].get_legend().get_texts()[0].get_text() == "FT (2 values)"
     (filled,) = [p for p in axes[0, 0].patches if p.get_fill()]
     heights, edges = _bars(filled, 5)
-    counts, _ = np.histogram([1.0, 0.5, 0.2], bins=edges)  # 0.05 and below left out
-    np.testing.assert_allclose(heights, counts / 3, atol=1e-12)
+    counts, _ = np.histogram([0.5, 0.2], bins=edges)  # σ₁/σ₁, 0.05 and below left out
+    np.testing.assert_allclose(heights, counts / 2, atol=1e-12)
     _, axes = plot.spectrum([noisy], ["FT"])
     line, floor = axes[0, 0].get_lines()
     np.testing.assert_allclose(line.get_ydata(), [1.0, 0.5, 0.2])
@@ -138,11 +138,11 @@ def test_top_k_truncates_dense_rows_and_all_keeps_them():
     lora = _report([2.0, 1.0, 0.5, 0.25], noise_floor=None, kind="factored")
     _, axes = plot.histogram([dense, lora], ["FT", "LoRA"], bins=4)
     texts = [t.get_text() for t in axes[0, 0].get_legend().get_texts()]
-    assert texts == ["FT (4 values)", "LoRA (4 values)"]  # K = the adapter's rank
+    assert texts == ["FT (3 values)", "LoRA (3 values)"]  # K = the adapter's rank, less σ₁
     assert "top 4 of 16" in axes[0, 0].get_title()
     _, axes = plot.histogram([dense, lora], ["FT", "LoRA"], top="all", bins=4)
-    assert axes[0, 0].get_legend().get_texts()[0].get_text() == "FT (12 values)"
-    _, axes = plot.histogram([dense, lora], ["FT", "LoRA"], top=2, bins=4)
+    assert axes[0, 0].get_legend().get_texts()[0].get_text() == "FT (11 values)"
+    _, axes = plot.histogram([dense, lora], ["FT", "LoRA"], top=3, bins=4)
     assert axes[0, 0].get_legend().get_texts()[1].get_text() == "LoRA (2 values)"
 
 
@@ -168,7 +168,7 @@ def test_histogram_bars_are_the_fractions_of_each_methods_normalised_values(comp
     pooled = []
     for report in comparison.reports[1:]:
         spectra_k = [report.spectrum(r["layer"], "k") for r in report.rows if r["module"] == "k"]
-        pooled.append(np.concatenate([sigma / sigma[0] for sigma in spectra_k]))
+        pooled.append(np.concatenate([sigma[1:] / sigma[0] for sigma in spectra_k]))
     edges = np.linspace(0.0, max(v.max() for v in pooled) * (1 + 1e-9), bins + 1)
     filled = [p for p in axes[0, 0].patches if p.get_fill()]
     assert len(filled) == 2
@@ -222,6 +222,84 @@ def test_layer_curves_with_ceilings_and_spectrum(comparison):
     _, axes = plot.spectrum(comparison.reports, LABELS)
     assert axes.shape == (2, 2) and axes[0, 0].get_yscale() == "log"
     assert axes[1, 0].get_ylabel() == "cumulative share of Σσ²"
+
+
+def _drawn(fig):
+    """Lay the figure out as saving would (Agg), so artists have their display extents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def test_histogram_over_sigma1_leaves_sigma1_out_and_other_normalisations_keep_it():
+    report = _report([2.0, 1.0, 0.5, 0.25], noise_floor=None, kind="factored")
+    _, axes = plot.histogram([report], ["LoRA"], bins=3)
+    (filled,) = [p for p in axes[0, 0].patches if p.get_fill()]
+    heights, edges = _bars(filled, 3)
+    # σ/σ₁ = 1, 0.5, 0.25, 0.125: the drawn values are the last three, and 1 lies past the bins
+    assert edges[-1] == pytest.approx(0.5) and edges[-1] < 1.0
+    counts, _ = np.histogram([0.5, 0.25, 0.125], bins=edges)
+    np.testing.assert_allclose(heights, counts / 3, atol=1e-12)
+    assert axes[0, 0].get_title().endswith("\nσ₁/σ₁ = 1 left out")
+    _, axes = plot.histogram([report], ["LoRA"], bins=3, normalize="frobenius")
+    (filled,) = [p for p in axes[0, 0].patches if p.get_fill()]
+    _, edges = _bars(filled, 3)  # σ₁/‖σ‖ = 2/√5.3125 carries information: drawn
+    assert edges[-1] == pytest.approx(2.0 / np.sqrt(5.3125))
+    assert "left out" not in axes[0, 0].get_title()
+
+
+def test_histogram_of_the_demo_holds_no_value_of_one(comparison):
+    _, axes = plot.histogram(comparison.reports, LABELS, bins=40)
+    for ax in axes[0]:
+        for patch in ax.patches:
+            # every matrix's σ₂/σ₁ < 1 in the demo: no bar reaches the old σ₁ = 1 bin
+            assert patch.get_path().vertices[:, 0].max() < 0.99
+
+
+def test_layer_curves_take_a_log_axis_when_methods_differ_tenfold(comparison):
+    _, axes = plot.layer_curves(comparison.reports, "effective_rank", LABELS)
+    # FT ≈ 55 of 64 beside LoRA ≈ 3.9: 64 / 3.9 > 10, a log axis
+    assert [ax.get_yscale() for ax in axes[0]] == ["log", "log"]
+    _, entropy_axes = plot.layer_curves(comparison.reports, "normalized_entropy", LABELS)
+    # 1 (FT's ceiling) / 0.33 (LoRA) < 10: linear
+    assert [ax.get_yscale() for ax in entropy_axes[0]] == ["linear", "linear"]
+    one_method = [comparison.reports[1]]
+    _, lora_axes = plot.layer_curves(one_method, "effective_rank", ["LoRA"])
+    assert lora_axes[0, 0].get_yscale() == "linear"  # 3.9 … 8: within a decade
+
+
+@pytest.mark.parametrize("metric", ["effective_rank", "normalized_entropy"])
+def test_layer_curve_legend_covers_no_line(comparison, metric):
+    fig, axes = plot.layer_curves(comparison.reports, metric, LABELS)
+    renderer = _drawn(fig)
+    (legend,) = fig.legends
+    assert all(ax.get_legend() is None for ax in axes.flat)
+    assert [t.get_text() for t in legend.get_texts()] == [
+        label for name in LABELS for label in (name, f"{name} ceiling")
+    ]
+    box = legend.get_window_extent(renderer)
+    for ax in axes.flat:
+        panel = ax.get_window_extent(renderer)
+        assert not box.overlaps(panel), (box, panel)
+        for line in ax.get_lines():  # every point of every line is inside its panel
+            points = line.get_transform().transform(line.get_xydata())
+            assert np.all(points[:, 0] >= panel.x0 - 1) and np.all(points[:, 0] <= panel.x1 + 1)
+            assert np.all(points[:, 1] >= panel.y0 - 1) and np.all(points[:, 1] <= panel.y1 + 1)
+    fig_box = fig.bbox
+    assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1  # and the legend is on the figure
+
+
+def test_histogram_legend_sits_above_every_bar(comparison):
+    fig, axes = plot.histogram(comparison.reports, LABELS)
+    renderer = _drawn(fig)
+    for ax in axes[0]:
+        box = ax.get_legend().get_window_extent(renderer)
+        for patch in ax.patches:
+            tops = patch.get_transform().transform(patch.get_path().vertices)
+            under = tops[(tops[:, 0] > box.x0) & (tops[:, 0] < box.x1)]
+            assert np.all(under[:, 1] < box.y0), ax.get_title()
 
 
 def test_summary_equals_the_mean_of_report_metrics(comparison):

@@ -19,7 +19,10 @@ per method, in the paper's colours (FT orange, LoRA blue, MultiLoRA green
 then red). By default it is the paper's equal-rank view: each matrix gives
 its top K singular values over σ₁, K the largest adapter rank compared, so
 a balanced update piles up near 1 and one led by a few directions spreads
-towards 0 (``top="all"`` draws every value).
+towards 0 (``top="all"`` draws every value); each matrix's σ₁/σ₁ = 1, the
+same for every method, is left out of it. ``layer_curves`` takes a log y
+axis where the methods differ more than tenfold, and a legend beside the
+panels.
 
 No figure draws noise as data: values at or below a row's floor (the larger
 of its ``accuracy_floor`` and ``noise_floor`` columns) are left out of

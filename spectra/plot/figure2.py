@@ -5,7 +5,9 @@ colours (FT orange, LoRA blue, MultiLoRA green then red). By default it is
 the paper's equal-rank view: each matrix gives its top K singular values
 over σ₁, K the largest adapter rank compared, so a balanced update piles up
 near 1 and one led by a few directions spreads towards 0 (``top="all"``
-draws every value). Values at or below a row's floor are never drawn.
+draws every value). Over σ₁, every matrix's first value is σ₁/σ₁ = 1, the
+same for every method: it is left out (the titles say so), so the bars are
+σ₂/σ₁ … σ_K/σ₁. Values at or below a row's floor are never drawn.
 """
 
 from __future__ import annotations
@@ -65,14 +67,19 @@ def _top_count(reports: Sequence[Report], top: int | str | None) -> int | None:
 def _values(
     report: Report, module: str, layer: int | None, normalize: str, top: int | None
 ) -> np.ndarray:
-    """The drawn values of one method: each matrix's top-``top`` σ above its floor, normalised."""
+    """The drawn values of one method: each matrix's top-``top`` σ above its floor, normalised.
+
+    Over σ₁ the first value of each matrix (σ₁/σ₁ = 1, the same for every
+    method) is left out: a matrix gives σ₂/σ₁ … σ_top/σ₁.
+    """
+    first = 1 if normalize == "sigma1" else 0  # σ₁/σ₁ = 1 says nothing
     parts = []
     for row in report.rows:
         if row["module"] != module or (layer is not None and row["layer"] != layer):
             continue
         full = report.spectrum(row["layer"], module, row.get("head"), row.get("expert"))
         kept = normalized(full, normalize)[: trusted(report, row).size]  # above the floor
-        parts.append(kept[:top] if top is not None else kept)
+        parts.append(kept[first:top] if top is not None else kept[first:])
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -104,7 +111,9 @@ def histogram(
     The equal-rank view, as the paper compares methods: each matrix
     contributes its ``top`` largest singular values, K by default the largest
     adapter rank among the reports (r, or n·r for MultiLoRA; a dense FT or
-    DoRA ΔW is truncated to its top K), ``"all"`` for every value. Values at
+    DoRA ΔW is truncated to its top K), ``"all"`` for every value; over σ₁
+    (the default) each matrix's σ₁/σ₁ = 1 is left out, as identical for
+    every method, and the title says so. Values at
     or below a row's floor (``accuracy_floor``, ``noise_floor``) are never
     drawn. ``modules=None`` draws every role all reports share, in a grid of
     at most ``PANELS_PER_ROW`` panels a row; ``layer=None`` pools every layer,
@@ -157,7 +166,10 @@ def histogram(
             shown = (
                 "all values" if count is None else f"top {count} of {_capacities(reports, role)}"
             )
-            ax.set_title(f"{role} projection, {where}\n{shown} per matrix, above its floor")
+            left_out = "\nσ₁/σ₁ = 1 left out" if normalize == "sigma1" else ""
+            ax.set_title(
+                f"{role} projection, {where}\n{shown} per matrix, above its floor{left_out}"
+            )
             ax.set_xlabel(f"singular value, {NORMALIZATIONS[normalize]}")
             ax.set_ylabel("fraction of singular values")
             ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom: the legend sits above the bars

@@ -1,4 +1,11 @@
-"""Metrics against layer index, one line per method, with the ceiling each metric can reach."""
+"""Metrics against layer index, one line per method, with the ceiling each metric can reach.
+
+Methods differ by orders of magnitude here (a full fine-tune's effective
+rank ≈ 160 beside a LoRA's ≈ 5), so a panel whose drawn values span more
+than ``LOG_SPAN`` (largest over smallest) takes a log y axis, where each
+method's curve keeps its shape; the legend sits outside the panels, right
+of them, so it covers no curve.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..errors import SpectraError
 from ..metrics import METRICS
@@ -15,7 +22,9 @@ from ..report import Report, noise_warning
 from ._rows import labels_for, roles_for
 from ._style import method_colors, panel_grid, paper_style
 
-__all__ = ["ceiling", "layer_curves"]
+__all__ = ["LOG_SPAN", "ceiling", "layer_curves"]
+
+LOG_SPAN = 10.0  # largest / smallest drawn value above which a panel's y axis is logarithmic
 
 
 def ceiling(report: Report, row: dict, metric: str) -> float | None:
@@ -48,6 +57,9 @@ def layer_curves(
     metrics measure rounding. Where the metric has a ceiling
     (``ceiling``: the rank r of an adapter, n of a dense ΔW, ln r/ln n for the
     normalized entropy), it is drawn as a dashed line in the method's colour.
+    A panel whose drawn values (curves and ceilings, all positive) span more
+    than ``LOG_SPAN`` has a log y axis; one legend for the figure sits right
+    of the panels.
     """
     names = labels_for(reports, labels)
     roles = roles_for(reports, modules)
@@ -95,5 +107,42 @@ def layer_curves(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("layer")
             ax.set_ylabel(metric.replace("_", " "))
-            ax.legend(frameon=False, fontsize=8)
+            if _spans_decades(ax):
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FuncFormatter(_plain))  # 100, not 10²
+                ax.yaxis.set_minor_formatter(FuncFormatter(_plain_2_5))
+        _figure_legend(fig, axes)
     return fig, axes
+
+
+def _plain(value: float, _position: int) -> str:
+    return f"{value:g}"
+
+
+def _plain_2_5(value: float, _position: int) -> str:
+    """Minor log ticks labelled at 2 and 5 times a power of ten only."""
+    leading = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:g}" if leading in (2, 5) else ""
+
+
+def _spans_decades(ax) -> bool:
+    """Whether the panel's drawn values are all positive and span more than ``LOG_SPAN``."""
+    values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()])
+    values = values[np.isfinite(values)]
+    return values.size > 0 and values.min() > 0 and values.max() / values.min() > LOG_SPAN
+
+
+def _figure_legend(fig: Figure, axes: np.ndarray) -> None:
+    """One legend for every panel (each label once), outside the panels on the right."""
+    entries: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside right upper",
+            frameon=False,
+            fontsize=8,
+        )
