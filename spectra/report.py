@@ -8,10 +8,12 @@ warnings, the modules not analysed and those the selection left out:
 
 - ``metrics.csv``: ``layer``, ``module`` (the role), ``expert`` (only for
   mixture-of-experts rows), ``head`` (only when there are heads), ``name``,
-  ``d_out``, ``d_in``, ``kind``, ``dtype``,
-  ``scale``, ``adapter_rank`` (the bound r of an adapter's update: r, n·r for
-  a MultiLoRA sum; empty for a full fine-tune), the floors below, then every
-  metric under its METRICS.md name;
+  ``d_out``, ``d_in``, ``kind``, ``dtype``, ``scale`` (the adapter's scale,
+  α/r and the like, also for the dense rebuilds of LoHa, LoKr and DoRA, from
+  report.json's ``scales``; empty for a full fine-tune), ``adapter_rank``
+  (the bound r of an adapter's update: r, n·r for a MultiLoRA sum; empty for
+  a full fine-tune), the floors below, then every metric under its
+  METRICS.md name;
 - ``spectra.safetensors``: the singular values of each row (float64, keyed
   ``L{layer}.{module}``, ``L{layer}.{module}.h{head}`` or
   ``L{layer}.{module}.e{expert}``);
@@ -127,6 +129,9 @@ class Report:
     rows: list[dict[str, object]]
     spectra: dict[str, np.ndarray]
     meta: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = [_with_scale(row, self.meta) for row in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -310,6 +315,25 @@ def _column_type(name: str) -> str:
     if name in types:
         return types[name]
     return "int" if name in _INT_METRICS else "float"
+
+
+def _with_scale(row: dict[str, object], meta: Mapping[str, object]) -> dict[str, object]:
+    """The row with its ``scale`` filled from ``meta["scales"]`` where the row has none.
+
+    A dense adapter update (LoHa, LoKr, DoRA) is rebuilt with its scale
+    applied, so the row built from it carries no scale; report.json's
+    ``scales`` still records the one used, and ``metrics.csv`` must say it too.
+    """
+    scales = meta.get("scales")
+    if row.get("scale") is not None or not isinstance(scales, Mapping) or "layer" not in row:
+        return row
+    recorded = scales.get(
+        spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
+    )
+    scale = recorded.get("scale") if isinstance(recorded, Mapping) else None
+    if not isinstance(scale, int | float) or isinstance(scale, bool):
+        return row
+    return {**row, "scale": float(scale)}
 
 
 def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:

@@ -98,17 +98,21 @@ def accuracy_floor(shape: tuple[int, int], kind: str, method: str = "fast") -> f
 
 
 def singular_values(
-    delta: LayerDelta | Dense | Factored,
+    delta: LayerDelta | Dense | Factored | torch.Tensor,
     device: str | torch.device = "auto",
     method: str = "fast",
 ) -> torch.Tensor:
     """Singular values of ΔW, descending, as a float64 CPU tensor.
 
-    ``method`` applies to dense updates only (``"fast"`` or ``"exact"``, see
-    the module docstring for their accuracy); factored updates always take the
-    exact QR-core path, which is both faster and exact.
+    ``delta`` is a ``LayerDelta``, a ``Dense`` or ``Factored`` update, or a
+    2-D tensor holding ΔW itself (read as ``Dense``; any float dtype, taken
+    in float64). ``method`` applies to dense updates only (``"fast"`` or
+    ``"exact"``, see the module docstring for their accuracy); factored
+    updates always take the exact QR-core path, which is both faster and exact.
     """
     check_method(method)
+    if isinstance(delta, torch.Tensor):
+        delta = _tensor_update(delta)
     if isinstance(delta, LayerDelta):
         check_finite(delta)
     update = delta.update if isinstance(delta, LayerDelta) else delta
@@ -122,8 +126,27 @@ def singular_values(
             else _dense_gram(update.matrix, target)
         )
     else:
-        raise TypeError(f"expected a LayerDelta, Dense or Factored, got {type(update).__name__}")
+        raise TypeError(
+            f"expected a LayerDelta, Dense, Factored or 2-D tensor, got {type(update).__name__}"
+        )
     return sigma.cpu()
+
+
+def _tensor_update(matrix: torch.Tensor) -> Dense:
+    """A tensor given as ΔW, checked: 2-D, floating point, finite."""
+    if matrix.ndim != 2 or not matrix.is_floating_point():
+        raise SpectraError(
+            f"singular_values: expected ΔW as a 2-D floating-point tensor (d_out, d_in); got "
+            f"{matrix.ndim}-D {str(matrix.dtype).removeprefix('torch.')} of shape "
+            f"{tuple(matrix.shape)}: pass the matrix itself (tensor.reshape(d_out, -1) for a "
+            "conv kernel)"
+        )
+    if not bool(torch.isfinite(matrix).all()):
+        raise NonFiniteError(
+            "singular_values: the tensor holds NaN or Inf, so ΔW has no spectrum; pass a "
+            "finite matrix"
+        )
+    return Dense(matrix)
 
 
 def check_finite(delta: LayerDelta) -> None:

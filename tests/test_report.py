@@ -109,3 +109,31 @@ def test_a_report_from_another_version_is_compared_with_a_warning(report, tmp_pa
     assert any("made by spectra 0.1.0" in w for w in comparison.reports[0].warnings)
     fresh = spectra.compare([report.save(tmp_path / "new")], ["new"])
     assert not any("made by spectra" in w for w in fresh.reports[0].warnings)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize(("kind", "alpha", "rank"), [("loha", 8, 4), ("lokr", 6, 4)])
+def test_dense_adapter_rows_carry_their_scale_in_metrics_csv(
+    tmp_path, minilm_dir, dtype, kind, alpha, rank
+):
+    """LoHa and LoKr are rebuilt dense, scale applied; metrics.csv still says α/r, as peft sets."""
+    import torch
+    from peft import LoHaConfig, LoKrConfig
+
+    from .conftest import random_peft_model
+
+    config = (LoHaConfig if kind == "loha" else LoKrConfig)(
+        r=rank, alpha=alpha, target_modules=["key", "value"]
+    )
+    model = random_peft_model(minilm_dir, config, seed=3).to(getattr(torch, dtype))
+    model.save_pretrained(str(tmp_path / kind))
+    report = spectra.analyze(tmp_path / kind)
+    with open(report.save(tmp_path / "report") / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and {row["kind"] for row in rows} == {"dense"}
+    # peft's LycorisLayer scaling for this config, read from the model itself
+    peft_scale = model.base_model.model.encoder.layer[0].attention.self.key.scaling["default"]
+    assert peft_scale == alpha / rank
+    assert [float(row["scale"]) for row in rows] == [alpha / rank] * 12
+    assert [row["scale"] for row in Report.load(tmp_path / "report").rows] == [alpha / rank] * 12
+    assert all(row["scale"] == alpha / rank for row in report.rows)  # and in memory, so pandas

@@ -202,3 +202,35 @@ def test_unknown_device_and_method_are_errors():
         resolve_device("tpu")
     with pytest.raises(SpectraError, match="fast, exact"):
         singular_values(Dense(torch.eye(3)), device="cpu", method="approximate")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_a_plain_tensor_is_read_as_the_dense_update(dtype, method):
+    """``spectra.singular_values(tensor)``, as the README writes it, against numpy's SVD."""
+    generator = torch.Generator().manual_seed(11)
+    matrix = torch.randn(48, 80, generator=generator).to(dtype)  # (d_out, d_in)
+    sigma = singular_values(matrix, method=method)
+    expected = np.linalg.svd(matrix.double().numpy(), compute_uv=False)
+    assert sigma.dtype == torch.float64 and sigma.shape == (48,)
+    np.testing.assert_allclose(sigma.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "found"),
+    [
+        (torch.ones(3, 4, 5), "3-D float32 of shape (3, 4, 5)"),
+        (torch.ones(4, dtype=torch.int64), "1-D int64 of shape (4,)"),
+    ],
+)
+def test_a_tensor_that_is_not_a_matrix_is_refused(tensor, found):
+    with pytest.raises(SpectraError, match=r"expected ΔW as a 2-D floating-point") as error:
+        singular_values(tensor)
+    assert found in str(error.value)
+
+
+def test_a_tensor_with_nan_is_refused():
+    matrix = torch.ones(4, 4)
+    matrix[1, 2] = float("nan")
+    with pytest.raises(SpectraError, match="NaN or Inf"):
+        singular_values(matrix)
