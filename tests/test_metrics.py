@@ -107,6 +107,20 @@ def test_flat_spectrum_closed_forms(k):
     assert metrics.condition_number(sigma, SHAPE) == pytest.approx(1.0)
 
 
+def test_energy_rank_allows_rounding_slack_and_no_more():
+    # σ² = 8, 6, 2, 8/9, 2/3, 2/9: Σσ² = 160/9, and the top three hold 16 = 0.9 · 160/9
+    # exactly, so 90 % is reached at 3; in floating point the sum falls a hair short of it.
+    energies = np.array([8.0, 6.0, 2.0, 8 / 9, 2 / 3, 2 / 9])
+    assert np.sum(energies[:3]) == 16.0 and 0.9 * np.sum(energies) == pytest.approx(16.0)
+    for scale in (1e-150, 1.0, 1e150):  # σ/σ₁ inside: the same at any scale
+        assert metrics.energy_rank(np.sqrt(energies) * scale, 0.9) == 3
+    # rounded to 0.889, 0.667, 0.222, the total is 17.778 and 90 % of it (16.0002) is more
+    # than the top three hold: 4. A slack wider than rounding (1e-4) would give 3.
+    rounded = np.array([8.0, 6.0, 2.0, 0.889, 0.667, 0.222])
+    assert 0.9 * np.sum(rounded) - 16.0 == pytest.approx(2e-4)
+    assert metrics.energy_rank(np.sqrt(rounded), 0.9) == 4
+
+
 def test_one_spike_closed_forms():
     sigma = np.zeros(N)
     sigma[0] = 7.0
