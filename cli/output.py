@@ -107,10 +107,14 @@ def warn(messages) -> None:
 
 
 def metrics_table(report: spectra.Report) -> str:
-    """The analyze table, with a ``flags`` column and one line per flag under it (flags.py)."""
+    """The analyze table, with a ``health`` column and one line per flag under it (flags.py).
+
+    ``noise`` has no line here: the report's one warning (``report.noise_summary``,
+    printed with the warnings) names those rows and their share above the floor.
+    """
     from spectra.flags import flag_lines
 
-    flagged = any(row.get("flags") for row in report.rows)
+    flagged = any(row.get("health") for row in report.rows)
     rows = []
     for row in report.rows:
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
@@ -120,10 +124,10 @@ def metrics_table(report: spectra.Report) -> str:
             values["module"] = f"{values['module']}.h{row['head']}"
         rows.append(
             [values[key] for key, _ in TABLE_COLUMNS]
-            + ([row.get("flags") or ""] if flagged else [])
+            + ([row.get("health") or ""] if flagged else [])
         )
-    header = [title for _, title in TABLE_COLUMNS] + (["flags"] if flagged else [])
-    return "\n".join([render(header, rows), *flag_lines(report.rows)])
+    header = [title for _, title in TABLE_COLUMNS] + (["health"] if flagged else [])
+    return "\n".join([render(header, rows), *flag_lines(report.rows, leave_out=("noise",))])
 
 
 def not_selected_line(report: spectra.Report, label: str | None = None) -> str | None:

@@ -5,7 +5,7 @@ A ``LayerDelta`` is ΔW for one (layer, role[, head]) of a checkpoint, in the
 
 - ``Factored(B, A, scale)``: ΔW = scale · B @ A, kept factored so that the
   singular values come from an r×r problem and ΔW is never materialised, or
-- ``Dense(matrix)``: ΔW itself (full fine-tunes, and later DoRA, LoHa, LoKr).
+- ``Dense(matrix[, rank_bound])``: ΔW itself (full fine-tunes, DoRA, LoHa, LoKr).
 
 Loaders know nothing of SVD and the SVD engine knows nothing of file formats;
 this module is the contract between them.
@@ -22,9 +22,22 @@ __all__ = ["Dense", "Factored", "LayerDelta"]
 
 @dataclass(frozen=True)
 class Dense:
-    """ΔW held as a matrix ``(d_out, d_in)``."""
+    """ΔW held as a matrix ``(d_out, d_in)``.
+
+    ``rank_bound`` is the most rank the method that built it can reach, when
+    that is less than ``min(d_out, d_in)``: LoHa's r₁·r₂, LoKr's product of
+    its Kronecker factors' ranks. ``None`` for any other dense update (a full
+    fine-tune, DoRA): its ceiling is ``min(d_out, d_in)`` (``rank_ceiling``).
+    """
 
     matrix: torch.Tensor  # (d_out, d_in)
+    rank_bound: int | None = None
+
+    @property
+    def rank_ceiling(self) -> int:
+        """The most rank this ΔW can have: ``rank_bound`` capped by ``min(d_out, d_in)``."""
+        full = min(self.matrix.shape)
+        return full if self.rank_bound is None else min(self.rank_bound, full)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,6 +74,11 @@ class Factored:
     def rank(self) -> int:
         """The inner dimension r (an upper bound on rank(ΔW))."""
         return self.A.shape[0]
+
+    @property
+    def rank_ceiling(self) -> int:
+        """The most rank this ΔW can have: r, capped by ``min(d_out, d_in)``."""
+        return min(self.rank, *self.shape)
 
     def to_dense(self) -> torch.Tensor:
         """Merge into a float64 matrix ``(d_out, d_in)``; for tests and small cases."""

@@ -588,8 +588,8 @@ window.onerror = function (message, source, line) {
     for (const c of cells) {
       const value = c.row[metric];
       c.td.title = c.method.label + " " + c.row.key + "\n" + metric + " = " + String(num(value)) +
-        (c.row.flags ? "\nflags: " + c.row.flags : "");
-      c.td.classList.toggle("flagged", Boolean(c.row.flags));
+        (c.row.health ? "\nhealth: " + c.row.health : "");
+      c.td.classList.toggle("flagged", Boolean(c.row.health));
       if (isNum(value)) {
         const t = flat ? 0.5 : (num(value) - low) / (high - low);
         c.td.style.backgroundColor = viridis(t);
@@ -616,7 +616,7 @@ window.onerror = function (message, source, line) {
       short(row.spectral_norm) + ", numerical rank " + short(row.numerical_rank) + ", " +
       row.spectrum.above_floor + " of " + row.spectrum.count + " values above the floor" +
       (row.floor > 0 ? " (" + short(row.floor) + ")" : "") +
-      (row.flags ? "; flags: " + row.flags : ""))));
+      (row.health ? "; health: " + row.health : ""))));
   }
 
   function points(row) {
@@ -686,9 +686,9 @@ window.onerror = function (message, source, line) {
     return root;
   }
 
-  if (cells.some(c => c.row.flags)) {
+  if (cells.some(c => c.row.health)) {
     document.getElementById("flag-note").textContent =
-      "A red corner marks a module with flags (hover for them; the table's flags column).";
+      "A red corner marks a module with health flags (hover for them; the table's health column).";
   }
   paint();
   const wanted = decodeURIComponent(window.location.hash.slice(1));

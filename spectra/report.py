@@ -12,8 +12,12 @@ warnings, the modules not analysed and those the selection left out:
   α/r and the like, also for the dense rebuilds of LoHa, LoKr and DoRA, from
   report.json's ``scales``; empty for a full fine-tune), ``adapter_rank``
   (the bound r of an adapter's update: r, n·r for a MultiLoRA sum; empty for
-  a full fine-tune), the floors below, then every metric under its
-  METRICS.md name;
+  a full fine-tune), ``rank_ceiling`` (the most rank this ΔW can have: r of
+  a factored update, r₁·r₂ of LoHa, the product of LoKr's factor ranks,
+  min(d_out, d_in) of any other dense ΔW; what the ``ceiling`` flag compares
+  with), the floors below, then every metric under its METRICS.md name, then
+  ``health`` (the row's flags, ``spectra.flags``; earlier reports named it
+  ``flags``, and ``load`` reads it as ``health``);
 - ``spectra.safetensors``: the singular values of each row (float64, keyed
   ``L{layer}.{module}``, ``L{layer}.{module}.h{head}`` or
   ``L{layer}.{module}.e{expert}``);
@@ -25,14 +29,15 @@ times the SVD path's relative floor, ``svd.accuracy_floor``), ``noise_floor``
 (the rounding floor of a dense ΔW subtracted from stored weights,
 ``metrics.rounding_floor``; empty when there is none) and
 ``share_above_floor`` (the share of Σσ above the larger of the two, the rank
-tolerance; ``metrics.share_above``). A row with ΔW ≠ 0 and less than
-``NOISE_SHARE`` of Σσ above the tolerance gets a warning: its balance
-metrics measure rounding noise, not the update.
+tolerance; ``metrics.share_above``). Rows with ΔW ≠ 0 and less than
+``NOISE_SHARE`` of Σσ above the tolerance are named in one warning per
+report (``noise_summary``): how many, which roles and layers, and the range
+of their share above the floor.
 
 The folder is written under a temporary name and renamed into place, so a
 reader never sees half a report, and an existing report is replaced only
 with ``force=True``. This module is a leaf: it holds and stores results and
-judges a row (``noise_warning``); ``spectra.analysis`` makes them.
+judges rows (``at_noise_floor``, ``noise_summary``); ``spectra.analysis`` makes them.
 """
 
 from __future__ import annotations
@@ -62,9 +67,11 @@ __all__ = [
     "REPORT_FILES",
     "Progress",
     "Report",
+    "at_noise_floor",
     "check_target",
     "csv_text",
     "is_report",
+    "noise_summary",
     "noise_warning",
     "spectrum_key",
     "version_warning",
@@ -84,6 +91,7 @@ _ID_COLUMNS = (
     ("dtype", "str"),
     ("scale", "float"),
     ("adapter_rank", "int"),
+    ("rank_ceiling", "int"),
     ("accuracy_floor", "float"),
     ("noise_floor", "float"),
     ("share_above_floor", "float"),
@@ -92,6 +100,7 @@ _OPTIONAL = ("head", "expert")  # id columns shown only when some row has one
 _INT_METRICS = {"numerical_rank"} | {name for name in METRICS if name.startswith("energy_rank@")}
 
 NOISE_SHARE = 0.5  # rows with less of Σσ above the rounding floor get a warning
+_RENAMED = {"flags": "health"}  # columns of older reports, read under today's names
 
 Progress = Callable[[int, int, str], None]
 
@@ -191,11 +200,16 @@ class Report:
 
     @property
     def columns(self) -> list[str]:
-        """The CSV columns, in order (``head`` only when some row has a head; ``flags`` last)."""
-        # head and expert only when some row has one
-        ids = [name for name, _ in _ID_COLUMNS if name not in _OPTIONAL or self._has(name)]
-        flags = ["flags"] if any("flags" in row for row in self.rows) else []  # reports ≥ 0.2
-        return ids + list(METRICS) + flags
+        """The CSV columns, in order (``head`` only when some row has a head; ``health`` last)."""
+        # head and expert only when some row has one; rank_ceiling only in reports that have it
+        ids = [
+            name
+            for name, _ in _ID_COLUMNS
+            if (name not in _OPTIONAL or self._has(name))
+            and (name != "rank_ceiling" or any(name in row for row in self.rows))
+        ]
+        health = ["health"] if any("health" in row for row in self.rows) else []  # reports ≥ 0.2
+        return ids + list(METRICS) + health
 
     def _has(self, column: str) -> bool:
         return any(row.get(column) is not None for row in self.rows)
@@ -259,6 +273,8 @@ class Report:
         try:
             meta = json.loads((folder / META_FILE).read_text())
             columns = [(name, kind) for name, kind in meta.pop("columns")]
+            header_names = [name for name, _ in columns]
+            columns = [(_RENAMED.get(name, name), kind) for name, kind in columns]
             digests = meta.pop("sha256")
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError(
@@ -273,7 +289,7 @@ class Report:
                 )
         reader = csv.reader(io.StringIO(contents[METRICS_FILE].decode()))
         header = next(reader)
-        if header != [name for name, _ in columns]:
+        if header != header_names:
             raise FormatError(f"{folder / METRICS_FILE}: columns disagree with {META_FILE}")
         rows = []
         for cells in reader:
@@ -311,7 +327,7 @@ def version_warning(report: Report) -> str | None:
 
 
 def _column_type(name: str) -> str:
-    types = dict(_ID_COLUMNS, flags="str")
+    types = dict(_ID_COLUMNS, health="str")
     if name in types:
         return types[name]
     return "int" if name in _INT_METRICS else "float"
@@ -359,7 +375,7 @@ def _format_cell(value: object) -> str:
 
 
 def _parse_cell(cell: str, kind: str) -> object:
-    if cell == "":  # None is written as an empty cell (flags of an unflagged row, a missing base)
+    if cell == "":  # None is written as an empty cell (health of an unflagged row, no base)
         return None
     if kind == "int":
         return int(cell)
@@ -385,24 +401,55 @@ def check_target(out: str | os.PathLike, force: bool) -> None:
 # ---------------------------------------------------------------- analysis
 
 
-def noise_warning(row: Mapping[str, object]) -> str | None:
-    """A warning for a row whose ΔW is not clearly above its rounding floor, else None.
+def at_noise_floor(row: Mapping[str, object]) -> bool:
+    """Whether a row's ΔW ≠ 0 has less than ``NOISE_SHARE`` of Σσ above its rank tolerance.
 
-    Flagged when ΔW ≠ 0 and less than ``NOISE_SHARE`` of Σσ lies in singular
-    values above the rank tolerance: the entropy and effective rank of ΔW are
-    then mostly those of the rounding noise of the checkpoint's dtype (half,
-    because the values at the floor then weigh more in p_i = σ_i/Σσ than the
-    update's own directions).
+    Only rows with a rounding floor (dense ΔW subtracted from stored weights)
+    can be; half, because below it the values at the floor weigh more in
+    p_i = σ_i/Σσ (entropy, effective rank) than the update's own directions.
     """
     if row.get("noise_floor") is None or not row["spectral_norm"]:  # also: reports before 0.2
+        return False
+    return float(row["share_above_floor"]) < NOISE_SHARE
+
+
+def noise_warning(row: Mapping[str, object]) -> str | None:
+    """What was measured of one row at its rounding floor (``at_noise_floor``), else None."""
+    if not at_noise_floor(row):
         return None
-    share = row["share_above_floor"]
-    if share >= NOISE_SHARE:
-        return None
-    key = spectrum_key(row["layer"], row["module"], row["head"], row.get("expert"))
+    key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
     return (
-        f"{key}: ΔW is not clearly above the {row['dtype']} rounding floor "
-        f"(σ ≤ {row['noise_floor']:.3g}): only {share:.0%} of Σσ lies above it "
-        f"(numerical rank {row['numerical_rank']}); its entropy and effective rank measure "
-        "rounding noise, not the update"
+        f"{key}: {float(row['share_above_floor']):.0%} of Σσ lies above the {row['dtype']} "
+        f"rounding floor (σ ≤ {row['noise_floor']:.3g}; numerical rank {row['numerical_rank']})"
+    )
+
+
+def noise_summary(rows: Sequence[Mapping[str, object]]) -> str | None:
+    """One warning for all rows at their rounding floor (``at_noise_floor``), else None.
+
+    Says how many rows, which roles and layers (or the rows themselves when
+    there are three or fewer), the dtypes, and the range of their share of
+    Σσ above the floor: what was measured, once per report.
+    """
+    noisy = [row for row in rows if at_noise_floor(row)]
+    if not noisy:
+        return None
+    shares = [float(row["share_above_floor"]) for row in noisy]
+    if len(noisy) <= 3:
+        where = ", ".join(
+            spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
+            for row in noisy
+        )
+    else:
+        roles = ", ".join(dict.fromkeys(str(row["module"]) for row in noisy))
+        where = f"roles {roles}; layers {layer_ranges(int(row['layer']) for row in noisy)}"
+    dtypes = "/".join(dict.fromkeys(str(row["dtype"]) for row in noisy))
+    low, high = min(shares), max(shares)
+    spread = f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%} to {high:.0%}"
+    verb = "has" if len(noisy) == 1 else "have"
+    return (
+        f"{len(noisy)} of {len(rows)} modules ({where}) {verb} only {spread} of Σσ above the "
+        f"{dtypes} rounding floor: "
+        "their entropy and effective rank weigh values at that floor more than the update "
+        "(health: noise)"
     )

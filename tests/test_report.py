@@ -45,9 +45,16 @@ def test_save_writes_the_documented_files_and_load_reads_them_back_identically(r
     with open(out / "metrics.csv") as handle:
         header = next(csv.reader(handle))
     assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
-    assert header[8:12] == ["adapter_rank", "accuracy_floor", "noise_floor", "share_above_floor"]
-    assert header[12:] == [*METRICS, "flags"]
+    assert header[8:13] == [
+        "adapter_rank",
+        "rank_ceiling",
+        "accuracy_floor",
+        "noise_floor",
+        "share_above_floor",
+    ]
+    assert header[13:] == [*METRICS, "health"]
     assert {row["adapter_rank"] for row in report.rows} == {8}  # the adapter's r
+    assert {row["rank_ceiling"] for row in report.rows} == {8}  # and the most rank B@A can have
     loaded = Report.load(out)
     assert loaded == report
     assert np.array_equal(loaded.spectrum(3, "v"), report.spectrum(3, "v"))
@@ -98,6 +105,33 @@ def test_load_refuses_files_that_disagree(report, tmp_path):
         Report.load(tmp_path)
     meta = json.loads((out / "report.json").read_text())
     assert meta["sha256"]["metrics.csv"]
+
+
+def test_an_older_report_with_a_flags_column_loads_it_as_health(report, tmp_path):
+    """Reports written before the rename (and before rank_ceiling) still load."""
+    import hashlib
+
+    out = report.save(tmp_path / "old")
+    with open(out / "metrics.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    keep = [i for i, name in enumerate(table[0]) if name != "rank_ceiling"]
+    table = [[cells[i] for i in keep] for cells in table]
+    table[0] = ["flags" if name == "health" else name for name in table[0]]
+    text = "".join(",".join(cells) + "\n" for cells in table)
+    (out / "metrics.csv").write_text(text)
+    meta = json.loads((out / "report.json").read_text())
+    meta["columns"] = [
+        ["flags" if name == "health" else name, kind]
+        for name, kind in meta["columns"]
+        if name != "rank_ceiling"
+    ]
+    meta["sha256"]["metrics.csv"] = hashlib.sha256(text.encode()).hexdigest()
+    (out / "report.json").write_text(json.dumps(meta))
+    loaded = Report.load(out)
+    assert [row["health"] for row in loaded.rows] == [row["health"] for row in report.rows]
+    assert all("flags" not in row and "rank_ceiling" not in row for row in loaded.rows)
+    assert loaded.columns[-1] == "health" and "rank_ceiling" not in loaded.columns
+    assert any(row["health"] for row in loaded.rows)  # the case at hand: some row is flagged
 
 
 def test_a_report_from_another_version_is_compared_with_a_warning(report, tmp_path):

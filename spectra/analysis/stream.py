@@ -26,7 +26,7 @@ from ..flags import row_flags
 from ..io.hub import locate
 from ..loaders import Checkpoint
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
-from ..report import Progress, Report, noise_warning, spectrum_key
+from ..report import Progress, Report, noise_summary, spectrum_key
 from ..svd import (
     accuracy_floor,
     check_finite,
@@ -130,6 +130,9 @@ def analyze(
             del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
     except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
         raise NonFiniteError(f"{source.path}: {exc}") from None
+    noise = noise_summary(rows)  # one line for every row at its rounding floor
+    if noise is not None:
+        warnings.append(noise)
     if skipped:
         warnings.append(
             f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "
@@ -201,21 +204,20 @@ def rounding_floor_of(delta: LayerDelta) -> float | None:
 def report_row(
     delta: LayerDelta, sigma: torch.Tensor, method: str = "fast", rank: int | None = None
 ) -> tuple[dict[str, object], list[str]]:
-    """One report row of a ΔW and its σ, and the row's warnings (ΔW zero, at its noise floor).
+    """One report row of a ΔW and its σ, and the row's warnings (ΔW exactly zero).
 
     What ``analyze`` does for each module, public so that reports made
     elsewhere (``spectra.integrations``: a live model during training) get
     the same rows. ``method`` is the SVD method σ was taken with; ``rank``
-    is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr).
+    is the adapter's r for a dense adapter update (DoRA, LoHa, LoKr). Rows
+    at their rounding floor are told once per report, by the caller
+    (``report.noise_summary`` of all rows).
     """
     row = _row(delta, sigma, method, rank)
     key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
     notes = []
     if row["spectral_norm"] == 0:
         notes.append(f"{key}: ΔW is exactly zero; every metric is 0 for it")
-    noise = noise_warning(row)
-    if noise is not None:
-        notes.append(noise)
     return row, notes
 
 
@@ -242,12 +244,13 @@ def _row(
         "dtype": str(delta.source_dtype).removeprefix("torch."),
         "scale": float(delta.update.scale) if factored else None,
         "adapter_rank": delta.update.rank if factored else rank,
+        "rank_ceiling": delta.update.rank_ceiling,  # r, LoHa r₁·r₂, LoKr's, else min(d)
         "accuracy_floor": sigma_1 * relative,
         "noise_floor": noise,
         "share_above_floor": share_above(sigma, tol),
     }
     row.update(compute(sigma, delta.shape, tol=tol, base_norm=delta.base_norm))
-    row["flags"] = row_flags(row, sigma[:2].tolist())  # spike, ceiling, noise, zero (flags.py)
+    row["health"] = row_flags(row, sigma[:2].tolist())  # spike, ceiling, noise, zero (flags.py)
     return row
 
 

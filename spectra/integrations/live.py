@@ -46,7 +46,7 @@ from ..loaders.methods import lora
 from ..loaders.names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
 from ..loaders.peft.checkpoint import _W0_CHANGING_INITS  # LoRA inits that move W0
 from ..metrics import METRICS
-from ..report import Report, spectrum_key
+from ..report import Report, noise_summary, spectrum_key
 from ..svd import check_method, resolve_device, singular_values
 
 __all__ = [
@@ -432,6 +432,9 @@ def _report(
         if info.scale is not None:
             scales[key] = {"scale": info.scale, "source": info.scale_source}
         warnings.extend(notes)
+    noise = noise_summary(rows)  # one line for every row at its rounding floor
+    if noise is not None:
+        warnings.append(noise)
     meta = {
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

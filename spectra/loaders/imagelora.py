@@ -378,7 +378,8 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             return [(None, lycoris.loha(w1a, w1b, w2a, w2b, s, rows=rows))]
         if module.method == "LoKr":
             w1, w2 = self._kron_factor(module, "w1"), self._kron_factor(module, "w2")
-            return [(None, lycoris.lokr(w1, w2, s, rows))]
+            ranks = (self._factor_shape(module, "w1")[1], self._factor_shape(module, "w2")[1])
+            return [(None, lycoris.lokr(w1, w2, s, rows, ranks))]
         delta = self._load(module, "diff").reshape(d_out, d_in)  # LyCORIS full: ΔW itself
         return [(None, Dense(delta[rows]))]
 

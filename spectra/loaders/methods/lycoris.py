@@ -66,10 +66,14 @@ def loha(
     t2: torch.Tensor | None = None,
     rows: Rows = ALL_ROWS,
 ) -> Dense:
-    """LoHa's ΔW = s · (w1a @ w1b) ⊙ (w2a @ w2b), each product a Tucker one with its core."""
+    """LoHa's ΔW = s · (w1a @ w1b) ⊙ (w2a @ w2b), each product a Tucker one with its core.
+
+    rank(X ⊙ Y) ≤ rank(X)·rank(Y), so ΔW's ``rank_bound`` is r₁·r₂ (the rows
+    of ``w1b`` and ``w2b``, with or without a core).
+    """
     first = _low_rank(w1a, w1b, t1)  # (d_out, d_in·kh·kw)
     second = _low_rank(w2a, w2b, t2)  # (d_out, d_in·kh·kw)
-    return Dense((s * (first * second))[rows])
+    return Dense((s * (first * second))[rows], rank_bound=w1b.shape[0] * w2b.shape[0])
 
 
 def lokr_factor(
@@ -89,6 +93,20 @@ def lokr_factor(
     return _low_rank(a, b, core)
 
 
-def lokr(w1: torch.Tensor, w2: torch.Tensor, s: float, rows: Rows = ALL_ROWS) -> Dense:
-    """LoKr's ΔW = s · kron(w1, w2), w1 ``(p, q)`` and w2 ``(m, n)`` → ``(p·m, q·n)``."""
-    return Dense((s * torch.kron(w1.double(), w2.double()))[rows])
+def lokr(
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    s: float,
+    rows: Rows = ALL_ROWS,
+    ranks: tuple[int | None, int | None] = (None, None),
+) -> Dense:
+    """LoKr's ΔW = s · kron(w1, w2), w1 ``(p, q)`` and w2 ``(m, n)`` → ``(p·m, q·n)``.
+
+    ``ranks`` are the factors' inner ranks when stored as ``a @ b`` (None:
+    stored whole, rank up to min of its shape); rank(kron(w1, w2)) =
+    rank(w1)·rank(w2), so their product is ΔW's ``rank_bound``.
+    """
+    bound = 1
+    for factor, rank in zip((w1, w2), ranks, strict=True):
+        bound *= min(factor.shape) if rank is None else min(rank, *factor.shape)
+    return Dense((s * torch.kron(w1.double(), w2.double()))[rows], rank_bound=bound)

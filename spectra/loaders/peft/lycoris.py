@@ -110,4 +110,9 @@ class LoKr(Variant):
     ) -> list[tuple[int | None, Update]]:
         w1 = self._factor(ckpt, adapted, "lokr_w1")
         w2 = self._factor(ckpt, adapted, "lokr_w2")
-        return [(None, lycoris.lokr(w1, w2, adapted.scale, rows))]  # (d_out, d_in)
+        ranks = tuple(self._split_rank(ckpt, adapted, w) for w in ("lokr_w1", "lokr_w2"))
+        return [(None, lycoris.lokr(w1, w2, adapted.scale, rows, ranks))]  # (d_out, d_in)
+
+    def _split_rank(self, ckpt: PeftCheckpoint, adapted: Adapted, which: str) -> int | None:
+        """The inner rank of a factor stored as ``_a @ _b``; None when stored whole."""
+        return None if which in adapted.parts else ckpt.shape_of(adapted, f"{which}_b")[0]
