@@ -90,10 +90,16 @@ class SpectraGroup(click.Group):
 def cli() -> None:
     """spectra: what did fine-tuning do to each layer?
 
-    Rebuilds the weight update ΔW of each layer from a full fine-tune, a PEFT
-    adapter (LoRA, rsLoRA, DoRA, AdaLoRA, LoHa, LoKr, VeRA, multi-head LoRA)
-    or a MultiLoRA checkpoint, takes its singular values, and measures how
-    balanced they are (entropy, effective rank, stable rank, energy rank, …).
+    Rebuilds the weight update ΔW of each layer from a checkpoint, takes its
+    singular values, and measures how balanced they are (entropy, effective
+    rank, stable rank, energy rank, …). It reads (the format is detected):
+
+    \b
+      full fine-tunes  HF folders, .safetensors/.bin/.pt, FSDP (DCP), DeepSpeed ZeRO; --base
+      PEFT adapters    LoRA, rsLoRA, DoRA, AdaLoRA, LoHa, LoKr, VeRA, multi-head LoRA
+      MultiLoRA        .pt state dicts, and spectra convert's folders
+      image models     kohya LoRA/LoCon, LyCORIS LoHa/LoKr/full, diffusers LoRA
+      others           MLX-LM adapters, torchtune adapter_model.pt, llama.cpp GGUF LoRA
 
     \b
     Examples:

@@ -28,7 +28,7 @@ def demo(out, force, quiet):
     Example:
       spectra demo && open spectra-demo/comparison/figure2.png
     """
-    from spectra.examples.demo import run_demo
+    from spectra.examples.demo import findings, run_demo
 
     _, comparison = with_progress(quiet, run_demo, out)
     click.echo(
@@ -36,11 +36,7 @@ def demo(out, force, quiet):
     )
     click.echo("\nmean over layers:")
     print_summary(comparison)
-    click.echo(
-        "\nFT and MultiLoRA spread their updates over many directions (high normalized "
-        "entropy, effective rank close to the rank); LoRA's update is led by a few "
-        "(top-1 share near 3/4)."
-    )
+    click.echo("\n" + findings(comparison))  # derived from the numbers just printed
     click.echo(
         f"reports, summary.csv and figures (figure2.png: the Figure 2 histograms) written to "
         f"{out / 'comparison'}/"

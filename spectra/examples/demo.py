@@ -40,7 +40,14 @@ from .. import __version__
 from ..errors import ReportExistsError
 from ..io.atomic import write_safetensors
 
-__all__ = ["DEMO_LORA_ALPHA", "DEMO_MARKER", "DEMO_SHAPE", "run_demo", "write_demo_checkpoints"]
+__all__ = [
+    "DEMO_LORA_ALPHA",
+    "DEMO_MARKER",
+    "DEMO_SHAPE",
+    "findings",
+    "run_demo",
+    "write_demo_checkpoints",
+]
 
 DEMO_MARKER = "spectra-demo.json"  # written into the demo's folder: the folder is the demo's
 
@@ -200,6 +207,59 @@ def run_demo(out: str | Path = "spectra-demo", progress=None):
     )
     comparison.save(out / "comparison", force=True)
     return paths, comparison
+
+
+def findings(comparison) -> str:
+    """What the comparison measured, in words: each method's means and their ordering.
+
+    Per method, the mean over its rows of normalized entropy, of effective
+    rank against the directions the update can use (the adapter rank, or
+    n = min(d_out, d_in) for a dense ΔW) and of the top direction's share of
+    ‖ΔW‖_F²; then which method is the most balanced (normalized entropy), which
+    fills its directions most evenly and which leans most on one direction.
+    Every word comes from the numbers, so it stays true whatever is compared.
+    """
+    pairs = zip(comparison.labels, comparison.reports, strict=True)
+    measured = {label: _means(report) for label, report in pairs}
+    entropy = sorted(measured, key=lambda label: -measured[label]["entropy"])
+    parts = [f"{label} {measured[label]['entropy']:.2f}" for label in entropy]
+    used = [
+        f"{label} {m['rank']:.1f}/{m['directions']:.0f} ({_filled(m):.0%})"
+        for label, m in measured.items()
+    ]
+    top = [f"{label} {m['top']:.0%}" for label, m in measured.items()]
+    fullest = max(measured, key=lambda label: _filled(measured[label]))
+    leaning = max(measured, key=lambda label: measured[label]["top"])
+    return (
+        f"Measured (means over layers and modules): normalized entropy, highest first, "
+        f"{', '.join(parts)}; effective rank out of the directions each can use "
+        f"{', '.join(used)}; the top direction's share of ‖ΔW‖_F² {', '.join(top)}. "
+        f"{entropy[0]} is the most balanced, {fullest} fills its own directions most "
+        f"evenly, {leaning} leans most on one direction."
+    )
+
+
+def _filled(means: dict[str, float]) -> float:
+    """Effective rank over the directions the update can use."""
+    return means["rank"] / means["directions"]
+
+
+def _means(report) -> dict[str, float]:
+    """A report's mean normalized entropy, effective rank, usable directions and top-1 share."""
+    rows = report.rows
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
+    return {
+        "entropy": mean(float(row["normalized_entropy"]) for row in rows),
+        "rank": mean(float(row["effective_rank"]) for row in rows),
+        "directions": mean(
+            float(row["adapter_rank"] or min(row["d_out"], row["d_in"])) for row in rows
+        ),
+        "top": mean(float(row["top_share@1"]) for row in rows),
+    }
 
 
 def _claim(out: Path) -> None:
