@@ -20,7 +20,8 @@ Every number comes from the report: the JSON holds the rows as saved
 (floats exact) and each row's σ, all of them up to ``SPECTRUM_POINTS``
 values, beyond that the first 64 and log-spaced ones with their indices
 (what a log-scale line needs). The file is written atomically and replaces
-an existing one only with ``force=True``.
+an existing one only with ``force=True``, and only a page spectra wrote (its
+``<meta name="generator" content="spectra">``): never any other file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ReportExistsError, SpectraError
+from .errors import SpectraError
+from .io.atomic import check_output
 from .metrics import METRICS
 from .report import Report, spectrum_key
 
@@ -47,21 +49,28 @@ DEFAULT_METRIC = "normalized_entropy"  # the heat-map's metric when the page ope
 SPECTRUM_POINTS = 512  # σ per row kept whole up to this many; beyond, log-spaced ones
 _HEAD_POINTS = 64  # … of which the first are always kept
 _DIGITS = 6  # significant digits of the tables' numbers
+_GENERATOR = '<meta name="generator" content="spectra">'  # in every page's head: how one is told
 
 
 # ---------------------------------------------------------------- public
 
 
 def check_html_target(path: str | os.PathLike, force: bool) -> None:
-    """Refuse ``path`` unless the page may be written there: new, or a file with ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise ReportExistsError(
-            f"{path}: is a folder; the HTML report is one file: give a file name such as "
-            f"{path / 'report.html'}"
-        )
-    if path.exists() and not force:
-        raise ReportExistsError(f"{path}: a file is already there; pass --force to replace it")
+    """Refuse ``path`` unless the page may be written there (``io.atomic.check_output``).
+
+    New, or a page spectra wrote with ``force``; never a folder or another file.
+    """
+    check_output(path, force, "HTML report", _is_page, folder=False, flag="--html")
+
+
+def _is_page(path: Path) -> bool:
+    """Whether ``path`` is a page ``write_html`` wrote: HTML whose head names spectra."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            head = file.read(1024)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("<!DOCTYPE html>") and _GENERATOR in head.split("<title>")[0]
 
 
 def write_html(
@@ -124,6 +133,7 @@ def html_page(results, top: int | str | None = None, title: str | None = None) -
             f"spectra {__version__}; a self-contained page: no server, no network. "
             "Numbers: the report's, tables to 6 significant digits."
         ),
+        "GENERATOR": _GENERATOR,
         "STYLE": _STYLE,
         "SCRIPT": _SCRIPT,
         "DATA": _script_json(data),
@@ -397,7 +407,7 @@ _PAGE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="spectra">
+@@GENERATOR@@
 <title>@@TITLE@@</title>
 <style>@@STYLE@@</style>
 </head>

@@ -58,7 +58,7 @@ from safetensors.numpy import save as save_numpy
 from . import __version__
 from .display import frame, html_table
 from .errors import FormatError, SpectraError
-from .io.atomic import check_replaceable, replace_folder
+from .io.atomic import check_output, holds, replace_folder
 from .metrics import METRICS
 from .selection import layer_ranges
 
@@ -395,7 +395,7 @@ def check_target(out: str | os.PathLike, force: bool) -> None:
     A missing or empty folder is fine; an existing report needs ``force``; a
     folder of anything else is never replaced.
     """
-    check_replaceable(out, force, META_FILE, "report")
+    check_output(out, force, "report", holds(META_FILE))
 
 
 # ---------------------------------------------------------------- analysis

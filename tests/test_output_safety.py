@@ -10,6 +10,7 @@ is replaced with ``--force``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 
@@ -150,8 +151,10 @@ def test_suggest_never_overwrites_a_peft_config(demo, tmp_path):
     adapter = shutil.copytree(demo["lora"], tmp_path / "mylora")
     config = adapter / "adapter_config.json"
     before = config.read_bytes()
-    line = refused(["suggest", str(adapter), "--out", str(config), "--force"])
+    line = refused(["suggest", str(demo["lora"]), "--out", str(config), "--force"])
     assert str(config) in line and "will not replace it" in line
+    line = refused(["suggest", str(adapter), "--out", str(config), "--force"])  # its own config
+    assert str(config) in line and "lies inside the source" in line
     assert config.read_bytes() == before
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": 1}\n')
@@ -168,6 +171,96 @@ def test_suggest_never_overwrites_a_peft_config(demo, tmp_path):
     assert json.loads(ranks.read_text()) == suggestion.config()
     with pytest.raises(ReportExistsError, match="force=True"):
         suggestion.save(ranks)
-    with pytest.raises(ReportExistsError, match="will not replace it"):
+    with pytest.raises(ReportExistsError, match="lies inside the source"):
         suggestion.save(config, force=True)
+    with pytest.raises(ReportExistsError, match="will not replace it"):
+        spectra.suggest(demo["lora"], energy=0.5).save(config, force=True)
     assert config.read_bytes() == before
+
+
+def test_convert_in_python_keeps_a_peft_adapter_and_its_source(demo, tmp_path):
+    from spectra.analysis.convert import convert
+
+    adapter = shutil.copytree(demo["lora"], tmp_path / "mylora")
+    before = snapshot(adapter)
+    with pytest.raises(ReportExistsError, match=r"not a spectra MultiLoRA folder.*even with"):
+        convert(demo["multilora"], adapter, lora_alpha=DEMO_LORA_ALPHA, force=True)
+    assert snapshot(adapter) == before
+    source = shutil.copy(demo["multilora"], tmp_path / "multilora.pt")
+    with pytest.raises(ReportExistsError, match="is the source"):
+        convert(source, source, lora_alpha=DEMO_LORA_ALPHA, force=True)
+    assert (tmp_path / "multilora.pt").read_bytes() == demo["multilora"].read_bytes()
+    out = tmp_path / "converted"
+    convert(source, out, lora_alpha=DEMO_LORA_ALPHA)
+    with pytest.raises(ReportExistsError, match="force=True"):
+        convert(source, out, lora_alpha=DEMO_LORA_ALPHA)
+    convert(source, out, lora_alpha=DEMO_LORA_ALPHA, force=True)
+    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == DEMO_LORA_ALPHA
+
+
+def test_suggest_never_writes_inside_what_it_reads(demo, tmp_path):
+    adapter = shutil.copytree(demo["lora"], tmp_path / "mylora")
+    before = snapshot(adapter)
+    line = refused(["suggest", str(adapter), "--out", str(adapter / "ranks.json")])
+    assert "lies inside the source" in line and "choose another --out" in line
+    with pytest.raises(ReportExistsError, match=r"lies inside the source.*choose another out="):
+        spectra.suggest(adapter, energy=0.5).save(adapter / "ranks.json")
+    assert snapshot(adapter) == before
+
+
+def test_html_force_replaces_only_a_page_spectra_wrote(demo, tmp_path):
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html>\n<html><head><title>mine</title></head></html>\n")
+    before = notes.read_bytes()
+    args = ["analyze", str(demo["lora"]), "-q", "--html", str(notes), "--force"]
+    line = refused(args)
+    assert str(notes) in line and "not a spectra HTML report" in line
+    assert "choose another --html" in line
+    assert notes.read_bytes() == before
+    page = tmp_path / "page.html"
+    ok = ["analyze", str(demo["lora"]), "-q", "--html", str(page)]
+    assert CliRunner().invoke(cli, ok).exit_code == 0
+    assert "--force" in refused(ok)
+    page.write_text(page.read_text().replace("</body>", "<!-- a mark --></body>"))
+    result = CliRunner().invoke(cli, [*ok, "--force"])
+    assert result.exit_code == 0, result.output
+    assert "<!-- a mark -->" not in page.read_text()  # replaced by the new page
+
+
+def test_every_writer_asks_the_one_check(monkeypatch, demo, tmp_path):
+    """resize, extract, suggest, convert, a report and its page ask ``atomic.check_output``."""
+    import spectra.io.atomic as atomic
+
+    asked = []
+    real = atomic.check_output
+
+    def spy(out, force, what, ours, **options):
+        asked.append(what)
+        return real(out, force, what, ours, **options)
+
+    for name in (
+        "spectra.actions.lora_folder",
+        "spectra.actions.suggest",
+        "spectra.analysis.comparison",
+        "spectra.analysis.convert",
+        "spectra.analysis.sweeps",
+        "spectra.html_report",
+        "spectra.report",
+    ):
+        monkeypatch.setattr(importlib.import_module(name), "check_output", spy)
+    spectra.resize(demo["lora"], tmp_path / "r", rank=2)
+    spectra.extract(demo["ft"], demo["base"], tmp_path / "e", rank=2)
+    spectra.suggest(demo["lora"]).save(tmp_path / "s.json")
+    report = spectra.analyze(demo["lora"])
+    report.save(tmp_path / "a")
+    report.to_html(tmp_path / "a.html")
+    from spectra.analysis.convert import convert
+
+    convert(demo["multilora"], tmp_path / "m", lora_alpha=DEMO_LORA_ALPHA)
+    assert set(asked) == {
+        "adapter folder",
+        "rank suggestion (JSON)",
+        "report",
+        "HTML report",
+        "MultiLoRA folder",
+    }

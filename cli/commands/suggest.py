@@ -36,11 +36,10 @@ def suggest(source, energy, base, out, force, quiet):
       python -c "import json, peft; peft.LoraConfig(**json.load(open('ranks.json')))"
     """
     import spectra
-    from spectra.actions.suggest import _is_suggestion
-    from spectra.io.atomic import check_replaceable_file
+    from spectra.actions.suggest import check_suggestion_target
 
     if out is not None:  # before the work; Suggestion.save checks again as it writes
-        check_replaceable_file(out, force, _is_suggestion, "rank suggestion (JSON)")
+        check_suggestion_target(out, force, tuple(p for p in (source, base) if p is not None))
     suggestion = spectra.suggest(source, energy=energy, base=base)
     config = suggestion.config()
     if not quiet:

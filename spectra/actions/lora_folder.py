@@ -31,7 +31,8 @@ import torch
 
 from ..io.atomic import (
     OUTPUT_MARKER,
-    check_replaceable,
+    check_output,
+    holds,
     mark_output,
     replace_folder,
     write_safetensors,
@@ -103,9 +104,7 @@ def check_replaceable_adapter(
 
     ``sources`` (the checkpoints read) must lie apart from ``out``.
     """
-    check_replaceable(
-        Path(out), force, OUTPUT_MARKER, "adapter folder", sources=sources
-    )
+    check_output(out, force, "adapter folder", holds(OUTPUT_MARKER), sources=sources)
 
 
 def write_lora_folder(

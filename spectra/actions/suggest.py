@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpectraError
-from ..io.atomic import check_replaceable_file
+from ..io.atomic import check_output
 from ..metrics import energy_rank
 from ..report import Report, is_report, spectrum_key
 from .lora_folder import lora_config
 
-__all__ = ["Suggestion", "module_path", "suggest"]
+__all__ = ["Suggestion", "check_suggestion_target", "module_path", "suggest"]
 
 # The fields ``Suggestion.config()`` holds: a JSON file of these alone is one ``save`` wrote.
 CONFIG_FIELDS = ("r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern")
@@ -49,6 +49,7 @@ class Suggestion:
     rows: list[dict[str, object]]  # module, layer, roles, rank now, suggested rank, kept share
     rslora: bool = False
     notes: list[str] = field(default_factory=list)
+    sources: tuple[str | os.PathLike, ...] = ()  # what was read: ``save`` never writes inside it
 
     def config(self) -> dict[str, object]:
         """``LoraConfig(**config)``: r, lora_alpha, use_rslora, target_modules, the patterns."""
@@ -62,13 +63,23 @@ class Suggestion:
 
         An existing file is replaced only with ``force``, and only when it is a
         suggestion spectra wrote (a JSON object of ``config()``'s fields alone):
-        never a PEFT ``adapter_config.json`` or any other file.
+        never a PEFT ``adapter_config.json`` or any other file, and never a
+        file inside the adapter, checkpoint or report folder suggested from.
         """
         path = Path(path)
-        check_replaceable_file(path, force, _is_suggestion, "rank suggestion (JSON)")
+        check_suggestion_target(path, force, self.sources)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.config(), indent=2) + "\n")
         return path
+
+
+def check_suggestion_target(
+    path: str | os.PathLike, force: bool, sources: tuple[str | os.PathLike, ...] = ()
+) -> None:
+    """Refuse ``path`` unless a suggestion may be written there (``io.atomic.check_output``)."""
+    check_output(
+        path, force, "rank suggestion (JSON)", _is_suggestion, folder=False, sources=sources
+    )
 
 
 def _is_suggestion(path: Path) -> bool:
@@ -142,4 +153,5 @@ def suggest(
         notes.append(
             "no trained scale (a full fine-tune): lora_alpha = r, so each module's scale is 1"
         )
-    return Suggestion(energy, list(by_module.values()), variant.startswith("rsLoRA"), notes)
+    read = tuple(p for p in (None if isinstance(source, Report) else source, base) if p is not None)
+    return Suggestion(energy, list(by_module.values()), variant.startswith("rsLoRA"), notes, read)

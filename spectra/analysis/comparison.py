@@ -28,7 +28,7 @@ from pathlib import Path
 from ..defaults import SUMMARY_METRICS
 from ..display import frame, html_table
 from ..errors import SpectraError, warn
-from ..io.atomic import check_replaceable, replace_folder
+from ..io.atomic import check_output, holds, replace_folder
 from ..io.hub import locate
 from ..loaders import options_for
 from ..report import (
@@ -169,7 +169,7 @@ class Comparison:
 
 def check_comparison_target(out: str | os.PathLike, force: bool) -> None:
     """A comparison may replace an empty folder, or an earlier comparison with ``force``."""
-    check_replaceable(out, force, SUMMARY_FILE, "comparison")
+    check_output(out, force, "comparison", holds(SUMMARY_FILE))
 
 
 def write_figures(

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import FormatError
 from ..io.atomic import (
     OUTPUT_MARKER,
-    check_replaceable,
+    check_output,
+    holds,
     mark_output,
     replace_folder,
     write_safetensors,
@@ -38,13 +39,8 @@ def write_multilora(
     lies inside the checkpoint read.
     """
     out = Path(destination)
-    check_replaceable(
-        out,
-        force,
-        OUTPUT_MARKER,
-        "MultiLoRA folder",
-        flag="DST",
-        sources=(checkpoint.path,),
+    check_output(
+        out, force, "MultiLoRA folder", holds(OUTPUT_MARKER), flag="DST", sources=(checkpoint.path,)
     )
     ranks = {s.rank for s in checkpoint.stacked.values()}
     heads = {s.heads for s in checkpoint.stacked.values()}

@@ -36,7 +36,7 @@ from pathlib import Path
 from ..defaults import SWEEP_METRICS
 from ..display import frame
 from ..errors import SpectraError, SpectraWarning, warn
-from ..io.atomic import check_replaceable, replace_folder
+from ..io.atomic import check_output, holds, replace_folder
 from ..io.hub import locate
 from ..loaders import Checkpoint, options_for
 from ..report import Progress, Report, csv_text, is_report
@@ -247,7 +247,7 @@ class SweepInterrupted(KeyboardInterrupt):
 
 def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
     """A sweep may replace an empty folder, or an earlier sweep with ``force``."""
-    check_replaceable(out, force, SWEEP_FILE, "sweep")
+    check_output(out, force, "sweep", holds(SWEEP_FILE))
 
 
 # ---------------------------------------------------------------- running

@@ -37,8 +37,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import ReportExistsError
-from ..io.atomic import write_safetensors
+from ..io.atomic import check_output, write_safetensors
 
 __all__ = [
     "DEMO_LORA_ALPHA",
@@ -187,6 +186,14 @@ def _multilora_state(base: dict[str, torch.Tensor], generator: torch.Generator) 
     return state
 
 
+def _is_demo_folder(out: Path) -> bool:
+    """Whether ``out`` is a folder the demo made: its marker, or an earlier version's layout."""
+    earlier = (out / "checkpoints" / "base" / "config.json").is_file() and (
+        out / "comparison" / "summary.csv"
+    ).is_file()
+    return (out / DEMO_MARKER).is_file() or earlier
+
+
 def run_demo(out: str | Path = "spectra-demo", progress=None):
     """Write the example checkpoints under ``out``, compare them, save the comparison.
 
@@ -263,17 +270,12 @@ def _means(report) -> dict[str, float]:
 
 
 def _claim(out: Path) -> None:
-    """Make ``out`` the demo's folder, refusing one that holds anything else."""
-    if out.exists() and not out.is_dir():
-        raise ReportExistsError(f"{out}: exists and is not a folder; choose another --out")
-    earlier = (out / "checkpoints" / "base" / "config.json").is_file() and (
-        out / "comparison" / "summary.csv"
-    ).is_file()
-    if out.is_dir() and any(out.iterdir()) and not ((out / DEMO_MARKER).is_file() or earlier):
-        raise ReportExistsError(
-            f"{out}: folder exists and is not a spectra demo folder; the demo writes only into "
-            "a new or empty folder or one it made: choose another --out"
-        )
+    """Make ``out`` the demo's folder, refusing one that holds anything else.
+
+    The demo redoes a folder it made without being asked (``force`` always),
+    through the one rule of every writer (``io.atomic.check_output``).
+    """
+    check_output(out, True, "demo folder", _is_demo_folder)
     out.mkdir(parents=True, exist_ok=True)
     marker = {"spectra_version": __version__, "what": "spectra demo: example checkpoints"}
     (out / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")

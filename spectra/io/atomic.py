@@ -7,10 +7,11 @@ colleagues on a shared server can read a report as they read any other folder.
 ``write_safetensors`` writes a safetensors file with ``open``'s mode for the
 same reason (safetensors' ``save_file`` leaves its own temporary file's 0o600).
 
-Before any write, ``check_replaceable`` (folders) and ``check_replaceable_file``
-(single files) say whether the output may be written: the one "may I write
-here" rule of every command. ``force`` replaces only what spectra wrote — a
-folder holding the marker its writer leaves (``report.json``, ``summary.csv``,
+Before any write, ``check_output`` says whether the output may be written:
+the one "may I write here" rule of every writer (reports, comparisons,
+sweeps, adapter and MultiLoRA folders, suggestion files, HTML pages, the
+demo's folder). ``force`` replaces only what spectra wrote — a folder holding
+the marker its writer leaves (``report.json``, ``summary.csv``,
 ``OUTPUT_MARKER`` in adapter folders, …), a file its writer recognises as its
 own — never anything else, and never an output that is, holds or lies inside
 one of the sources being read.
@@ -31,8 +32,8 @@ from ..errors import ReportExistsError
 __all__ = [
     "OUTPUT_MARKER",
     "check_apart",
-    "check_replaceable",
-    "check_replaceable_file",
+    "check_output",
+    "holds",
     "mark_output",
     "replace_folder",
     "write_safetensors",
@@ -78,65 +79,58 @@ def check_apart(
         )
 
 
-def check_replaceable(
+def holds(marker: str) -> Callable[[Path], bool]:
+    """An ``ours`` for ``check_output``: a folder is spectra's when ``marker`` is in it."""
+    return lambda folder: (folder / marker).exists()
+
+
+def check_output(
     out: str | os.PathLike,
     force: bool,
-    marker: str,
     what: str,
+    ours: Callable[[Path], bool],
+    *,
+    folder: bool = True,
     flag: str = "--out",
     sources: Iterable[str | os.PathLike] = (),
 ) -> None:
-    """Raise ``ReportExistsError`` unless ``replace_folder(out)`` may run.
+    """Raise ``ReportExistsError`` unless a ``what`` may be written at ``out``: the one rule.
 
     ``out`` must be apart from every one of ``sources`` (``check_apart``). A
-    missing or empty folder is fine. A folder holding ``marker`` (a file or
-    folder spectra writes there, naming it a ``what``) is replaced only with
-    ``force``; a folder of anything else, or a file, is never replaced.
+    missing output is fine, and so is an empty folder (``folder=True``: a
+    folder is written, as ``replace_folder`` does; ``folder=False``: one file).
+    An existing one is replaced only when ``ours(out)`` recognises it as
+    spectra's (``holds(marker)`` for folders) and ``force`` is given; anything
+    else — a folder of other files, a file spectra did not write, a folder
+    where a file goes or a file where a folder goes — never is.
     """
     out = Path(out)
     check_apart(out, sources, flag)
     if not out.exists():
         return
-    if not out.is_dir():
+    if folder and not out.is_dir():
         raise ReportExistsError(f"{out}: exists and is not a folder; choose another {flag}")
-    if not any(out.iterdir()):
-        return
-    if not (out / marker).exists():
+    if not folder and out.is_dir():
         raise ReportExistsError(
-            f"{out}: folder exists and is not a spectra {what}; spectra will not replace it, "
+            f"{out}: is a folder, not {_article(what)} {what} file; choose another {flag}"
+        )
+    if folder and not any(out.iterdir()):
+        return
+    if not ours(out):
+        kind = "folder exists" if folder else "exists"
+        raise ReportExistsError(
+            f"{out}: {kind} and is not a spectra {what}; spectra will not replace it, "
             f"even with --force: choose another {flag}"
         )
     if not force:
-        raise ReportExistsError(f"{out}: a {what} is already there; pass --force to replace it")
-
-
-def check_replaceable_file(
-    path: str | os.PathLike,
-    force: bool,
-    ours: Callable[[Path], bool],
-    what: str,
-    flag: str = "--out",
-    sources: Iterable[str | os.PathLike] = (),
-) -> None:
-    """Raise ``ReportExistsError`` unless a ``what`` may be written to the file ``path``.
-
-    A missing file is fine; an existing one is replaced only with ``force``
-    and only when ``ours(path)`` recognises it as one spectra wrote. A folder,
-    or a file that is or lies inside one of ``sources``, is never replaced.
-    """
-    path = Path(path)
-    check_apart(path, sources, flag)
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise ReportExistsError(f"{path}: is a folder, not a {what} file; choose another {flag}")
-    if not ours(path):
         raise ReportExistsError(
-            f"{path}: exists and is not a spectra {what}; spectra will not replace it, "
-            f"even with --force: choose another {flag}"
+            f"{out}: {_article(what)} {what} is already there; pass --force to replace it"
         )
-    if not force:
-        raise ReportExistsError(f"{path}: a {what} is already there; pass --force to replace it")
+
+
+def _article(noun: str) -> str:
+    """The article before ``noun``: "an adapter folder", "an HTML report", "a report"."""
+    return "an" if noun[:1].lower() in "aeio" or noun.startswith("HTML") else "a"
 
 
 @contextmanager
