@@ -1,6 +1,7 @@
 """The HTML report (``--html FILE``, ``write_html``): self-contained, the report's numbers, and
-rendered by a real headless Chromium (Debian's ``chromium`` package; the browser tests fail,
-saying to install it, when it is missing).
+rendered by a real headless Chromium (Debian's ``chromium`` package, or one on PATH). Without
+a browser the browser tests are skipped, saying how to install it; with ``CI=true`` (``.ci/run``
+installs Chromium) they fail instead.
 
 The checkpoints are the demo's (``spectra.examples.demo``): a full fine-tune, a PEFT LoRA
 adapter and a MultiLoRA checkpoint in their real formats, small enough to keep this file fast.
@@ -27,7 +28,6 @@ from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 from spectra.html_report import SPECTRUM_POINTS, _script_json, _spectrum_points, write_html
 
 LABELS = ["FT", "LoRA", "MultiLoRA"]
-CHROMIUM = "/usr/bin/chromium"
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -158,17 +158,12 @@ def assert_json_rows_are_the_reports(method: dict, report: Report) -> None:
         np.testing.assert_array_equal(np.asarray(spectrum["sigma"]), sigma[index - 1])
 
 
-def chromium(*arguments: str) -> subprocess.CompletedProcess:
-    """Run Debian's headless Chromium, offline, with a throw-away profile."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the HTML report is tested in a real browser; install it "
-            "with `apt-get install -y chromium` (as root; .ci/run does this)"
-        )
+def chromium(browser: str, *arguments: str) -> subprocess.CompletedProcess:
+    """Run the headless Chromium at ``browser``, offline, with a throw-away profile."""
     with tempfile.TemporaryDirectory(prefix="spectra-chromium-") as profile:
         return subprocess.run(
             [
-                CHROMIUM,
+                browser,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
@@ -287,10 +282,26 @@ def test_long_spectra_keep_their_head_and_log_spaced_values():
 # ---------------------------------------------------------------- a real browser
 
 
-def test_the_page_renders_in_chromium(compared, tmp_path):
+def test_without_a_browser_the_tests_skip_saying_why_and_fail_in_ci(monkeypatch, tmp_path):
+    from .conftest import chromium_or_skip
+
+    monkeypatch.setenv("SPECTRA_CHROMIUM", str(tmp_path / "no-such-browser"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        chromium_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true.*failing, not skipping"):
+        chromium_or_skip()
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("SPECTRA_CHROMIUM", str(fake))
+    assert chromium_or_skip() == str(fake)
+
+
+def test_the_page_renders_in_chromium(compared, tmp_path, chromium_path):
     page, _ = compared
     data = embedded(page.read_text())
-    dom = parse(chromium("--dump-dom", page.as_uri() + "#L2.v").stdout)
+    dom = parse(chromium(chromium_path, "--dump-dom", page.as_uri() + "#L2.v").stdout)
     (body,) = dom.find("body")
     assert body.get("data-ready") == "1", "the page's script did not finish"
     assert all("hidden" in attrs for attrs in dom.find("div") if attrs.get("id") == "js-error")
@@ -313,13 +324,13 @@ def test_the_page_renders_in_chromium(compared, tmp_path):
     assert len(dom.find("option")) == len(data["metrics"]) >= 10
 
     # another metric (?metric=, as the <select> sets it): the cells repainted with its values
-    dom = parse(chromium("--dump-dom", page.as_uri() + "?metric=top_share@1").stdout)
+    dom = parse(chromium(chromium_path, "--dump-dom", page.as_uri() + "?metric=top_share@1").stdout)
     values = [float(attrs["data-value"]) for attrs in dom.find("td", **{"class": "cell"})]
     assert values == [row["top_share@1"] for row in rows]
     assert [a["data-key"] for a in dom.find("td", **{"class": "selected"})] == ["L0.k"] * 3
 
     shot = tmp_path / "page.png"
-    chromium(f"--screenshot={shot}", "--window-size=1400,1000", page.as_uri())
+    chromium(chromium_path, f"--screenshot={shot}", "--window-size=1400,1000", page.as_uri())
     from matplotlib.image import imread
 
     pixels = imread(shot)
@@ -330,14 +341,14 @@ def test_the_page_renders_in_chromium(compared, tmp_path):
     assert (np.abs(colours.astype(int) - viridis_low).sum(axis=1) < 30).any()
 
 
-def test_a_per_head_report_renders_with_a_column_per_head(demo, tmp_path):
+def test_a_per_head_report_renders_with_a_column_per_head(demo, tmp_path, chromium_path):
     import spectra
 
     report = spectra.analyze(
         demo["multilora"], lora_alpha=DEMO_LORA_ALPHA, per_head=True, layers="0-1"
     )
     page = report.to_html(tmp_path / "heads.html")
-    dom = parse(chromium("--dump-dom", page.as_uri()).stdout)
+    dom = parse(chromium(chromium_path, "--dump-dom", page.as_uri()).stdout)
     (body,) = dom.find("body")
     assert body.get("data-ready") == "1"
     assert len(dom.find("td", **{"class": "cell"})) == len(report.rows) == 16
