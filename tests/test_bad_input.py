@@ -342,3 +342,37 @@ def test_fuzzed_values_in_a_valid_file_give_numpys_answer(small_pair, flips):
     for position, value in flips:
         data[start + position] = value
     assert _fuzz_and_analyze(small_pair, bytes(data)) in ("analysed", "non-finite")
+
+
+def test_random_bytes_in_a_pt_file_are_not_a_pickle_and_code_is_refused(tmp_path, pair):
+    """A ``.pt`` of random bytes is "not a pickle"; a pickle that asks for code is refused as
+    such (weights_only=True): two different faults, two different lines."""
+    _, base = pair
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(FormatError, match=r"noise\.pt: not a PyTorch checkpoint: neither a zip"):
+        spectra.analyze(noise, base=base)
+    legacy = tmp_path / "legacy.pt"
+    state = {name: tensor for name, tensor in _kv(seed=1).items()}
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)  # a pickle, no zip
+    assert len(spectra.analyze(legacy, base=base)) == 4  # a real legacy pickle still reads
+    code = tmp_path / "code.pt"
+    torch.save({**state, "hook": math.gcd}, code, _use_new_zipfile_serialization=False)
+    with pytest.raises(FormatError, match=r"code\.pt: refused to unpickle: it asks for code"):
+        spectra.analyze(code, base=base)
+
+
+def test_messages_use_an_before_a_vowel(tmp_path, pair):
+    """The noun a writer names takes its article: "an adapter folder", "an HTML report"."""
+    from spectra.errors import ReportExistsError
+    from spectra.io.atomic import OUTPUT_MARKER, check_output, holds
+
+    out = tmp_path / "adapter-out"
+    out.mkdir()
+    (out / OUTPUT_MARKER).write_text("{}")
+    with pytest.raises(ReportExistsError, match=r": an adapter folder is already there"):
+        check_output(out, False, "adapter folder", holds(OUTPUT_MARKER))
+    with pytest.raises(ReportExistsError, match=r": a report is already there"):
+        check_output(out, False, "report", holds(OUTPUT_MARKER))
+    with pytest.raises(ReportExistsError, match=r"is a folder, not an HTML report file"):
+        check_output(out, True, "HTML report", lambda path: True, folder=False)

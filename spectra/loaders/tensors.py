@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -184,6 +185,11 @@ def _load_pickle(path: Path) -> object:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        if not mmap and not _starts_like_a_pickle(path):
+            raise FormatError(
+                f"{path}: not a PyTorch checkpoint: neither a zip archive (torch.save) nor a "
+                "pickle (legacy torch.save); expected a pickled state dict (.bin / .pt)"
+            ) from None
         found = _GLOBAL.search(str(exc))
         what = f"code ({found.group(1)})" if found else "more than tensors and plain containers"
         raise FormatError(
@@ -192,6 +198,17 @@ def _load_pickle(path: Path) -> object:
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise FormatError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """Whether ``path`` opens with one well-formed pickle, as every legacy torch.save does."""
+    with open(path, "rb") as file:
+        try:
+            for _ in pickletools.genops(file):  # stops at the first pickle's STOP opcode
+                pass
+        except (ValueError, EOFError):
+            return False
+    return True
 
 
 def _flat_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
