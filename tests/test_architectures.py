@@ -315,6 +315,39 @@ def _falcon(new_decoder_architecture: bool, multi_query: bool, kv_heads: int | N
     return FalconModel(config)
 
 
+def _falcon_split(attention, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v as transformers' Falcon attention splits its fused output ``tokens``.
+
+    transformers 4 has the split as ``_split_heads``; transformers 5 does it inside
+    ``forward``, so there ``forward`` runs (ALiBi on: no rotary) with the projection's
+    output replaced by ``tokens`` and an attention function that keeps what it is handed.
+    """
+    if hasattr(attention, "_split_heads"):
+        return attention._split_heads(tokens)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    kept = {}
+
+    def keep(module, query, key, value, *args, **kwargs):  # each (1, heads, tokens, head_dim)
+        kept.update(q=query, k=key, v=value)
+        return torch.zeros_like(query.transpose(1, 2), dtype=module.dense.weight.dtype), None
+
+    ALL_ATTENTION_FUNCTIONS.register("spectra_test_keep", keep)
+    config = attention.config
+    saved = config._attn_implementation, config.alibi
+    projection = attention.query_key_value
+    replace = projection.register_forward_hook(lambda module, inputs, output: tokens)
+    try:
+        config._attn_implementation, config.alibi = "spectra_test_keep", True
+        with torch.no_grad():
+            hidden = torch.zeros((*tokens.shape[:2], projection.in_features))
+            attention(hidden.to(projection.weight.dtype), None)
+    finally:
+        config._attn_implementation, config.alibi = saved
+        replace.remove()
+    return tuple(kept[name].transpose(1, 2) for name in "qkv")
+
+
 def _falcon_roles(model, layer: int, fused: np.ndarray) -> dict[str, np.ndarray]:
     """q, k, v of a fused ΔW ``(d_out, d_in)`` split by transformers' own ``_split_heads``.
 
@@ -323,10 +356,10 @@ def _falcon_roles(model, layer: int, fused: np.ndarray) -> dict[str, np.ndarray]
     """
     attention = model.h[layer].self_attention
     tokens = torch.from_numpy(fused.T.copy())[None]  # (1, d_in, d_out)
-    q, k, v = attention._split_heads(tokens)  # each (1, d_in, heads or kv, head_dim)
+    q, k, v = _falcon_split(attention, tokens)  # each (1, d_in, heads or kv, head_dim)
     per_group = attention.num_heads // attention.num_kv_heads
-    if attention.new_decoder_architecture:
-        k, v = k[:, :, ::per_group], v[:, :, ::per_group]
+    if attention.new_decoder_architecture and k.shape[2] == attention.num_heads:
+        k, v = k[:, :, ::per_group], v[:, :, ::per_group]  # transformers 4 broadcast them
     return {
         name: part[0].reshape(part.shape[1], -1).numpy().T  # (rows of the role, d_in)
         for name, part in zip("qkv", (q, k, v), strict=True)
