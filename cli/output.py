@@ -15,6 +15,7 @@ import click
 
 import spectra
 from spectra.defaults import SUMMARY_METRICS
+from spectra.display import format_number
 
 TABLE_COLUMNS = (
     ("layer", "layer"),
@@ -29,22 +30,12 @@ TABLE_COLUMNS = (
 SUMMARY_TITLES = ("norm. entropy", "eff. rank", "stable rank", "energy rank@0.9", "top-1 share")
 
 
-def format_value(value: object, digits: int = 4) -> str:
-    """Numbers to short text: integers as they are, floats to ``digits`` significant digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def render(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A table with one column per header entry; text left-aligned, numbers right-aligned."""
-    cells = [[format_value(value) for value in row] for row in rows]
+    """A table with one column per header entry; text left-aligned, numbers right-aligned.
+
+    Cells by ``spectra.display.format_number`` (4 significant digits, a missing value ``–``).
+    """
+    cells = [[format_number(value) for value in row] for row in rows]
     widths = [max([len(title)] + [len(row[i]) for row in cells]) for i, title in enumerate(header)]
     numeric = [
         all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)

@@ -16,17 +16,39 @@ import html
 import math
 from collections.abc import Sequence
 
-__all__ = ["frame", "html_table", "number"]
+__all__ = ["MISSING", "format_number", "frame", "html_table"]
 
 _HTML_ROWS = 40  # rows shown in a notebook table before the rest are elided
+MISSING = "–"  # a missing value in every table (format_number says why an en dash)
 
 
-def number(value: object, digits: int = 4) -> str:
-    """A table cell: floats to ``digits`` significant digits, None and NaN as ``–``."""
+def format_number(value: object, digits: int = 4) -> str:
+    """A table cell as text: every table spectra prints or renders goes through this.
+
+    Floats to ``digits`` significant digits (``f"{value:.{digits}g}"``: 0.8571,
+    1.2e-07, inf), integers and booleans as they are, a list or tuple as its
+    items joined by ``", "``, other text as it is. A missing value — None, or
+    a float NaN, which is how ``frame()`` writes a missing value — is
+    ``MISSING``, an en dash ``–``: it cannot be read as the minus sign of a
+    number in a right-aligned column (a hyphen can), it is what the notebook
+    tables, the HTML page and its script already showed, and every output
+    spectra writes is UTF-8 (the terminal tables' headers and warnings print
+    σ and × as well). Empty text stays empty (a column with nothing to say,
+    such as ``health`` on a healthy row).
+
+    Example::
+
+        >>> format_number(0.857142857), format_number(3), format_number(None)
+        ('0.8571', '3', '–')
+        >>> format_number(1 / 3, digits=6)
+        '0.333333'
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return MISSING
     if isinstance(value, float):
         return f"{value:.{digits}g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
     return str(value)
 
 
@@ -65,7 +87,7 @@ def html_table(
                 f'<tr><td colspan="{len(columns)}">… {len(rows) - _HTML_ROWS} more</td></tr>'
             )
             continue
-        cells = "".join(f"<td>{html.escape(number(row.get(c)))}</td>" for c in columns)
+        cells = "".join(f"<td>{html.escape(format_number(row.get(c)))}</td>" for c in columns)
         body.append(f"<tr>{cells}</tr>")
     parts = [f"<div><p><b>{html.escape(caption)}</b></p>" if caption else "<div>"]
     parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")

@@ -8,9 +8,10 @@ import json
 import click
 
 import spectra
+from spectra.display import format_number
 
 from .. import options
-from ..output import format_value, render, warn
+from ..output import render, warn
 
 
 @click.command(
@@ -48,7 +49,7 @@ def inspect(ckpt, base, as_json, **loader):
     }
     width = max(len(key) for key in fields) + 2
     for key, value in fields.items():
-        click.echo(f"{key + ':':<{width}}{format_value(value)}")
+        click.echo(f"{key + ':':<{width}}{format_number(value)}")
     click.echo()
     header = [
         "layer",
