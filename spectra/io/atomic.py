@@ -6,6 +6,8 @@ of it; a failure leaves no temporary folder behind. The folder gets the mode
 colleagues on a shared server can read a report as they read any other folder.
 ``write_safetensors`` writes a safetensors file with ``open``'s mode for the
 same reason (safetensors' ``save_file`` leaves its own temporary file's 0o600).
+``write_text_atomic`` writes one text file (the HTML page) the same way as
+the folders: under a temporary name beside it, then renamed.
 
 Before any write, ``check_output`` says whether the output may be written:
 the one "may I write here" rule of every writer (reports, comparisons,
@@ -37,6 +39,7 @@ __all__ = [
     "mark_output",
     "replace_folder",
     "write_safetensors",
+    "write_text_atomic",
 ]
 
 # Left in every folder spectra writes that has no file of spectra's own to tell it by
@@ -174,6 +177,36 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
     from safetensors.torch import save
 
     path.write_bytes(save(tensors, metadata=metadata))
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a new file beside ``path``, then rename it over ``path``.
+
+    A reader sees the old file or the whole new one. The file gets ``open``'s
+    mode (0o666 less the umask), as every other output file; the temporary
+    one is removed if anything fails. Callers decide beforehand whether
+    ``path`` may be replaced (``check_output``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        staging = path.parent / f".{path.name}.partial-{secrets.token_hex(6)}"
+        try:
+            handle = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(
+            f"{path.parent}: no free name for a temporary file beside {path.name}"
+        )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
 
 
