@@ -225,8 +225,8 @@ class Report:
         return frame(self.rows, self.columns)
 
     def to_html(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write one self-contained HTML page of this report (``spectra.html_report``)."""
-        from .html_report import write_html
+        """Write one self-contained HTML page of this report (``spectra.html``)."""
+        from .html import write_html
 
         return write_html(self, path, force=force)
 

@@ -25,7 +25,8 @@ from spectra import Report
 from spectra.analysis.comparison import Comparison
 from spectra.errors import ReportExistsError, SpectraError
 from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
-from spectra.html_report import SPECTRUM_POINTS, _script_json, _spectrum_points, write_html
+from spectra.html import SPECTRUM_POINTS, write_html
+from spectra.html.data import _spectrum_points, script_json
 
 LABELS = ["FT", "LoRA", "MultiLoRA"]
 
@@ -273,7 +274,7 @@ def test_long_spectra_keep_their_head_and_log_spaced_values():
     np.testing.assert_array_equal(points["sigma"], sigma[index - 1])
     assert "index" not in _spectrum_points(sigma[:100])
     # non-finite numbers (condition_number of a zero ΔW) stay valid JSON
-    assert json.loads(_script_json({"x": math.inf, "y": math.nan})) == {
+    assert json.loads(script_json({"x": math.inf, "y": math.nan})) == {
         "x": "Infinity",
         "y": "NaN",
     }

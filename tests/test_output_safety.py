@@ -244,7 +244,7 @@ def test_every_writer_asks_the_one_check(monkeypatch, demo, tmp_path):
         "spectra.analysis.comparison",
         "spectra.analysis.convert",
         "spectra.analysis.sweeps",
-        "spectra.html_report",
+        "spectra.html.page",
         "spectra.report",
     ):
         monkeypatch.setattr(importlib.import_module(name), "check_output", spy)

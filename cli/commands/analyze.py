@@ -65,7 +65,7 @@ def analyze(
     if out is not None:
         check_target(out, force)  # fail before the work, not after it
     if html_file is not None:
-        from spectra.html_report import check_html_target
+        from spectra.html import check_html_target
 
         check_html_target(html_file, force)
     report = with_progress(

@@ -102,7 +102,7 @@ def compare(
 
     check_comparison_target(out, force)
     if html_file is not None:
-        from spectra.html_report import check_html_target
+        from spectra.html import check_html_target
 
         check_html_target(html_file, force)  # before the work, not after it
     comparison = with_progress(

@@ -111,11 +111,11 @@ class Comparison:
     def to_html(
         self, path: str | os.PathLike, force: bool = False, top: int | str | None = None
     ) -> Path:
-        """Write one self-contained HTML page of the comparison (``spectra.html_report``).
+        """Write one self-contained HTML page of the comparison (``spectra.html``).
 
         ``top`` is Figure 2's K, as in ``save``.
         """
-        from ..html_report import write_html
+        from ..html import write_html
 
         return write_html(self, path, force=force, top=top)
 
