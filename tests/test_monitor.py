@@ -291,6 +291,38 @@ def test_monitor_on_a_custom_loop_with_lora(minilm_dir, tmp_path):
     assert again.rows == report.rows
 
 
+# where the files of a checkpoint came from (a Hub id, its commit, the base folder): a model in
+# memory has none, so a live report's ``meta["source"]`` may lack these keys and only these
+FILE_ONLY_SOURCE_KEYS = {"hub_id", "revision", "commit", "base", "base_hub_id", "base_commit"}
+
+
+def test_monitor_report_is_built_as_analyze_builds_one(minilm_dir, tmp_path):
+    """One report builder (``analysis.stream.build_report``): a live report of an adapter has
+    every metadata key of ``analyze``'s report of the same adapter saved, and the same rows."""
+    from spectra.integrations import Monitor
+
+    model = _lora_model(minilm_dir)
+    monitor = Monitor(model, modules="q,v", every=1)
+    _train(model, 1, monitor)
+    live = monitor.last
+    model.save_pretrained(tmp_path / "adapter")
+    offline = spectra.analyze(tmp_path / "adapter", modules="q,v")
+    assert set(offline.meta) - set(live.meta) == set()
+    assert set(offline.meta["source"]) - set(live.meta["source"]) == FILE_ONLY_SOURCE_KEYS
+    for key in ("rank_tolerance", "modules", "layers", "method", "dtype", "not_selected"):
+        assert live.meta[key] == offline.meta[key], key
+    assert set(live.meta["versions"]) == set(offline.meta["versions"])
+    scales = [
+        {key: entry["scale"] for key, entry in report.meta["scales"].items()}
+        for report in (live, offline)
+    ]  # the sources differ: peft's layer, the config
+    assert scales[0] == scales[1]
+    assert live.columns == offline.columns
+    assert [list(row) for row in live.rows] == [list(row) for row in offline.rows]
+    for mine, theirs in zip(live.rows, offline.rows, strict=True):
+        assert _relative(mine["effective_rank"], theirs["effective_rank"]) < 1e-9
+
+
 def test_monitor_dense_weights_against_numpy(minilm_dir):
     from spectra.integrations import Monitor, spectra_of_model, start_weights
 

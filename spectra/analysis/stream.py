@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError, warn
 from ..flags import row_flags
 from ..io.hub import locate
-from ..loaders import Checkpoint
+from ..loaders import Checkpoint, Selection
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_summary, spectrum_key
 from ..svd import (
@@ -36,7 +36,7 @@ from ..svd import (
 )
 from .sources import load
 
-__all__ = ["analyze", "report_row", "rounding_floor_of"]
+__all__ = ["analyze", "build_report", "report_row", "rounding_floor_of"]
 
 
 def analyze(
@@ -99,10 +99,6 @@ def analyze(
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)
-    warnings = [*checkpoint.warnings(), *selection.warnings]
-    rows: list[dict[str, object]] = []
-    spectra: dict[str, np.ndarray] = {}
-    scales: dict[str, dict[str, object]] = {}
     total = len(selection.keys)  # progress counts modules; a module may have several heads
     done: set[tuple[int, str]] = set()
     skipped: list[str] = []
@@ -112,24 +108,74 @@ def analyze(
     stream = singular_values_stream(
         deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
+
+    def after(delta: LayerDelta, sigma: torch.Tensor, key: str) -> None:
+        done.add((delta.layer, delta.role))
+        if progress is not None:
+            progress(len(done) + len(skipped), total, key)
+        if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
+            each(checkpoint, delta, sigma)
+
+    source_meta = {
+        "path": str(source.path.resolve()),
+        "hub_id": source.hub_id,
+        "revision": source.revision,
+        "commit": source.commit,
+        "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
+        "base_hub_id": base_source.hub_id if base_source is not None else None,
+        "base_commit": base_source.commit if base_source is not None else None,
+        "format": checkpoint.format,
+        "variant": checkpoint.variant,
+        "options": {k: v for k, v in options.items() if v not in (None, False)},
+    }
     try:
-        for delta, sigma in stream:  # σ: (k,) float64, descending
-            info = checkpoint.module_info((delta.layer, delta.role))
-            row, notes = report_row(delta, sigma, method, info.rank)
-            key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
-            rows.append(row)
-            spectra[key] = sigma.numpy()
-            if info.scale is not None:
-                scales[key] = {"scale": info.scale, "source": info.scale_source}
-            warnings.extend(notes)
-            done.add((delta.layer, delta.role))
-            if progress is not None:
-                progress(len(done) + len(skipped), total, key)
-            if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
-                each(checkpoint, delta, sigma)
-            del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
+        report = build_report(
+            checkpoint, selection, stream, target, method, source_meta, skipped, after
+        )
     except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
         raise NonFiniteError(f"{source.path}: {exc}") from None
+    for warning in report.warnings:  # in Python, also through the warnings module (SpectraWarning)
+        warn(f"{source.path}: {warning}")
+    return report
+
+
+def build_report(
+    checkpoint: Checkpoint,
+    selection: Selection,
+    results: Iterable[tuple[LayerDelta, torch.Tensor]],
+    device: torch.device,
+    method: str,
+    source: dict[str, object],
+    skipped: Sequence[str] = (),
+    after: Callable[[LayerDelta, torch.Tensor, str], None] | None = None,
+) -> Report:
+    """The ``Report`` of ``checkpoint``'s ``selection`` from its ``(delta, σ)`` ``results``.
+
+    The one report builder: ``analyze`` and the live monitor
+    (``spectra.integrations``) both make their reports here, so that their
+    rows (``report_row``) and metadata have the same keys. ``results`` is
+    consumed in order; ``after(delta, σ, key)``, if given, is called for each
+    while its ΔW is in memory. ``device`` and ``method`` are those σ was taken
+    on and with; ``source`` is ``meta["source"]`` (where the checkpoint came
+    from: files, or a model in memory); ``skipped`` names the modules left
+    out for NaN/Inf weights, read once ``results`` is consumed.
+    """
+    warnings = [*checkpoint.warnings(), *selection.warnings]
+    rows: list[dict[str, object]] = []
+    spectra: dict[str, np.ndarray] = {}
+    scales: dict[str, dict[str, object]] = {}
+    for delta, sigma in results:  # σ: (k,) float64, descending
+        info = checkpoint.module_info((delta.layer, delta.role))
+        row, notes = report_row(delta, sigma, method, info.rank)
+        key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
+        rows.append(row)
+        spectra[key] = sigma.numpy()
+        if info.scale is not None:
+            scales[key] = {"scale": info.scale, "source": info.scale_source}
+        warnings.extend(notes)
+        if after is not None:
+            after(delta, sigma, key)
+        del delta, sigma  # free this module's ΔW before the next ones are read and decomposed
     noise = noise_summary(rows)  # one line for every row at its rounding floor
     if noise is not None:
         warnings.append(noise)
@@ -141,21 +187,10 @@ def analyze(
     meta = {
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "path": str(source.path.resolve()),
-            "hub_id": source.hub_id,
-            "revision": source.revision,
-            "commit": source.commit,
-            "base": str(Path(checkpoint.base).resolve()) if checkpoint.base is not None else None,
-            "base_hub_id": base_source.hub_id if base_source is not None else None,
-            "base_commit": base_source.commit if base_source is not None else None,
-            "format": checkpoint.format,
-            "variant": checkpoint.variant,
-            "options": {k: v for k, v in options.items() if v not in (None, False)},
-        },
+        "source": source,
         "modules": list(dict.fromkeys(role for _, role in selection.keys)),
         "layers": sorted({layer for layer, _ in selection.keys}),
-        "device": str(target),
+        "device": str(device),
         "method": method,
         "dtype": "float64",
         "scales": scales,
@@ -166,15 +201,13 @@ def analyze(
         ),
         "versions": _versions(),
         "warnings": warnings,
-        "skipped": skipped,
+        "skipped": list(skipped),
         # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
         "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
         # (layer, role) pairs the checkpoint has that the selection left out (loaders/base.py)
         "not_selected": [[layer, role] for layer, role in selection.not_selected],
         "not_selected_note": selection.not_selected_note,
     }
-    for warning in warnings:  # in Python, also through the warnings module (SpectraWarning)
-        warn(f"{source.path}: {warning}")
     return Report(rows=rows, spectra=spectra, meta=meta)
 
 

@@ -20,14 +20,16 @@ _LAZY = {
     "SpectraCallback": ".trainer",
     "watch": ".trainer",
     "LiveModel": ".live",
-    "Monitor": ".live",
-    "scalars": ".live",
-    "spectra_of_model": ".live",
-    "start_weights": ".live",
+    "Monitor": ".monitor",
+    "scalars": ".loggers",
+    "spectra_of_model": ".monitor",
+    "start_weights": ".monitor",
 }
 
 if TYPE_CHECKING:
-    from .live import LiveModel, Monitor, scalars, spectra_of_model, start_weights
+    from .live import LiveModel
+    from .loggers import scalars
+    from .monitor import Monitor, spectra_of_model, start_weights
     from .trainer import SpectraCallback, watch
 
 

@@ -1,9 +1,9 @@
-"""Spectra of a model in memory, while it trains: a live PEFT LoRA, or chosen dense weights.
+"""The ΔW of a model in memory, while it trains: a live PEFT LoRA, or chosen dense weights.
 
 ``LiveModel`` is a ``Checkpoint`` over an ``nn.Module`` instead of files, so
-that the selection rules, the σ paths and the report rows are the library's
+that the selection rules, the σ paths and the report are the library's
 own (``Checkpoint.plan``, ``svd.singular_values``,
-``analysis.stream.report_row``). Two kinds of ΔW:
+``analysis.stream.build_report``). Two kinds of ΔW:
 
 - ``"adapter"``: every peft ``LoraLayer`` of the active adapter gives
   ΔW = s·B@A from its ``lora_A`` ``(r, d_in)`` and ``lora_B`` ``(d_out, r)``
@@ -20,43 +20,28 @@ own (``Checkpoint.plan``, ``svd.singular_values``,
   monitor starts (``start_weights``); the difference is taken as
   ``loaders.full.difference`` takes a fine-tune's.
 
-``Monitor`` takes these spectra every ``every`` steps of a custom loop and
-returns flat scalars to log; ``spectra_of_model`` is one report, now.
+``Monitor`` (``integrations.monitor``) takes these spectra every ``every``
+steps of a custom loop and returns flat scalars to log (``integrations.loggers``);
+``spectra_of_model`` is one report, now.
 """
 
 from __future__ import annotations
 
-import datetime
 import math
-import os
-import statistics
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import __version__
-from ..defaults import SWEEP_METRICS
 from ..delta import Dense, LayerDelta
-from ..errors import SelectionError, SpectraError, warn
+from ..errors import SelectionError, SpectraError
 from ..loaders.base import Checkpoint, ModuleInfo, Selection
 from ..loaders.full import difference
 from ..loaders.methods import lora
 from ..loaders.names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
 from ..loaders.peft.checkpoint import _W0_CHANGING_INITS  # LoRA inits that move W0
-from ..metrics import METRICS
-from ..report import Report, noise_summary, spectrum_key
-from ..svd import check_method, resolve_device, singular_values
 
-__all__ = [
-    "KINDS",
-    "LiveModel",
-    "Monitor",
-    "scalars",
-    "spectra_of_model",
-    "start_weights",
-]
+__all__ = ["KINDS", "LiveModel"]
 
 KINDS = ("auto", "adapter", "dense")
 
@@ -359,223 +344,3 @@ def _rows_count(ref: ModuleRef, weight: torch.Tensor, heads: int | None) -> int:
 
 def _dtype(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
-
-
-# ---------------------------------------------------------------- reports
-
-
-def start_weights(
-    model: torch.nn.Module,
-    modules: str | Sequence[str] | None = None,
-    layers: str | Sequence[int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Float64 CPU copies of the chosen dense weights, now (before training), by module name.
-
-    What ``spectra_of_model(..., kind="dense", start=...)`` subtracts. Only
-    the selected modules are copied.
-    """
-    live = LiveModel(model, "dense")
-    return live.start_weights(live.plan(modules, layers))
-
-
-def spectra_of_model(
-    model: torch.nn.Module,
-    modules: str | Sequence[str] | None = None,
-    layers: str | Sequence[int] | None = None,
-    *,
-    kind: str = "auto",
-    adapter: str | None = None,
-    start: Mapping[str, torch.Tensor] | None = None,
-    device: str = "auto",
-    method: str = "fast",
-    step: int | None = None,
-) -> Report:
-    """The spectra of a model in memory, now, as a ``Report`` like ``spectra.analyze``'s.
-
-    A peft model gives its LoRA layers' ΔW = s·B@A (``kind="adapter"``, the
-    default when the model has peft layers); any other model gives
-    W − ``start`` for the chosen modules (``kind="dense"``; ``start`` from
-    ``start_weights``, taken before training). ``modules`` and ``layers``
-    are read as ``analyze`` reads them (``"k,v"``, ``"all"``, ``"0-3"``);
-    a role or layer the model lacks is a ``SelectionError``. ``step`` is
-    recorded in ``meta["source"]["step"]``.
-
-    Example::
-
-        start = start_weights(model, "q,v")            # before training
-        ...
-        report = spectra_of_model(model, "q,v", kind="dense", start=start)
-    """
-    live = LiveModel(model, kind, adapter, start)
-    return _report(live, live.plan(modules, layers), device, method, step)
-
-
-def _report(
-    live: LiveModel, selection: Selection, device: str, method: str, step: int | None
-) -> Report:
-    """Each selected module's σ and row, made by the library's own code (``report_row``)."""
-    from ..analysis.stream import report_row
-
-    target = resolve_device(device)
-    check_method(method)
-    warnings = [*live.warnings(), *selection.warnings]
-    rows: list[dict[str, object]] = []
-    spectra: dict[str, np.ndarray] = {}
-    scales: dict[str, dict[str, object]] = {}
-    for delta in live.deltas_for(selection):
-        sigma = singular_values(delta, target, method)  # (k,) float64, descending
-        info = live.module_info((delta.layer, delta.role))
-        row, notes = report_row(delta, sigma, method, info.rank)
-        key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
-        rows.append(row)
-        spectra[key] = sigma.numpy()
-        if info.scale is not None:
-            scales[key] = {"scale": info.scale, "source": info.scale_source}
-        warnings.extend(notes)
-    noise = noise_summary(rows)  # one line for every row at its rounding floor
-    if noise is not None:
-        warnings.append(noise)
-    meta = {
-        "spectra_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "path": str(live.path) + ("" if step is None else f" step {step}"),
-            "format": live.format,
-            "variant": live.variant,
-            "model": type(live.model).__name__,
-            "step": step,
-            "options": {"kind": live.kind, "adapter": live.adapter},
-        },
-        "modules": list(dict.fromkeys(role for _, role in selection.keys)),
-        "layers": sorted({layer for layer, _ in selection.keys}),
-        "device": str(target),
-        "method": method,
-        "dtype": "float64",
-        "scales": scales,
-        "versions": {"spectra": __version__, "torch": torch.__version__},
-        "warnings": warnings,
-        "skipped": [],
-        "not_analysed": [[name, reason] for name, reason in live.not_analysed()],
-    }
-    return Report(rows=rows, spectra=spectra, meta=meta)
-
-
-def scalars(
-    report: Report,
-    metrics: Sequence[str] = SWEEP_METRICS,
-    prefix: str = "spectra",
-    per_module: bool = True,
-) -> dict[str, float]:
-    """Flat ``{name: value}`` for loggers: ``spectra/L3.v/effective_rank`` and role means.
-
-    One value per row and metric (``per_module``), keyed by the row's
-    ``report.spectrum_key`` (``L3.k.h1`` for a head, ``L0.gate.e5`` for an
-    expert), and the mean over layers (and heads, experts) per role,
-    ``spectra/v/effective_rank``, as ``compare``'s summary takes it.
-    Metrics that are None for a row (``relative_norm`` without W0) are left
-    out.
-    """
-    unknown = [name for name in metrics if name not in METRICS]
-    if unknown:
-        raise SpectraError(
-            f"unknown metric(s) {', '.join(unknown)}: expected some of {', '.join(METRICS)}"
-        )
-    values: dict[str, float] = {}
-    by_role: dict[tuple[str, str], list[float]] = {}
-    for row in report.rows:
-        key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
-        for metric in metrics:
-            value = row.get(metric)
-            if value is None:
-                continue
-            if per_module:
-                values[f"{prefix}/{key}/{metric}"] = float(value)
-            by_role.setdefault((str(row["module"]), metric), []).append(float(value))
-    for (role, metric), found in by_role.items():
-        values[f"{prefix}/{role}/{metric}"] = statistics.fmean(found)
-    return values
-
-
-class Monitor:
-    """Spectra of a model every ``every`` steps of a training loop (any loop).
-
-    Made before training: for a dense model (``kind="dense"``, or a model
-    without peft layers) it copies the chosen weights then, as the start
-    that ΔW is measured from. ``step(step)`` returns the scalars to log
-    (``scalars()``) at steps that are multiples of ``every``, else None;
-    with ``out``, each such step's report is also saved to
-    ``out/step-<N>/``, a report folder that ``spectra compare``,
-    ``spectra plot`` and ``spectra sweep out --glob 'step-*'`` read.
-    ``last`` is the latest report, ``history`` every logged
-    ``(step, scalars)``.
-
-    Example::
-
-        monitor = Monitor(model, modules="q,v", every=50, out="spectra-run/")
-        for step, batch in enumerate(loader, 1):
-            ...; optimizer.step()
-            logged = monitor.step(step)
-            if logged:
-                writer.add_scalars / wandb.log(logged, step=step)
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        modules: str | Sequence[str] | None = None,
-        layers: str | Sequence[int] | None = None,
-        *,
-        every: int = 100,
-        kind: str = "auto",
-        adapter: str | None = None,
-        out: str | os.PathLike | None = None,
-        force: bool = False,
-        metrics: str | Sequence[str] = SWEEP_METRICS,
-        prefix: str = "spectra",
-        per_module: bool = True,
-        device: str = "auto",
-        method: str = "fast",
-    ):
-        if not isinstance(every, int) or every < 1:
-            raise SpectraError(f"every must be a positive number of steps, got {every!r}")
-        self.metrics = (
-            tuple(METRICS)
-            if metrics == "all"
-            else tuple(metrics.split(",") if isinstance(metrics, str) else metrics)
-        )
-        scalars(Report([], {}), self.metrics)  # unknown metric names fail here, not mid-run
-        check_method(method)
-        resolve_device(device)
-        self.live = LiveModel(model, kind, adapter)
-        self.selection = self.live.plan(modules, layers)
-        if self.live.kind == "dense":  # only the chosen modules, float64, on the CPU
-            self.live.start = self.live.start_weights(self.selection)
-        self.every, self.out, self.force = every, None if out is None else Path(out), force
-        self.prefix, self.per_module = prefix, per_module
-        self.device, self.method = device, method
-        self.last: Report | None = None
-        self.history: list[tuple[int, dict[str, float]]] = []
-        self._warned: set[str] = set()
-
-    def due(self, step: int) -> bool:
-        return step % self.every == 0
-
-    def step(self, step: int) -> dict[str, float] | None:
-        """The scalars to log at ``step`` if it is due (see the class docstring), else None."""
-        if not self.due(step):
-            return None
-        return self.take(step)
-
-    def take(self, step: int) -> dict[str, float]:
-        """The spectra now, whatever the step: the report kept, saved with ``out``, as scalars."""
-        report = _report(self.live, self.selection, self.device, self.method, step)
-        for warning in report.warnings:  # each distinct warning once per run, not every step
-            if warning not in self._warned:
-                self._warned.add(warning)
-                warn(f"step {step}: {warning}")
-        if self.out is not None:
-            report.save(self.out / f"step-{step}", force=self.force)
-        self.last = report
-        logged = scalars(report, self.metrics, self.prefix, self.per_module)
-        self.history.append((step, logged))
-        return logged

@@ -1,7 +1,7 @@
 """``SpectraCallback``: the spectra of a Hugging Face ``Trainer`` run, logged as it trains.
 
 Every ``every`` optimizer steps the callback takes the spectra of the live
-model (``live.Monitor``: a peft LoRA's factored ΔW, or W − W_start of chosen
+model (``monitor.Monitor``: a peft LoRA's factored ΔW, or W − W_start of chosen
 dense weights) in ``on_step_end``, after the optimizer step and before the
 Trainer logs and saves that step, so a checkpoint saved at that step holds
 exactly the weights measured, and asks the Trainer to log that step.
@@ -39,7 +39,8 @@ from transformers.trainer_callback import CallbackHandler
 
 from ..defaults import SWEEP_METRICS
 from ..errors import warn
-from .live import Monitor, scalars
+from .loggers import scalars
+from .monitor import Monitor
 
 __all__ = ["SpectraCallback", "watch"]
 
@@ -48,7 +49,7 @@ class SpectraCallback(TrainerCallback):
     """Log the spectra of the model being trained every ``every`` steps (module docstring).
 
     ``modules``, ``layers``, ``kind``, ``adapter``, ``metrics``, ``prefix``,
-    ``per_module``, ``device`` and ``method`` are ``live.Monitor``'s; with
+    ``per_module``, ``device`` and ``method`` are ``monitor.Monitor``'s; with
     ``out=DIR`` each measured step's report is saved as ``DIR/step-<N>/``
     (``spectra sweep DIR --glob 'step-*'`` tabulates and plots them).
     Measured on the main process only. A dense ΔW is measured from the
