@@ -180,7 +180,8 @@ def test_training_checkpoints_are_a_sweep(tmp_path, llama):
     step_200 = read_deltas(load(found[1].path))
     final = read_deltas(load(folder))
     assert_same_reads(step_200, final)  # the final file is the last step's weights
-    table = spectra.sweep(folder, pattern="*_adapters.safetensors", cache=False, modules=["v"])
+    found = spectra.sweep(folder, pattern="*_adapters.safetensors", cache=False, modules=["v"])
+    table = found.to_pandas()
     assert sorted(set(table["step"])) == [100, 200]
 
 

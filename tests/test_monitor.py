@@ -215,7 +215,7 @@ def test_step_reports_equal_offline_reports_and_sweep_reads_them(trainer_run):
                     continue
                 assert _relative(float(mine[metric]), float(theirs[metric])) < 1e-9, metric
             assert mine["scale"] == theirs["scale"] == 2.0
-    table = spectra.sweep(saved, pattern="step-*", cache=False)
+    table = spectra.sweep(saved, pattern="step-*", cache=False).to_pandas()
     assert sorted(table["step"].unique()) == [2, 4, 6]
     at4 = table[(table["step"] == 4) & (table["layer"] == 3) & (table["module"] == "v")]
     report = spectra.Report.load(saved / "step-4")

@@ -91,8 +91,9 @@ def test_glob_and_trainer_state_step(tmp_path, lora_run):
 
 
 def test_sweep_numbers_match_numpy(lora_run, tmp_path):
-    frame = spectra.sweep(lora_run, cache=tmp_path / "cache")
-    check_frame(frame, lora_run)
+    result = spectra.sweep(lora_run, cache=tmp_path / "cache")
+    assert isinstance(result, spectra.Sweep)  # as analyze → Report, compare → Comparison
+    check_frame(result.to_pandas(), lora_run)
 
 
 def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatch, minilm_dir):
@@ -103,14 +104,14 @@ def test_cache_skips_unchanged_and_redoes_changed(lora_run, tmp_path, monkeypatc
     assert first.cached == [False, False, False]
 
     calls = []
-    import spectra.analysis.sweeps as sweeps
+    import spectra.analysis.executors as executors
 
-    real = sweeps._analyze_job
+    real = executors.analyze_job
     def counted(job, *args):
         calls.append(job)
         return real(job, *args)
 
-    monkeypatch.setattr(sweeps, "_analyze_job", counted)
+    monkeypatch.setattr(executors, "analyze_job", counted)
     again = spectra.run_sweep(run, cache=cache)
     assert again.cached == [True, True, True] and calls == []
     for before, after in zip(first.reports, again.reports, strict=True):

@@ -249,7 +249,7 @@ def test_interrupted_sweep_keeps_finished_checkpoints_in_the_cache(v_only_run, t
 
 
 def test_ctrl_c_stops_a_process_pool_at_once(v_only_run):
-    from spectra.analysis import sweeps
+    from spectra.analysis import executors
 
     jobs = [{"path": v_only_run / f"checkpoint-{step}", "modules": "all"} for step in (1, 2, 3)]
     seen = []
@@ -260,7 +260,7 @@ def test_ctrl_c_stops_a_process_pool_at_once(v_only_run):
 
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        sweeps._run_on_processes(jobs * 4, list(range(12)), 2, interrupt)
+        executors.run_on_processes(jobs * 4, list(range(12)), 2, interrupt)
     elapsed = time.perf_counter() - start
     assert seen  # the first finished checkpoint was handed over before the stop
     import multiprocessing

@@ -1,18 +1,16 @@
-"""Sweeps: analyse every checkpoint of a training run, cached by content, as one table.
+"""Sweeps: analyse every checkpoint of a training run, cached by content, as one ``Sweep``.
 
-``find_checkpoints(run, pattern=None)`` lists a run's checkpoints with their
-steps: the ``checkpoint-<step>/`` folders the Hugging Face Trainer writes, or
-whatever ``pattern`` (a glob, relative to ``run``) matches. The step is
-``global_step`` from a ``trainer_state.json`` inside, else the last number in
-the name. A match that is a saved report folder (``out/step-<N>/``, written
-while training by ``spectra.integrations``) is taken as saved, as ``compare``
+``sweep(...)`` finds a run's checkpoints (``analysis.runs.find_checkpoints``:
+the ``checkpoint-<step>/`` folders the Hugging Face Trainer writes, or what a
+glob ``pattern`` matches), opens and checks each before any work, and
+analyses each one that is not already in the report cache
+(``spectra.analysis.cache``), serially, on a local process pool
+(``workers > 1``) or as Ray tasks (``ray=...``; ``analysis.executors``).
+It returns a ``Sweep``, as ``analyze`` returns a ``Report`` and ``compare``
+a ``Comparison``; ``run_sweep`` is the same function under its earlier name.
+A match that is a saved report folder (``out/step-<N>/``, written while
+training by ``spectra.integrations``) is taken as saved, as ``compare``
 takes reports: not analysed again, not cached, and not filtered by ``modules``.
-
-``run_sweep(...)`` analyses each one that is not already in the report cache
-(``spectra.analysis.cache``), serially, on a local process pool (``workers > 1``) or as
-Ray tasks (``ray=...``, one GPU each where the cluster has GPUs), and returns
-a ``Sweep``; ``sweep(...)`` returns its ``to_pandas()``. Every executor runs
-the same ``analyze`` on the same inputs, so their results are equal.
 
 Ctrl-C raises ``SweepInterrupted`` (a ``KeyboardInterrupt``) whose message
 says how many checkpoints are in the cache, so that the same sweep run again
@@ -22,14 +20,10 @@ it writes the table).
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
-import re
-import signal
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +35,9 @@ from ..io.hub import locate
 from ..loaders import Checkpoint, options_for
 from ..report import Progress, Report, csv_text, is_report
 from .cache import ReportCache, analysis_key
+from .executors import run_on_processes, run_on_ray, run_serially
+from .runs import RunCheckpoint, find_checkpoints
 from .sources import load
-from .stream import analyze
 
 __all__ = [
     "SWEEP_METRICS",
@@ -56,64 +51,6 @@ __all__ = [
 ]
 
 SWEEP_FILE = "sweep.csv"
-_TRAINER_FOLDER = re.compile(r"^checkpoint-(\d+)$")
-
-
-@dataclass(frozen=True)
-class RunCheckpoint:
-    """One checkpoint of a run: its training step and where it is."""
-
-    step: int
-    path: Path
-
-
-def _step_of(path: Path) -> int | None:
-    state = path / "trainer_state.json"
-    if state.is_file():
-        try:
-            return int(json.loads(state.read_text())["global_step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    numbers = re.findall(r"\d+", path.name)
-    return int(numbers[-1]) if numbers else None
-
-
-def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list[RunCheckpoint]:
-    """The checkpoints of a run, by step; ``SpectraError`` if there are none."""
-    run = Path(run)
-    if not run.is_dir():
-        raise SpectraError(f"{run}: no such folder (expected a training run's output folder)")
-    if pattern is None:
-        found = [p for p in run.iterdir() if p.is_dir() and _TRAINER_FOLDER.match(p.name)]
-        what = "checkpoint-<step>/ folders (Hugging Face Trainer)"
-    else:
-        found = sorted(run.glob(pattern))
-        what = f"paths matching {pattern!r}"
-    if not found:
-        listing = ", ".join(sorted(p.name for p in run.iterdir())[:12]) or "nothing"
-        raise SpectraError(
-            f"{run}: no checkpoints found; expected {what}, found {listing}. "
-            "Name others with --glob PATTERN"
-        )
-    checkpoints = []
-    for path in found:
-        step = _step_of(path)
-        if step is None:
-            raise SpectraError(
-                f"{path}: cannot tell its training step: no trainer_state.json and no number in "
-                "its name; choose the checkpoints with --glob"
-            )
-        checkpoints.append(RunCheckpoint(step, path))
-    checkpoints.sort(key=lambda c: (c.step, str(c.path)))
-    steps = [c.step for c in checkpoints]
-    repeated = sorted({s for s in steps if steps.count(s) > 1})
-    if repeated:
-        names = [str(c.path) for c in checkpoints if c.step in repeated]
-        raise SpectraError(
-            f"{run}: several checkpoints share step {repeated[0]}: {', '.join(names[:4])}; "
-            "narrow the selection with --glob"
-        )
-    return checkpoints
 
 
 @dataclass
@@ -253,29 +190,7 @@ def check_sweep_target(out: str | os.PathLike, force: bool) -> None:
 # ---------------------------------------------------------------- running
 
 
-def _analyze_job(
-    job: dict, checkpoint: Checkpoint | None = None, progress: Progress | None = None
-) -> Report:
-    """One checkpoint's analysis; module-level so that process pools and Ray can ship it.
-
-    ``checkpoint`` is the job's checkpoint as the sweep opened it (serial runs);
-    a worker process opens its own.
-    """
-    return analyze(**job, checkpoint=checkpoint, progress=progress)
-
-
-def _worker_setup(threads: int) -> None:
-    """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
-    import torch
-
-    from ..io.memory import release_large_blocks
-
-    torch.set_num_threads(threads)
-    release_large_blocks()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
-
-
-def run_sweep(
+def sweep(
     run: str | os.PathLike,
     base: str | os.PathLike | None = None,
     modules: str | Sequence[str] | None = None,
@@ -291,17 +206,35 @@ def run_sweep(
     progress: Progress | None = None,
     **options: object,
 ) -> Sweep:
-    """Analyse every checkpoint of ``run`` (see the module docstring) and gather the reports.
+    """Every checkpoint of a training run, analysed and cached, as one ``Sweep``.
 
-    ``cache`` is True (the default folder, ``spectra.analysis.cache.default_folder()``),
-    a folder, a ``ReportCache``, or False (analyse everything, store nothing).
+    ``run`` is a training output folder: its ``checkpoint-<step>/`` folders
+    (Hugging Face Trainer), or what ``pattern`` (a glob relative to ``run``,
+    e.g. ``"seed*/step-*"``) matches. Each checkpoint is analysed as
+    ``spectra.analyze`` would (``base``, ``modules``, ``layers``, ``device``,
+    ``method`` and loader ``options`` such as ``lora_alpha`` are its), and its
+    report is cached by content, so that a second sweep over a growing run
+    analyses only the new checkpoints. ``cache`` is True (the default
+    folder, ``spectra.analysis.cache.default_folder()``), a folder, a
+    ``ReportCache``, or False (analyse everything, store nothing).
     ``workers > 1`` runs that many processes; ``ray`` (True, or a cluster
     address) runs Ray tasks instead, on an already initialised Ray or one
     that ``ray.init`` starts or joins. ``progress(done, total, label)`` is
-    called after each checkpoint. Other arguments are ``analyze``'s (``jobs``
-    applies inside each worker, whose default follows its own thread count;
-    it is not part of the cache key, as it changes σ only by rounding). A
-    ``base`` given as a Hub id is resolved once, here, for every checkpoint.
+    called after each checkpoint. ``jobs`` is ``analyze``'s and applies
+    inside each worker, whose default follows its own thread count; it is
+    not part of the cache key, as it changes σ only by rounding. A ``base``
+    given as a Hub id is resolved once, here, for every checkpoint.
+
+    The ``Sweep`` holds the reports in step order and which came from the
+    cache; ``to_pandas()`` is one row per (checkpoint, module[, head]) with
+    a ``step`` column first and every metric column, ``save(out)`` writes
+    ``sweep.csv``, ``sweep.json`` and the figure.
+
+    Example::
+
+        runs = spectra.sweep("output/", modules="k,v")
+        df = runs.to_pandas()
+        df.groupby(["step", "module"])["effective_rank"].mean().unstack()
     """
     if workers < 1:
         raise SpectraError(f"--workers must be at least 1, got {workers}")
@@ -368,19 +301,23 @@ def run_sweep(
         if progress is not None:
             progress(done, total, f"step {checkpoints[index].step} done")
 
+    def within(index: int) -> Progress | None:
+        """``analyze``'s progress over one checkpoint's modules, as the sweep's, by step."""
+        if progress is None:
+            return None
+        start, step = done, checkpoints[index].step
+        return lambda modules, _, key: progress(start + modules, total, f"step {step}: {key}")
+
     todo = [tasks[i] for i in missing]
     try:
         with warnings.catch_warnings():  # each checkpoint's warnings go once, grouped, below
             warnings.simplefilter("ignore", SpectraWarning)
             if ray is not None and ray is not False:
-                _run_on_ray(todo, missing, ray, finished)
+                run_on_ray(todo, missing, ray, finished)
             elif workers > 1 and len(todo) > 1:
-                _run_on_processes(todo, missing, workers, finished)
+                run_on_processes(todo, missing, workers, finished)
             else:
-                for index in missing:
-                    step_progress = _within(progress, done, total, checkpoints[index].step)
-                    finished(index, _analyze_job(tasks[index], opened[index], step_progress))
-                    opened[index] = None  # nothing of a finished checkpoint stays in memory
+                run_serially(todo, missing, finished, opened, within)
     except KeyboardInterrupt:
         analysed = sum(report is not None for report in reports) - sum(cached) - len(saved)
         in_cache = sum(cached) + analysed if store is not None else 0
@@ -397,63 +334,7 @@ def run_sweep(
     return result
 
 
-def _within(progress: Progress | None, done: int, total: int, step: int) -> Progress | None:
-    """``analyze``'s progress over one checkpoint's modules, as the sweep's, labelled by step."""
-    if progress is None:
-        return None
-    return lambda modules, _, key: progress(done + modules, total, f"step {step}: {key}")
-
-
-def sweep(
-    run: str | os.PathLike,
-    base: str | os.PathLike | None = None,
-    modules: str | Sequence[str] | None = None,
-    layers: str | Sequence[int] | None = None,
-    device: str = "auto",
-    method: str = "fast",
-    *,
-    pattern: str | None = None,
-    cache: bool | str | os.PathLike | ReportCache = True,
-    workers: int = 1,
-    ray: bool | str | None = None,
-    jobs: int | None = None,
-    progress: Progress | None = None,
-    **options: object,
-):
-    """Every checkpoint of a training run as one ``pandas.DataFrame``, a ``step`` column first.
-
-    ``run`` is a training output folder: its ``checkpoint-<step>/`` folders
-    (Hugging Face Trainer), or what ``pattern`` (a glob relative to ``run``,
-    e.g. ``"seed*/step-*"``) matches. Each checkpoint is analysed as
-    ``spectra.analyze`` would (``base``, ``modules``, ``layers``, ``device``,
-    ``method`` and loader ``options`` such as ``lora_alpha`` are its), and its
-    report is cached by content (``cache``: True for the default folder, a
-    folder, or False), so that a second sweep over a growing run analyses
-    only the new checkpoints. ``workers`` processes or ``ray`` tasks run
-    checkpoints side by side. The frame has one row per (checkpoint, module[,
-    head]) and every metric column; ``run_sweep`` takes the same arguments
-    and returns the ``Sweep`` (reports, cache hits, ``save``).
-
-    Example::
-
-        df = spectra.sweep("output/", modules="k,v")
-        df.groupby(["step", "module"])["effective_rank"].mean().unstack()
-    """
-    return run_sweep(
-        run,
-        base,
-        modules,
-        layers,
-        device,
-        method,
-        pattern=pattern,
-        cache=cache,
-        workers=workers,
-        ray=ray,
-        jobs=jobs,
-        progress=progress,
-        **options,
-    ).to_pandas()
+run_sweep = sweep  # its earlier name, from when sweep() returned the DataFrame
 
 
 def _cache(cache: bool | str | os.PathLike | ReportCache) -> ReportCache | None:
@@ -478,80 +359,3 @@ def _key(
         "options": loader_options,
     }
     return analysis_key(files, parameters)
-
-
-def _run_on_processes(
-    jobs: list[dict], indices: list[int], workers: int, finished: Callable[[int, Report], None]
-) -> None:
-    """Run ``jobs`` on a process pool; on Ctrl-C keep what finished and stop the workers at once."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
-    )
-    futures = {
-        pool.submit(_analyze_job, job): index for job, index in zip(jobs, indices, strict=True)
-    }
-    handled: set[concurrent.futures.Future] = set()
-    try:
-        for future in concurrent.futures.as_completed(futures):
-            handled.add(future)
-            finished(futures[future], future.result())
-    except BaseException:
-        for future, index in futures.items():  # finished before the stop: still kept
-            done = future.done() and not future.cancelled() and future.exception() is None
-            if done and future not in handled:
-                handled.add(future)
-                finished(index, future.result())
-        _stop(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the worker processes now, not when they finish."""
-    # the executor keeps its processes in ``_processes`` (pid → process); read before shutdown
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=5)
-
-
-def _run_on_ray(
-    jobs: list[dict],
-    indices: list[int],
-    address: bool | str,
-    finished: Callable[[int, Report], None],
-) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise SpectraError(
-            "--ray needs Ray, which is not installed: pip install 'spectra[ray]'"
-        ) from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            address=address if isinstance(address, str) and address else None, log_to_driver=False
-        )
-        started = True
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_analyze_job)
-        pending = {task.remote(job): index for job, index in zip(jobs, indices, strict=True)}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
-            try:
-                report = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, SpectraError):
-                    raise cause from None
-                raise SpectraError(f"{jobs[indices.index(index)]['path']}: {exc}") from exc
-            finished(index, report)
-    finally:
-        if started:
-            ray.shutdown()

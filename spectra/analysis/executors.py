@@ -1,0 +1,148 @@
+"""How a sweep's analyses run: here, on a local process pool, or as Ray tasks.
+
+Each executor runs the same ``analyze`` (``analyze_job``) on the same job
+(``analyze``'s arguments as a dict) and hands each report to
+``finished(index, report)`` as it comes, so that the sweep caches it at
+once and an interrupted sweep keeps everything that finished. Their
+results are equal.
+
+- ``run_serially``: one after another in this process, each checkpoint as
+  the sweep opened it, with progress within each;
+- ``run_on_processes``: a spawned process pool; Ctrl-C keeps what finished
+  and ends the worker processes at once;
+- ``run_on_ray``: Ray tasks (one GPU each where the cluster has GPUs) on an
+  initialised Ray, or one that ``ray.init`` starts or joins.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+
+from ..errors import SpectraError
+from ..loaders import Checkpoint
+from ..report import Progress, Report
+from .stream import analyze
+
+__all__ = ["analyze_job", "run_on_processes", "run_on_ray", "run_serially"]
+
+Finished = Callable[[int, Report], None]  # (index of the job's checkpoint, its report)
+
+
+def analyze_job(
+    job: dict, checkpoint: Checkpoint | None = None, progress: Progress | None = None
+) -> Report:
+    """One checkpoint's analysis; module-level so that process pools and Ray can ship it.
+
+    ``checkpoint`` is the job's checkpoint as the sweep opened it (serial runs);
+    a worker process opens its own.
+    """
+    return analyze(**job, checkpoint=checkpoint, progress=progress)
+
+
+def _worker_setup(threads: int) -> None:
+    """A worker process's set-up: its share of the threads, and the CLI's allocator setting."""
+    import torch
+
+    from ..io.memory import release_large_blocks
+
+    torch.set_num_threads(threads)
+    release_large_blocks()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
+
+
+def run_serially(
+    jobs: list[dict],
+    indices: list[int],
+    finished: Finished,
+    opened: list[Checkpoint | None],
+    progress_of: Callable[[int], Progress | None],
+) -> None:
+    """Run ``jobs`` here, in turn: each on ``opened[index]``, the checkpoint as the sweep opened it.
+
+    ``progress_of(index)`` is the progress of that job's modules. A finished
+    checkpoint is let go (``opened[index] = None``) before the next is read.
+    """
+    for job, index in zip(jobs, indices, strict=True):
+        finished(index, analyze_job(job, opened[index], progress_of(index)))
+        opened[index] = None  # nothing of a finished checkpoint stays in memory
+
+
+def run_on_processes(
+    jobs: list[dict], indices: list[int], workers: int, finished: Finished
+) -> None:
+    """Run ``jobs`` on a process pool; on Ctrl-C keep what finished and stop the workers at once."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
+    )
+    futures = {
+        pool.submit(analyze_job, job): index for job, index in zip(jobs, indices, strict=True)
+    }
+    handled: set[concurrent.futures.Future] = set()
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            handled.add(future)
+            finished(futures[future], future.result())
+    except BaseException:
+        for future, index in futures.items():  # finished before the stop: still kept
+            done = future.done() and not future.cancelled() and future.exception() is None
+            if done and future not in handled:
+                handled.add(future)
+                finished(index, future.result())
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now, not when they finish."""
+    # the executor keeps its processes in ``_processes`` (pid → process); read before shutdown
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
+def run_on_ray(
+    jobs: list[dict],
+    indices: list[int],
+    address: bool | str,
+    finished: Finished,
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SpectraError(
+            "--ray needs Ray, which is not installed: pip install 'spectra[ray]'"
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(
+            address=address if isinstance(address, str) and address else None, log_to_driver=False
+        )
+        started = True
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(analyze_job)
+        pending = {task.remote(job): index for job, index in zip(jobs, indices, strict=True)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready[0])
+            try:
+                report = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, SpectraError):
+                    raise cause from None
+                raise SpectraError(f"{jobs[indices.index(index)]['path']}: {exc}") from exc
+            finished(index, report)
+    finally:
+        if started:
+            ray.shutdown()
