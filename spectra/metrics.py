@@ -111,16 +111,41 @@ def entropy(sigma: SpectrumLike) -> float:
     Flat spectrum of k non-zero values: ln k; one spike: 0; zero spectrum: 0.
     Reference: O. Roy and M. Vetterli, "The effective rank: a measure of
     effective dimensionality", EUSIPCO 2007.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        H in nats, ≥ 0 (0 for ΔW = 0).
+
+    Example:
+        >>> import math  # flat: ln k; one spike: 0
+        >>> entropy([1.0, 1.0, 1.0, 1.0]) == math.log(4), entropy([2.0, 0.0, 0.0, 0.0]) == 0
+        (True, True)
     """
     unit = _unit_spectrum(sigma)
     return 0.0 if unit is None else _entropy_of(unit)
 
 
 def normalized_entropy(sigma: SpectrumLike, shape: Sequence[int] | None = None) -> float:
-    """``entropy / ln n`` ∈ [0, 1], n = min(shape) (or len(σ)).
+    """The spectral ``entropy`` over ln n, in [0, 1], n = min(shape) (or len(σ)).
 
     Flat spectrum of k values: ln k / ln n; one spike: 0. 0 when n = 1 (one
     direction is both a spike and flat; 0 keeps the bound) and for ΔW = 0.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW, so that n = min(shape) counts the
+            zeros a factored ΔW does not pass; ``None``: n = len(σ).
+
+    Returns:
+        H / ln n, a float in [0, 1].
+
+    Example:
+        >>> round(normalized_entropy([1.0, 1.0, 1.0, 1.0], shape=(8, 16)), 6)  # ln 4 / ln 8
+        0.666667
+        >>> normalized_entropy([1.0, 1.0, 1.0, 1.0]), normalized_entropy([2.0, 0.0, 0.0, 0.0]) == 0
+        (1.0, True)
     """
     values = _sorted_spectrum(sigma)
     n = _capacity(values, shape)
@@ -134,19 +159,40 @@ def effective_rank(sigma: SpectrumLike) -> float:
 
     Flat spectrum of k values: k; one spike: 1; 1 ≤ value ≤ n for ΔW ≠ 0.
     The zero spectrum has no directions: 0.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        exp(H), a float in [1, n] (0 for ΔW = 0).
+
+    Example:
+        >>> effective_rank([1.0, 1.0, 1.0, 1.0]), effective_rank([2.0, 0.0, 0.0, 0.0])
+        (4.0, 1.0)
     """
     unit = _unit_spectrum(sigma)
     return 0.0 if unit is None else math.exp(_entropy_of(unit))
 
 
 def energy_entropy(sigma: SpectrumLike, tol: float | None = None) -> float:
-    """Entropy of the energies p_i = σ_i²/Σσ², divided by ln(rank) ∈ [0, 1].
+    """Entropy of the energies p_i = σ_i²/Σσ², divided by ln(rank), in [0, 1].
 
     ``rank`` is the numerical rank (``numerical_rank(σ, tol)``), and p runs
     over those ``rank`` values: the same quantity as WeightWatcher's
     ``entropy`` (``matrix_entropy`` in its ``RMT_Util``), except that values
     below the tolerance are left out of p instead of adding noise. Flat
     spectrum of k values: 1; one spike, rank ≤ 1, or ΔW = 0: 0.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        tol: the numerical-rank tolerance; ``None``: ``rank_tolerance(σ)``.
+
+    Returns:
+        The normalised energy entropy, a float in [0, 1].
+
+    Example:
+        >>> energy_entropy([1.0, 1.0, 1.0, 1.0]), energy_entropy([2.0, 0.0, 0.0, 0.0])
+        (1.0, 0.0)
     """
     values = _sorted_spectrum(sigma)
     rank = numerical_rank(values, tol=tol)
@@ -157,20 +203,40 @@ def energy_entropy(sigma: SpectrumLike, tol: float | None = None) -> float:
 
 
 def stable_rank(sigma: SpectrumLike) -> float:
-    """Stable rank Σσ²/σ_1² = ‖ΔW‖_F²/‖ΔW‖_2² ∈ [1, n] (0 for ΔW = 0).
+    """Stable rank Σσ²/σ_1² = ‖ΔW‖_F²/‖ΔW‖_2², in [1, n] (0 for ΔW = 0).
 
     Flat spectrum of k values: k; one spike: 1. Reference: M. Rudelson and
     R. Vershynin, "Sampling from large matrices", J. ACM 2007; WeightWatcher's
     ``stable_rank`` computes the same from the eigenvalues σ².
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        Σσ²/σ_1², a float.
+
+    Example:
+        >>> stable_rank([1.0, 1.0, 1.0, 1.0]), stable_rank([2.0, 0.0, 0.0, 0.0])
+        (4.0, 1.0)
     """
     unit = _unit_spectrum(sigma)
     return 0.0 if unit is None else float(unit.square().sum())
 
 
 def participation_ratio(sigma: SpectrumLike) -> float:
-    """Participation ratio (Σσ²)² / Σσ⁴ ∈ [1, n] (0 for ΔW = 0).
+    """Participation ratio (Σσ²)² / Σσ⁴, in [1, n] (0 for ΔW = 0).
 
     Flat spectrum of k values: k; one spike: 1.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        (Σσ²)² / Σσ⁴, a float.
+
+    Example:
+        >>> participation_ratio([1.0, 1.0, 1.0, 1.0]), participation_ratio([2.0, 0.0, 0.0, 0.0])
+        (4.0, 1.0)
     """
     unit = _unit_spectrum(sigma)
     if unit is None:
@@ -186,6 +252,18 @@ def energy_rank(sigma: SpectrumLike, q: float = 0.9) -> int:
     allow a relative slack of 1e-12 for rounding. Reference: D. Biderman et
     al., "LoRA learns less and forgets less", TMLR 2024 (rank needed to
     explain 90 % of the spectral energy).
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        q: the share of Σσ² to hold, in (0, 1] (else ``ValueError``).
+
+    Returns:
+        m, an int (0 for ΔW = 0).
+
+    Example:
+        >>> flat, spike = [1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]  # flat: ⌈q·k⌉
+        >>> energy_rank(flat, q=0.5), energy_rank(flat, q=0.9), energy_rank(spike, q=0.99)
+        (2, 4, 1)
     """
     if not 0.0 < q <= 1.0:
         raise ValueError(f"q must be in (0, 1]; got {q!r}")
@@ -198,9 +276,20 @@ def energy_rank(sigma: SpectrumLike, q: float = 0.9) -> int:
 
 
 def top_share(sigma: SpectrumLike, m: int = 1) -> float:
-    """Share of the energy in the top m directions, Σ_{i≤m} σ_i² / Σσ² ∈ [0, 1].
+    """Share of the energy in the top m directions, Σ_{i≤m} σ_i² / Σσ², in [0, 1].
 
     Flat spectrum of k ≥ m values: m/k; one spike: 1; ΔW = 0: 0.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        m: how many of the largest directions, ≥ 1 (else ``ValueError``).
+
+    Returns:
+        The share, a float in [0, 1].
+
+    Example:
+        >>> top_share([1.0, 1.0, 1.0, 1.0], m=1), top_share([2.0, 0.0, 0.0, 0.0], m=1)
+        (0.25, 1.0)
     """
     if m < 1:
         raise ValueError(f"m must be >= 1; got {m!r}")
@@ -214,7 +303,7 @@ def top_share(sigma: SpectrumLike, m: int = 1) -> float:
 def gini(
     sigma: SpectrumLike, shape: Sequence[int] | None = None, tol: float | None = None
 ) -> float:
-    """Gini coefficient of the m = ``numerical_rank(σ, shape, tol)`` largest σ ∈ [0, 1).
+    """Gini coefficient of the m = ``numerical_rank(σ, shape, tol)`` largest σ, in [0, 1).
 
     Taken over the directions the update uses: exact zeros and values at or
     below the rank tolerance are left out, so a flat spectrum of k values
@@ -223,6 +312,20 @@ def gini(
     (one direction is both flat and a spike) and for ΔW = 0. With x the m
     values ascending, G = Σ_i (2i − m − 1)·x_i / (m·Σx) (Gini's
     mean-difference form); m values with one of them large give 1 − 1/m.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW, for the default tolerance.
+        tol: the numerical-rank tolerance; ``None``: ``rank_tolerance(σ, shape)``.
+
+    Returns:
+        G, a float in [0, 1).
+
+    Example:
+        >>> gini([1.0, 1.0, 1.0, 0.0]), gini([2.0, 0.0, 0.0, 0.0])  # flat over 3; one spike
+        (0.0, 0.0)
+        >>> round(gini([3.0, 1.0]), 6)  # (3 − 1) / (2·4)
+        0.25
     """
     values = _sorted_spectrum(sigma)
     m = numerical_rank(values, shape, tol)
@@ -238,20 +341,53 @@ def gini(
 
 
 def spectral_norm(sigma: SpectrumLike) -> float:
-    """‖ΔW‖_2 = σ_1 (0 for the empty spectrum)."""
+    """‖ΔW‖_2 = σ_1, the largest singular value (0 for the empty spectrum).
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        σ_1, a float.
+
+    Example:
+        >>> spectral_norm([1.0, 1.0, 1.0, 1.0]), spectral_norm([0.0, 2.0, 0.0, 0.0])  # any order
+        (1.0, 2.0)
+    """
     values = _sorted_spectrum(sigma)
     return float(values[0]) if values.numel() else 0.0
 
 
 def frobenius_norm(sigma: SpectrumLike) -> float:
-    """‖ΔW‖_F = √Σσ², computed as σ_1·‖σ/σ_1‖ to avoid overflow."""
+    """‖ΔW‖_F = √Σσ², computed as σ_1·‖σ/σ_1‖ to avoid overflow.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        √Σσ², a float.
+
+    Example:
+        >>> frobenius_norm([1.0, 1.0, 1.0, 1.0]), frobenius_norm([2.0, 0.0, 0.0, 0.0])  # √k; σ_1
+        (2.0, 2.0)
+    """
     values = _sorted_spectrum(sigma)
     unit = _unit_spectrum(values)
     return 0.0 if unit is None else float(values[0]) * float(torch.linalg.vector_norm(unit))
 
 
 def nuclear_norm(sigma: SpectrumLike) -> float:
-    """‖ΔW‖_* = Σσ."""
+    """‖ΔW‖_* = Σσ, the nuclear (trace) norm.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+
+    Returns:
+        Σσ, a float.
+
+    Example:
+        >>> nuclear_norm([1.0, 1.0, 1.0, 1.0]), nuclear_norm([2.0, 0.0, 0.0, 0.0])  # k; σ_1
+        (4.0, 2.0)
+    """
     return float(_sorted_spectrum(sigma).sum())
 
 
@@ -262,8 +398,20 @@ def rounding_floor(shape: Sequence[int], source_dtype: torch.dtype, weight_rms: 
     (bf16 2^-7, fp16 2^-10, fp32 2^-23): the largest singular value of a
     ``(d_out, d_in)`` matrix of independent errors of size ε·rms(W) (Gordon's
     bound for Gaussian matrices). Singular values of ΔW at or below it cannot
-    be told apart from rounding. ``source_dtype`` is the coarser of the two
-    checkpoints' dtypes; ``weight_rms`` the root-mean-square entry of W.
+    be told apart from rounding.
+
+    Args:
+        shape: ``(d_out, d_in)`` of ΔW.
+        source_dtype: the coarser of the two checkpoints' dtypes.
+        weight_rms: the root-mean-square entry of W.
+
+    Returns:
+        The floor, in the units of σ, a float.
+
+    Example:
+        >>> import torch
+        >>> rounding_floor((4096, 4096), torch.bfloat16, weight_rms=0.02)  # 2^-7 · 0.02 · 128
+        0.02
     """
     eps = torch.finfo(source_dtype).eps
     return eps * weight_rms * (math.sqrt(shape[0]) + math.sqrt(shape[1]))
@@ -292,6 +440,25 @@ def rank_tolerance(
     A factored ΔW (LoRA) has no rounding floor: s·B@A is exactly low rank
     whatever the dtype of B and A, so pass neither for it. The report, the
     subspace metrics and the figures all take their tolerance from here.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW; ``None``: a square matrix of len(σ).
+        relative_floor: the computation floor relative to σ_1; ``None``:
+            ``max(d_out, d_in) · ε₆₄``.
+        source_dtype: the checkpoint's dtype, with ``weight_rms``, for the
+            rounding floor of a dense ΔW.
+        weight_rms: the root-mean-square entry of W.
+        rounding: the rounding floor itself, in place of the two above.
+
+    Returns:
+        The tolerance, in the units of σ, a float ≥ 0.
+
+    Example:
+        >>> rank_tolerance([1.0, 0.5], shape=(4, 4), relative_floor=1e-6)
+        1e-06
+        >>> rank_tolerance([1.0, 0.5], shape=(4, 4), rounding=0.25)  # the rounding floor wins
+        0.25
     """
     values = _sorted_spectrum(sigma)
     sigma_1 = float(values[0]) if values.numel() else 0.0
@@ -303,7 +470,7 @@ def rank_tolerance(
 
 
 def share_above(sigma: SpectrumLike, tol: float) -> float:
-    """The share of Σσ (the nuclear norm) in singular values above ``tol``, ∈ [0, 1].
+    """The share of Σσ (the nuclear norm) in singular values above ``tol``, in [0, 1].
 
     0 for ΔW = 0. Near 1 when the spectrum stands clear of its floor. A long
     tail of values at a rounding floor carries little energy (σ²) but much of
@@ -311,6 +478,17 @@ def share_above(sigma: SpectrumLike, tol: float) -> float:
     update over 380 noise values can show an effective rank above 100 with
     95 % of its energy above the floor and 12 % of Σσ. So this share, the
     stricter of the two, says whether balance metrics describe the update.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        tol: the floor; values at or below it do not count.
+
+    Returns:
+        The share, a float in [0, 1].
+
+    Example:
+        >>> share_above([1.0, 1.0, 1.0, 1.0], tol=0.5), share_above([2.0, 1.0, 1.0], tol=1.0)
+        (1.0, 0.5)
     """
     values = _sorted_spectrum(sigma)
     unit = _unit_spectrum(values)
@@ -322,7 +500,20 @@ def share_above(sigma: SpectrumLike, tol: float) -> float:
 def numerical_rank(
     sigma: SpectrumLike, shape: Sequence[int] | None = None, tol: float | None = None
 ) -> int:
-    """#{σ_i > tol}; ``tol`` defaults to ``rank_tolerance(σ, shape)`` (numpy's rule)."""
+    """#{σ_i > tol}, the number of singular values above the rank tolerance.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW, for the default tolerance.
+        tol: the tolerance; ``None``: ``rank_tolerance(σ, shape)`` (numpy's rule).
+
+    Returns:
+        The numerical rank, an int.
+
+    Example:
+        >>> numerical_rank([1.0, 1.0, 1.0, 1.0]), numerical_rank([2.0, 1e-20, 0.0, 0.0])
+        (4, 1)
+    """
     values = _sorted_spectrum(sigma)
     if tol is None:
         tol = rank_tolerance(values, shape)
@@ -335,6 +526,20 @@ def condition_number(
     """σ_1 / σ_m with m the numerical rank: the conditioning of ΔW on its range.
 
     ≥ 1 for ΔW ≠ 0; 0 for ΔW = 0 (no directions, nothing to condition).
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW, for the default tolerance.
+        tol: the numerical-rank tolerance; ``None``: ``rank_tolerance(σ, shape)``.
+
+    Returns:
+        σ_1 / σ_m, a float.
+
+    Example:
+        >>> condition_number([1.0, 1.0, 1.0, 1.0]), condition_number([2.0, 0.0, 0.0, 0.0])
+        (1.0, 1.0)
+        >>> condition_number([4.0, 2.0, 0.0])  # the zero is not in the range
+        2.0
     """
     values = _sorted_spectrum(sigma)
     m = numerical_rank(values, shape, tol)
@@ -344,7 +549,19 @@ def condition_number(
 
 
 def relative_norm(sigma: SpectrumLike, base_norm: float | None) -> float | None:
-    """‖ΔW‖_F / ‖W_0‖_F; ``None`` when the base weight is not known (or is 0)."""
+    """‖ΔW‖_F / ‖W_0‖_F: the size of the update against the weight it changes.
+
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        base_norm: ‖W_0‖_F of the base weight, or ``None`` when not known.
+
+    Returns:
+        The ratio, a float; ``None`` when the base is not known (or is 0).
+
+    Example:
+        >>> relative_norm([3.0, 4.0], base_norm=10.0), relative_norm([3.0, 4.0], None)  # ‖ΔW‖_F = 5
+        (0.5, None)
+    """
     if base_norm is None or base_norm == 0:
         return None
     return frobenius_norm(sigma) / base_norm
@@ -408,8 +625,22 @@ def compute(
 ) -> dict[str, float | int | None]:
     """Every registered metric (or those in ``names``) of one spectrum, by name.
 
-    ``tol`` is the numerical-rank tolerance (default: ``rank_tolerance``);
-    ``base_norm`` is ‖W_0‖_F for ``relative_norm`` (``None`` → ``None``).
+    Args:
+        sigma: σ of one ΔW: a tensor, array or sequence, any order, finite, ≥ 0.
+        shape: ``(d_out, d_in)`` of ΔW; ``None``: n = len(σ).
+        tol: the numerical-rank tolerance; ``None``: ``rank_tolerance(σ, shape)``.
+        base_norm: ‖W_0‖_F for ``relative_norm`` (``None`` → ``None``).
+        names: the metrics to compute, as in ``METRICS``; ``None``: all.
+
+    Returns:
+        A dict name → value (float, int, or ``None`` for ``relative_norm``
+        without a base), in the order of ``METRICS``.
+
+    Example:
+        >>> compute([1.0, 1.0, 1.0, 1.0], names=["effective_rank", "stable_rank"])
+        {'effective_rank': 4.0, 'stable_rank': 4.0}
+        >>> compute([2.0, 0.0, 0.0, 0.0], names=["effective_rank", "numerical_rank"])
+        {'effective_rank': 1.0, 'numerical_rank': 1}
     """
     values = _sorted_spectrum(sigma)
     if tol is None:
