@@ -1,9 +1,10 @@
-"""The README tells the truth: its Python examples run, and what it promises holds.
+"""The README and the docs tell the truth: their Python examples run, and what they promise holds.
 
-Every ```python block of README.md is run as a script, in its own
-subprocess, in a folder holding the demo's checkpoints under the names the
-README uses (``base/``, ``tuned/``, ``adapter/``, ``output/checkpoint-<step>/``),
-so an example that drifts from the code fails here. Beside them: the demo's
+Every ```python block of README.md and of docs/*.md is run as a script, in
+its own subprocess, in a folder holding the demo's checkpoints under the
+names the pages use (``base/``, ``tuned/``, ``adapter/``,
+``final_checkpoint.pt``, ``output/checkpoint-<step>/``), so an example that
+drifts from the code fails here. Beside them: the demo's
 closing sentence states what was measured (checked against numpy's SVD of the
 demo's own files), and ``spectra --help`` names every format spectra reads.
 """
@@ -21,12 +22,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def python_blocks() -> list[str]:
-    return _PYTHON_BLOCK.findall(README.read_text(encoding="utf-8"))
+def python_blocks(page: Path = README) -> list[str]:
+    return _PYTHON_BLOCK.findall(page.read_text(encoding="utf-8"))
+
+
+def all_python_blocks() -> list[tuple[str, int, str]]:
+    """(page relative to the repository, index on that page, code) of every example."""
+    return [
+        (page.relative_to(ROOT).as_posix(), index, block)
+        for page in PAGES
+        for index, block in enumerate(python_blocks(page))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +57,22 @@ def readme_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_readme_has_the_python_examples_this_file_runs():
-    blocks = python_blocks()
-    assert len(blocks) >= 2  # "From Python" and "Watching a run as it trains"
+def test_the_readme_and_docs_have_the_python_examples_this_file_runs():
+    assert any("spectra.analyze(" in block for block in python_blocks(README))  # quick start
+    blocks = [block for _, _, block in all_python_blocks()]
+    assert len(blocks) >= 3  # the quick start, "From Python", "Watching a run as it trains"
     assert any("spectra.analyze(" in block for block in blocks)
     assert any("watch(trainer" in block for block in blocks)
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_every_python_example_in_the_readme_runs(readme_folder, tmp_path, index):
-    block = python_blocks()[index]
+@pytest.mark.parametrize(
+    ("page", "index", "block"),
+    all_python_blocks(),
+    ids=[f"{page}-{index}" for page, index, _ in all_python_blocks()],
+)
+def test_every_python_example_in_the_readme_and_docs_runs(
+    readme_folder, tmp_path, page, index, block
+):
     work = tmp_path / "run"
     shutil.copytree(readme_folder, work, symlinks=True)
     script = work / f"readme_block_{index}.py"
@@ -74,7 +92,7 @@ def test_every_python_example_in_the_readme_runs(readme_folder, tmp_path, index)
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, f"README block {index}:\n{block}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"{page} block {index}:\n{block}\n{result.stderr[-4000:]}"
     if "report.save(" in block:  # the files the README says a saved report holds
         saved = sorted(p.name for p in (work / "adapter-report").iterdir())
         assert saved == ["metrics.csv", "report.json", "spectra.safetensors"]
@@ -158,5 +176,5 @@ def test_help_names_every_format_spectra_reads():
         "MLX",
         "torchtune",
         "GGUF",
-    ):  # the rows of README's "What it reads"
+    ):  # the rows of docs/formats.md's table
         assert name in text, name
