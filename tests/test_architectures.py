@@ -2,7 +2,7 @@
 
 The models are built from a ``transformers`` config with random weights (no
 packaged model exists for them); the reference slices are written here from
-the layouts in FORMATS.md, independently of spectra's architecture map.
+the layouts in docs/formats.md ("Architectures"), independently of spectra's architecture map.
 """
 
 from __future__ import annotations
@@ -595,5 +595,5 @@ def test_t5_lora_needs_the_encoder_depth_for_its_decoder_blocks(tmp_path):
     assert {m.layer for m in info.modules} == {0, 1}
     reasons = info.not_analysed_by_reason()
     decoder = [r for r in reasons if "numbered after the encoder" in r]
-    assert len(decoder) == 1 and "--base" in decoder[0]
+    assert len(decoder) == 1 and "the base model's config.json" in decoder[0]
     assert len(reasons[decoder[0]]) == 3 * 2 * 2  # decoder self-attention q, v: A and B

@@ -4,8 +4,9 @@
 projections, are trained a few steps (so the scaling vectors and routers
 move away from their initial values), and are saved in the reference
 on-disk layouts. ΔW is rebuilt here in numpy from the saved tensors with the
-formulas of FORMATS.md §3–4, independently of spectra's loaders, and the
-layer's forward pass is checked against that formula too.
+formulas of docs/formats.md ("MultiLoRA", "Multi-head LoRA"), independently
+of spectra's loaders, and the layer's forward pass is checked against that
+formula too.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_dense_exact_matches_numpy(d_out, d_in):
 
 @pytest.mark.parametrize(("d_out", "d_in"), DENSE_SHAPES)
 def test_dense_fast_within_its_stated_accuracy(d_out, d_in):
-    """Gram eigenvalues: ≤ 1e-6 relative for σ_i ≥ 1e-5·σ_1 (DESIGN.md numerics)."""
+    """Gram eigenvalues: ≤ 1e-6 relative for σ_i ≥ 1e-5·σ_1 (docs/accuracy.md)."""
     n = min(d_out, d_in)
     values = np.logspace(0, -7, n)  # spans far below the accurate range on purpose
     matrix = _planted(d_out, d_in, values, seed=n)

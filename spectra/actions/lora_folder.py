@@ -1,7 +1,7 @@
 """A PEFT LoRA adapter folder written from factors: ``adapter_config.json`` and weights.
 
 What ``resize`` and ``extract`` write, and what ``suggest`` proposes, in
-PEFT's own terms (``peft.LoraConfig``, FORMATS.md §2):
+PEFT's own terms (``peft.LoraConfig``; the layout is in docs/formats.md):
 
 - ``r`` is the most common rank; ``rank_pattern`` gives every other module
   its own, keyed by the module's full path (PEFT matches a key ``k`` against

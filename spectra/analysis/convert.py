@@ -1,7 +1,7 @@
 """``spectra convert``: write a MultiLoRA checkpoint in spectra's documented folder layout.
 
 The reference implementation saves a bare ``torch.save`` state dict with no
-config (FORMATS.md §3); this writes ``adapter_config.json`` (``peft_type``
+config (docs/formats.md, "MultiLoRA"); this writes ``adapter_config.json`` (``peft_type``
 ``SPECTRA_MULTILORA``, ``r``, ``num_heads``, ``lora_alpha``, the formula) and
 ``adapter_model.safetensors`` with the stacked tensors, so that other
 MultiLoRA code can convert once. Writing lives here, outside the loaders.

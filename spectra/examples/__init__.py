@@ -4,7 +4,7 @@
   on-disk formats (``spectra demo``);
 - ``reference``: ``MultiLoRALinear`` and ``MultiHeadLoRALinear``, minimal
   implementations of MultiLoRA and HydraLoRA-style layers whose saved state
-  dicts are the layouts FORMATS.md describes (for figures and tests).
+  dicts are the layouts docs/formats.md describes (for figures and tests).
 
 Nothing in the analysis imports this package.
 """

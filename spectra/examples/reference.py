@@ -1,10 +1,10 @@
 """Reference layers for MultiLoRA and multi-head LoRA, written from their formulas.
 
 No official MultiLoRA release exists, and HydraLoRA lives in a fork of an
-old PEFT; these small ``torch.nn`` layers implement the forward passes of
-``shared/FORMATS.md`` §3–4 so that genuine checkpoints can be trained and
-saved in the reference on-disk layouts (by spectra's tests, the figure
-script, and users who want to try the methods):
+old PEFT; these small ``torch.nn`` layers implement the forward passes that
+docs/formats.md gives ("MultiLoRA", "Multi-head LoRA") so that genuine
+checkpoints can be trained and saved in the reference on-disk layouts (by
+spectra's tests, the figure script, and users who want to try the methods):
 
 - ``MultiLoRALinear``: y = W x + (α/r) Σ_i c_i ⊙ (B_i A_i x), with
   ``lora_A (n, r, d_in)``, ``lora_B (n, d_out, r)`` and the scaling vectors

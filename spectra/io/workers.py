@@ -11,7 +11,8 @@ module, both yielding in input order and both bounded in memory:
   function to it; results come back in input order. On a 2-core CPU two
   dense eigensolvers on one thread each give more throughput than one after
   another on two threads, because the tridiagonal reduction is memory-bound
-  and does not scale with threads (DESIGN.md, "Numerics").
+  and does not scale with threads (docs/accuracy.md, "Why the fast path is
+  the default").
 
 Errors raised while producing or computing are re-raised in the consumer at
 the item where a serial loop would have met them; if the consumer stops early
