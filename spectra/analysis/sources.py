@@ -46,9 +46,11 @@ def load(
     Hugging Face cache only; each is resolved once, here. ``base`` is the
     model the checkpoint was tuned from: required to analyse a full fine-tune
     or a DoRA adapter, optional otherwise (it adds ``relative_norm``).
-    ``format`` is ``"auto"`` or one of ``"full"``, ``"peft"``, ``"multilora"``;
-    ``options`` are those of ``spectra.loaders`` (``adapter``, ``per_head``,
-    ``directional_only``, ``lora_alpha``).
+    Every registered format is read (``spectra.formats()`` lists them, with
+    what each recognises and the options it takes; docs/formats.md describes
+    them): ``format`` is ``"auto"`` (detect) or a registered format's name;
+    ``options`` are the options the formats declare (``adapter``,
+    ``per_head``, ``directional_only``, ``lora_alpha``, …).
     """
     source = locate(path, "CKPT")
     base_source = locate(base, "--base") if base is not None else None
