@@ -41,7 +41,8 @@ class SpectraGroup(click.Group):
 
     def make_context(self, *args, **kwargs) -> click.Context:
         try:  # parsing the command line: click would say "Aborted!" and exit 1
-            return super().make_context(*args, **kwargs)
+            with command_line():  # the parameter types' messages name flags
+                return super().make_context(*args, **kwargs)
         except KeyboardInterrupt as exc:
             self._interrupted(exc)
 

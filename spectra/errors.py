@@ -30,6 +30,7 @@ __all__ = [
     "SpectraWarning",
     "command_line",
     "for_python",
+    "on_command_line",
     "warn",
 ]
 
@@ -97,6 +98,11 @@ def for_python(message: str) -> str:
         return f"{argument}={value!r}" if not value.isdigit() else f"{argument}={value}"
 
     return _FLAG.sub(rewrite, message)
+
+
+def on_command_line() -> bool:
+    """Whether the command line is running (messages then name flags, not arguments)."""
+    return _ON_COMMAND_LINE.get()
 
 
 @contextmanager

@@ -56,6 +56,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save as save_numpy
 
 from . import __version__
+from .arguments import OUT
 from .display import frame, html_table
 from .errors import FormatError, SpectraError
 from .io.atomic import check_output, holds, replace_folder
@@ -268,7 +269,7 @@ class Report:
         if missing:
             raise FormatError(
                 f"{folder}: not a spectra report folder; missing {', '.join(missing)} "
-                "(write one with spectra analyze --out)"
+                f"(write one with spectra analyze {OUT})"
             )
         try:
             meta = json.loads((folder / META_FILE).read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .arguments import LAYERS, MODULES, Argument
 from .errors import SelectionError
 
 __all__ = ["DEFAULT_MODULES", "ROLES", "layer_ranges", "parse_layers", "parse_modules"]
@@ -24,12 +25,13 @@ DEFAULT_MODULES = ("k", "v")  # what an analysis takes when no modules are named
 
 
 def parse_modules(
-    modules: str | Iterable[str] | None, flag: str = "modules="
+    modules: str | Iterable[str] | None, flag: Argument | str = MODULES
 ) -> str | tuple[str, ...] | None:
     """``"k,v"`` or ``["k", "v"]`` → ``("k", "v")``; ``"all"`` → ``"all"``; None → None.
 
     Unknown roles raise ``SelectionError`` listing the valid ones; ``flag``
-    names the argument in the message (``--modules`` on the command line).
+    names the argument in the message (``--modules`` on the command line, ``modules=``
+    in Python: an ``Argument`` renders itself for where the message is made).
     """
     if modules is None:
         return None
@@ -48,7 +50,7 @@ def parse_modules(
 
 
 def parse_layers(
-    layers: str | int | Iterable[int | str] | None, flag: str = "layers="
+    layers: str | int | Iterable[int | str] | None, flag: Argument | str = LAYERS
 ) -> tuple[int, ...] | None:
     """``"0-3,7"``, ``[0, 1, 2, 3, 7]`` or ``7`` → sorted layer numbers; None → None (all).
 
@@ -72,7 +74,7 @@ def parse_layers(
     return tuple(sorted(chosen))
 
 
-def _layer_part(part: object, whole: object, flag: str) -> range:
+def _layer_part(part: object, whole: object, flag: Argument | str) -> range:
     """One item of a layer list: ``3``, ``"3"`` or ``"0-3"``."""
     bad = SelectionError(
         f"{whole!r} is not a layer list like 0-3,7 (non-negative numbers, ranges low-high) ({flag})"

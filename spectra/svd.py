@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from .arguments import DEVICE, JOBS, SKIP_NONFINITE
 from .delta import Dense, Factored, LayerDelta
 from .errors import DeviceError, NonFiniteError, SpectraError
 from .io.workers import ordered_map, read_ahead
@@ -70,15 +71,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as exc:
         raise DeviceError(
-            f"unknown device {device!r}: expected auto, cpu or cuda[:N] (--device)"
+            f"unknown device {device!r}: expected auto, cpu or cuda[:N] ({DEVICE})"
         ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
             f"device {device!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
-            "GPU; use --device=cpu or --device=auto"
+            f"GPU; use {DEVICE('cpu')} or {DEVICE('auto')}"
         )
     if resolved.type not in ("cpu", "cuda"):
-        raise DeviceError(f"device {device!r} is not supported: use --device=auto, cpu or cuda")
+        raise DeviceError(f"device {device!r} is not supported: use {DEVICE('auto')}, cpu or cuda")
     return resolved
 
 
@@ -156,7 +157,7 @@ def check_finite(delta: LayerDelta) -> None:
     if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
         raise NonFiniteError(
             f"{delta.name} (layer {delta.layer}, {delta.role}): the weights hold NaN or Inf, so "
-            "ΔW has no spectrum; re-export the checkpoint, or pass --skip-nonfinite to leave "
+            f"ΔW has no spectrum; re-export the checkpoint, or pass {SKIP_NONFINITE} to leave "
             "such modules out (the report then says which)"
         )
 
@@ -266,7 +267,7 @@ def singular_values_stream(
         raise SpectraError(f"batch_size must be >= 1; got {size}")
     workers = default_jobs(target) if jobs is None else jobs
     if workers < 1:
-        raise SpectraError(f"jobs must be >= 1; got {workers} (--jobs)")
+        raise SpectraError(f"jobs must be >= 1; got {workers} ({JOBS})")
     if target.type == "cpu" and workers > 1:
         yield from _side_by_side(deltas, method, workers)
         return

@@ -123,7 +123,7 @@ def test_without_initial_the_warning_names_the_flag(moved):
     case = moved("pissa", torch.float32)
     checkpoint = spectra.load(case.tuned)
     warnings = checkpoint.warnings()
-    assert any("changes W0" in w and "--initial" in w for w in warnings)
+    assert any("changes W0" in w and "initial=DIR" in w for w in warnings)
     # and the update it rebuilds is s·B@A, not the original weights' update
     read = read_deltas(checkpoint, modules="k", layers=[0])[0]
     assert relative_error(read.dense, case.reference[(0, "k")]) > 1e-3

@@ -148,7 +148,7 @@ def test_dora_matches_mlx_fuse(tmp_path, llama, dtype):
         load(folder).plan()
     directional = load(folder, directional_only=True)
     assert [m.kind for m in directional.describe().modules] == ["factored"] * 14
-    assert all("ignored with --directional-only" in r for _, r in directional.not_analysed())
+    assert all("ignored with directional_only=True" in r for _, r in directional.not_analysed())
 
 
 def test_full_fine_tune_is_tuned_minus_base(tmp_path, llama):

@@ -114,7 +114,7 @@ def test_several_adapters_in_one_file_need_a_name(tmp_path, lora_adapter):
         left_out = _assert_nothing_dropped(checkpoint, tensors)
         other = "other" if name == "default" else "default"
         assert set(left_out) == {t for t in tensors if f".{other}." in t}
-        assert all(f"--adapter {other}" in reason for reason in left_out.values())
+        assert all(f"adapter={other!r}" in reason for reason in left_out.values())
         report = spectra.analyze(folder, adapter=name)
         for row in report.rows:
             key = (row["layer"], row["module"])

@@ -36,7 +36,9 @@ _TENSOR = re.compile(
     + "|".join(re.escape(p) for p in ROLE_OF_PATH)
     + r")\.(?:weight|lora_)"
 )
-DEFAULT_NOTE = "not selected: q, o, up, down in 6 layers (24 modules); --modules all for every role"
+DEFAULT_NOTE = "not selected: q, o, up, down in 6 layers (24 modules); modules='all' for every role"
+# The same note made on the command line names the flag, not the Python argument.
+DEFAULT_NOTE_CLI = "not selected: q, o, up, down in 6 layers (24 modules); --modules all for every role"
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +114,13 @@ def test_layers_not_selected_are_named_too(all_linear, dtype):
     assert len(report.not_selected) == 27
     assert report.not_selected_note == (
         "not selected: o, up, down in 6 layers (18 modules) and q, k, v in layers 3-5 "
-        "(9 modules); --modules all for every role, leave out --layers for every layer"
+        "(9 modules); modules='all' for every role, leave out layers= for every layer"
     )
     report = spectra.analyze(adapter.path, modules="o,up", layers=[0, 2, 3, 4, 5])
     _assert_nothing_dropped(report, weights)
     assert report.not_selected_note == (
         "not selected: q, k, v, down in 6 layers (24 modules) and o, up in layer 1 "
-        "(2 modules); --modules all for every role, leave out --layers for every layer"
+        "(2 modules); modules='all' for every role, leave out layers= for every layer"
     )
 
 
@@ -141,7 +143,7 @@ def test_a_full_fine_tune_counts_its_other_weights(finetunes, dtype):
     _assert_nothing_dropped(report, finetune.path / "model.safetensors")
     assert report.not_selected_note == (
         "not selected: q, o, up, down in 6 layers (24 modules) and k, v in layers 0,3-5 "
-        "(8 modules); --modules all for every role, leave out --layers for every layer"
+        "(8 modules); modules='all' for every role, leave out layers= for every layer"
     )
 
 
@@ -150,7 +152,7 @@ def test_the_terminal_prints_it_under_the_table_and_in_compare(all_linear, lora_
     runner = CliRunner()
     result = runner.invoke(cli, ["analyze", str(adapter.path)])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == DEFAULT_NOTE  # under the table
+    assert result.stdout.splitlines()[-1] == DEFAULT_NOTE_CLI  # under the table
     result = runner.invoke(cli, ["analyze", str(lora_adapter.path)])
     assert result.exit_code == 0, result.output
     assert "not selected" not in result.output  # that adapter has k and v only
@@ -161,6 +163,6 @@ def test_the_terminal_prints_it_under_the_table_and_in_compare(all_linear, lora_
     )
     assert result.exit_code == 0, result.output
     noted = [line for line in result.stdout.splitlines() if "not selected" in line]
-    assert noted == [f"{adapter.path.name}: {DEFAULT_NOTE}"]
+    assert noted == [f"{adapter.path.name}: {DEFAULT_NOTE_CLI}"]
     saved = spectra.Report.load(out / "reports" / adapter.path.name)
-    assert saved.not_selected_note == DEFAULT_NOTE
+    assert saved.not_selected_note == DEFAULT_NOTE_CLI

@@ -262,7 +262,7 @@ def test_two_adapters_without_base_match_numpy_and_leave_w0_metrics_empty(
     )
     assert all(row["amplification"] is None for row in comparison.subspace.modules)
     assert all(row["intruder_dimensions"] is None for row in comparison.subspace.modules)
-    assert any("--base" in warning for warning in comparison.subspace.warnings)
+    assert any("base=" in warning for warning in comparison.subspace.warnings)
     pairs = comparison.subspace.pairs
     assert [(row["layer"], row["module"]) for row in pairs] == [(1, "k"), (1, "v")]
     for row in pairs:

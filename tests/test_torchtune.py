@@ -227,7 +227,7 @@ def test_missing_alpha_is_refused_and_lora_alpha_supplies_it(tmp_path, llama):
     assert "adapter_model.pt" in message and "lora_alpha / r" in message
     assert "no adapter_config.json" in message and "lora_alpha=ALPHA" in message
     info = spectra.load(folder, lora_alpha=8).describe()
-    assert {m.scale_source for m in info.modules} == {"--lora-alpha/r = 8/4"}
+    assert {m.scale_source for m in info.modules} == {"given (lora_alpha=8): lora_alpha/r = 8/4"}
 
 
 def test_mismatched_rank_is_refused(tmp_path, llama):

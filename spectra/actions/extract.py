@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import BASE, MODULES
 from ..delta import Dense
 from ..errors import SpectraError
 from ..metrics import energy_rank
@@ -86,7 +87,7 @@ def extract(
     checkpoint = load(tuned, base=base)
     if checkpoint.format != "full":
         raise SpectraError(
-            f"{checkpoint.path}: extract reads full fine-tunes (with --base); this is a "
+            f"{checkpoint.path}: extract reads full fine-tunes (with {BASE}); this is a "
             f"{checkpoint.format} checkpoint (spectra resize shrinks a LoRA adapter)"
         )
     selection = checkpoint.plan(modules, layers)
@@ -96,7 +97,7 @@ def extract(
         raise SpectraError(
             f"{checkpoint.path}: {fused[0]} holds several roles in one fused weight; a LoRA adapts "
             "the whole weight, which extract does not assemble yet: leave those roles out "
-            "(--modules)"
+            f"({MODULES})"
         )
     factors, ranks, rows, warnings = {}, {}, [], list(selection.warnings)
     for done, delta in enumerate(checkpoint.deltas_for(selection), start=1):

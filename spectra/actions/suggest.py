@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..arguments import ENERGY, PER_HEAD
 from ..errors import SpectraError
 from ..io.atomic import check_output
 from ..metrics import energy_rank
@@ -104,7 +105,7 @@ def suggest(
     **analysis)``); a report is used as saved.
     """
     if not 0 < energy <= 1:
-        raise SpectraError(f"energy must be in (0, 1], got {energy} (--energy)")
+        raise SpectraError(f"energy must be in (0, 1], got {energy} ({ENERGY})")
     if isinstance(source, Report):
         report = source
     elif is_report(source):
@@ -115,7 +116,7 @@ def suggest(
         report = analyze(source, base, **({"modules": "all"} | analysis))
     if any(row.get("head") is not None for row in report.rows):
         raise SpectraError(
-            "rank suggestions are per module: analyse without --per-head (one row per module)"
+            f"rank suggestions are per module: analyse without {PER_HEAD} (one row per module)"
         )
     scales = report.meta.get("scales", {})
     by_module: dict[str, dict[str, object]] = {}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arguments import ENERGY, RANK
 from ..delta import Factored
 from ..errors import SpectraError
 from ..subspace import singular_vectors
@@ -51,11 +52,13 @@ ROUNDING_FLOOR = 1e-12  # σ_{r+1} / σ₁ below this: ΔW has rank ≤ r, the r
 def check_amount(rank: int | None, energy: float | None) -> None:
     """How much of each ΔW to keep: exactly one of ``rank`` ≥ 1 or ``energy`` ∈ (0, 1]."""
     if (rank is None) == (energy is None):
-        raise SpectraError("give one of --rank R or --energy Q (how much of each ΔW to keep)")
+        raise SpectraError(
+            f"give one of {RANK('R')} or {ENERGY('Q')} (how much of each ΔW to keep)"
+        )
     if rank is not None and rank < 1:
-        raise SpectraError(f"--rank must be at least 1, got {rank}")
+        raise SpectraError(f"{RANK} must be at least 1, got {rank}")
     if energy is not None and not 0 < energy <= 1:
-        raise SpectraError(f"--energy must be in (0, 1], got {energy}")
+        raise SpectraError(f"{ENERGY} must be in (0, 1], got {energy}")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .. import __version__
+from ..arguments import CACHE, NO_CACHE
 from ..errors import SpectraError
 from ..report import Report, is_report
 
@@ -94,7 +95,7 @@ class ReportCache:
         except OSError as exc:
             raise SpectraError(
                 f"{self.folder}: cannot write to the cache ({exc}); choose another with "
-                "--cache DIR or turn it off with --no-cache"
+                f"{CACHE('DIR')} or turn it off with {NO_CACHE}"
             ) from exc
 
     # -- file digests ------------------------------------------------------
@@ -130,5 +131,5 @@ class ReportCache:
         except OSError as exc:
             raise SpectraError(
                 f"{self.folder}: cannot write to the cache ({exc}); choose another with "
-                "--cache DIR or turn it off with --no-cache"
+                f"{CACHE('DIR')} or turn it off with {NO_CACHE}"
             ) from exc

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arguments import BASE, LABEL
 from ..defaults import SUMMARY_METRICS
 from ..display import frame, html_table
 from ..errors import SpectraError, warn
@@ -234,7 +235,7 @@ def compare(
     labels = list(labels) if labels else [Path(s).name for s in sources]
     if len(labels) != len(sources):
         raise SpectraError(
-            f"{len(labels)} labels for {len(sources)} sources: give one --label per source"
+            f"{len(labels)} labels for {len(sources)} sources: give one {LABEL} per source"
         )
     if len(set(labels)) != len(labels):
         raise SpectraError(f"labels must differ; got {labels}")
@@ -242,7 +243,7 @@ def compare(
         check_subspace_options(subspace_rank, intruder_top, intruder_eps, options)
         refuse_reports(sources)
     # each Hub id resolved once, here: analyze and the subspace pass get the local Source
-    base = locate(base, "--base") if base is not None else None
+    base = locate(base, BASE) if base is not None else None
     memo: dict = {}  # W0's singular vectors, shared by the sources that share a base
     collectors = (
         [

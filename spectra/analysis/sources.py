@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..arguments import BASE
 from ..io.hub import locate, resolve_cached
 from ..loaders import Checkpoint, find_model_file
 from ..loaders import load as load_local
@@ -53,5 +54,5 @@ def load(
     ``per_head``, ``directional_only``, ``lora_alpha``, …).
     """
     source = locate(path, "CKPT")
-    base_source = locate(base, "--base") if base is not None else None
+    base_source = locate(base, BASE) if base is not None else None
     return load_local(source, base_source, format, base_lookup=cached_base, **options)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..arguments import BASE, LAYERS, MODULES, PER_HEAD, SUBSPACE
 from ..delta import LayerDelta
 from ..display import frame
 from ..errors import SpectraError
@@ -110,7 +111,7 @@ def refuse_reports(sources: Sequence[str | os.PathLike]) -> None:
             raise SpectraError(
                 f"{source}: a saved report keeps singular values, not the singular vectors that "
                 "subspace metrics need, and spectra does not re-open checkpoints behind your "
-                "back: pass the checkpoint itself (or drop --subspace)"
+                f"back: pass the checkpoint itself (or drop {SUBSPACE})"
             )
 
 
@@ -124,7 +125,7 @@ def check_subspace_options(
             f"the intruder threshold ({intruder_eps}) in (0, 1]"
         )
     if options.get("per_head"):
-        raise SpectraError("subspace metrics compare whole modules: drop --per-head")
+        raise SpectraError(f"subspace metrics compare whole modules: drop {PER_HEAD}")
 
 
 class SubspaceCollector:
@@ -194,7 +195,7 @@ def combine(collectors: Sequence[SubspaceCollector]) -> SubspaceResult:
     if not shared:
         raise SpectraError(
             f"{', '.join(c.label for c in collectors)}: no (layer, module) in common for "
-            "subspace metrics; choose --modules and --layers that every source has"
+            f"subspace metrics; choose {MODULES} and {LAYERS} that every source has"
         )
     for key in sorted(shared, key=lambda key: (key[0], _role_order(key[1]))):
         result.modules.extend(c.rows[key] for c in collectors)
@@ -219,7 +220,7 @@ def combine(collectors: Sequence[SubspaceCollector]) -> SubspaceResult:
             )
     result.warnings.extend(
         f"{c.label}: no base model, so no amplification or intruder dimensions (they need W0: "
-        "pass --base)"
+        f"pass {BASE})"
         for c in collectors
         if not c.has_base
     )
@@ -250,7 +251,7 @@ def measure_subspaces(
     """
     check_subspace_options(rank, intruder_top, intruder_eps, options)
     refuse_reports(sources)
-    base = locate(base, "--base") if base is not None else None  # once for every source
+    base = locate(base, BASE) if base is not None else None  # once for every source
     checkpoints = [_open(source, base, options) for source in sources]
     keys = _shared_keys(checkpoints, labels, modules, layers)
     memo: dict[tuple[str, tuple[int, str]], torch.Tensor] = {}
@@ -278,7 +279,7 @@ def _shared_keys(
     if not shared:
         raise SpectraError(
             f"{', '.join(labels)}: no (layer, module) in common for subspace metrics; "
-            "choose --modules and --layers that every source has"
+            f"choose {MODULES} and {LAYERS} that every source has"
         )
     return sorted(shared, key=lambda key: (key[0], _role_order(key[1])))
 

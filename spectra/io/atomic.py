@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..arguments import FORCE, OUT, Argument
 from ..errors import ReportExistsError
 
 __all__ = [
@@ -57,7 +58,7 @@ def mark_output(folder: Path, what: str) -> None:
 
 
 def check_apart(
-    out: str | os.PathLike, sources: Iterable[str | os.PathLike], flag: str = "--out"
+    out: str | os.PathLike, sources: Iterable[str | os.PathLike], flag: Argument | str = OUT
 ) -> None:
     """Raise ``ReportExistsError`` if ``out`` is one of ``sources``, lies inside one or holds one.
 
@@ -94,7 +95,7 @@ def check_output(
     ours: Callable[[Path], bool],
     *,
     folder: bool = True,
-    flag: str = "--out",
+    flag: Argument | str = OUT,
     sources: Iterable[str | os.PathLike] = (),
 ) -> None:
     """Raise ``ReportExistsError`` unless a ``what`` may be written at ``out``: the one rule.
@@ -123,11 +124,11 @@ def check_output(
         kind = "folder exists" if folder else "exists"
         raise ReportExistsError(
             f"{out}: {kind} and is not a spectra {what}; spectra will not replace it, "
-            f"even with --force: choose another {flag}"
+            f"even with {FORCE}: choose another {flag}"
         )
     if not force:
         raise ReportExistsError(
-            f"{out}: {_article(what)} {what} is already there; pass --force to replace it"
+            f"{out}: {_article(what)} {what} is already there; pass {FORCE} to replace it"
         )
 
 

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arguments import Argument
 from ..errors import FormatError
 
 __all__ = [
@@ -52,7 +53,7 @@ _HUB_ID = re.compile(
 _DOWNLOAD = re.compile(r"^hf:/{0,2}(?P<id>.*)$")
 _FETCHED = ["*.json", "*.safetensors", "*.bin", "*.pt"]
 _NOT_FETCHED = ["optimizer.*", "scheduler.*", "rng_state*", "training_args.bin"]
-_EXPECTED = {"--base": "the base model's folder or file"}
+_EXPECTED = {"base": "the base model's folder or file"}  # by argument name
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def resolve_cached(source: str) -> Path | None:
     return _cached(match) if match is not None else None
 
 
-def locate(source: str | os.PathLike, flag: str) -> Source:
+def locate(source: str | os.PathLike, flag: Argument | str) -> Source:
     """The local ``Source`` of a path or Hub id (module docstring); ``FormatError`` if none.
 
     ``flag`` names the argument in messages (``CKPT``, ``--base``). Only an
@@ -118,13 +119,13 @@ def locate(source: str | os.PathLike, flag: str) -> Source:
     path = Path(text)
     if path.exists():
         return Source(path)
-    expected = _EXPECTED.get(flag, "a checkpoint folder or file")
+    expected = _EXPECTED.get(getattr(flag, "name", flag), "a checkpoint folder or file")
     match = _HUB_ID.match(text)
     if match is None:
         raise FormatError(f"{text} ({flag}): no such file or folder (expected {expected})")
     found = _cached(match)
     if found is None:
-        write = f"{flag} hf://{text}" if flag.startswith("-") else f"hf://{text}"
+        write = flag(f"hf://{text}") if isinstance(flag, Argument) else f"hf://{text}"
         raise FormatError(
             f"{text} ({flag}): no such file or folder (expected {expected}); it is not in the "
             f"local Hugging Face cache ({cache_folder()}) either; to download it from the Hub, "
@@ -133,7 +134,7 @@ def locate(source: str | os.PathLike, flag: str) -> Source:
     return Source(found, match["repo"], match["revision"], found.name)
 
 
-def _download(text: str, hub_id: str, flag: str) -> Source:
+def _download(text: str, hub_id: str, flag: Argument | str) -> Source:
     """The snapshot of an ``hf://`` id: downloaded with ``huggingface_hub``, else from the cache."""
     match = _HUB_ID.match(hub_id)
     if match is None:

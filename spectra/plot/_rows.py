@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arguments import LABEL, LAYER, MODULES
 from ..defaults import NORMALIZATIONS
 from ..errors import SpectraError
 from ..loaders.names import ROLES
@@ -43,10 +44,10 @@ def labels_for(reports: Sequence[Report], labels: Sequence[str] | None) -> list[
     if len(labels) != len(reports):
         raise SpectraError(
             f"{_count(len(labels), 'label')} for {_count(len(reports), 'report')}: give one "
-            "--label per report"
+            f"{LABEL} per report"
         )
     if len(set(labels)) != len(labels):
-        raise SpectraError(f"labels must differ; got {', '.join(labels)} (--label)")
+        raise SpectraError(f"labels must differ; got {', '.join(labels)} ({LABEL})")
     return list(labels)
 
 
@@ -61,7 +62,7 @@ def roles_for(reports: Sequence[Report], modules: Sequence[str] | None) -> list[
     if missing:
         raise SpectraError(
             f"no {', '.join(missing)} rows in every report; they share "
-            f"{', '.join(shared) or 'no role'} (--modules)"
+            f"{', '.join(shared) or 'no role'} ({MODULES})"
         )
     return list(dict.fromkeys(modules))
 
@@ -93,11 +94,11 @@ def layers_for(reports: Sequence[Report], layer: int | str | None) -> list[int |
     if layer == "grid":
         return list(layers)
     if isinstance(layer, str) and not layer.isdigit():
-        raise SpectraError(f"layer {layer!r} is neither a layer number nor grid (--layer)")
+        raise SpectraError(f"layer {layer!r} is neither a layer number nor grid ({LAYER})")
     if int(layer) not in layers:
         raise SpectraError(
             f"layer {layer} is not in these reports; they have layers "
-            f"{', '.join(map(str, layers))} (--layer)"
+            f"{', '.join(map(str, layers))} ({LAYER})"
         )
     return [int(layer)]
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..arguments import TOP
 from ..errors import SpectraError
 from ..report import Report
 from ._rows import (
@@ -57,10 +58,10 @@ def _top_count(reports: Sequence[Report], top: int | str | None) -> int | None:
         return adapter_rank(reports)
     if isinstance(top, str):
         if not top.isdigit():
-            raise SpectraError(f"top {top!r} is neither a count nor all (--top)")
+            raise SpectraError(f"top {top!r} is neither a count nor all ({TOP})")
         top = int(top)
     if top < 1:
-        raise SpectraError(f"top must be at least 1 or all; got {top} (--top)")
+        raise SpectraError(f"top must be at least 1 or all; got {top} ({TOP})")
     return int(top)
 
 

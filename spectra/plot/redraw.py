@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..arguments import FORCE
 from ..errors import ReportExistsError
 from ..report import Report, version_warning
 from ._style import save_figure
@@ -49,7 +50,7 @@ def redraw(
     targets = [Path(out) / f"{name}.{figure_format}" for name in REDRAWN]
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
-        raise ReportExistsError(f"{', '.join(existing)}: already there; pass --force to overwrite")
+        raise ReportExistsError(f"{', '.join(existing)}: already there; pass {FORCE} to overwrite")
     figures = [
         histogram(reports, names, modules, normalize, log_x, layer, top=top)[0],
         spectrum(reports, names, modules)[0],
