@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from spectra.arguments import INITIAL, LOADER_OPTIONS, LORA_ALPHA, PER_HEAD, Argument
 from spectra.errors import SpectraError
 from spectra.selection import parse_layers, parse_modules
 
@@ -25,7 +26,7 @@ class LayerList(click.ParamType):
         if isinstance(value, list):
             return value
         try:
-            return list(parse_layers(str(value), flag="--layers"))
+            return list(parse_layers(str(value)))
         except SpectraError as exc:
             self.fail(str(exc))
 
@@ -39,7 +40,7 @@ class ModuleList(click.ParamType):
         if isinstance(value, list) or value == "all":
             return value
         try:
-            roles = parse_modules(str(value), flag="--modules")
+            roles = parse_modules(str(value))
         except SpectraError as exc:
             self.fail(str(exc))
         return roles if roles == "all" else list(roles)
@@ -135,24 +136,32 @@ def layers(help: str = "Layers, e.g. 0-3,7 [default: all]."):
     return click.option("--layers", type=LAYERS, default=None, help=help)
 
 
-def per_head(
-    help: str = "Multi-head LoRA and MultiLoRA: one row per head instead of the whole ΔW.",
-):
+def loader_option(argument: Argument, help: str | None = None):
+    """A loader option as its declaration in ``spectra.arguments`` says (flag, type, help).
+
+    A command whose help for it says something of its own passes ``help``.
+    """
+    if argument.is_switch:
+        return click.option(argument.flag, is_flag=True, help=help or argument.help)
+    kind = click.Path(exists=True, file_okay=False) if argument.type is Path else argument.type
+    return click.option(
+        argument.flag, type=kind, metavar=argument.metavar, help=help or argument.help
+    )
+
+
+def per_head(help: str | None = None):
     """``--per-head``."""
-    return click.option("--per-head", is_flag=True, help=help)
+    return loader_option(PER_HEAD, help)
 
 
-def lora_alpha(help: str = "MultiLoRA: α, which its checkpoints do not save (norms scale by α/r)."):
+def lora_alpha(help: str | None = None):
     """``--lora-alpha``."""
-    return click.option("--lora-alpha", type=float, help=help)
+    return loader_option(LORA_ALPHA, help)
 
 
-def initial(
-    help: str = "LoRA whose init moved W0 (PiSSA, OLoRA, CorDA, LoftQ): the adapter folder saved "
-    "before training; ΔW = s·(B@A − B0@A0), the update of the original weights (rank ≤ 2r).",
-):
+def initial(help: str | None = None):
     """``--initial DIR``."""
-    return click.option("--initial", type=click.Path(exists=True, file_okay=False), help=help)
+    return loader_option(INITIAL, help)
 
 
 def figure_format():
@@ -190,33 +199,17 @@ def _with_options(command, options):
 
 
 def loader_options(command):
-    """Options that say how to read a checkpoint, shared by analyze, inspect, sweep."""
-    options = [
-        click.option(
-            "--adapter",
-            help="A PEFT adapter by name: saved in a sub-folder, or one of several in one file.",
-        ),
-        per_head(),
-        click.option(
-            "--directional-only",
-            is_flag=True,
-            help="DoRA without a base: analyse the directional part s·B@A alone.",
-        ),
-        lora_alpha(),
-        initial(),
-    ]
-    return _with_options(command, options)
+    """How to read a checkpoint, shared by analyze, inspect and sweep: every loader option.
+
+    Made from ``spectra.arguments.LOADER_OPTIONS``, the options the formats
+    declare (``spectra.formats()`` says which format takes which).
+    """
+    return _with_options(command, [loader_option(argument) for argument in LOADER_OPTIONS])
 
 
-def load_options(adapter, per_head, directional_only, lora_alpha, initial=None) -> dict:
+def load_options(**values) -> dict:
     """The values of ``loader_options`` as keyword arguments of ``spectra.load``."""
-    return {
-        "adapter": adapter,
-        "per_head": per_head,
-        "directional_only": directional_only,
-        "lora_alpha": lora_alpha,
-        "initial": initial,
-    }
+    return {argument.name: values.get(argument.name) for argument in LOADER_OPTIONS}
 
 
 def analysis_options(command):

@@ -1,8 +1,9 @@
 """spectra: the spectral analysis of fine-tuning updates.
 
-Rebuild the weight update ΔW of each layer from a full fine-tune, a PEFT
-adapter (LoRA family) or a MultiLoRA checkpoint, take its singular values
-(on the GPU when there is one), and measure how balanced it is::
+Rebuild the weight update ΔW of each layer from a full fine-tune, a
+LoRA-family adapter or a MultiLoRA checkpoint (``spectra.formats()`` lists
+every format read), take its singular values (on the GPU when there is one),
+and measure how balanced it is::
 
     import spectra
     report = spectra.analyze("adapter/")            # k and v projections
@@ -48,6 +49,7 @@ _LAZY = {
     "Checkpoint": ".loaders",
     "CheckpointInfo": ".loaders",
     "ModuleInfo": ".loaders",
+    "formats": ".loaders",
     "Report": ".report",
     "singular_values": ".svd",
     "suggest": ".actions",
@@ -61,7 +63,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
     from .analysis.sources import load
     from .delta import Dense, Factored, LayerDelta
-    from .loaders import Checkpoint, CheckpointInfo, ModuleInfo
+    from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, formats
     from .metrics import METRICS
     from .report import Report
     from .svd import singular_values
@@ -105,6 +107,7 @@ __all__ = [
     "compare",
     "extract",
     "find_checkpoints",
+    "formats",
     "load",
     "metrics",
     "resize",

@@ -122,7 +122,13 @@ def sweep(
             ray=ray_address,
             jobs=jobs,
             progress=bar,
-            **options.load_options(adapter, per_head, directional_only, lora_alpha, initial),
+            **options.load_options(
+                adapter=adapter,
+                per_head=per_head,
+                directional_only=directional_only,
+                lora_alpha=lora_alpha,
+                initial=initial,
+            ),
         )
     finally:
         bar.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import BASE
 from ..delta import Dense, Factored, LayerDelta
 from ..errors import BaseMismatchError, MissingBaseError, SpectraError
 from .base import Checkpoint, ModuleInfo, Selection
@@ -45,7 +46,7 @@ class AdapterCheckpoint(Checkpoint):
 
     def open_base(self, base: Path | None) -> None:
         self.base = base
-        self.base_weights = ModelWeights(base, "--base") if base is not None else None
+        self.base_weights = ModelWeights(base, BASE) if base is not None else None
 
     @abstractmethod
     def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
@@ -109,7 +110,7 @@ class AdapterCheckpoint(Checkpoint):
             raise BaseMismatchError(
                 f"{self.base_weights.store.path}: expected a layer {ref.layer} {ref.role!r} "
                 f"weight, the {ref.role} rows of {ref.module} in the adapter, found "
-                f"{'experts' if base_ref is not None else 'nothing'}; is --base the model this "
+                f"{'experts' if base_ref is not None else 'nothing'}; is {BASE} the model this "
                 "adapter was trained on?"
             )
         return base_ref
@@ -127,7 +128,7 @@ class AdapterCheckpoint(Checkpoint):
         if ref.needs_heads and self.heads() is None:
             raise MissingBaseError(
                 f"{self.path}: {ref.module} interleaves q, k and v per attention head; the head "
-                "count comes from the base model's config.json: pass --base"
+                f"count comes from the base model's config.json: pass {BASE}"
             )
         return ref.rows(*self.module_shape(ref), self.heads())
 
@@ -190,7 +191,7 @@ class AdapterCheckpoint(Checkpoint):
             raise BaseMismatchError(
                 f"{self.base_weights.store.path}: expected a layer {key[0]} {key[1]!r}{expert} "
                 f"weight of shape {shape} to match the adapter, found {found or 'nothing'}; is "
-                "--base the model this adapter was trained on?"
+                f"{BASE} the model this adapter was trained on?"
             )
 
     def _delta(self, key: tuple[int, str]) -> Iterator[LayerDelta]:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import LAYERS, MODULES
 from ..delta import LayerDelta
 from ..errors import SelectionError
 from ..selection import DEFAULT_MODULES, ROLES, layer_ranges, parse_layers, parse_modules
@@ -236,7 +237,7 @@ def select(
         if not roles:
             raise _MissingRoleError(
                 f"{path}: no k or v projection found; this checkpoint has roles "
-                f"{', '.join(have_roles)}: pass --modules {','.join(have_roles)}"
+                f"{', '.join(have_roles)}: pass {MODULES(','.join(have_roles))}"
             )
         for role in DEFAULT_MODULES:
             if role not in roles:
@@ -250,7 +251,7 @@ def select(
         if missing:
             raise _MissingRoleError(
                 f"{path}: no {', '.join(missing)} modules in this checkpoint; it has "
-                f"{', '.join(have_roles)} (--modules {','.join(have_roles)})"
+                f"{', '.join(have_roles)} ({MODULES(','.join(have_roles))})"
             )
 
     if layers is None:
@@ -261,7 +262,7 @@ def select(
         if missing_layers:
             raise SelectionError(
                 f"{path}: layer(s) {', '.join(map(str, missing_layers))} not in this checkpoint; "
-                f"it has layers {layer_ranges(have_layers)} (--layers)"
+                f"it has layers {layer_ranges(have_layers)} ({LAYERS})"
             )
 
     have = set(available)
@@ -298,8 +299,8 @@ def not_selected_note(
     groups = [*_groups(other_roles, have_layers), *_groups(other_layers, have_layers)]
     if not groups:
         return ""
-    hints = ["--modules all for every role"] if other_roles else []
-    hints += ["leave out --layers for every layer"] if other_layers else []
+    hints = [f"{MODULES('all')} for every role"] if other_roles else []
+    hints += [f"leave out {LAYERS} for every layer"] if other_layers else []
     return f"not selected: {' and '.join(groups)}; {', '.join(hints)}"
 
 

@@ -225,6 +225,7 @@ def _open(path: Path, base: Path | None, *, base_lookup=None) -> DiffusersCheckp
 register(
     Format(
         name="diffusers",
+        priority=90,  # before kohya: both are single safetensors files of LoRA keys
         claims=claims,
         open=_open,
         recognised_by=(

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import BASE, LAYERS, MODULES, Argument
 from ..delta import Dense, LayerDelta
 from ..errors import BaseMismatchError, FormatError, MissingBaseError
 from .base import Checkpoint, ModuleInfo, Selection
 from .names import ModuleRef, canonical_name, encoder_depth, left_out_reason, map_with_reasons
-from .tensors import TensorStore, open_store
+from .registry import Format, register
+from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
 from .training import find_layout, open_layout
 
 __all__ = ["FullCheckpoint", "ModelWeights", "find_model_file"]
@@ -48,7 +50,7 @@ def find_model_file(folder: Path) -> Path | None:
     return find_layout(folder)
 
 
-def _open_model(path: Path, flag: str) -> TensorStore:
+def _open_model(path: Path, flag: Argument | str) -> TensorStore:
     if path.is_dir():
         weights = find_model_file(path)
         if weights is None:
@@ -66,7 +68,7 @@ def _open_model(path: Path, flag: str) -> TensorStore:
 class ModelWeights:
     """One model checkpoint (tuned or base): its tensors, module map and head count."""
 
-    def __init__(self, path: Path, flag: str):
+    def __init__(self, path: Path, flag: Argument | str):
         self.path = path
         self.store = _open_model(path, flag)
         names = {}
@@ -146,7 +148,7 @@ class ModelWeights:
             raise FormatError(
                 f"{self.store.path}: expected one dtype for the weights analysed, found {found}; "
                 "the rounding floor of ΔW depends on it. Re-save the checkpoint in one dtype, or "
-                "select modules of one dtype with --layers/--modules"
+                f"select modules of one dtype with {LAYERS}/{MODULES}"
             )
 
     def other_modules(self) -> list[str]:
@@ -240,7 +242,7 @@ class FullCheckpoint(Checkpoint):
                 f"{self.tuned.store.path}: no attention or MLP projections recognised; "
                 f"module names found: {sample}. This architecture is not mapped yet"
             )
-        self.base_weights = ModelWeights(base, "--base") if base is not None else None
+        self.base_weights = ModelWeights(base, BASE) if base is not None else None
         self._grid_notes: list[str] = []  # set by check(): how the selection is subtracted
 
     @property
@@ -254,7 +256,7 @@ class FullCheckpoint(Checkpoint):
         if self.base_weights is None:
             raise MissingBaseError(
                 f"{self.path} is a full model checkpoint: ΔW = W_tuned − W_base needs the "
-                "base model it was fine-tuned from; pass --base DIR"
+                f"base model it was fine-tuned from; pass {BASE('DIR')}"
             )
         for side in (self.tuned, self.base_weights):
             side.check_one_dtype(
@@ -282,7 +284,7 @@ class FullCheckpoint(Checkpoint):
                 raise BaseMismatchError(
                     f"{self.base_weights.store.path}: layer {key[0]} {key[1]!r} has "
                     f"{len(base)} expert(s) ({base_group.module}); {self.tuned.store.path} has "
-                    f"{len(tuned.members)} ({tuned.module}); is --base the model this checkpoint "
+                    f"{len(tuned.members)} ({tuned.module}); is {BASE} the model this checkpoint "
                     "was fine-tuned from?"
                 )
             yield ref, base_ref
@@ -294,14 +296,14 @@ class FullCheckpoint(Checkpoint):
             raise BaseMismatchError(
                 f"{self.base_weights.store.path}: the base has no layer {key[0]} "
                 f"{key[1]!r} module{_of_expert(ref)}, which {self.tuned.store.path} has as "
-                f"{ref.module}; is --base the model this checkpoint was fine-tuned from?"
+                f"{ref.module}; is {BASE} the model this checkpoint was fine-tuned from?"
             )
         tuned_shape, base_shape = self.tuned.shape(ref), self.base_weights.shape(base_ref)
         if tuned_shape != base_shape:
             raise BaseMismatchError(
                 f"{self.base_weights.store.path}: {base_ref.module} has shape {base_shape}, "
                 f"but {self.tuned.store.path} has {tuned_shape} for {ref.module}; "
-                "is --base the model this checkpoint was fine-tuned from?"
+                f"is {BASE} the model this checkpoint was fine-tuned from?"
             )
 
     def _grid_note(self, key: tuple[int, str]) -> list[str]:
@@ -333,7 +335,7 @@ class FullCheckpoint(Checkpoint):
 
     def warnings(self) -> list[str]:
         if self.base_weights is None:
-            return ["no --base given: ΔW cannot be computed yet"]
+            return [f"no {BASE} given: ΔW cannot be computed yet"]
         return list(self._grid_notes)
 
     def base_weight(self, key: tuple[int, str]) -> torch.Tensor | None:
@@ -379,3 +381,46 @@ class FullCheckpoint(Checkpoint):
 
 def _of_expert(ref: ModuleRef) -> str:
     return "" if ref.expert is None else f" of expert {ref.expert}"
+
+
+# Tensor names of LoRA-family adapters: a bare file of them is no full model.
+_ADAPTER_KEY = re.compile(r"\.(?:lora_[AB]|lora_down|lora_up|hada_w[12]_a|lokr_w[12])(?:\.|$)")
+
+
+def claims(path: Path) -> bool:
+    """A model folder (``MODEL_FILES`` or a training layout), or any tensor file.
+
+    Asked last: a tensor file no other format claimed is a full model, except
+    a file of adapter tensors with no config beside it, which is refused (its
+    scale α/r is in the config it lacks).
+    """
+    if path.is_dir():
+        return find_model_file(path) is not None
+    if path.suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+        return False
+    if any(_ADAPTER_KEY.search(name) for name in open_store(path).names()):
+        raise FormatError(
+            f"{path}: holds LoRA-family adapter tensors (lora_A, lora_B, …) but no "
+            "adapter_config.json lies beside it, and the scale α/r is in that config: pass "
+            "the adapter folder that holds both"
+        )
+    return True
+
+
+def open_full(path: Path, base: Path | None, *, base_lookup=None) -> FullCheckpoint:
+    """The full fine-tune reader (ΔW = W_tuned − W_base; ``base`` is needed for ΔW)."""
+    return FullCheckpoint(path, base)
+
+
+FORMAT = register(
+    Format(
+        name="full",
+        claims=claims,
+        open=open_full,
+        priority=0,  # the last resort: any model folder or tensor file
+        recognised_by=(
+            f"a model folder ({', '.join(MODEL_FILES)}, an FSDP / DCP or DeepSpeed ZeRO "
+            "folder) or a .safetensors / .bin / .pt file of weights; ΔW needs the base model"
+        ),
+    )
+)

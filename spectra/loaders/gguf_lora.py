@@ -327,6 +327,7 @@ def open_gguf(path: Path, base: Path | None, *, base_lookup=None) -> GgufLoraChe
 FORMAT = register(
     Format(
         name="gguf",
+        priority=80,  # a .gguf file: no other format reads one
         claims=claims,
         open=open_gguf,
         recognised_by=(

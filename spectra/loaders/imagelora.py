@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from ..arguments import BASE, LAYERS, MODULES
 from ..delta import Dense
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows, Update
@@ -132,7 +133,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         if base is not None:
             raise FormatError(
                 f"{base}: spectra reads no base model for {self.format} LoRA files yet (their "
-                "module names are not those of the base checkpoint); run without --base "
+                f"module names are not those of the base checkpoint); run without {BASE} "
                 "(relative_norm needs it and is left out)"
             )
         super().__init__(path, None)
@@ -354,7 +355,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
                 f"{self.store.path}: {dora[0]}{more} carry a DoRA magnitude (dora_scale, "
                 "lora_magnitude_vector): their ΔW = diag(m/‖W0 + s·ΔW‖)(W0 + s·ΔW) − W0 "
                 f"needs the base weight W0, which spectra does not read for {self.format} files "
-                "yet; select modules without it (--modules, --layers)"
+                f"yet; select modules without it ({MODULES}, {LAYERS})"
             )
         super().check(selection)
 

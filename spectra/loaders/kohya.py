@@ -87,6 +87,7 @@ def _open(path: Path, base: Path | None, *, base_lookup=None) -> KohyaCheckpoint
 register(
     Format(
         name="kohya",
+        priority=70,  # after diffusers, whose keys it does not claim
         claims=claims,
         open=_open,
         recognised_by=(

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import torch
 
+from ..arguments import BASE, DIRECTIONAL_ONLY, SUBSPACE
 from ..errors import FormatError, MissingBaseError
 from .adapter import AdapterCheckpoint, Rows, Update
 from .base import Selection
@@ -53,7 +54,6 @@ __all__ = [
     "to_hf_rows",
 ]
 
-DORA_ONLY_DIRECTION = "DoRA's magnitude vector, ignored with --directional-only"
 
 
 class TensorSource(Protocol):
@@ -124,7 +124,7 @@ def to_hf_rows(matrix: torch.Tensor, heads: int, head_dim: int, name: str) -> to
         raise FormatError(
             f"{name}: expected {heads} heads × {head_dim} rows = {heads * head_dim} output rows "
             f"(from the base model's config.json) to restore Hugging Face's row order; found "
-            f"{rows}: is --base the model this adapter was trained on?"
+            f"{rows}: is {BASE} the model this adapter was trained on?"
         )
     rest = matrix.shape[1:]
     return matrix.reshape(heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest)
@@ -232,8 +232,8 @@ class LoraFileCheckpoint(AdapterCheckpoint):
         if self.dora and not self.directional_only and self.base_weights is None:
             raise MissingBaseError(
                 f"{self.store.path}: DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs "
-                f"the base weight W0{self.base_hint}: pass --base DIR (or --directional-only for "
-                "s·B@A alone)"
+                f"the base weight W0{self.base_hint}: pass {BASE('DIR')} "
+                f"(or {DIRECTIONAL_ONLY} for s·B@A alone)"
             )
         if self.base_weights is not None and self.head_counts is None:
             stored = self.interleaved(selection.keys)
@@ -242,7 +242,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
                     f"{self.store.path}: {stored[0].ref.module} keeps its rows in the interleaved "
                     f"RoPE order ({self.order_note}), and the base's rows are in Hugging Face's: "
                     f"expected num_attention_heads in {self.base_weights.path}/config.json to put "
-                    "them in the same order, found none; pass a --base with its config.json"
+                    f"them in the same order, found none; pass a {BASE} with its config.json"
                 )
         super().check(selection)
 
@@ -255,7 +255,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
                 f"({self.order_note}) and no config.json gives the head counts to restore Hugging "
                 "Face's order: singular values, norms and every metric are unchanged by a row "
                 "permutation, but their singular vectors are not comparable with a Hugging Face "
-                "model's (compare --subspace); pass --base DIR, whose config.json fixes that"
+                f"model's (compare {SUBSPACE}); pass {BASE('DIR')}, whose config.json fixes that"
             )
         elif stored:
             notes.append(
@@ -265,7 +265,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
             )
         if self.dora and self.directional_only:
             notes.append(
-                "DoRA analysed as its directional part s·B@A only (--directional-only): the "
+                f"DoRA analysed as its directional part s·B@A only ({DIRECTIONAL_ONLY}): the "
                 "magnitude vector is ignored, so this is not the update DoRA applies"
             )
         return notes
@@ -274,7 +274,8 @@ class LoraFileCheckpoint(AdapterCheckpoint):
         left_out = list(self.left_out)
         if self.directional_only:
             magnitudes = [m.magnitude for m in self.lora.values() if m.magnitude]
-            left_out += [(name, DORA_ONLY_DIRECTION) for name in magnitudes]
+            ignored = f"DoRA's magnitude vector, ignored with {DIRECTIONAL_ONLY}"
+            left_out += [(name, ignored) for name in magnitudes]
         return left_out
 
     def _factors(self, module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ import json
 import re
 from pathlib import Path
 
+from ..arguments import DIRECTIONAL_ONLY, GLOB
 from ..errors import FormatError
 from .full import FullCheckpoint
 from .lowrank import LoraFileCheckpoint, LoraModule
@@ -43,6 +44,7 @@ __all__ = ["MLX_CONFIG", "MLX_WEIGHTS", "MlxFullCheckpoint", "MlxLoraCheckpoint"
 MLX_CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"
 _CHECKPOINT = re.compile(r"^\d+_adapters\.safetensors$")
+_CHECKPOINTS_GLOB = "'*_adapters.safetensors'"  # the training checkpoints, as a sweep's --glob
 _KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_a|lora_b|m)$")
 _EXPERTS = (
     "LoRA on a mixture-of-experts SwitchLinear (one factor pair per expert, 3-D): not read yet"
@@ -85,7 +87,7 @@ def _weights(path: Path) -> Path:
     raise FormatError(
         f"{path}: an MLX-LM adapter folder with no {MLX_WEIGHTS}; found the training checkpoints "
         f"{', '.join(found[:4])}{' …' if len(found) > 4 else ''}: pass one of them, or sweep "
-        "them with --glob '*_adapters.safetensors'"
+        f"them with {GLOB(_CHECKPOINTS_GLOB)}"
     )
 
 
@@ -248,7 +250,7 @@ def open_mlx(path: Path, base: Path | None, *, base_lookup=None, directional_onl
     config = _mlx_config(weights.parent) or {}
     if _fine_tune_type(config, weights.parent / MLX_CONFIG) == "full":
         if directional_only:
-            raise FormatError(f"{path}: --directional-only applies to DoRA, not a full fine-tune")
+            raise FormatError(f"{path}: {DIRECTIONAL_ONLY} applies to DoRA, not a full fine-tune")
         base, note = _base_from_config(config, base, base_lookup)
         return MlxFullCheckpoint(weights, base, config, note)
     return MlxLoraCheckpoint(path, base, base_lookup=base_lookup, directional_only=directional_only)
@@ -257,9 +259,10 @@ def open_mlx(path: Path, base: Path | None, *, base_lookup=None, directional_onl
 FORMAT = register(
     Format(
         name="mlx",
+        priority=60,  # before peft, whose adapter_config.json name it shares
         claims=claims,
         open=open_mlx,
-        options=("directional_only",),
+        options=(DIRECTIONAL_ONLY,),
         recognised_by=(
             "adapter_config.json with lora_parameters / fine_tune_type and no peft_type, beside "
             "adapters.safetensors or NNNNNNN_adapters.safetensors (MLX-LM)"

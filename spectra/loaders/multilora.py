@@ -21,17 +21,20 @@ Two layouts are read:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..arguments import LORA_ALPHA, PER_HEAD
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
 from .methods import lora, multilora
 from .names import ModuleRef, canonical_name, map_with_reasons
-from .tensors import TensorStore, open_store
+from .registry import Format, register
+from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
 
 __all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file"]
 
@@ -97,7 +100,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
 
     def _alpha(self, lora_alpha: float | None) -> tuple[float | None, str]:
         if lora_alpha is not None:
-            return float(lora_alpha), "--lora-alpha"
+            return float(lora_alpha), f"{LORA_ALPHA}"
         alpha = self.config.get("lora_alpha")
         if isinstance(alpha, int | float) and not isinstance(alpha, bool):
             return float(alpha), "config: lora_alpha"
@@ -140,7 +143,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
 
     def scale_source(self, stacked: _Stacked) -> str:
         if self.alpha is None:
-            return "none: α unknown, ΔW = Σ diag(c_i) B_i A_i without α/r (--lora-alpha)"
+            return f"none: α unknown, ΔW = Σ diag(c_i) B_i A_i without α/r ({LORA_ALPHA})"
         return f"{self.alpha_source}/r = {self.alpha:g}/{stacked.rank}"
 
     def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
@@ -165,7 +168,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
         if self.alpha is None:
             notes.append(
                 "MultiLoRA saves no α: norms are those of Σ diag(c_i) B_i A_i without α/r; "
-                "balance metrics are scale-invariant and unaffected (--lora-alpha sets α)"
+                f"balance metrics are scale-invariant and unaffected ({LORA_ALPHA} sets α)"
             )
         zero = [
             module
@@ -212,3 +215,38 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             "lora_alpha": self.alpha,
             "other_tensors_ignored": len(self.store.names()) - 3 * len(self.stacked),
         }
+
+
+def claims(path: Path) -> bool:
+    """spectra's MultiLoRA folder (its ``peft_type``), or a state dict with ``lora_scaling``."""
+    if path.is_dir():
+        config = path / "adapter_config.json"
+        if not config.is_file():
+            return False
+        try:
+            return json.loads(config.read_text()).get("peft_type") == MULTILORA_TYPE
+        except (OSError, ValueError, AttributeError):
+            return False  # the PEFT reader says what is wrong with the config
+    if path.suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+        return False
+    return is_multilora_file(open_store(path))
+
+
+def open_multilora(path: Path, base: Path | None, *, base_lookup=None, **options):
+    """The MultiLoRA reader (no config names a base, so ``base_lookup`` is not used)."""
+    return MultiLoraCheckpoint(path, base, **options)
+
+
+FORMAT = register(
+    Format(
+        name="multilora",
+        claims=claims,
+        open=open_multilora,
+        priority=30,  # before peft: its folder has an adapter_config.json too
+        options=(LORA_ALPHA, PER_HEAD),
+        recognised_by=(
+            f"a folder whose adapter_config.json has peft_type {MULTILORA_TYPE}, or a "
+            ".pt / .bin / .safetensors state dict with lora_A, lora_B and lora_scaling tensors"
+        ),
+    )
+)

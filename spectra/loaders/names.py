@@ -80,6 +80,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arguments import BASE
 from ..errors import FormatError
 from ..selection import ROLES
 
@@ -149,7 +150,7 @@ class ModuleRef:
         if heads is None or heads <= 0 or d_out % (3 * heads):
             raise FormatError(
                 f"{self.module}: an interleaved query_key_value of {d_out} rows needs the number "
-                f"of attention heads (from the model's config.json; got {heads}): pass --base"
+                f"of attention heads (from the model's config.json; got {heads}): pass {BASE}"
             )
         head_dim = d_out // (3 * heads)
         index = torch.arange(d_out).view(heads, 3, head_dim)  # (heads, q/k/v, head_dim)
@@ -164,7 +165,7 @@ class ModuleRef:
             raise FormatError(
                 f"{self.module}: a Falcon query_key_value of shape ({d_out}, {d_in}) should have "
                 f"(heads + 2·kv_heads)·head_dim rows with head_dim = {d_in}/heads; the model's "
-                f"config.json gives heads = {heads}, which does not fit: pass the right --base"
+                f"config.json gives heads = {heads}, which does not fit: pass the right {BASE}"
             )
         group = heads // kv_heads + 2  # q slots of one kv group, then k, then v
         index = torch.arange(d_out).view(kv_heads, group, head_dim)  # (kv, q…qkv, head_dim)
@@ -295,7 +296,7 @@ NO_LAYER = "outside the transformer blocks (embeddings, pooler, head, …): no l
 NO_ROLE = "no role (q, k, v, o, gate, up, down) in the architecture map for this module"
 NO_DEPTH = (
     "decoder block of an encoder-decoder model: it is numbered after the encoder's blocks, "
-    "whose count comes from the base model (pass --base)"
+    "whose count comes from the base model's config.json"
 )
 # The reasons that can explain why a role is missing from a checkpoint (for selection errors).
 ROLE_REASONS = (NO_ROLE, NO_DEPTH, *(reason for _, reason in _LEFT_OUT))

@@ -37,6 +37,7 @@ import json
 import re
 from pathlib import Path
 
+from ..arguments import DIRECTIONAL_ONLY, LORA_ALPHA
 from ..errors import FormatError
 from .lowrank import LoraFileCheckpoint, LoraModule
 from .methods import lora
@@ -140,7 +141,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
 
     def _alpha(self, lora_alpha: float | None) -> tuple[float, str]:
         if lora_alpha is not None:
-            return float(lora_alpha), "--lora-alpha"
+            return float(lora_alpha), f"given ({LORA_ALPHA(f'{lora_alpha:g}')}): lora_alpha"
         alpha = self.config.get("lora_alpha")
         if isinstance(alpha, int | float) and not isinstance(alpha, bool):
             return float(alpha), f"{_CONFIG}: lora_alpha"
@@ -152,7 +153,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
         )
         raise FormatError(
             f"{self.store.path}: torchtune's LoRA scale is lora_alpha / r, and {where}: pass "
-            "--lora-alpha ALPHA, the lora_alpha of the recipe's config"
+            f"{LORA_ALPHA('ALPHA')}, the lora_alpha of the recipe's config"
         )
 
     def _read_modules(self) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
@@ -233,9 +234,10 @@ def open_torchtune(path: Path, base: Path | None, **options) -> TorchtuneCheckpo
 FORMAT = register(
     Format(
         name="torchtune",
+        priority=50,  # before peft: its PEFT export may lie beside
         claims=claims,
         open=open_torchtune,
-        options=("lora_alpha", "directional_only"),
+        options=(LORA_ALPHA, DIRECTIONAL_ONLY),
         recognised_by=(
             "adapter_model.pt (or a folder holding it) with torchtune's native keys "
             "layers.N.attn.*_proj.lora_a.weight / layers.N.mlp.w1-3.lora_a.weight"

@@ -22,6 +22,10 @@ rows of B (or of dense ΔW). Every product and sum of adapter tensors is taken
 in float64, whatever the dtype they were saved in.
 """
 
+from pathlib import Path
+
+from ...arguments import ADAPTER, DIRECTIONAL_ONLY, INITIAL, PER_HEAD
+from ..registry import Format, register
 from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -43,3 +47,30 @@ __all__ = [
     "read_adapter_config",
     "sub_adapters",
 ]
+
+
+def claims(path: Path) -> bool:
+    """An adapter folder (its config, or adapters in sub-folders), or its weights file."""
+    if path.is_dir():
+        return (path / ADAPTER_CONFIG).is_file() or bool(sub_adapters(path))
+    return path.name in ADAPTER_FILES and (path.parent / ADAPTER_CONFIG).is_file()
+
+
+def open_peft(path: Path, base: Path | None, **options) -> PeftCheckpoint:
+    """The PEFT reader; ``adapter_model.*`` is read as the folder it lies in."""
+    return PeftCheckpoint(path.parent if path.is_file() else path, base, **options)
+
+
+FORMAT = register(
+    Format(
+        name="peft",
+        claims=claims,
+        open=open_peft,
+        priority=20,  # after every format that shares adapter_config.json (MLX-LM, MultiLoRA)
+        options=(ADAPTER, PER_HEAD, DIRECTIONAL_ONLY, INITIAL),
+        recognised_by=(
+            f"a folder with {ADAPTER_CONFIG} (or adapters in sub-folders, each with one), or "
+            f"the {' / '.join(ADAPTER_FILES)} inside it"
+        ),
+    )
+)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ...arguments import ADAPTER, BASE, INITIAL
 from ...errors import FormatError, MissingBaseError
 from ..adapter import AdapterCheckpoint, Rows
 from ..base import Selection, summarise_not_analysed
@@ -115,11 +116,11 @@ def adapter_folder(path: Path, adapter: str | None) -> Path:
     if adapter is not None:
         raise FormatError(
             f"{path}: no adapter named {adapter!r}; sub-folder adapters here: "
-            f"{', '.join(names) or 'none'} (--adapter)"
+            f"{', '.join(names) or 'none'} ({ADAPTER})"
         )
     raise FormatError(
         f"{path}: holds several adapters in sub-folders ({', '.join(names)}); "
-        "choose one with --adapter NAME"
+        f"choose one with {ADAPTER('NAME')}"
     )
 
 
@@ -236,7 +237,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         for key in keys:
             if key.adapter != chosen:
                 other = key.adapter or "default"
-                reason = f"adapter {other!r} of the same file, not selected (--adapter {other})"
+                reason = f"adapter {other!r} of the same file, not selected ({ADAPTER(other)})"
                 self._left_out.append((key.name, reason))
             elif key.bias:
                 self._left_out.append((key.name, LORA_BIAS))
@@ -254,7 +255,7 @@ class PeftCheckpoint(AdapterCheckpoint):
             if len(found) > 1:
                 raise FormatError(
                     f"{self.store.path}: holds several adapters in one file ({listing}); "
-                    "choose one with --adapter NAME"
+                    f"choose one with {ADAPTER('NAME')}"
                 )
             return next(iter(found), None)
         if requested in found:
@@ -264,7 +265,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         raise FormatError(
             f"{self.store.path}: no adapter named {requested!r}; adapters in this file: "
             f"{listing or 'none'}; sub-folder adapters: "
-            f"{', '.join(sub_adapters(self.path)) or 'none'} (--adapter)"
+            f"{', '.join(sub_adapters(self.path)) or 'none'} ({ADAPTER})"
         )
 
     def _map_modules(self, encoder_layers: int | None) -> None:
@@ -321,13 +322,13 @@ class PeftCheckpoint(AdapterCheckpoint):
         if self.initial is not None:
             warnings.append(
                 f"ΔW = s·(B@A − B₀@A₀) against the initial adapter {self.initial.path} "
-                "(--initial): the update of the original weights, rank ≤ 2r"
+                f"({INITIAL}): the update of the original weights, rank ≤ 2r"
             )
         elif isinstance(init, str) and init.lower().startswith(_W0_CHANGING_INITS):
             warnings.append(
                 f"init_lora_weights={init!r} changes W0 when the adapter is created: the "
                 "rebuilt ΔW is the update from that modified W0, not W_merged − W_original; "
-                "pass --initial DIR (the adapter saved before training) for that"
+                f"pass {INITIAL('DIR')} (the adapter saved before training) for that"
             )
         saved = self._modules_to_save()
         if saved:
@@ -385,7 +386,7 @@ class PeftCheckpoint(AdapterCheckpoint):
             raise MissingBaseError(
                 f"{self.config_path}: {self.rebuild.why_base} The config's "
                 f"base_model_name_or_path is {name!r}, which is neither a local model folder nor "
-                f"in the local Hugging Face cache: pass --base DIR{self.rebuild.base_hint}"
+                f"in the local Hugging Face cache: pass {BASE('DIR')}{self.rebuild.base_hint}"
             )
         super().check(selection)
 

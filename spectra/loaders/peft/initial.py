@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...arguments import INITIAL
 from ...errors import FormatError
 
 if TYPE_CHECKING:
@@ -39,20 +40,20 @@ class InitialAdapter:
         if not path.is_dir():
             raise FormatError(
                 f"{path}: no such folder; expected the adapter folder saved before training "
-                "(adapter_config.json + adapter_model.*) (--initial)"
+                f"(adapter_config.json + adapter_model.*) ({INITIAL})"
             )
         plain = tuned.peft_type == "LORA" and not tuned.config.get("lora_nums")
         if not plain or tuned.config.get("use_dora"):
             raise FormatError(
-                f"{tuned.config_path}: --initial applies to LoRA and rsLoRA adapters (ΔW = "
-                f"s·(B@A − B₀@A₀)); this adapter is {tuned.variant}: drop --initial"
+                f"{tuned.config_path}: {INITIAL} applies to LoRA and rsLoRA adapters (ΔW = "
+                f"s·(B@A − B₀@A₀)); this adapter is {tuned.variant}: drop {INITIAL}"
             )
         self.adapter = PeftCheckpoint(path, None, adapter=tuned.adapter_name)
         initial = self.adapter
         if initial.peft_type != "LORA" or initial.config.get("use_dora"):
             raise FormatError(
                 f"{initial.config_path}: expected the initial state of a LoRA adapter, found "
-                f"{initial.variant} (--initial)"
+                f"{initial.variant} ({INITIAL})"
             )
         for module in sorted(tuned.mapped):
             self._check(tuned, module)
@@ -63,7 +64,7 @@ class InitialAdapter:
         if found is None or module not in initial.mapped:
             raise FormatError(
                 f"{initial.store.path}: expected the initial lora_A and lora_B of {module}, which "
-                f"{tuned.store.path} adapts; found none. Is --initial the adapter saved before "
+                f"{tuned.store.path} adapts; found none. Is {INITIAL} the adapter saved before "
                 "training this one?"
             )
         mine = tuned.adapted[module]
@@ -74,7 +75,7 @@ class InitialAdapter:
                 f"{initial.store.path}: {module} should have lora_A {shapes[0]} and lora_B "
                 f"{shapes[1]} with scale {mine.scale:g} as in {tuned.store.path}; found "
                 f"{initial_shapes[0]} and {initial_shapes[1]} with scale {found.scale:g} "
-                f"({found.scale_source}). Is --initial the adapter saved before training this one?"
+                f"({found.scale_source}). Is {INITIAL} the adapter saved before training this one?"
             )
 
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:

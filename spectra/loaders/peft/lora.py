@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...arguments import DIRECTIONAL_ONLY, INITIAL
 from ...errors import FormatError
 from ..methods import dora, lora
 from . import multihead
@@ -36,7 +37,11 @@ class Lora(Variant):
     """LoRA, rsLoRA, DoRA and multi-head LoRA (HydraLoRA / R-LoRA: ``lora_B{j}``)."""
 
     why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
-    base_hint = " (or --directional-only for DoRA's s·B@A alone)"
+
+    @property
+    def base_hint(self) -> str:
+        return f" (or {DIRECTIONAL_ONLY} for DoRA's s·B@A alone)"
+
     config_fields = (
         "r",
         "lora_alpha",
@@ -56,7 +61,7 @@ class Lora(Variant):
         if ckpt.config.get("use_dora"):
             return f"DoRA ({base}{', directional part only' if ckpt.directional_only else ''})"
         if getattr(ckpt, "initial", None) is not None:
-            return f"{base} minus its initial adapter (--initial)"
+            return f"{base} minus its initial adapter ({INITIAL})"
         return base
 
     def _heads(self, ckpt: PeftCheckpoint) -> int | None:
@@ -73,7 +78,7 @@ class Lora(Variant):
         notes = []
         if ckpt.config.get("use_dora") and ckpt.directional_only:
             notes.append(
-                "DoRA analysed as its directional part s·B@A only (--directional-only): the "
+                f"DoRA analysed as its directional part s·B@A only ({DIRECTIONAL_ONLY}): the "
                 "magnitude vector is ignored, so this is not the update DoRA applies"
             )
         if self._heads(ckpt):
@@ -96,7 +101,7 @@ class Lora(Variant):
         if part == "lora_route":
             return multihead.ROUTER
         if part == "lora_magnitude_vector" and ckpt.directional_only:
-            return "DoRA's magnitude vector, ignored with --directional-only"
+            return f"DoRA's magnitude vector, ignored with {DIRECTIONAL_ONLY}"
         return super().unused_reason(ckpt, part)
 
     def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from ...arguments import PER_HEAD
 from ...errors import FormatError
 from ..methods import multihead as formulas
 
@@ -62,7 +63,7 @@ def warning(per_head: bool) -> str:
         + (
             "each head's s·B_j@A is reported"
             if per_head
-            else "the uniform mixture s·mean_j(B_j)@A is reported (--per-head: each)"
+            else f"the uniform mixture s·mean_j(B_j)@A is reported ({PER_HEAD}: each)"
         )
         + ". The scale follows the config's use_rslora; R-LoRA's α/√r is not recorded "
         "on disk"

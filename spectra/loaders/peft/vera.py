@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...arguments import BASE
 from ...errors import FormatError, MissingBaseError
 from ..methods import vera
 from .variant import Adapted, Variant
@@ -54,7 +55,7 @@ class Vera(Variant):
             return [
                 f"VeRA: each module's d_in comes from the base model (the shared vera_A is "
                 f"{width} wide, the widest module's); shapes show d_in as unknown and analysing "
-                "needs --base DIR"
+                f"needs {BASE('DIR')}"
             ]
         return []
 
@@ -91,7 +92,7 @@ class Vera(Variant):
             found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
             raise MissingBaseError(
                 f"{ckpt.store.path}: VeRA module {adapted.module} needs its d_in, which only the "
-                f"base model gives ({found}): pass --base DIR"
+                f"base model gives ({found}): pass {BASE('DIR')}"
             )
         d_in = ckpt.base_weights.module_shape(base_ref)[1]
         a_shape = ckpt.store.info(ckpt.shared["vera_A"]).shape  # (r, widest d_in)
@@ -101,7 +102,7 @@ class Vera(Variant):
                 f"{ckpt.store.path}: VeRA module {adapted.module} is ({d_out}, {d_in}) in the base "
                 f"{ckpt.base}, but the shared vera_A {tuple(a_shape)} and vera_B "
                 f"{tuple(b_shape)} are cut from the widest module, so they cannot be narrower; "
-                "is --base the model this adapter was trained on?"
+                f"is {BASE} the model this adapter was trained on?"
             )
         return (d_out, d_in)
 
