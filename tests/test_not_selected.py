@@ -38,7 +38,9 @@ _TENSOR = re.compile(
 )
 DEFAULT_NOTE = "not selected: q, o, up, down in 6 layers (24 modules); modules='all' for every role"
 # The same note made on the command line names the flag, not the Python argument.
-DEFAULT_NOTE_CLI = "not selected: q, o, up, down in 6 layers (24 modules); --modules all for every role"
+DEFAULT_NOTE_CLI = (
+    "not selected: q, o, up, down in 6 layers (24 modules); --modules all for every role"
+)
 
 
 @pytest.fixture(scope="module")
