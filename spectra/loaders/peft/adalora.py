@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from ...errors import FormatError
 from ..methods import adalora
-from ..names import canonical_name
-from .variant import Adapted, Variant
+from ..naming.architectures import canonical_name
+from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,9 @@ __all__ = ["AdaLora"]
 
 class AdaLora(Variant):
     """AdaLoRA: ΔW = B @ (A ⊙ E) · scaling / (init_r + 1e-5), scaling as peft reloads it."""
+
+    peft_type = "ADALORA"
+    recognised_by = "lora_A, lora_E and lora_B per module; init_r and the rank_pattern masks"
 
     config_fields = ("init_r", "target_r", "lora_alpha", "rank_pattern")
     parts = ("lora_A", "lora_B", "lora_E")
@@ -116,3 +119,6 @@ def _kept_rank(ckpt: PeftCheckpoint, module: str) -> tuple[int, str] | None:
             )
         return sum(keep), f"rank_pattern[{key!r}]"
     return None
+
+
+register_variant(AdaLora())

@@ -24,7 +24,7 @@ from ...arguments import DIRECTIONAL_ONLY, INITIAL
 from ...errors import FormatError
 from ..methods import dora, lora
 from . import multihead
-from .variant import Adapted, Variant
+from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
     from ..adapter import Rows, Update
@@ -35,6 +35,9 @@ __all__ = ["Lora"]
 
 class Lora(Variant):
     """LoRA, rsLoRA, DoRA and multi-head LoRA (HydraLoRA / R-LoRA: ``lora_B{j}``)."""
+
+    peft_type = "LORA"
+    recognised_by = "lora_A, lora_B (lora_B0… multi-head), lora_magnitude_vector (DoRA)"
 
     why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
 
@@ -145,3 +148,6 @@ class Lora(Variant):
             return [(None, lora.factored(B, A, s, rows))]
         (magnitude,) = ckpt.need(adapted, "lora_magnitude_vector")  # (d_out_all,)
         return [(None, dora.delta(base, B, A, s, magnitude, rows))]
+
+
+register_variant(Lora())

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import FormatError
 from ..methods import lycoris
-from .variant import Adapted, Variant
+from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,9 @@ __all__ = ["LoHa", "LoKr"]
 
 class LoHa(Variant):
     """LoHa: ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · α/r, a dense Hadamard product."""
+
+    peft_type = "LOHA"
+    recognised_by = "hada_w1_a/b, hada_w2_a/b, and hada_t1/t2 cores"
 
     parts = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
@@ -69,6 +72,9 @@ class LoHa(Variant):
 
 class LoKr(Variant):
     """LoKr: ΔW = kron(w1, w2) · α/r, each factor stored whole or as ``_a @ _b``."""
+
+    peft_type = "LOKR"
+    recognised_by = "lokr_w1[_a/_b], lokr_w2[_a/_b], and the lokr_t2 core"
 
     parts = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
@@ -116,3 +122,7 @@ class LoKr(Variant):
     def _split_rank(self, ckpt: PeftCheckpoint, adapted: Adapted, which: str) -> int | None:
         """The inner rank of a factor stored as ``_a @ _b``; None when stored whole."""
         return None if which in adapted.parts else ckpt.shape_of(adapted, f"{which}_b")[0]
+
+
+register_variant(LoHa())
+register_variant(LoKr())

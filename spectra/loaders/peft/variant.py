@@ -4,9 +4,12 @@ A ``Variant`` knows how one ``peft_type`` names its tensors and rebuilds ΔW;
 one instance per type serves every checkpoint of that type, so it keeps no
 state: each method is given the ``PeftCheckpoint`` (its config, tensor store,
 base weights and options) and the ``Adapted`` module it works on. The
-checkpoint decides which variant to use (``checkpoint.VARIANTS``); variants
-only use the checkpoint they are handed and never import its module at import
-time, so the dependency runs one way: checkpoint → variant families → here.
+checkpoint takes the variant its ``peft_type`` names from ``VARIANTS``, the
+registry of PEFT methods, as the formats' registry is for formats: each
+variant module registers its variants once (``register_variant``), with the
+``peft_type`` they read and what they recognise. Variants only use the
+checkpoint they are handed and never import its module at import time, so
+the dependency runs one way: checkpoint → variant families → here.
 
 ``Adapted`` holds one adapted module's tensor names by part and, once the
 variant has checked the shapes against the config, its rank and scale with
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
-__all__ = ["Adapted", "Variant"]
+__all__ = ["VARIANTS", "Adapted", "Variant", "register_variant"]
 
 
 @dataclass
@@ -52,6 +55,9 @@ class Adapted:
 
 class Variant:
     """How one ``peft_type`` names its tensors and rebuilds ΔW."""
+
+    peft_type = ""  # the config's peft_type this variant reads: its name in ``VARIANTS``
+    recognised_by = ""  # one line: the tensors and config fields it reads
 
     why_base = ""
     base_hint = ""  # another way out than --base, if there is one
@@ -94,3 +100,14 @@ class Variant:
         self, ckpt: PeftCheckpoint, adapted: Adapted, rows: Rows, base: torch.Tensor | None
     ) -> list[tuple[int | None, Update]]:
         raise NotImplementedError
+
+
+VARIANTS: dict[str, Variant] = {}  # peft_type → the variant that reads it
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Add ``variant`` to ``VARIANTS`` under its ``peft_type`` (once)."""
+    if not variant.peft_type or variant.peft_type in VARIANTS:
+        raise ValueError(f"peft_type {variant.peft_type!r} is empty or registered twice")
+    VARIANTS[variant.peft_type] = variant
+    return variant

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ...arguments import BASE
 from ...errors import FormatError, MissingBaseError
 from ..methods import vera
-from .variant import Adapted, Variant
+from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +35,9 @@ class Vera(Variant):
     comes from the base model (found from ``base_model_name_or_path`` as for
     DoRA, or ``--base``), and without it the analysis is refused.
     """
+
+    peft_type = "VERA"
+    recognised_by = "vera_lambda_b, vera_lambda_d, and the shared vera_A, vera_B"
 
     config_fields = ("r", "save_projection", "projection_prng_key", "d_initial")
     parts = ("vera_lambda_b", "vera_lambda_d")
@@ -116,3 +119,6 @@ class Vera(Variant):
         vera_A, vera_B = (ckpt.store.load(ckpt.shared[name]) for name in ("vera_A", "vera_B"))
         lambda_b, lambda_d = ckpt.need(adapted, "vera_lambda_b", "vera_lambda_d")  # (d_out,), (r,)
         return [(None, vera.delta(vera_A, vera_B, lambda_b, lambda_d, d_in, rows))]
+
+
+register_variant(Vera())
