@@ -21,7 +21,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError, NonFiniteError, SpectraError
-from spectra.loaders.names import map_modules
+from spectra.loaders.naming.architectures import map_modules
 from spectra.metrics import compute
 
 

@@ -23,7 +23,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError
-from spectra.loaders.names import canonical_name
+from spectra.loaders.naming.architectures import canonical_name
 
 from .conftest import (
     DTYPES,

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import spectra
 from spectra.errors import BaseMismatchError, FormatError, MissingBaseError, SelectionError
 from spectra.loaders import detect_format
-from spectra.loaders.names import canonical_name, layer_index, map_modules
+from spectra.loaders.naming.architectures import canonical_name, layer_index, map_modules
 
 from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, reference_sigma
 

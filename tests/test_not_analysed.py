@@ -20,7 +20,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError, SelectionError
-from spectra.loaders.names import canonical_name
+from spectra.loaders.naming.architectures import canonical_name
 
 from .conftest import make_peft_adapter, random_peft_model, reference_sigma, save_peft_adapter
 

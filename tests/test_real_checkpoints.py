@@ -208,7 +208,7 @@ def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir,
     from .conftest import make_bert_finetune
 
     finetune = make_bert_finetune(tmp_path / "ft", minilm_dir, "sharded")
-    import spectra.loaders.tensors as tensors
+    import spectra.loaders.storage.tensors as tensors
 
     opened = []
     original = tensors._SafetensorsFile._read_header

@@ -12,7 +12,7 @@ import torch
 import spectra
 from spectra import Dense, LayerDelta
 from spectra.io.workers import ordered_map, read_ahead
-from spectra.loaders.full import difference
+from spectra.loaders.methods.full import difference
 from spectra.svd import (
     _lower_gram,
     dense_gram_batched,

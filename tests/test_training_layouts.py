@@ -26,7 +26,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError, MissingBaseError
-from spectra.loaders.names import canonical_name
+from spectra.loaders.naming.architectures import canonical_name
 
 from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
 

@@ -32,14 +32,7 @@ from ..errors import SpectraError, warn
 from ..io.atomic import check_output, holds, replace_folder
 from ..io.hub import locate
 from ..loaders import options_for
-from ..report import (
-    Progress,
-    Report,
-    csv_text,
-    is_report,
-    noise_warning,
-    version_warning,
-)
+from ..report import Progress, Report, csv_text, is_report, noise_warning, version_warning
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .stream import analyze
 from .subspaces import (

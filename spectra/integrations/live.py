@@ -18,7 +18,7 @@ own (``Checkpoint.plan``, ``svd.singular_values``,
 - ``"dense"``: ΔW = W_now − W_start of the chosen ``nn.Linear`` / ``Conv1D``
   weights, against a float64 CPU copy of only those weights taken when the
   monitor starts (``start_weights``); the difference is taken as
-  ``loaders.full.difference`` takes a fine-tune's.
+  ``loaders.methods.full.difference`` takes a fine-tune's.
 
 ``Monitor`` (``integrations.monitor``) takes these spectra every ``every``
 steps of a custom loop and returns flat scalars to log (``integrations.loggers``);
@@ -36,9 +36,14 @@ import torch
 from ..delta import Dense, LayerDelta
 from ..errors import SelectionError, SpectraError
 from ..loaders.base import Checkpoint, ModuleInfo, Selection
-from ..loaders.full import difference
 from ..loaders.methods import lora
-from ..loaders.names import ModuleRef, canonical_name, encoder_depth, map_with_reasons
+from ..loaders.methods.full import difference
+from ..loaders.naming.architectures import (
+    ModuleRef,
+    canonical_name,
+    encoder_depth,
+    map_with_reasons,
+)
 from ..loaders.peft.checkpoint import _W0_CHANGING_INITS  # LoRA inits that move W0
 
 __all__ = ["KINDS", "LiveModel"]

@@ -23,22 +23,15 @@ from pathlib import Path
 
 from ..arguments import BASE, LOADER_OPTIONS
 from ..errors import FormatError
-from . import (  # each registers its format (registry.register); the priority sets the order
-    diffusers_lora,  # noqa: F401
-    full,  # noqa: F401
-    gguf_lora,  # noqa: F401
-    kohya,  # noqa: F401
-    mlx,  # noqa: F401
-    multilora,  # noqa: F401
-    peft,  # noqa: F401
-    torchtune_lora,  # noqa: F401
-)
+from . import full, multilora, peft  # noqa: F401  each registers its format on import
 from .base import DEFAULT_MODULES, Checkpoint, CheckpointInfo, ModuleInfo, Selection
-from .full import MODEL_FILES, find_model_file
+from .image import diffusers, kohya  # noqa: F401  (the priority, not this order, says
+from .lowrank import gguf, mlx, torchtune  # noqa: F401  which format is asked first)
 from .multilora import MULTILORA_TYPE, MultiLoraCheckpoint
-from .names import ROLES
+from .naming.architectures import ROLES
 from .peft import ADAPTER_CONFIG, PEFT_TYPES, BaseLookup
 from .registry import FORMATS, Format, claiming, format_named
+from .storage.model import MODEL_FILES, find_model_file
 
 __all__ = [
     "DEFAULT_MODULES",

@@ -26,10 +26,10 @@ from ..arguments import BASE
 from ..delta import Dense, Factored, LayerDelta
 from ..errors import BaseMismatchError, MissingBaseError, SpectraError
 from .base import Checkpoint, ModuleInfo, Selection
-from .full import ModelWeights
 from .methods import Rows
-from .names import ModuleRef
-from .tensors import TensorStore
+from .naming.architectures import ModuleRef
+from .storage.model import ModelWeights
+from .storage.tensors import TensorStore
 
 __all__ = ["AdapterCheckpoint", "Rows", "Update"]
 

@@ -47,7 +47,7 @@ from ..arguments import LAYERS, MODULES
 from ..delta import LayerDelta
 from ..errors import SelectionError
 from ..selection import DEFAULT_MODULES, ROLES, layer_ranges, parse_layers, parse_modules
-from .names import ROLE_REASONS
+from .naming.architectures import ROLE_REASONS
 
 __all__ = [
     "DEFAULT_MODULES",

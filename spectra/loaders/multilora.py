@@ -32,9 +32,9 @@ from ..arguments import LORA_ALPHA, PER_HEAD
 from ..errors import FormatError
 from .adapter import AdapterCheckpoint, Rows
 from .methods import lora, multilora
-from .names import ModuleRef, canonical_name, map_with_reasons
+from .naming.architectures import ModuleRef, canonical_name, map_with_reasons
 from .registry import Format, register
-from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from .storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
 
 __all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..arguments import LABEL, LAYER, MODULES
 from ..defaults import NORMALIZATIONS
 from ..errors import SpectraError
-from ..loaders.names import ROLES
+from ..loaders.naming.architectures import ROLES
 from ..report import Report
 
 __all__ = [

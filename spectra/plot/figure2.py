@@ -20,14 +20,7 @@ from matplotlib.figure import Figure
 from ..arguments import TOP
 from ..errors import SpectraError
 from ..report import Report
-from ._rows import (
-    NORMALIZATIONS,
-    labels_for,
-    layers_for,
-    normalized,
-    roles_for,
-    trusted,
-)
+from ._rows import NORMALIZATIONS, labels_for, layers_for, normalized, roles_for, trusted
 from ._style import figure_grid, legend_or_note, method_colors, panel_grid, paper_style
 
 __all__ = ["adapter_rank", "histogram"]

@@ -10,12 +10,16 @@ The chance level, what two random subspaces of the same sizes would score
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..analysis.subspaces import SubspaceResult
 from ..errors import SpectraError
 from ._style import figure_grid, paper_style
+
+if TYPE_CHECKING:  # figures draw results; they never import the analysis that makes them
+    from ..analysis.subspaces import SubspaceResult
 
 __all__ = ["chance_levels", "similarity_heatmap"]
 

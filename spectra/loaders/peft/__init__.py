@@ -1,7 +1,7 @@
 """PEFT adapters: ``adapter_config.json`` + ``adapter_model.safetensors`` (or ``.bin``).
 
 Each ``peft_type`` has a variant that knows its tensors and rebuilds ΔW as
-the method defines it (FORMATS.md §2, checked against peft's own merge):
+the method defines it (``docs/formats.md``, checked against peft's own merge):
 
 | variant | ΔW | module |
 |---|---|---|

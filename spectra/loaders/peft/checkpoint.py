@@ -7,7 +7,7 @@ groups the tensors by module and part, maps the modules to (layer, role),
 finds the base model from ``base_model_name_or_path`` when one is needed (a
 local folder or the local Hub cache, never a download), and lists every tensor
 no analysed ΔW uses with its reason (``not_analysed()``). How ΔW is rebuilt
-belongs to the ``peft_type``'s variant (``VARIANTS``: ``lora.py``,
+belongs to the ``peft_type``'s variant (``variant.VARIANTS``, registered by ``lora.py``,
 ``adalora.py``, ``lycoris.py``, ``vera.py``), which is handed this checkpoint
 for what it needs.
 
@@ -36,14 +36,14 @@ from ...errors import FormatError, MissingBaseError
 from ..adapter import AdapterCheckpoint, Rows
 from ..base import Selection, summarise_not_analysed
 from ..methods import lora
-from ..names import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
-from ..tensors import TensorStore, open_store
-from .adalora import AdaLora
+from ..naming.architectures import NO_DEPTH, ModuleRef, canonical_name, map_with_reasons
+from ..storage.tensors import TensorStore, open_store
+from .adalora import AdaLora  # noqa: F401  importing a variant's module registers it
 from .initial import InitialAdapter
-from .lora import Lora
-from .lycoris import LoHa, LoKr
-from .variant import Adapted, Variant
-from .vera import Vera
+from .lora import Lora  # noqa: F401
+from .lycoris import LoHa, LoKr  # noqa: F401
+from .variant import VARIANTS, Adapted, Variant
+from .vera import Vera  # noqa: F401
 
 # base_model_name_or_path → a local model folder, or None. Given by the caller
 # (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
@@ -185,7 +185,7 @@ class PeftCheckpoint(AdapterCheckpoint):
             base = self._found_base()
         self.open_base(base)
         if self.base_weights is not None and self.base_weights.encoder_layers is not None:
-            self._map_modules(self.base_weights.encoder_layers)  # T5 decoder blocks (names.py)
+            self._map_modules(self.base_weights.encoder_layers)  # T5 decoder blocks
         if not self.modules:
             raise FormatError(
                 f"{self.store.path}: no attention or MLP projection is adapted; adapted modules: "
@@ -422,12 +422,4 @@ class PeftCheckpoint(AdapterCheckpoint):
         return [*super().source_files(), *initial]
 
 
-# The variant of each peft_type (one instance serves every checkpoint of that type).
-VARIANTS: dict[str, Variant] = {
-    "LORA": Lora(),
-    "ADALORA": AdaLora(),
-    "LOHA": LoHa(),
-    "LOKR": LoKr(),
-    "VERA": Vera(),
-}
-PEFT_TYPES = tuple(VARIANTS)
+PEFT_TYPES = tuple(VARIANTS)  # every peft_type read, once each variant module registered

@@ -2,7 +2,7 @@
 
 Module names are matched by *role* (``q``, ``k``, ``v``, ``o``, ``up``,
 ``down``, ``gate``), so a user asks for ``k,v`` whatever the architecture
-calls them (see ``shared/FORMATS.md``, "Where the k and v projections live").
+calls them (``docs/formats.md``, "Architectures").
 Names are first put in canonical form by stripping wrapper prefixes
 (``base_model.model.`` from PEFT, ``module.`` from DDP, ``_orig_mod.`` from
 ``torch.compile``) and, wherever they sit, the ``_fsdp_wrapped_module.`` and
@@ -80,9 +80,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arguments import BASE
-from ..errors import FormatError
-from ..selection import ROLES
+from ...arguments import BASE
+from ...errors import FormatError
+from ...selection import ROLES
 
 __all__ = [
     "ROLES",

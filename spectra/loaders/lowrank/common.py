@@ -38,12 +38,12 @@ from typing import Protocol
 
 import torch
 
-from ..arguments import BASE, DIRECTIONAL_ONLY, SUBSPACE
-from ..errors import FormatError, MissingBaseError
-from .adapter import AdapterCheckpoint, Rows, Update
-from .base import Selection
-from .methods import dora, lora
-from .names import ModuleRef
+from ...arguments import BASE, DIRECTIONAL_ONLY, SUBSPACE
+from ...errors import FormatError, MissingBaseError
+from ..adapter import AdapterCheckpoint, Rows, Update
+from ..base import Selection
+from ..methods import dora, lora
+from ..naming.architectures import ModuleRef
 
 __all__ = [
     "HeadCounts",

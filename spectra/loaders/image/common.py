@@ -1,10 +1,10 @@
 """LoRA-family files of image models (kohya, LyCORIS, diffusers): the checkpoint they share.
 
-The format modules (``kohya.py``, ``diffusers_lora.py``) parse their key
+The format modules (``kohya.py``, ``diffusers.py``) parse their key
 layouts into ``LoraModule`` records — the module's name in the file, whether
 it belongs to a text encoder, and its tensors by canonical part — and say
 where a module's scale comes from (``scale_of``). This module maps the
-modules to (layer, role) with ``diffusion_names`` (an ordinal per block, the
+modules to (layer, role) with ``naming.diffusion`` (an ordinal per block, the
 block names in ``details()``), checks their shapes, and rebuilds ΔW in
 float64 as LyCORIS's forward pass applies it (the formulas are
 ``methods.lora`` and ``methods.lycoris``):
@@ -47,15 +47,15 @@ from pathlib import Path
 
 import torch
 
-from ..arguments import BASE, LAYERS, MODULES
-from ..delta import Dense
-from ..errors import FormatError
-from .adapter import AdapterCheckpoint, Rows, Update
-from .base import Selection, summarise_not_analysed
-from .diffusion_names import match_roles, natural_key, reason_for
-from .methods import lora, lycoris
-from .names import ModuleRef
-from .tensors import TensorStore
+from ...arguments import BASE, LAYERS, MODULES
+from ...delta import Dense
+from ...errors import FormatError
+from ..adapter import AdapterCheckpoint, Rows, Update
+from ..base import Selection, summarise_not_analysed
+from ..methods import lora, lycoris
+from ..naming.architectures import ModuleRef
+from ..naming.diffusion import match_roles, natural_key, reason_for
+from ..storage.tensors import TensorStore
 
 __all__ = ["METHOD_PARTS", "ImageLoraCheckpoint", "LoraModule", "safetensors_metadata"]
 

@@ -23,7 +23,7 @@ the LoRA recipes):
   interleaved RoPE order (Qwen2 and Phi-3 have converters of their own that
   do not), so the native q/k ``lora_b`` rows are in that order: spectra puts
   them back in Hugging Face's order with the head counts of the base's
-  ``config.json`` (``lowrank.py``), unless that config names a model type
+  ``config.json`` (``common.py``), unless that config names a model type
   torchtune does not permute.
 
 A folder holding ``adapter_model.pt`` is read here even when the PEFT export
@@ -37,13 +37,13 @@ import json
 import re
 from pathlib import Path
 
-from ..arguments import DIRECTIONAL_ONLY, LORA_ALPHA
-from ..errors import FormatError
-from .lowrank import LoraFileCheckpoint, LoraModule
-from .methods import lora
-from .names import NO_LAYER, ModuleRef, canonical_name, layer_index
-from .registry import Format, register
-from .tensors import PICKLE_SUFFIXES, TensorStore, open_store
+from ...arguments import DIRECTIONAL_ONLY, LORA_ALPHA
+from ...errors import FormatError
+from ..methods import lora
+from ..naming.architectures import NO_LAYER, ModuleRef, canonical_name, layer_index
+from ..registry import Format, register
+from ..storage.tensors import PICKLE_SUFFIXES, TensorStore, open_store
+from .common import LoraFileCheckpoint, LoraModule
 
 __all__ = ["TorchtuneCheckpoint"]
 

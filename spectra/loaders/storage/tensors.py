@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FormatError
+from ...errors import FormatError
 
 __all__ = ["TensorInfo", "TensorStore", "open_store"]
 

@@ -15,7 +15,7 @@ metadata key ``lora_adapter_metadata`` (keys ``unet.r``, ``unet.lora_alpha``,
 … per model part, or unprefixed from a model's ``save_lora_adapter``), read
 as peft reads it (``rank_pattern`` / ``alpha_pattern``, ``use_rslora``);
 otherwise lora_alpha = r, scale 1, which is what diffusers assumes when it
-loads such a file — said in the warnings. ``imagelora.py`` maps and rebuilds
+loads such a file — said in the warnings. ``common.py`` maps and rebuilds
 the modules.
 """
 
@@ -25,11 +25,11 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import FormatError, SpectraError
-from .imagelora import ImageLoraCheckpoint, LoraModule, safetensors_metadata
-from .methods import lora
-from .registry import Format, register
-from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from ...errors import FormatError, SpectraError
+from ..methods import lora
+from ..registry import Format, register
+from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from .common import ImageLoraCheckpoint, LoraModule, safetensors_metadata
 
 __all__ = ["DiffusersCheckpoint"]
 

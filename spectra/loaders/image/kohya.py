@@ -14,7 +14,7 @@ with every dot replaced by ``_`` and a prefix naming the model part —
 
 The scale is alpha / r from each module's ``alpha`` tensor; a module without
 one (old kohya files) or with alpha 0 has alpha = r, scale 1, as kohya's
-``create_network_from_weights`` and LyCORIS read it. ``imagelora.py`` maps and
+``create_network_from_weights`` and LyCORIS read it. ``common.py`` maps and
 rebuilds the modules; the file's ``ss_network_*`` metadata (dim, alpha, args,
 module) is shown by ``inspect``.
 """
@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import SpectraError
-from .imagelora import ImageLoraCheckpoint, LoraModule, safetensors_metadata
-from .registry import Format, register
-from .tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from ...errors import SpectraError
+from ..registry import Format, register
+from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from .common import ImageLoraCheckpoint, LoraModule, safetensors_metadata
 
 __all__ = ["KohyaCheckpoint"]
 

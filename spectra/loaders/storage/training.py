@@ -2,7 +2,7 @@
 
 Both are read as a ``TensorStore`` (``tensors.py``), so a full fine-tune in
 either layout goes through ``full.FullCheckpoint`` like any model folder
-(ΔW = W_tuned − W_base, with ``--base``); ``full.find_model_file`` asks
+(ΔW = W_tuned − W_base, with ``--base``); ``model.find_model_file`` asks
 ``find_layout`` after the Hugging Face file names.
 
 FSDP / ``torch.distributed.checkpoint`` (DCP)
@@ -57,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FormatError
+from ...errors import FormatError
 from .tensors import TensorInfo, TensorStore, open_store
 
 __all__ = ["DCP_METADATA", "FSDP_FULL_FILE", "find_layout", "open_layout"]

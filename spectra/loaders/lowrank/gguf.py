@@ -20,7 +20,7 @@ convert_hf_to_gguf.py on each ``lora_b``, so the architectures whose class
 permutes q and k rows into GGML's interleaved RoPE order (``LlamaModel.permute``
 or the same reshape copied) have their q/k ``lora_b`` rows in that order
 (``_INTERLEAVED_ARCHS``); with a base's ``config.json`` spectra puts them back
-in Hugging Face's order (``lowrank.py``). Qwen2, Phi-3, Gemma and the other
+in Hugging Face's order (``common.py``). Qwen2, Phi-3, Gemma and the other
 classes that do not permute keep Hugging Face's order, and so do Llama 4,
 Apertus, AFMoE and CogVLM, whose classes derive from LlamaModel but switch the
 permutation off (``undo_permute = False``) or bypass it.
@@ -30,7 +30,7 @@ Some architectures keep fused projections that gguf's own
 ``gate_up_proj`` for phi3, glm4 (GLM-4-0414) and plamo2, and ChatGLM's
 ``dense_h_to_4h`` for chatglm, all ``[gate; up]`` rows (each model splits it
 with ``chunk(2)``, gate first); phi3's ``attn_qkv`` is ``qkv_proj`` (q, k, v
-rows as ``names.py``'s phi3 layout). Such a tensor is read as one module with
+rows as ``naming/architectures.py``'s phi3 layout). Such a tensor is read as one module with
 a ref per role (fused ``halves`` / ``phi3``), never as one role; ``attn_qkv``
 of other architectures is listed as not analysed.
 
@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FormatError
-from .base import ModuleInfo
-from .lowrank import LoraFileCheckpoint, LoraModule
-from .methods import lora
-from .names import NO_LAYER, NO_ROLE, ModuleRef
-from .registry import Format, register
-from .tensors import TensorInfo
+from ...errors import FormatError
+from ..base import ModuleInfo
+from ..methods import lora
+from ..naming.architectures import NO_LAYER, NO_ROLE, ModuleRef
+from ..registry import Format, register
+from ..storage.tensors import TensorInfo
+from .common import LoraFileCheckpoint, LoraModule
 
 __all__ = ["GgufLoraCheckpoint"]
 
@@ -101,7 +101,7 @@ _INTERLEAVED_ARCHS = frozenset(
         "baichuan",
     }
 )
-# Fused tensors (gguf's tensor_mapping.py): name → (roles in row order, names.py layout), per
+# Fused tensors (gguf's tensor_mapping.py): name → (roles in row order, naming layout), per
 # architecture. ffn_up is gate_up_proj ([gate; up]) for these; phi3's attn_qkv is qkv_proj.
 _FUSED_TENSORS = {
     "phi3": {"ffn_up": ("gate,up", "halves"), "attn_qkv": ("q,k,v", "phi3")},

@@ -31,13 +31,13 @@ import json
 import re
 from pathlib import Path
 
-from ..arguments import DIRECTIONAL_ONLY, GLOB
-from ..errors import FormatError
-from .full import FullCheckpoint
-from .lowrank import LoraFileCheckpoint, LoraModule
-from .names import map_with_reasons
-from .registry import Format, register
-from .tensors import open_store
+from ...arguments import DIRECTIONAL_ONLY, GLOB
+from ...errors import FormatError
+from ..full import FullCheckpoint
+from ..naming.architectures import map_with_reasons
+from ..registry import Format, register
+from ..storage.tensors import open_store
+from .common import LoraFileCheckpoint, LoraModule
 
 __all__ = ["MLX_CONFIG", "MLX_WEIGHTS", "MlxFullCheckpoint", "MlxLoraCheckpoint"]
 
