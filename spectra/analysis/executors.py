@@ -22,6 +22,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from ..arguments import RAY
 from ..errors import SpectraError
 from ..loaders import Checkpoint
 from ..report import Progress, Report
@@ -120,7 +121,7 @@ def run_on_ray(
         import ray
     except ImportError:
         raise SpectraError(
-            "--ray needs Ray, which is not installed: pip install 'spectra[ray]'"
+            f"{RAY} needs Ray, which is not installed: pip install 'spectra[ray]'"
         ) from None
     started = False
     if not ray.is_initialized():

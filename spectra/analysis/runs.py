@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arguments import GLOB
 from ..errors import SpectraError
 
 __all__ = ["RunCheckpoint", "find_checkpoints"]
@@ -55,7 +56,7 @@ def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list
         listing = ", ".join(sorted(p.name for p in run.iterdir())[:12]) or "nothing"
         raise SpectraError(
             f"{run}: no checkpoints found; expected {what}, found {listing}. "
-            "Name others with --glob PATTERN"
+            f"Name others with {GLOB('PATTERN')}"
         )
     checkpoints = []
     for path in found:
@@ -63,7 +64,7 @@ def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list
         if step is None:
             raise SpectraError(
                 f"{path}: cannot tell its training step: no trainer_state.json and no number in "
-                "its name; choose the checkpoints with --glob"
+                f"its name; choose the checkpoints with {GLOB}"
             )
         checkpoints.append(RunCheckpoint(step, path))
     checkpoints.sort(key=lambda c: (c.step, str(c.path)))
@@ -73,6 +74,6 @@ def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list
         names = [str(c.path) for c in checkpoints if c.step in repeated]
         raise SpectraError(
             f"{run}: several checkpoints share step {repeated[0]}: {', '.join(names[:4])}; "
-            "narrow the selection with --glob"
+            f"narrow the selection with {GLOB}"
         )
     return checkpoints

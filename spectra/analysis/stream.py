@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..arguments import BASE, SKIP_NONFINITE
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError, warn
 from ..flags import row_flags
@@ -27,13 +28,7 @@ from ..io.hub import locate
 from ..loaders import Checkpoint, Selection
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_summary, spectrum_key
-from ..svd import (
-    accuracy_floor,
-    check_finite,
-    check_method,
-    resolve_device,
-    singular_values_stream,
-)
+from ..svd import accuracy_floor, check_finite, check_method, resolve_device, singular_values_stream
 from .sources import load
 
 __all__ = ["analyze", "build_report", "report_row", "rounding_floor_of"]
@@ -93,7 +88,7 @@ def analyze(
     (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
     """
     source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
-    base_source = locate(base, "--base") if base is not None else None
+    base_source = locate(base, BASE) if base is not None else None
     if checkpoint is None:
         checkpoint = load(source, base=base_source, format=format, **options)
     selection = checkpoint.plan(modules, layers)
@@ -181,7 +176,7 @@ def build_report(
         warnings.append(noise)
     if skipped:
         warnings.append(
-            f"{len(skipped)} modules skipped for NaN/Inf weights (--skip-nonfinite): "
+            f"{len(skipped)} modules skipped for NaN/Inf weights ({SKIP_NONFINITE}): "
             f"{', '.join(skipped)}; this report is not the whole selection"
         )
     meta = {

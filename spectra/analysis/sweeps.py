@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..arguments import BASE, WORKERS
 from ..defaults import SWEEP_METRICS
 from ..display import frame
 from ..errors import SpectraError, SpectraWarning, warn
@@ -237,9 +238,9 @@ def sweep(
         df.groupby(["step", "module"])["effective_rank"].mean().unstack()
     """
     if workers < 1:
-        raise SpectraError(f"--workers must be at least 1, got {workers}")
+        raise SpectraError(f"{WORKERS} must be at least 1, got {workers}")
     checkpoints = find_checkpoints(run, pattern)
-    base = locate(base, "--base") if base is not None else None  # a Hub id once, for every job
+    base = locate(base, BASE) if base is not None else None  # a Hub id once, for every job
     store = _cache(cache)
     tasks, keys, opened, sizes = [], [], [], []
     # report folders saved while training (spectra.integrations, out/step-<N>/) are taken as

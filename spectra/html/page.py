@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import __version__
+from ..arguments import HTML
 from ..display import format_number
 from ..errors import SpectraError
 from ..io.atomic import check_output, write_text_atomic
@@ -55,7 +56,7 @@ def check_html_target(path: str | os.PathLike, force: bool) -> None:
 
     New, or a page spectra wrote with ``force``; never a folder or another file.
     """
-    check_output(path, force, "HTML report", _is_page, folder=False, flag="--html")
+    check_output(path, force, "HTML report", _is_page, folder=False, flag=HTML)
 
 
 def _is_page(path: Path) -> bool:
