@@ -6,7 +6,8 @@ repository, and an ``#anchor`` into a page must be one of its headings.
 The code and the docs cite only what the repository holds: the design and
 format notes spectra grew from lived beside it (``shared/``) and their
 facts are now on the docs pages. The command-line page lists every flag of
-every command, and the metric docstrings' examples run as doctests.
+every command, and the metric docstrings' examples (every module of
+``spectra.metrics``) run as doctests.
 """
 
 from __future__ import annotations
@@ -122,6 +123,19 @@ def test_the_command_line_page_lists_every_flag_of_every_command():
     assert not missing, f"docs/command-line.md does not list: {missing}"
 
 
+def _metric_modules() -> list:
+    """``spectra.metrics`` and every module of the package (balance, size, tolerance, …)."""
+    import importlib
+    import pkgutil
+
+    import spectra.metrics
+
+    names = [
+        info.name for info in pkgutil.walk_packages(spectra.metrics.__path__, "spectra.metrics.")
+    ]
+    return [spectra.metrics, *(importlib.import_module(name) for name in sorted(names))]
+
+
 def test_the_metric_examples_run_as_doctests():
     import spectra.metrics
 
@@ -131,9 +145,14 @@ def test_the_metric_examples_run_as_doctests():
         if callable(getattr(spectra.metrics, name))
         and not isinstance(getattr(spectra.metrics, name), type)
     ]
-    result = doctest.testmod(spectra.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0
-    assert result.attempted >= len(documented)
+    modules = _metric_modules()
+    assert {"spectra.metrics.balance", "spectra.metrics.size"} <= {m.__name__ for m in modules}
+    failed = attempted = 0
+    for module in modules:  # testmod finds only what each module defines itself
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        failed, attempted = failed + result.failed, attempted + result.attempted
+    assert failed == 0
+    assert attempted >= len(documented)
     finder = doctest.DocTestFinder()
     without = [
         name
