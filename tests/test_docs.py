@@ -6,8 +6,9 @@ repository, and an ``#anchor`` into a page must be one of its headings.
 The code and the docs cite only what the repository holds: the design and
 format notes spectra grew from lived beside it (``shared/``) and their
 facts are now on the docs pages. The command-line page lists every flag of
-every command, and the metric docstrings' examples (every module of
-``spectra.metrics``) run as doctests.
+every command, the metric docstrings' examples (every module of
+``spectra.metrics``) run as doctests, and the tables that ``docs/tables.py``
+makes from the code (formats, architectures) are current.
 """
 
 from __future__ import annotations
@@ -121,6 +122,57 @@ def test_the_command_line_page_lists_every_flag_of_every_command():
                 if flag.startswith("--") and f"`{flag}" not in section:
                     missing.append(f"spectra {name} {flag}")
     assert not missing, f"docs/command-line.md does not list: {missing}"
+
+
+def _tables():
+    """``docs/tables.py``, the script that makes the docs' generated tables, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_tables_of_the_docs_are_current():
+    tables = _tables()
+    assert ("docs/formats.md", "formats") in tables.BLOCKS
+    assert ("docs/formats.md", "architectures") in tables.BLOCKS
+    for (page, name), make in tables.BLOCKS.items():
+        assert tables.current(page, name) == make(), (
+            f"{page}: the {name} table is not what the code says now; run "
+            f"`python docs/tables.py` and commit the page"
+        )
+
+
+def test_the_format_table_has_a_row_per_format_and_the_map_a_row_per_rule():
+    import spectra
+    from spectra.loaders.naming import architectures
+    from spectra.loaders.peft.variant import VARIANTS
+
+    tables = _tables()
+    formats = tables.formats_block().splitlines()
+    for fmt in spectra.formats():
+        assert sum(line.startswith(f"| `{fmt.name}` | {fmt.priority} |") for line in formats) == 1
+    for peft_type in VARIANTS:
+        assert sum(line.startswith(f"| `{peft_type}` |") for line in formats) == 1
+    rows = [line for line in tables.architectures_block().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(architectures._RULES) + len(architectures._LEFT_OUT)
+
+
+def test_the_tables_script_checks_and_rewrites_a_stale_block(tmp_path, monkeypatch):
+    tables = _tables()
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("before\n<!-- t:start -->\nold\n<!-- t:end -->\nafter\n", encoding="utf-8")
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    monkeypatch.setattr(tables, "BLOCKS", {("docs/page.md", "t"): lambda: "| new |"})
+    assert tables.main(["--check"]) == 1
+    assert tables.main([]) == 0
+    assert page.read_text(encoding="utf-8") == (
+        "before\n<!-- t:start -->\n| new |\n<!-- t:end -->\nafter\n"
+    )
+    assert tables.main(["--check"]) == 0
 
 
 def _metric_modules() -> list:
