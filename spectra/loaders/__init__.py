@@ -11,9 +11,9 @@ diffusers, MLX-LM, torchtune, GGUF — is a ``registry.Format``, registered by
 its own module when this package imports it, and asked in order of its
 priority whether it claims the path (``registry.claiming``); ``formats()``
 lists them with their options and what each recognises. The options
-(``options.py``: ``adapter``, ``per_head``, ``directional_only``,
-``lora_alpha``, ``initial``) apply to the formats that declare them; any other
-is refused by name.
+(``spectra.arguments.LOADER_OPTIONS``: ``adapter``, ``per_head``,
+``directional_only``, ``lora_alpha``, ``initial``) apply to the formats that
+declare them; any other is refused by name.
 """
 
 from __future__ import annotations

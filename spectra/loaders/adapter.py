@@ -9,7 +9,7 @@ rows of a fused projection, and yields the ``LayerDelta``s.
 The base and the adapter need not fuse the same projections: a torchtune or
 GGUF adapter keeps Phi-3's q, k, v (gate, up) apart where the Hugging Face base
 fuses them in ``qkv_proj`` (``gate_up_proj``), and the reverse can happen. Each
-role's W0 is then taken from its own rows of the base (``names.ModuleRef.rows``,
+role's W0 is then taken from its own rows of the base (``naming.architectures.ModuleRef.rows``,
 the split the full fine-tune loader uses), and the base handed to ``updates``
 is laid out as the adapted module is (``aligned_base``).
 """

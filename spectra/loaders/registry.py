@@ -7,7 +7,7 @@ configs and headers, never weights), the ``open(path, base, *, base_lookup,
 are asked from the highest down, so that one which shares a file name with
 another — MLX-LM's ``adapter_config.json``, torchtune's folder beside its PEFT
 export — is told apart before the more general reader sees it), the options it
-takes (``Argument``s declared in ``options.py``: their Python name, flag, type
+takes (``Argument``s declared in ``spectra.arguments``: their Python name, flag, type
 and help) and one line saying what it recognises. The full fine-tune, PEFT and
 MultiLoRA readers register here like the newest format: nothing is detected
 anywhere else. ``spectra.formats()`` lists them; the command line's loader

@@ -312,7 +312,7 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
 
 
 def _fused_refs(layer: int, weight: str, roles: str, layout: str) -> tuple[ModuleRef, ...]:
-    """One ref per role of a fused GGUF tensor, each picking its rows (``names.ModuleRef``)."""
+    """One ref per role of a fused GGUF tensor, each picking its rows (a ``ModuleRef``)."""
     module = weight.removesuffix(".weight")
     return tuple(
         ModuleRef(layer, role, module, "gguf", fused=layout, index=index)

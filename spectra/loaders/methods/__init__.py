@@ -17,7 +17,7 @@ widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
 | ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
 
 ``rows`` (every function takes it) keeps the rows of ΔW that one role of a
-fused module owns (``names.ModuleRef.rows``); by default all of them. The
+fused module owns (``naming.architectures.ModuleRef.rows``); by default all of them. The
 functions read nothing from disk and never write into the tensors given.
 """
 

@@ -1,0 +1,1 @@
+"""What a tensor is called: architecture maps (role, layer, fused rows) and diffusion names."""
