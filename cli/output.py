@@ -19,7 +19,7 @@ from spectra.display import format_number
 
 TABLE_COLUMNS = (
     ("layer", "layer"),
-    ("module", "module"),
+    ("role", "role"),
     ("shape", "shape"),
     ("numerical_rank", "num. rank"),  # "r" is the adapter's rank, in inspect
     ("normalized_entropy", "norm. entropy"),  # as compare prints it
@@ -103,16 +103,16 @@ def metrics_table(report: spectra.Report) -> str:
     ``noise`` has no line here: the report's one warning (``report.noise_summary``,
     printed with the warnings) names those rows and their share above the floor.
     """
-    from spectra.flags import flag_lines
+    from spectra.report import flag_lines
 
     flagged = any(row.get("health") for row in report.rows)
     rows = []
     for row in report.rows:
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
         if row.get("expert") is not None:  # a mixture-of-experts role: gate.e5
-            values["module"] = f"{values['module']}.e{row['expert']}"
+            values["role"] = f"{values['role']}.e{row['expert']}"
         if row.get("head") is not None:
-            values["module"] = f"{values['module']}.h{row['head']}"
+            values["role"] = f"{values['role']}.h{row['head']}"
         rows.append(
             [values[key] for key, _ in TABLE_COLUMNS]
             + ([row.get("health") or ""] if flagged else [])
@@ -136,12 +136,12 @@ def print_summary(comparison) -> None:
     summary = comparison.summary()
     noisy = any(row["noise_rows"] for row in summary)
     rows = [
-        [row["method"], row["module"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
+        [row["label"], row["role"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
         + ([f"{row['noise_rows']} of {row['rows']}" if row["noise_rows"] else ""] if noisy else [])
         for row in summary
     ]
     titles = [*SUMMARY_TITLES, *(("amplification", "intruders") if extra else ())]
-    click.echo(render(["method", "module", *titles, *(["at noise floor"] if noisy else [])], rows))
+    click.echo(render(["label", "role", *titles, *(["at noise floor"] if noisy else [])], rows))
     if noisy:
         click.echo(
             "at noise floor: modules not clearly above their rounding floor; their means of "
@@ -150,7 +150,7 @@ def print_summary(comparison) -> None:
     if comparison.subspace is not None and comparison.subspace.pairs:
         pairs: dict[tuple[str, str, str], list[float]] = {}
         for row in comparison.subspace.pairs:
-            key = (row["method_a"], row["method_b"], row["module"])
+            key = (row["label_a"], row["label_b"], row["role"])
             pairs.setdefault(key, []).append(row["similarity"])
         click.echo(
             f"\nsubspace similarity of the top-{comparison.subspace.rank} left singular "
@@ -158,7 +158,7 @@ def print_summary(comparison) -> None:
         )
         click.echo(
             render(
-                ["method a", "method b", "module", "similarity"],
+                ["label a", "label b", "role", "similarity"],
                 [[a, b, m, sum(v) / len(v)] for (a, b, m), v in pairs.items()],
             )
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Dense", "Factored", "LayerDelta"]
+__all__ = ["Dense", "Factored", "LayerDelta", "spectrum_key"]
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,26 @@ class LayerDelta:
 
     def __repr__(self) -> str:
         head = "" if self.head is None else f", head {self.head}"
-        return f"LayerDelta({self.label}, {self.name!r}, {self.update!r}{head})"
+        return f"LayerDelta({self.key}, {self.name!r}, {self.update!r}{head})"
 
     @property
-    def label(self) -> str:
-        """A short human name such as ``L3.k``, ``L3.k.h1`` or ``L3.gate.e5`` (expert 5)."""
-        head = "" if self.head is None else f".h{self.head}"
-        expert = "" if self.expert is None else f".e{self.expert}"
-        return f"L{self.layer}.{self.role}{expert}{head}"
+    def key(self) -> str:
+        """Its spectrum's key, as in reports: ``L3.k``, ``L3.k.h1`` or ``L3.gate.e5``."""
+        return spectrum_key(self.layer, self.role, self.head, self.expert)
+
+
+def spectrum_key(layer: int, role: str, head: int | None = None, expert: int | None = None) -> str:
+    """The one name of a module's spectrum: ``L3.k``, ``L3.k.h1`` (head 1), ``L3.gate.e5``.
+
+    Every place that stores or looks up a spectrum (report rows, the spectra
+    file, scales, flags, logger scalars, figures) names it with this function.
+
+    Example:
+        >>> spectrum_key(3, "gate", head=1, expert=5)
+        'L3.gate.e5.h1'
+    """
+    key = f"L{layer}.{role}" + ("" if expert is None else f".e{expert}")
+    return key + ("" if head is None else f".h{head}")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -334,9 +334,9 @@ def read_deltas(checkpoint, **selection) -> list[Read]:
 
 def assert_same_reads(first: list[Read], second: list[Read]) -> None:
     """Two reads of one checkpoint give the same modules and bit-identical tensors."""
-    assert [r.delta.label for r in first] == [r.delta.label for r in second]
+    assert [r.delta.key for r in first] == [r.delta.key for r in second]
     for a, b in zip(first, second, strict=True):
-        label = a.delta.label
+        label = a.delta.key
         assert type(a.delta.update) is type(b.delta.update), label
         assert a.tensors.keys() == b.tensors.keys(), label
         for name, tensor in a.tensors.items():

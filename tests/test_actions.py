@@ -230,7 +230,7 @@ def test_suboptimality_estimate_against_numpy(shape, spectrum, rank):
     else:
         delta = _planted(d_out, d_in, make(min(shape)), seed=rank)
     top = dense_top(torch.from_numpy(delta), rank)
-    assert top.method.startswith("randomized")
+    assert top.algorithm.startswith("randomized")
     estimate = spectral_suboptimality(torch.from_numpy(delta), top)
     kept = (top.U.numpy() * top.S.numpy()) @ top.V.numpy().T  # (d_out, d_in)
     sigma = np.linalg.svd(delta, compute_uv=False)

@@ -74,18 +74,18 @@ def test_alpha_at_most_0_scales_at_the_kept_rank_as_peft_reloads(
         reference = adapter.reference[key]
         rebuilt = delta.update.to_dense().numpy()
         error = np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference)
-        assert error < 1e-9, (delta.label, error)
+        assert error < 1e-9, (delta.key, error)
         seen.add(key)
     assert seen == set(adapter.reference)
     assert len(seen) == 5  # 4 pruned modules with ranks, and layer 2's v at init_r
 
     report = spectra.analyze(adapter.path)
-    scales = {(row["layer"], row["module"]): row["scale"] for row in report.rows}
+    scales = {(row["layer"], row["role"]): row["scale"] for row in report.rows}
     assert scales[(0, "k")] == pytest.approx(2 / 6.00001, rel=1e-12)
     assert scales[(0, "v")] == pytest.approx(4 / 6.00001, rel=1e-12)
     assert scales[(2, "v")] == pytest.approx(6 / 6.00001, rel=1e-12)  # not pruned: init_r
     for row in report.rows:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         if key == (1, "v"):
             continue
         sigma = report.spectrum(*key)
@@ -100,7 +100,7 @@ def test_positive_alpha_keeps_alpha_over_init_r(tmp_path, minilm_dir):
     adapter = _pruned_adalora(tmp_path, minilm_dir, torch.float32, 8)
     report = spectra.analyze(adapter.path)
     for row in report.rows:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         if key == (1, "v"):
             continue
         assert row["scale"] == pytest.approx(8 / 6.00001, rel=1e-12)

@@ -37,11 +37,11 @@ def _save_pair(model, tmp_path, update):
 
 
 def _assert_role_spectra(report, expected_by_key, rtol=1e-6):
-    assert {(row["layer"], row["module"]) for row in report.rows} == set(expected_by_key)
+    assert {(row["layer"], row["role"]) for row in report.rows} == set(expected_by_key)
     for row in report.rows:
-        expected = expected_by_key[(row["layer"], row["module"])]
+        expected = expected_by_key[(row["layer"], row["role"])]
         assert (row["d_out"], row["d_in"]) == expected.shape
-        sigma = report.spectrum(row["layer"], row["module"])
+        sigma = report.spectrum(row["layer"], row["role"])
         reference = reference_sigma(expected)
         np.testing.assert_allclose(
             sigma, reference[: len(sigma)], rtol=rtol, atol=1e-9 * reference[0]
@@ -241,7 +241,7 @@ def test_all_modules_of_a_llama_model(tmp_path):
     import json
 
     rows = json.loads(result.stdout)["rows"]
-    assert [row["module"] for row in rows] == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert [row["role"] for row in rows] == ["q", "k", "v", "o", "gate", "up", "down"]
     report = spectra.analyze(ft, base=base, modules=list(names), method="exact")
     _assert_role_spectra(
         report, {(0, role): stored[f"layers.0.{name}.weight"] for role, name in names.items()}

@@ -98,7 +98,7 @@ def test_nan_weight_is_refused_by_name_unless_skipped(tmp_path, pair):
         spectra.analyze(ft, base=base)
     assert str(refused.value).startswith(f"{ft}: ")  # the file, then the module
     report = spectra.analyze(ft, base=base, skip_nonfinite=True)
-    assert [(r["layer"], r["module"]) for r in report.rows] == [(0, "k"), (0, "v"), (1, "v")]
+    assert [(r["layer"], r["role"]) for r in report.rows] == [(0, "k"), (0, "v"), (1, "v")]
     assert report.meta["skipped"] == ["L1.k"]
     assert any("not the whole selection" in w for w in report.warnings)
     result = CliRunner().invoke(cli, ["analyze", str(ft), "--base", str(base)])
@@ -291,7 +291,7 @@ def _fuzz_and_analyze(small_pair, data: bytes):
         assert not unchanged, f"a valid file with only its values changed was refused: {exc}"
         return "other-refused"
     assert tuned is not None, "spectra analysed a file the safetensors library refuses"
-    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    rows = {(row["layer"], row["role"]): row for row in report.rows}
     assert set(rows) <= set(FUZZ_NAMES)
     assert {key for key, name in FUZZ_NAMES.items() if name in tuned} <= set(rows)  # no drop
     for (layer, role), row in rows.items():

@@ -28,7 +28,7 @@ def test_analyze_adapter_prints_a_table_and_writes_a_report(runner, lora_adapter
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("layer"))
     for title in (
-        "module",
+        "role",
         "shape",
         "num. rank",
         "norm. entropy",
@@ -68,7 +68,7 @@ def test_analyze_full_finetune_json(runner, bert_finetune):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["meta"]["method"] == "exact"
-    assert [row["module"] for row in payload["rows"]] == ["v"] * 6
+    assert [row["role"] for row in payload["rows"]] == ["v"] * 6
     assert all(row["numerical_rank"] == 8 for row in payload["rows"])
 
 
@@ -177,13 +177,13 @@ def test_modules_all_means_every_role_the_checkpoint_has(runner, lora_adapter, m
     result = runner.invoke(cli, ["analyze", str(lora_adapter.path), "--modules", "all", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert {row["module"] for row in payload["rows"]} == {"k", "v"}
+    assert {row["role"] for row in payload["rows"]} == {"k", "v"}
     assert len(payload["rows"]) == 12
     # a full model against itself (ΔW = 0): every BERT role, and BERT has no gate
     args = ["analyze", str(minilm_dir), "--base", str(minilm_dir), "--modules", "all"]
     ft = runner.invoke(cli, [*args, "--layers", "0", "--json"])
     assert ft.exit_code == 0, ft.output
-    roles = [row["module"] for row in json.loads(ft.stdout)["rows"]]
+    roles = [row["role"] for row in json.loads(ft.stdout)["rows"]]
     assert roles == ["q", "k", "v", "o", "up", "down"]
 
 

@@ -14,7 +14,7 @@ from spectra_cli.main import cli
 import spectra
 from spectra.analysis.stream import _row
 from spectra.delta import Dense, Factored, LayerDelta
-from spectra.flags import row_flags
+from spectra.report.health import row_flags
 from spectra.svd import singular_values
 
 from .conftest import DTYPES, dtype_id, make_peft_adapter, random_peft_model, save_peft_adapter
@@ -235,7 +235,7 @@ def test_multilora_heads_are_measured_against_their_own_rank(tmp_path, multilora
         report = spectra.analyze(path, lora_alpha=ALPHA, per_head=per_head, layers=[0])
         assert len(report.rows) == (2 * HEADS if per_head else 2)
         for row in report.rows:
-            heads = _multilora_delta(state, _prefix(row["layer"], row["module"]), per_head=True)
+            heads = _multilora_delta(state, _prefix(row["layer"], row["role"]), per_head=True)
             delta = heads[row["head"]] if per_head else sum(heads)
             expected = RANK if per_head else HEADS * RANK
             assert np.linalg.matrix_rank(delta) == expected == row["rank_ceiling"]
@@ -256,7 +256,7 @@ def test_analyze_prints_health_under_the_table(tmp_path, minilm_dir):
 
 @pytest.mark.parametrize("flag", ["spike", "ceiling", "noise", "zero"])
 def test_every_flag_is_documented(flag):
-    from spectra import flags
+    from spectra.report import health as flags
 
     assert f"``{flag}``" in flags.__doc__
 

@@ -342,7 +342,7 @@ def test_phi3_ffn_up_is_split_into_gate_and_up(tmp_path, peft_phi3, phi3, outtyp
             atol=1e-12,
         )
     report = spectra.analyze(path, base=phi3, modules="all")  # the right base is accepted
-    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    rows = {(row["layer"], row["role"]): row for row in report.rows}
     for key, delta in reference.items():
         expected = np.linalg.norm(delta) / np.linalg.norm(phi3_weight(phi3, *key))
         assert rows[key]["relative_norm"] == pytest.approx(expected, rel=1e-6), key

@@ -152,7 +152,7 @@ def assert_json_rows_are_the_reports(method: dict, report: Report) -> None:
                 assert entry[column] == ("NaN" if math.isnan(value) else "Infinity")
             else:
                 assert entry[column] == value, (entry["key"], column)  # exact: floats by repr
-        sigma = report.spectrum(row["layer"], row["module"], row.get("head"))
+        sigma = report.spectrum(row["layer"], row["role"], row.get("head"))
         spectrum = entry["spectrum"]
         assert spectrum["count"] == sigma.size
         index = np.asarray(spectrum.get("index", np.arange(1, sigma.size + 1)))

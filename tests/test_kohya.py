@@ -197,8 +197,8 @@ def check_against_reference(written: Written, checkpoint) -> list:
     assert first
     for read in first:
         reference = expected(written, read.delta)
-        assert read.dense.shape == reference.shape, read.delta.label
-        assert relative_error(read.dense, reference) < 1e-10, (read.delta.label, read.delta.name)
+        assert read.dense.shape == reference.shape, read.delta.key
+        assert relative_error(read.dense, reference) < 1e-10, (read.delta.key, read.delta.name)
     return first
 
 

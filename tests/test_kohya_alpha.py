@@ -63,7 +63,7 @@ def test_alpha_0_is_scale_1(tmp_path, dtype):
 
     report = spectra.analyze(path)
     for row in report.rows:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         assert row["scale"] == ALPHAS[key][1], key
         expected = np.linalg.svd(_reference(path, *key), compute_uv=False)
         sigma = report.spectrum(*key)

@@ -134,7 +134,7 @@ def test_selection_rules(tmp_path, dtype):
     with pytest.raises(SelectionError, match="unknown module role"):
         spectra.analyze(ckpt, base=base, modules=["x"])
     report = spectra.analyze(ckpt, base=base, modules=["v"], layers=[1], method="exact")
-    assert [(row["layer"], row["module"]) for row in report.rows] == [(1, "v")]
+    assert [(row["layer"], row["role"]) for row in report.rows] == [(1, "v")]
     assert report.rows[0]["dtype"] == dtype_id(dtype)
     # the selected module's σ and ΔW, against the files read with safetensors
     name = "model.layers.1.self_attn.v_proj.weight"
@@ -156,7 +156,7 @@ def test_default_modules_warn_about_a_missing_role(tmp_path, dtype):
     ckpt = _tiny_model(tmp_path / "ft", names=("q_proj", "v_proj"), seed=1, dtype=dtype)
     base = _tiny_model(tmp_path / "base", names=("q_proj", "v_proj"), dtype=dtype)
     report = spectra.analyze(ckpt, base=base)
-    assert {row["module"] for row in report.rows} == {"v"}
+    assert {row["role"] for row in report.rows} == {"v"}
     assert any("no 'k' modules" in warning for warning in report.warnings)
 
 
@@ -214,7 +214,7 @@ def test_adapter_keys_with_adapter_name_and_missing_factor(tmp_path):
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
     named = {key.replace(".weight", ".default.weight"): value for key, value in LORA_KEYS.items()}
     report = spectra.analyze(_adapter(tmp_path / "named", config, named))
-    assert [(row["layer"], row["module"]) for row in report.rows] == [(0, "k")]
+    assert [(row["layer"], row["role"]) for row in report.rows] == [(0, "k")]
     only_a = {k: v for k, v in LORA_KEYS.items() if "lora_A" in k}
     with pytest.raises(FormatError, match="has no lora_B tensor"):
         spectra.load(_adapter(tmp_path / "half", config, only_a))

@@ -63,7 +63,7 @@ def test_an_untrained_bf16_cast_has_no_update(tmp_path, minilm_dir):
         assert row["numerical_rank"] == 0 and row["effective_rank"] == 0.0
     assert any("the base is rounded to bfloat16" in w for w in report.warnings)
     assert all(
-        any(f"L{r['layer']}.{r['module']}: ΔW is exactly zero" in w for w in report.warnings)
+        any(f"L{r['layer']}.{r['role']}: ΔW is exactly zero" in w for w in report.warnings)
         for r in report.rows
     )
 
@@ -73,11 +73,11 @@ def test_a_bf16_finetune_is_measured_on_the_bf16_grid_with_its_floor(rank2, mini
     tuned, base = _weights(rank2), load_file(str(minilm_dir / "model.safetensors"))
     noisy = {}  # key → numpy's share of Σσ above the tolerance, for rows under half
     for row in report.rows:
-        name = _name(row["layer"], row["module"])
+        name = _name(row["layer"], row["role"])
         tuned64 = tuned[name].double().numpy()
         delta = tuned64 - base[name].to(torch.bfloat16).double().numpy()
         expected = reference_sigma(delta)
-        sigma = report.spectrum(row["layer"], row["module"])
+        sigma = report.spectrum(row["layer"], row["role"])
         np.testing.assert_allclose(sigma, expected, rtol=1e-6, atol=3e-7 * expected[0])
         # METRICS.md rounding floor: ε(bf16)·rms(W)·(√d_out + √d_in), W the larger side
         base64 = base[name].double().numpy()
@@ -90,7 +90,7 @@ def test_a_bf16_finetune_is_measured_on_the_bf16_grid_with_its_floor(rank2, mini
         assert row["share_above_floor"] == pytest.approx(share, rel=1e-9)
         assert ("noise" in (row["health"] or "")) == (share < 0.5)
         if share < 0.5:
-            noisy[f"L{row['layer']}.{row['module']}"] = share
+            noisy[f"L{row['layer']}.{row['role']}"] = share
     assert 2 <= len(noisy) <= 3  # the case at hand: the summary names the rows themselves
     # one warning for all of them (issue 23 item 8): how many, which, the range of the share
     (summary,) = [w for w in report.warnings if "rounding floor" in w]
@@ -140,7 +140,7 @@ def test_comparisons_and_layer_plots_mark_rows_at_the_noise_floor(rank2, minilm_
     comparison = spectra.compare([rank2], ["FT-bf16"], base=minilm_dir, layers=LAYERS)
     (report,) = comparison.reports
     for summary in comparison.summary():
-        rows = [r for r in report.rows if r["module"] == summary["module"]]
+        rows = [r for r in report.rows if r["role"] == summary["role"]]
         assert summary["noise_rows"] == sum(r["share_above_floor"] < 0.5 for r in rows)
     assert sum(s["noise_rows"] for s in comparison.summary()) > 0
     from spectra import plot
@@ -148,7 +148,7 @@ def test_comparisons_and_layer_plots_mark_rows_at_the_noise_floor(rank2, minilm_
     _, axes = plot.layer_curves(comparison.reports, "effective_rank", ["FT-bf16"], ["k"])
     hollow = [ln for ln in axes[0, 0].get_lines() if ln.get_label().endswith("noise floor")]
     noisy_layers = [
-        r["layer"] for r in report.rows if r["module"] == "k" and r["share_above_floor"] < 0.5
+        r["layer"] for r in report.rows if r["role"] == "k" and r["share_above_floor"] < 0.5
     ]
     assert [list(ln.get_xdata()) for ln in hollow] == ([noisy_layers] if noisy_layers else [])
     result = CliRunner().invoke(

@@ -106,12 +106,12 @@ def test_moe_fine_tune_one_row_per_expert(tuned, kind, dtype):
     assert {r.delta.expert for r in experts} == set(range(EXPERTS))
     for read in first:
         reference = case.reference[read.delta.name]
-        assert relative_error(read.dense, reference) < 1e-6, read.delta.label
+        assert relative_error(read.dense, reference) < 1e-6, read.delta.key
     assert_same_reads(first, read_deltas(checkpoint, modules="all"))
-    labels = {r.delta.label for r in experts}
+    labels = {r.delta.key for r in experts}
     assert "L0.gate.e2" in labels and "L0.down.e0" in labels
     if kind == "mixtral":  # w1 is gate, w3 up, w2 down
-        by_label = {r.delta.label: r.delta.name for r in experts}
+        by_label = {r.delta.key: r.delta.name for r in experts}
         assert by_label["L0.gate.e1"].endswith("experts.1.w1.weight")
         assert by_label["L0.up.e1"].endswith("experts.1.w3.weight")
         assert by_label["L0.down.e1"].endswith("experts.1.w2.weight")
@@ -125,7 +125,7 @@ def test_moe_fine_tune_one_row_per_expert(tuned, kind, dtype):
 def test_default_selection_is_attention_k_and_v(tuned):
     case = tuned("mixtral")
     reads = read_deltas(spectra.load(case.path, base=case.base))
-    assert sorted(r.delta.label for r in reads) == ["L0.k", "L0.v", "L1.k", "L1.v"]
+    assert sorted(r.delta.key for r in reads) == ["L0.k", "L0.v", "L1.k", "L1.v"]
 
 
 def test_nothing_dropped_and_routers_listed(tuned):
@@ -148,18 +148,18 @@ def test_report_has_an_expert_column(tuned, tmp_path):
     case = tuned("mixtral", torch.bfloat16)
     report = spectra.analyze(case.path, base=case.base, modules="gate,k", layers=[0])
     assert "expert" in report.columns and "head" not in report.columns
-    rows = {(row["module"], row["expert"]) for row in report.rows}
+    rows = {(row["role"], row["expert"]) for row in report.rows}
     assert rows == {("k", None)} | {("gate", e) for e in range(EXPERTS)}
     sigma = report.spectrum(0, "gate", expert=2)
     name = "model.layers.0.block_sparse_moe.experts.2.w1.weight"
     reference = np.linalg.svd(case.reference[name], compute_uv=False)
     assert np.allclose(sigma, reference, rtol=1e-6, atol=1e-9 * reference[0])
     saved = spectra.Report.load(report.save(tmp_path / "report"))
-    ids = [(row["layer"], row["module"], row["expert"], row["name"]) for row in report.rows]
-    assert [(row["layer"], row["module"], row["expert"], row["name"]) for row in saved.rows] == ids
+    ids = [(row["layer"], row["role"], row["expert"], row["name"]) for row in report.rows]
+    assert [(row["layer"], row["role"], row["expert"], row["name"]) for row in saved.rows] == ids
     assert np.array_equal(saved.spectrum(0, "gate", expert=2), sigma)
     header = (tmp_path / "report" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["layer", "module", "expert", "name"]
+    assert header[:4] == ["layer", "role", "expert", "name"]
     info = spectra.load(case.path, base=case.base).describe()
     gate = next(m for m in info.modules if m.layer == 0 and m.role == "gate")
     assert gate.experts == EXPERTS and "experts.*.w1" in gate.name
@@ -216,7 +216,7 @@ def test_lora_on_experts(tuned, tmp_path, dtype):
     first = read_deltas(checkpoint, modules="all")
     assert len(first) == len(reference) == 2 * (3 * EXPERTS + 1)
     for read in first:
-        assert relative_error(read.dense, reference[read.delta.name]) < 1e-6, read.delta.label
+        assert relative_error(read.dense, reference[read.delta.name]) < 1e-6, read.delta.key
     assert {r.delta.expert for r in first if r.delta.role != "k"} == set(range(EXPERTS))
     assert_same_reads(first, read_deltas(checkpoint, modules="all"))
     analysed = {r.delta.name for r in first}

@@ -148,7 +148,7 @@ def test_trainer_logs_match_offline_analysis_of_saved_checkpoints(request, run_f
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         history = next(entry for entry in state["log_history"] if entry["step"] == step)
         for row in offline.rows:
-            key = f"L{row['layer']}.{row['module']}"
+            key = f"L{row['layer']}.{row['role']}"
             for metric in METRIC_NAMES:
                 reference = float(row[metric])
                 assert _relative(history[f"spectra/{key}/{metric}"], reference) < 1e-9
@@ -156,7 +156,7 @@ def test_trainer_logs_match_offline_analysis_of_saved_checkpoints(request, run_f
                 tb = logged[f"train/spectra/{key}/{metric}"][step]
                 assert tb == pytest.approx(reference, rel=2**-23)
         for role in ("k", "v"):
-            mean = np.mean([row["effective_rank"] for row in offline.rows if row["module"] == role])
+            mean = np.mean([row["effective_rank"] for row in offline.rows if row["role"] == role])
             assert _relative(history[f"spectra/{role}/effective_rank"], float(mean)) < 1e-9
             assert logged[f"train/spectra/{role}/effective_rank"][step] == pytest.approx(
                 mean, rel=2**-23
@@ -206,8 +206,8 @@ def test_step_reports_equal_offline_reports_and_sweep_reads_them(trainer_run):
         live = spectra.Report.load(saved / f"step-{step}")
         offline = spectra.analyze(folder / "run" / f"checkpoint-{step}", modules="k,v")
         assert live.meta["source"]["step"] == step
-        assert [(r["layer"], r["module"]) for r in live.rows] == [
-            (r["layer"], r["module"]) for r in offline.rows
+        assert [(r["layer"], r["role"]) for r in live.rows] == [
+            (r["layer"], r["role"]) for r in offline.rows
         ]
         for mine, theirs in zip(live.rows, offline.rows, strict=True):
             for metric in spectra.METRICS:
@@ -217,7 +217,7 @@ def test_step_reports_equal_offline_reports_and_sweep_reads_them(trainer_run):
             assert mine["scale"] == theirs["scale"] == 2.0
     table = spectra.sweep(saved, pattern="step-*", cache=False).to_pandas()
     assert sorted(table["step"].unique()) == [2, 4, 6]
-    at4 = table[(table["step"] == 4) & (table["layer"] == 3) & (table["module"] == "v")]
+    at4 = table[(table["step"] == 4) & (table["layer"] == 3) & (table["role"] == "v")]
     report = spectra.Report.load(saved / "step-4")
     assert float(at4["effective_rank"].iloc[0]) == report.rows[7]["effective_rank"]
 
@@ -283,7 +283,7 @@ def test_monitor_on_a_custom_loop_with_lora(minilm_dir, tmp_path):
     assert _relative(logged[-1]["spectra/L5.q/effective_rank"], _entropy_rank(sigma)) < 1e-9
     # relative_norm: the live frozen base weight is W0
     base = layer.get_base_layer().weight.detach().double().numpy()
-    row = next(r for r in report.rows if (r["layer"], r["module"]) == (5, "q"))
+    row = next(r for r in report.rows if (r["layer"], r["role"]) == (5, "q"))
     expected = float(np.linalg.norm(2.0 * B @ A) / np.linalg.norm(base))
     assert _relative(row["relative_norm"], expected) < 1e-9
     # the one-off function gives the same report rows

@@ -93,8 +93,8 @@ def test_multilora_sum_matches_numpy(multilora):
     assert report.meta["source"]["format"] == "multilora"
     assert len(report) == 2 * MINILM_LAYERS and "head" not in report.columns
     for row in report.rows:
-        expected = reference_sigma(_multilora_delta(state, _prefix(row["layer"], row["module"])))
-        sigma = report.spectrum(row["layer"], row["module"])
+        expected = reference_sigma(_multilora_delta(state, _prefix(row["layer"], row["role"])))
+        sigma = report.spectrum(row["layer"], row["role"])
         assert len(sigma) == HEADS * RANK
         np.testing.assert_allclose(sigma, expected[: HEADS * RANK], rtol=1e-9)
         assert row["numerical_rank"] == HEADS * RANK
@@ -104,14 +104,14 @@ def test_multilora_sum_matches_numpy(multilora):
 def test_multilora_per_head_matches_numpy(multilora, tmp_path):
     path, state = multilora
     report = spectra.analyze(path, lora_alpha=ALPHA, per_head=True, layers=[0, 5])
-    assert [(r["layer"], r["module"], r["head"]) for r in report.rows] == [
+    assert [(r["layer"], r["role"], r["head"]) for r in report.rows] == [
         (layer, role, head) for layer in (0, 5) for role in ("k", "v") for head in range(HEADS)
     ]
     for row in report.rows:
-        heads = _multilora_delta(state, _prefix(row["layer"], row["module"]), per_head=True)
+        heads = _multilora_delta(state, _prefix(row["layer"], row["role"]), per_head=True)
         expected = reference_sigma(heads[row["head"]])
         np.testing.assert_allclose(
-            report.spectrum(row["layer"], row["module"], row["head"]), expected[:RANK], rtol=1e-9
+            report.spectrum(row["layer"], row["role"], row["head"]), expected[:RANK], rtol=1e-9
         )
     saved = Report.load(report.save(tmp_path / "r"))
     assert saved == report and "head" in saved.columns
@@ -164,15 +164,15 @@ def _check_read_twice(checkpoint, expected: dict, layers, dtype) -> None:
     for read in second:
         delta = read.delta
         reference = expected[delta.layer, delta.role, delta.head]
-        assert delta.source_dtype == dtype, delta.label
-        assert relative_error(read.dense, reference) < 1e-10, delta.label
+        assert delta.source_dtype == dtype, delta.key
+        assert relative_error(read.dense, reference) < 1e-10, delta.key
         sigma = spectra.singular_values(delta, device="cpu").numpy()
         reference_values = reference_sigma(reference)
         k = len(sigma)
         np.testing.assert_allclose(
             sigma, reference_values[:k], rtol=1e-10, atol=1e-12 * reference_values[0]
         )
-        assert np.all(reference_values[k:] <= 1e-12 * reference_values[0]), delta.label
+        assert np.all(reference_values[k:] <= 1e-12 * reference_values[0]), delta.key
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -255,9 +255,9 @@ def test_hydra_uniform_mixture_by_default(hydra):
     assert report.meta["source"]["variant"] == "multi-head LoRA (uniform mixture)"
     assert any("router" in w for w in report.warnings)
     for row in report.rows:
-        mixture = sum(_hydra_heads(state, row["layer"], row["module"])) / HEADS
+        mixture = sum(_hydra_heads(state, row["layer"], row["role"])) / HEADS
         np.testing.assert_allclose(
-            report.spectrum(row["layer"], row["module"]), reference_sigma(mixture)[:RANK], rtol=1e-9
+            report.spectrum(row["layer"], row["role"]), reference_sigma(mixture)[:RANK], rtol=1e-9
         )
 
 

@@ -117,10 +117,10 @@ def test_several_adapters_in_one_file_need_a_name(tmp_path, lora_adapter):
         assert all(f"adapter={other!r}" in reason for reason in left_out.values())
         report = spectra.analyze(folder, adapter=name)
         for row in report.rows:
-            key = (row["layer"], row["module"])
+            key = (row["layer"], row["role"])
             expected = reference_sigma(factor * lora_adapter.reference[key])
             np.testing.assert_allclose(
-                report.spectrum(row["layer"], row["module"]), expected[:8], rtol=1e-9
+                report.spectrum(row["layer"], row["role"]), expected[:8], rtol=1e-9
             )
 
 

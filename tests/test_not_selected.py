@@ -70,7 +70,7 @@ def _assert_nothing_dropped(report, weights) -> None:
     """Each tensor of the file: analysed, listed not analysed with a reason, or not selected."""
     with safe_open(str(weights), "pt") as file:
         tensors = list(file.keys())
-    analysed = {(row["layer"], row["module"]) for row in report.rows}
+    analysed = {(row["layer"], row["role"]) for row in report.rows}
     not_analysed = {name: reason for name, reason in report.meta["not_analysed"]}
     not_selected = set(report.not_selected)
     assert len(not_selected) == len(report.not_selected)  # each pair once
@@ -90,7 +90,7 @@ def test_a_default_run_names_what_it_did_not_select(all_linear, dtype, tmp_path)
     adapter = all_linear(dtype)
     weights = adapter.path / "adapter_model.safetensors"
     report = spectra.analyze(adapter.path)
-    assert sorted({row["module"] for row in report.rows}) == ["k", "v"]
+    assert sorted({row["role"] for row in report.rows}) == ["k", "v"]
     assert len(report.rows) == 12
     _assert_nothing_dropped(report, weights)
     assert sorted(report.not_selected) == sorted(

@@ -245,7 +245,7 @@ def test_every_writer_asks_the_one_check(monkeypatch, demo, tmp_path):
         "spectra.analysis.convert",
         "spectra.analysis.sweeps",
         "spectra.html.page",
-        "spectra.report",
+        "spectra.report.results",
     ):
         monkeypatch.setattr(importlib.import_module(name), "check_output", spy)
     spectra.resize(demo["lora"], tmp_path / "r", rank=2)

@@ -129,7 +129,7 @@ def test_a_real_adapter_with_tricky_patterns_matches_peft_merge(tmp_path, minilm
     report = spectra.analyze(adapter.path, modules="q,k,v")
     assert len(report.rows) == 18
     for row in report.rows:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         rank, alpha = EXPECTED.get(key, (4, 8))
         assert row["adapter_rank"] == rank, key
         assert row["scale"] == pytest.approx(alpha / rank, rel=1e-15), key

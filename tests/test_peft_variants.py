@@ -39,13 +39,13 @@ def _check_against_reference(adapter, report_options=None, load_options=None, mo
         reference = adapter.reference[(delta.layer, delta.role)]
         rebuilt = delta.update.to_dense().numpy()
         error = np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference)
-        assert error < 1e-6, (delta.label, error)
+        assert error < 1e-6, (delta.key, error)
         seen.add((delta.layer, delta.role))
     assert seen == set(adapter.reference)
     report = spectra.analyze(adapter.path, modules=modules, **(report_options or options))
     for row in report.rows:
-        sigma = report.spectrum(row["layer"], row["module"])
-        expected = reference_sigma(adapter.reference[(row["layer"], row["module"])])
+        sigma = report.spectrum(row["layer"], row["role"])
+        expected = reference_sigma(adapter.reference[(row["layer"], row["role"])])
         k = len(sigma)
         # Dense ΔW takes the Gram path: values below √(max(d)·ε₆₄)·σ_1 ≈ 3e-7·σ_1 are noise.
         floor = 3e-7 if row["kind"] == "dense" else 1e-9
@@ -116,7 +116,7 @@ def test_adalora_with_pruned_and_rank_0_modules(tmp_path, minilm_dir):
     report = spectra.analyze(folder)
     assert report.meta["source"]["variant"] == "AdaLoRA"
     for row in report.rows:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         sigma = report.spectrum(*key)
         if key == (1, "k"):
             assert len(sigma) == 0 and row["numerical_rank"] == 0 and row["effective_rank"] == 0
@@ -220,9 +220,9 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
     assert any("d_in comes from the base model" in w for w in info.warnings)
     report = spectra.analyze(adapter.path, base=minilm_dir, modules=["k", "down"])
     for row in report.rows:
-        expected = reference_sigma(reference[(row["layer"], row["module"])])
+        expected = reference_sigma(reference[(row["layer"], row["role"])])
         np.testing.assert_allclose(
-            report.spectrum(row["layer"], row["module"]), expected[:8], rtol=1e-9
+            report.spectrum(row["layer"], row["role"]), expected[:8], rtol=1e-9
         )
 
     # A shared vera_A narrower than a module of the base: the base is not this adapter's.
@@ -265,9 +265,9 @@ def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, mi
     assert any("pissa" in w and "modifi" in w for w in info.warnings)
     report = spectra.analyze(folder)
     for row in report.rows:
-        expected = reference_sigma(reference[(row["layer"], row["module"])])
+        expected = reference_sigma(reference[(row["layer"], row["role"])])
         np.testing.assert_allclose(
-            report.spectrum(row["layer"], row["module"]), expected[:4], rtol=1e-9
+            report.spectrum(row["layer"], row["role"]), expected[:4], rtol=1e-9
         )
 
 

@@ -34,7 +34,7 @@ def _drawn_count(report, module, top):
     """Values per method in a panel: each row's σ above its floors, σ₂ … σ_top of them."""
     count = 0
     for row in report.rows:
-        if row["module"] == module:
+        if row["role"] == module:
             sigma = report.spectrum(row["layer"], module)
             floor = max(row["accuracy_floor"], row["noise_floor"] or 0.0)
             count += min(int(np.sum(sigma > floor)), top) - 1  # σ₁/σ₁ = 1 left out
@@ -91,7 +91,7 @@ def test_figure2_is_the_equal_rank_view_of_numpy_top_k_values(comparison, demo_p
         [
             lora.spectrum(r["layer"], "k")[1:] / lora.spectrum(r["layer"], "k")[0]
             for r in lora.rows
-            if r["module"] == "k"
+            if r["role"] == "k"
         ]
     )
     edges = np.linspace(0.0, max(ft_values.max(), lora_values.max()) * (1 + 1e-9), bins + 1)
@@ -108,7 +108,7 @@ def test_figure2_is_the_equal_rank_view_of_numpy_top_k_values(comparison, demo_p
 def _report(sigma, noise_floor, kind="dense", module="k"):
     row = {
         "layer": 0,
-        "module": module,
+        "role": module,
         "head": None,
         "d_out": 16,
         "d_in": 16,
@@ -167,7 +167,7 @@ def test_histogram_bars_are_the_fractions_of_each_methods_normalised_values(comp
     )
     pooled = []
     for report in comparison.reports[1:]:
-        spectra_k = [report.spectrum(r["layer"], "k") for r in report.rows if r["module"] == "k"]
+        spectra_k = [report.spectrum(r["layer"], "k") for r in report.rows if r["role"] == "k"]
         pooled.append(np.concatenate([sigma[1:] / sigma[0] for sigma in spectra_k]))
     edges = np.linspace(0.0, max(v.max() for v in pooled) * (1 + 1e-9), bins + 1)
     filled = [p for p in axes[0, 0].patches if p.get_fill()]
@@ -211,7 +211,7 @@ def test_layer_curves_with_ceilings_and_spectrum(comparison):
         label for name in LABELS for label in (name, f"{name} ceiling")
     ]
     ft = comparison.reports[0]
-    expected = [row["effective_rank"] for row in ft.rows if row["module"] == "k"]
+    expected = [row["effective_rank"] for row in ft.rows if row["role"] == "k"]
     np.testing.assert_allclose(lines[0].get_ydata(), expected)
     # ceilings: n = min(d_out, d_in) = 64 for a dense ΔW, the adapter's rank 8 for LoRA
     assert set(lines[1].get_ydata()) == {64.0} and set(lines[3].get_ydata()) == {8.0}
@@ -304,8 +304,8 @@ def test_histogram_legend_sits_above_every_bar(comparison):
 
 def test_summary_equals_the_mean_of_report_metrics(comparison):
     for row in comparison.summary():
-        report = comparison.reports[LABELS.index(row["method"])]
-        values = [r["effective_rank"] for r in report.rows if r["module"] == row["module"]]
+        report = comparison.reports[LABELS.index(row["label"])]
+        values = [r["effective_rank"] for r in report.rows if r["role"] == row["role"]]
         assert row["effective_rank"] == pytest.approx(sum(values) / len(values), rel=1e-15)
         assert row["rows"] == len(values)
 
@@ -332,7 +332,7 @@ def test_compare_command_writes_summary_reports_and_figures(demo_paths, tmp_path
         summary = list(csv.DictReader(handle))
     reports = {label: spectra.Report.load(out / "reports" / label) for label in LABELS}
     for row in summary:
-        rows = [r for r in reports[row["method"]].rows if r["module"] == row["module"]]
+        rows = [r for r in reports[row["label"]].rows if r["role"] == row["role"]]
         mean = sum(r["normalized_entropy"] for r in rows) / len(rows)
         assert float(row["normalized_entropy"]) == pytest.approx(mean, rel=1e-15)
     assert runner.invoke(cli, arguments).exit_code == 1  # no --force: kept
@@ -420,7 +420,7 @@ def test_sweep_figure_names_each_layer_in_its_own_colour():
     from spectra.plot import sweep_curves
 
     rows = [
-        {"step": step, "layer": layer, "module": module, "effective_rank": step + layer / 10}
+        {"step": step, "layer": layer, "role": module, "effective_rank": step + layer / 10}
         for step in (10, 20)
         for layer in range(12)
         for module in ("k", "v")

@@ -130,17 +130,17 @@ def test_adapter_in_each_dtype_read_twice_matches_peft_merge_in_float64(saved, m
     for read in second:
         delta = read.delta
         reference = adapter.reference[(delta.layer, delta.role)]
-        assert delta.source_dtype == dtype, delta.label
+        assert delta.source_dtype == dtype, delta.key
         assert read.dense.shape == reference.shape
         error = relative_error(read.dense, reference)
-        assert error < 1e-10, (delta.label, error)
+        assert error < 1e-10, (delta.key, error)
         sigma = spectra.singular_values(delta, device="cpu", method="exact").numpy()
         expected = reference_sigma(reference)
         k = len(sigma)
         np.testing.assert_allclose(
-            sigma, expected[:k], rtol=1e-10, atol=1e-12 * expected[0], err_msg=delta.label
+            sigma, expected[:k], rtol=1e-10, atol=1e-12 * expected[0], err_msg=delta.key
         )
-        assert np.all(expected[k:] <= 1e-12 * expected[0]), delta.label
+        assert np.all(expected[k:] <= 1e-12 * expected[0]), delta.key
 
 
 def test_report_of_an_adapter_in_each_dtype_states_it_and_matches_numpy(saved, minilm_dir):
@@ -148,12 +148,12 @@ def test_report_of_an_adapter_in_each_dtype_states_it_and_matches_numpy(saved, m
     variant, dtype, adapter = saved
     options = _options(variant, minilm_dir)
     report = spectra.analyze(adapter.path, method="exact", layers=[1], **options)
-    assert {(row["layer"], row["module"]) for row in report.rows} == {
+    assert {(row["layer"], row["role"]) for row in report.rows} == {
         key for key in adapter.reference if key[0] == 1
     }
     assert {row["dtype"] for row in report.rows} == {dtype_id(dtype)}
     for row in report.rows:
-        sigma = report.spectrum(row["layer"], row["module"])
-        expected = reference_sigma(adapter.reference[(row["layer"], row["module"])])
+        sigma = report.spectrum(row["layer"], row["role"])
+        expected = reference_sigma(adapter.reference[(row["layer"], row["role"])])
         k = len(sigma)
         np.testing.assert_allclose(sigma, expected[:k], rtol=1e-10, atol=1e-12 * expected[0])

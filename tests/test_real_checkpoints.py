@@ -32,7 +32,7 @@ from .conftest import (
 
 def _sigma_by_key(report):
     return {
-        (row["layer"], row["module"]): report.spectrum(row["layer"], row["module"])
+        (row["layer"], row["role"]): report.spectrum(row["layer"], row["role"])
         for row in report.rows
     }
 
@@ -107,9 +107,9 @@ def test_lora_with_base_adds_relative_norm(lora_adapter, minilm_dir):
     report = spectra.analyze(lora_adapter.path, base=minilm_dir, layers=[0])
     base = load_file(str(minilm_dir / "model.safetensors"))
     for row in report.rows:
-        name = {"k": "key", "v": "value"}[row["module"]]
+        name = {"k": "key", "v": "value"}[row["role"]]
         w0 = base[f"encoder.layer.0.attention.self.{name}.weight"].astype(np.float64)
-        expected = np.linalg.norm(lora_adapter.reference[(0, row["module"])]) / np.linalg.norm(w0)
+        expected = np.linalg.norm(lora_adapter.reference[(0, row["role"])]) / np.linalg.norm(w0)
         assert row["relative_norm"] == pytest.approx(expected, rel=1e-9)
 
 
@@ -201,7 +201,7 @@ def test_full_finetune_read_twice_gives_the_same_right_update(finetune):
     for read in second:
         assert read.delta.source_dtype == dtype
         reference = differences[read.delta.layer, read.delta.role]
-        assert relative_error(read.dense, reference) < 1e-12, read.delta.label
+        assert relative_error(read.dense, reference) < 1e-12, read.delta.key
 
 
 def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir, monkeypatch):
@@ -250,9 +250,9 @@ def test_gpt2_fused_c_attn_is_split_in_conv1d_layout(tmp_path):
     assert len(report) == 6
     for row in report.rows:
         conv1d = update[f"h.{row['layer']}.attn.c_attn.weight"].double().numpy()  # (d_in, 3E)
-        part = {"q": 0, "k": 1, "v": 2}[row["module"]]
+        part = {"q": 0, "k": 1, "v": 2}[row["role"]]
         expected = conv1d.T[part * embed : (part + 1) * embed]  # (d_out, d_in) rows of the role
-        _assert_spectrum_matches(report.spectrum(row["layer"], row["module"]), expected, rtol=1e-6)
+        _assert_spectrum_matches(report.spectrum(row["layer"], row["role"]), expected, rtol=1e-6)
         assert (row["d_out"], row["d_in"]) == (embed, embed)
 
 
@@ -267,7 +267,7 @@ def test_llama_gqa_key_value_shapes(tmp_path):
     }
     _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
     report = spectra.analyze(tmp_path / "ft", base=tmp_path / "base", method="exact")
-    assert [(row["layer"], row["module"]) for row in report.rows] == [
+    assert [(row["layer"], row["role"]) for row in report.rows] == [
         (0, "k"),
         (0, "v"),
         (1, "k"),
@@ -275,9 +275,9 @@ def test_llama_gqa_key_value_shapes(tmp_path):
     ]
     for row in report.rows:
         assert (row["d_out"], row["d_in"]) == (kv, 64)
-        name = f"layers.{row['layer']}.self_attn.{row['module']}_proj.weight"
+        name = f"layers.{row['layer']}.self_attn.{row['role']}_proj.weight"
         _assert_spectrum_matches(
-            report.spectrum(row["layer"], row["module"]), update[name].double().numpy(), 1e-6
+            report.spectrum(row["layer"], row["role"]), update[name].double().numpy(), 1e-6
         )
 
 

@@ -44,7 +44,7 @@ def test_save_writes_the_documented_files_and_load_reads_them_back_identically(r
     ]
     with open(out / "metrics.csv") as handle:
         header = next(csv.reader(handle))
-    assert header[:8] == ["layer", "module", "name", "d_out", "d_in", "kind", "dtype", "scale"]
+    assert header[:8] == ["layer", "role", "name", "d_out", "d_in", "kind", "dtype", "scale"]
     assert header[8:13] == [
         "adapter_rank",
         "rank_ceiling",
@@ -89,7 +89,7 @@ def test_failed_write_leaves_nothing(report, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("spectra.report.save_numpy", broken)
+    monkeypatch.setattr("spectra.report.results.save_numpy", broken)
     with pytest.raises(SpectraError, match="disk full"):
         report.save(tmp_path / "r")
     assert list(tmp_path.iterdir()) == []

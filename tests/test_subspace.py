@@ -158,31 +158,31 @@ def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_
     base_model = load_bert(minilm_dir, torch.float64)
     assert len(result.pairs) == 4 and len(result.modules) == 8
     for pair in result.pairs:
-        layer, role = pair["layer"], pair["module"]
+        layer, role = pair["layer"], pair["role"]
         ft_delta = saved_delta(ft_single, layer, role)
         lora_delta = lora_adapter.reference[(layer, role)]
         assert pair["similarity"] == pytest.approx(
             np_similarity(ft_delta, lora_delta, 4, 4), rel=1e-6
         )
     for row in result.modules:
-        layer, role = row["layer"], row["module"]
+        layer, role = row["layer"], row["role"]
         delta = (
             saved_delta(ft_single, layer, role)
-            if row["method"] == "FT"
+            if row["label"] == "FT"
             else lora_adapter.reference[(layer, role)]
         )
         W0 = bert_weight(base_model, layer, role)
         assert row["amplification"] == pytest.approx(np_amplification(delta, W0, 4), rel=1e-6)
         assert row["intruder_dimensions"] == np_intruders(W0, delta)
-    summary = {(row["method"], row["module"]): row for row in comparison.summary()}
+    summary = {(row["label"], row["role"]): row for row in comparison.summary()}
     ft_k = [
-        r["amplification"] for r in result.modules if r["method"] == "FT" and r["module"] == "k"
+        r["amplification"] for r in result.modules if r["label"] == "FT" and r["role"] == "k"
     ]
     assert summary[("FT", "k")]["amplification"] == pytest.approx(np.mean(ft_k))
 
     out = comparison.save(tmp_path / "cmp", figure_format="svg")
     header = (out / "subspace_similarity.csv").read_text().splitlines()[0]
-    assert header == "layer,module,method_a,method_b,d_out,k_a,k_b,similarity"
+    assert header == "layer,role,label_a,label_b,d_out,k_a,k_b,similarity"
     # the heat-map marks what random subspaces of these sizes would score: max(k_a, k_b)/d
     from spectra.plot import chance_levels, similarity_heatmap
 
@@ -264,11 +264,11 @@ def test_two_adapters_without_base_match_numpy_and_leave_w0_metrics_empty(
     assert all(row["intruder_dimensions"] is None for row in comparison.subspace.modules)
     assert any("base=" in warning for warning in comparison.subspace.warnings)
     pairs = comparison.subspace.pairs
-    assert [(row["layer"], row["module"]) for row in pairs] == [(1, "k"), (1, "v")]
+    assert [(row["layer"], row["role"]) for row in pairs] == [(1, "k"), (1, "v")]
     for row in pairs:
-        key = (row["layer"], row["module"])
+        key = (row["layer"], row["role"])
         # k stops at each update's rank: 6 of the rank-8 adapter's, all 4 of the other's
-        assert (row["method_a"], row["method_b"], row["k_a"], row["k_b"]) == ("r8", "r4", 6, 4)
+        assert (row["label_a"], row["label_b"], row["k_a"], row["k_b"]) == ("r8", "r4", 6, 4)
         expected = np_similarity(lora_adapter.reference[key], second_lora.reference[key], 6, 4)
         assert row["similarity"] == pytest.approx(expected, rel=1e-6)
         assert row["similarity"] < 0.5  # independent random updates: far from the same subspace

@@ -64,7 +64,7 @@ def check_frame(frame, run: Path) -> None:
     assert sorted(set(frame["step"])) == list(STEPS)
     assert len(frame) == len(STEPS) * 6 * 2
     for row in frame.itertuples():
-        sigma = expected_sigma(run / f"checkpoint-{row.step}", row.layer, row.module)[:RANK]
+        sigma = expected_sigma(run / f"checkpoint-{row.step}", row.layer, row.role)[:RANK]
         assert row.frobenius_norm == pytest.approx(np.sqrt(np.sum(sigma**2)), rel=1e-10)
         assert row.spectral_norm == pytest.approx(sigma[0], rel=1e-10)
         assert row.stable_rank == pytest.approx(np.sum(sigma**2) / sigma[0] ** 2, rel=1e-9)
@@ -194,7 +194,7 @@ def test_cli_sweep_writes_table_and_figure_and_refuses_to_overwrite(lora_run, tm
     frame = pd.read_csv(out / "sweep.csv")
     assert len(frame) == len(STEPS) * 2 * 2
     for row in frame.itertuples():
-        sigma = expected_sigma(lora_run / f"checkpoint-{row.step}", row.layer, row.module)
+        sigma = expected_sigma(lora_run / f"checkpoint-{row.step}", row.layer, row.role)
         assert row.spectral_norm == pytest.approx(sigma[0], rel=1e-10)
     assert (out / "sweep.png").stat().st_size > 10_000
     refused = CliRunner().invoke(cli, args)

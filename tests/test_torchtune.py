@@ -312,7 +312,7 @@ def _phi3_adapter(out: Path, base: Path, dtype=torch.float32, dora: bool = False
 def test_phi3_relative_norm_is_each_roles_own_rows_of_the_fused_base(tmp_path, phi3, dtype):
     folder, reference = _phi3_adapter(tmp_path / "tt", phi3, dtype)
     report = spectra.analyze(folder, base=phi3, modules="all")
-    rows = {(row["layer"], row["module"]): row for row in report.rows}
+    rows = {(row["layer"], row["role"]): row for row in report.rows}
     assert set(rows) == set(reference)
     for key, delta in reference.items():
         expected = np.linalg.norm(delta) / np.linalg.norm(phi3_weight(phi3, *key))

@@ -111,7 +111,7 @@ def _check(checkpoint, pair: Pair) -> list:
     for read in reads:
         name = canonical_name(read.delta.name)
         reference = pair.reference[name]
-        assert relative_error(read.dense, reference) < 1e-6, read.delta.label
+        assert relative_error(read.dense, reference) < 1e-6, read.delta.key
     return reads
 
 

@@ -100,12 +100,12 @@ def adapter(tmp_path_factory, minilm_dir):
 
 def test_analyze_takes_strings_like_lists(adapter):
     every = spectra.analyze(adapter.path, modules="all", layers="0-2")
-    pairs = {(row["layer"], row["module"]) for row in every.rows}
+    pairs = {(row["layer"], row["role"]) for row in every.rows}
     assert pairs == {(layer, role) for layer in (0, 1, 2) for role in ("q", "v")}
     listed = spectra.analyze(adapter.path, modules=["q", "v"], layers=[0, 1, 2])
     assert every.rows == listed.rows
     one = spectra.analyze(adapter.path, modules="v", layers=4)
-    assert [(row["layer"], row["module"]) for row in one.rows] == [(4, "v")]
+    assert [(row["layer"], row["role"]) for row in one.rows] == [(4, "v")]
     with pytest.raises(SelectionError, match=r"unknown module role\(s\) 'x'.*modules="):
         spectra.analyze(adapter.path, modules="v,x")
 

@@ -53,7 +53,7 @@ def inspect(ckpt, base, as_json, **loader):
     click.echo()
     header = [
         "layer",
-        "module",
+        "role",
         "shape",
         "dtype",
         "kind",

@@ -51,5 +51,5 @@ def resize(adapter, rank, energy, out, force, adapter_name, quiet):
     )
     if not quiet:
         print_errors(result.rows, RESIZE_COLUMNS)
-    warn(result.notes)
+    warn(result.warnings)
     click.echo(f"resized adapter written to {out}/ (with resize.csv)", err=True)

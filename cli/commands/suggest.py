@@ -59,7 +59,7 @@ def suggest(source, energy, base, out, force, quiet):
             f"\n{len(ranks)} modules: r {min(ranks)}–{max(ranks)} "
             f"(r = {config['r']}, {len(config['rank_pattern'])} in rank_pattern)"
         )
-    warn(suggestion.notes)
+    warn(suggestion.warnings)
     text = json.dumps(config, indent=2)
     if out is not None:
         suggestion.save(out, force=force)

@@ -11,7 +11,7 @@ spectrum: spectral σ_{r'+1}, Frobenius √(Σ_{i>r'} σ_i²), both also over �
 
 Read: PEFT LoRA and rsLoRA adapters (any ``rank_pattern`` / ``alpha_pattern``),
 every adapted module, mapped to a role or not. Copied unchanged (listed in
-``resize.csv`` and the result's notes): ``lora_B`` biases and
+``resize.csv`` and the result's warnings): ``lora_B`` biases and
 ``modules_to_save`` weights. Refused with the reason: DoRA (its magnitude is
 fitted to B@A's row norms), AdaLoRA, multi-head, VeRA, LoHa, LoKr and
 adapters read with ``initial=`` (no single B@A per module to truncate).
@@ -54,7 +54,7 @@ class Resized:
 
     out: Path
     rows: list[dict[str, object]]
-    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def csv(self) -> str:
         return csv_text(RESIZE_COLUMNS, self.rows)
@@ -109,7 +109,7 @@ def resize(
     )
     result = Resized(Path(out), rows)
     if copied:
-        result.notes.append(
+        result.warnings.append(
             f"{len(copied)} tensors copied unchanged (lora_B biases, modules_to_save): "
             + ", ".join(sorted(copied)[:4])
             + (" …" if len(copied) > 4 else "")

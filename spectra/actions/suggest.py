@@ -8,7 +8,7 @@ the numerical rank). ``Suggestion.config()`` is a ``LoraConfig``-ready dict:
 the module's full path, and ``lora_alpha`` / ``alpha_pattern`` chosen so that
 each module keeps the scale it was trained with (α/r, or α/√r for rsLoRA);
 for a full fine-tune, which has no scale, α = r (scale 1) and the config says
-so in ``suggestion.notes``::
+so in ``suggestion.warnings``::
 
     from peft import LoraConfig
     LoraConfig(**spectra.suggest("adapter/", energy=0.9).config())
@@ -28,7 +28,7 @@ from ..arguments import ENERGY, PER_HEAD
 from ..errors import SpectraError
 from ..io.atomic import check_output
 from ..metrics import energy_rank
-from ..report import Report, is_report, spectrum_key
+from ..report import Report, is_report, row_key
 from .lora_folder import lora_config
 
 __all__ = ["Suggestion", "check_suggestion_target", "module_path", "suggest"]
@@ -49,7 +49,7 @@ class Suggestion:
     energy: float
     rows: list[dict[str, object]]  # module, layer, roles, rank now, suggested rank, kept share
     rslora: bool = False
-    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     sources: tuple[str | os.PathLike, ...] = ()  # what was read: ``save`` never writes inside it
 
     def config(self) -> dict[str, object]:
@@ -122,7 +122,7 @@ def suggest(
     by_module: dict[str, dict[str, object]] = {}
     spectra_of: dict[str, list] = {}  # the σ of each role a module serves
     for row in report.rows:
-        key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
+        key = row_key(row)
         sigma = report.spectra[key]
         keep = min(energy_rank(sigma, energy), int(row["numerical_rank"])) if len(sigma) else 0
         scale = scales.get(key, {}).get("scale")
@@ -138,7 +138,7 @@ def suggest(
                 "scale": 1.0 if scale is None else float(scale),
             },
         )
-        entry["roles"].append(row["module"])
+        entry["roles"].append(row["role"])
         entry["suggested_rank"] = max(int(entry["suggested_rank"]), keep)
         spectra_of.setdefault(path, []).append(sigma)
     for path, entry in by_module.items():  # the share each role keeps at the module's rank

@@ -68,7 +68,7 @@ class Truncation:
     U: torch.Tensor
     S: torch.Tensor
     V: torch.Tensor
-    method: str  # "factored QR core", "full SVD" or "randomized (p=10, q=4)"
+    algorithm: str  # "factored QR core", "full SVD" or "randomized (p=10, q=4)"
     next_sigma: float  # σ_{r+1} (the range finder's estimate when randomized; 0 past the rank)
 
     @property
@@ -78,7 +78,7 @@ class Truncation:
     def first(self, k: int) -> Truncation:
         """The top ``k`` of these triplets (all of them when there are fewer)."""
         following = float(self.S[k]) if len(self.S) > k else self.next_sigma
-        return Truncation(self.U[:, :k], self.S[:k], self.V[:, :k], self.method, following)
+        return Truncation(self.U[:, :k], self.S[:k], self.V[:, :k], self.algorithm, following)
 
 
 def factored_top(update: Factored, rank: int) -> Truncation:
@@ -104,8 +104,8 @@ def dense_top(matrix: torch.Tensor, rank: int, seed: int = 0) -> Truncation:
         U, S, V = torch.svd_lowrank(matrix, q=rank + OVERSAMPLING, niter=POWER_ITERATIONS)
     finally:
         torch.random.set_rng_state(generator_state)
-    method = f"randomized (p={OVERSAMPLING}, q={POWER_ITERATIONS})"
-    return Truncation(U[:, :rank], S[:rank], V[:, :rank], method, float(S[rank]))
+    algorithm = f"randomized (p={OVERSAMPLING}, q={POWER_ITERATIONS})"
+    return Truncation(U[:, :rank], S[:rank], V[:, :rank], algorithm, float(S[rank]))
 
 
 def lora_factors(top: Truncation, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

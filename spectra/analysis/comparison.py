@@ -65,7 +65,7 @@ class Comparison:
     def columns(self) -> list[str]:
         """The summary's columns: subspace ones only when they were measured."""
         extra = ["amplification", "intruder_dimensions"] if self.subspace is not None else []
-        return ["method", "module", "rows", "noise_rows", *SUMMARY_METRICS, *extra]
+        return ["label", "role", "rows", "noise_rows", *SUMMARY_METRICS, *extra]
 
     def summary(self) -> list[dict[str, object]]:
         """One row per (method, module): the mean over layers (and heads) of SUMMARY_METRICS.
@@ -79,11 +79,11 @@ class Comparison:
         """
         rows = []
         for label, report in zip(self.labels, self.reports, strict=True):
-            for module in dict.fromkeys(row["module"] for row in report.rows):
-                selected = [row for row in report.rows if row["module"] == module]
+            for role in dict.fromkeys(row["role"] for row in report.rows):
+                selected = [row for row in report.rows if row["role"] == role]
                 summary: dict[str, object] = {
-                    "method": label,
-                    "module": module,
+                    "label": label,
+                    "role": role,
                     "rows": len(selected),
                     "noise_rows": sum(noise_warning(row) is not None for row in selected),
                 }
@@ -91,7 +91,7 @@ class Comparison:
                     summary[metric] = sum(float(row[metric]) for row in selected) / len(selected)
                 if self.subspace is not None:
                     for column in ("amplification", "intruder_dimensions"):
-                        summary[column] = self.subspace.mean_by_method(label, module, column)
+                        summary[column] = self.subspace.mean_by_label(label, role, column)
                 rows.append(summary)
         return rows
 
@@ -114,7 +114,7 @@ class Comparison:
         return write_html(self, path, force=force, top=top)
 
     def __repr__(self) -> str:
-        modules = dict.fromkeys(row["module"] for report in self.reports for row in report.rows)
+        modules = dict.fromkeys(row["role"] for report in self.reports for row in report.rows)
         extra = "; subspace metrics" if self.subspace is not None else ""
         return f"Comparison({', '.join(self.labels)}: {', '.join(modules)}{extra})"
 

@@ -23,11 +23,10 @@ from .. import __version__
 from ..arguments import BASE, SKIP_NONFINITE
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError, warn
-from ..flags import row_flags
 from ..io.hub import locate
 from ..loaders import Checkpoint, Selection
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
-from ..report import Progress, Report, noise_summary, spectrum_key
+from ..report import Progress, Report, noise_summary, row_flags, spectrum_key
 from ..svd import accuracy_floor, check_finite, check_method, resolve_device, singular_values_stream
 from .sources import load
 
@@ -212,7 +211,7 @@ def _finite_only(deltas: Iterator[LayerDelta], skipped: list[str]) -> Iterator[L
         try:
             check_finite(delta)
         except NonFiniteError:
-            skipped.append(delta.label)
+            skipped.append(delta.key)
             continue
         yield delta
 
@@ -262,7 +261,7 @@ def _row(
     sigma_1 = float(sigma.max()) if sigma.numel() else 0.0
     row: dict[str, object] = {
         "layer": delta.layer,
-        "module": delta.role,
+        "role": delta.role,
         "expert": delta.expert,
         "head": delta.head,
         "name": delta.name,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..arguments import BASE, LAYERS, MODULES, PER_HEAD, SUBSPACE
-from ..delta import LayerDelta
+from ..delta import LayerDelta, spectrum_key
 from ..display import frame
 from ..errors import SpectraError
 from ..io.hub import locate
@@ -57,8 +57,8 @@ __all__ = [
     "refuse_reports",
 ]
 
-PAIR_COLUMNS = ("layer", "module", "method_a", "method_b", "d_out", "k_a", "k_b", "similarity")
-MODULE_COLUMNS = ("method", "layer", "module", "k", "amplification", "intruder_dimensions")
+PAIR_COLUMNS = ("layer", "role", "label_a", "label_b", "d_out", "k_a", "k_b", "similarity")
+MODULE_COLUMNS = ("label", "layer", "role", "k", "amplification", "intruder_dimensions")
 
 
 @dataclass
@@ -72,12 +72,12 @@ class SubspaceResult:
     modules: list[dict[str, object]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def mean_by_method(self, method: str, module: str, column: str) -> float | None:
+    def mean_by_label(self, label: str, role: str, column: str) -> float | None:
         """The mean of a ``modules`` column over layers; None if no layer has a value."""
         values = [
             float(row[column])
             for row in self.modules
-            if row["method"] == method and row["module"] == module and row[column] is not None
+            if row["label"] == label and row["role"] == role and row[column] is not None
         ]
         return sum(values) / len(values) if values else None
 
@@ -162,9 +162,9 @@ class SubspaceCollector:
             delta.update, self.rank, self.device, rounding_floor=rounding_floor_of(delta)
         )
         row: dict[str, object] = {
-            "method": self.label,
+            "label": self.label,
             "layer": key[0],
-            "module": key[1],
+            "role": key[1],
             "k": vectors.k,
             "amplification": None,
             "intruder_dimensions": None,
@@ -203,15 +203,15 @@ def combine(collectors: Sequence[SubspaceCollector]) -> SubspaceResult:
             U_a, U_b = a.vectors[key].U, b.vectors[key].U
             if U_a.shape[0] != U_b.shape[0]:
                 raise SpectraError(
-                    f"L{key[0]}.{key[1]}: {a.label} has d_out {U_a.shape[0]}, {b.label} "
+                    f"{spectrum_key(*key)}: {a.label} has d_out {U_a.shape[0]}, {b.label} "
                     f"{U_b.shape[0]}; subspaces of different models cannot be compared"
                 )
             result.pairs.append(
                 {
                     "layer": key[0],
-                    "module": key[1],
-                    "method_a": a.label,
-                    "method_b": b.label,
+                    "role": key[1],
+                    "label_a": a.label,
+                    "label_b": b.label,
                     "d_out": U_a.shape[0],
                     "k_a": a.vectors[key].k,
                     "k_b": b.vectors[key].k,

@@ -235,7 +235,7 @@ def sweep(
 
         runs = spectra.sweep("output/", modules="k,v")
         df = runs.to_pandas()
-        df.groupby(["step", "module"])["effective_rank"].mean().unstack()
+        df.groupby(["step", "role"])["effective_rank"].mean().unstack()
     """
     if workers < 1:
         raise SpectraError(f"{WORKERS} must be at least 1, got {workers}")

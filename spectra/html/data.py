@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import METRICS
-from ..report import Report, spectrum_key
+from ..report import Report, row_key
 
 __all__ = ["DEFAULT_METRIC", "SPECTRUM_POINTS", "is_number", "label_of", "page_data", "script_json"]
 
@@ -76,11 +76,8 @@ def page_data(reports: Sequence[Report], labels: Sequence[str], kind: str) -> di
 
 
 def _key_and_sigma(report: Report, row: Mapping[str, object]) -> tuple[str, np.ndarray]:
-    """A row's spectrum key (``L3.k``, ``L3.k.h1``; an expert's where rows have one) and σ."""
-    where = [row["layer"], row["module"], row.get("head")]
-    if row.get("expert") is not None:  # mixture-of-experts rows
-        where.append(row["expert"])
-    return spectrum_key(*where), report.spectrum(*where)
+    """A row's spectrum key (``L3.k``, ``L3.k.h1``, ``L3.gate.e5``) and σ."""
+    return row_key(row), report.spectrum_of(row)
 
 
 def _ordered_columns(columns: Sequence[str]) -> list[str]:

@@ -107,7 +107,7 @@ def html_page(results, top: int | str | None = None, title: str | None = None) -
         if getattr(results, "subspace", None) is not None:
             warnings += list(results.subspace.warnings)
         kind, heading = "compare", f"spectra comparison: {', '.join(labels)}"
-        table_title = "Summary: mean over layers per method and module"
+        table_title = "Summary: mean over layers per label and role"
         details = "".join(
             f"<details><summary>{html.escape(label)}: {len(report.rows)} rows</summary>"
             f"{_table(report.columns, report.rows)}</details>"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..defaults import SWEEP_METRICS
 from ..errors import SpectraError
 from ..metrics import METRICS
-from ..report import Report, spectrum_key
+from ..report import Report, row_key
 
 __all__ = ["scalars"]
 
@@ -28,7 +28,7 @@ def scalars(
     """Flat ``{name: value}`` for loggers: ``spectra/L3.v/effective_rank`` and role means.
 
     One value per row and metric (``per_module``), keyed by the row's
-    ``report.spectrum_key`` (``L3.k.h1`` for a head, ``L0.gate.e5`` for an
+    ``report.row_key`` (``L3.k.h1`` for a head, ``L0.gate.e5`` for an
     expert), and the mean over layers (and heads, experts) per role,
     ``spectra/v/effective_rank``, as ``compare``'s summary takes it.
     Metrics that are None for a row (``relative_norm`` without W0) are left
@@ -42,14 +42,14 @@ def scalars(
     values: dict[str, float] = {}
     by_role: dict[tuple[str, str], list[float]] = {}
     for row in report.rows:
-        key = spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))
+        key = row_key(row)
         for metric in metrics:
             value = row.get(metric)
             if value is None:
                 continue
             if per_module:
                 values[f"{prefix}/{key}/{metric}"] = float(value)
-            by_role.setdefault((str(row["module"]), metric), []).append(float(value))
+            by_role.setdefault((str(row["role"]), metric), []).append(float(value))
     for (role, metric), found in by_role.items():
         values[f"{prefix}/{role}/{metric}"] = statistics.fmean(found)
     return values

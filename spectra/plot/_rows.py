@@ -69,7 +69,7 @@ def roles_for(reports: Sequence[Report], modules: Sequence[str] | None) -> list[
 
 def shared_roles(reports: Sequence[Report]) -> list[str]:
     """The roles every report has rows for, in ``ROLES`` order (unknown roles last)."""
-    present = [{row["module"] for row in report.rows} for report in reports]
+    present = [{row["role"] for row in report.rows} for report in reports]
     shared = set.intersection(*present) if present else set()
     return sorted(
         shared, key=lambda role: (ROLES.index(role) if role in ROLES else len(ROLES), role)
@@ -124,7 +124,7 @@ def floor_of(row: dict) -> float:
 
 def trusted(report: Report, row: dict) -> np.ndarray:
     """A row's σ above its floor (descending): what a figure may draw as data."""
-    sigma = report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert"))
+    sigma = report.spectrum_of(row)
     return sigma[sigma > max(floor_of(row), 0.0)]
 
 

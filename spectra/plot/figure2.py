@@ -35,7 +35,7 @@ def adapter_rank(reports: Sequence[Report]) -> int | None:
     ranks = [
         int(row["adapter_rank"])
         if row.get("adapter_rank") is not None
-        else report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert")).size
+        else report.spectrum_of(row).size
         for report in reports
         for row in report.rows
         if row.get("adapter_rank") is not None or row.get("kind") == "factored"
@@ -69,7 +69,7 @@ def _values(
     first = 1 if normalize == "sigma1" else 0  # σ₁/σ₁ = 1 says nothing
     parts = []
     for row in report.rows:
-        if row["module"] != module or (layer is not None and row["layer"] != layer):
+        if row["role"] != module or (layer is not None and row["layer"] != layer):
             continue
         full = report.spectrum(row["layer"], module, row.get("head"), row.get("expert"))
         kept = normalized(full, normalize)[: trusted(report, row).size]  # above the floor
@@ -84,7 +84,7 @@ def _capacities(reports: Sequence[Report], module: str) -> str:
             min(row["d_out"], row["d_in"])
             for rep in reports
             for row in rep.rows
-            if row["module"] == module
+            if row["role"] == module
         }
     )
     return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"

@@ -35,7 +35,7 @@ def ceiling(report: Report, row: dict, metric: str) -> float | None:
     A dense ΔW: n = min(d_out, d_in) directions, normalized entropy ≤ 1.
     """
     n = min(row["d_out"], row["d_in"])
-    k = report.spectrum(row["layer"], row["module"], row.get("head"), row.get("expert")).size
+    k = report.spectrum_of(row).size
     k = k if row.get("kind") == "factored" else n
     if metric in ("effective_rank", "stable_rank", "participation_ratio", "numerical_rank"):
         return float(k)
@@ -73,7 +73,7 @@ def layer_curves(
                 caps: dict[int, list[float]] = {}
                 noisy: set[int] = set()
                 for row in report.rows:
-                    if row["module"] == role and row[metric] is not None:
+                    if row["role"] == role and row[metric] is not None:
                         by_layer.setdefault(row["layer"], []).append(float(row[metric]))
                         if noise_warning(row):
                             noisy.add(row["layer"])

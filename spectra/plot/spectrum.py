@@ -43,7 +43,7 @@ def spectrum(
             for report, name, color in zip(reports, names, method_colors(names), strict=True):
                 first, floors = True, []
                 for row in report.rows:
-                    if row["module"] != role:
+                    if row["role"] != role:
                         continue
                     sigma = trusted(report, row)
                     if sigma.size == 0:

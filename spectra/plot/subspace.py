@@ -38,9 +38,9 @@ def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
     """One panel per role: layers down, method pairs across, similarity as colour."""
     if not result.pairs:
         raise SpectraError("no pairs to draw: subspace similarity needs at least two methods")
-    roles = list(dict.fromkeys(str(row["module"]) for row in result.pairs))
+    roles = list(dict.fromkeys(str(row["role"]) for row in result.pairs))
     layers = sorted({int(row["layer"]) for row in result.pairs})
-    pairs = list(dict.fromkeys((str(r["method_a"]), str(r["method_b"])) for r in result.pairs))
+    pairs = list(dict.fromkeys((str(r["label_a"]), str(r["label_b"])) for r in result.pairs))
     fig, axes = figure_grid(
         1, len(roles), width=1.2 + 1.3 * len(pairs), height=0.9 + 0.32 * len(layers)
     )
@@ -48,8 +48,8 @@ def similarity_heatmap(result: SubspaceResult) -> tuple[Figure, np.ndarray]:
         for ax, role in zip(axes[0], roles, strict=True):
             grid = np.full((len(layers), len(pairs)), np.nan)
             for row in result.pairs:
-                if row["module"] == role:
-                    pair = (row["method_a"], row["method_b"])
+                if row["role"] == role:
+                    pair = (row["label_a"], row["label_b"])
                     grid[layers.index(int(row["layer"])), pairs.index(pair)] = row["similarity"]
             image = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
             if grid.size <= 300:

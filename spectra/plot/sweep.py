@@ -50,7 +50,7 @@ def sweep_curves(
         raise SpectraError(f"unknown metric {unknown[0]!r}: expected one of {', '.join(METRICS)}")
     series: dict[tuple[int, str], dict[int, list[Mapping[str, object]]]] = {}
     for row in rows:
-        series.setdefault((int(row["layer"]), str(row["module"])), {}).setdefault(
+        series.setdefault((int(row["layer"]), str(row["role"])), {}).setdefault(
             int(row["step"]), []
         ).append(row)
     layers = sorted({layer for layer, _ in series})

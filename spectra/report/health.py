@@ -31,9 +31,9 @@ measured, and no more.
     not with ``noise`` (the spread is then the rounding's).
 
 ``noise`` — ΔW is not clearly above its rounding floor: less than
-    ``report.NOISE_SHARE`` (half) of Σσ lies above the rank tolerance, so
+    ``noise.NOISE_SHARE`` (half) of Σσ lies above the rank tolerance, so
     entropy and effective rank weigh values at the floor more than the
-    update's own directions (``report.noise_summary`` says it once per
+    update's own directions (``noise.noise_summary`` says it once per
     report, with the range of the share above the floor).
 
 ``zero`` — ΔW is exactly zero (every metric is 0).
@@ -43,7 +43,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .report import NOISE_SHARE, spectrum_key
+from .noise import NOISE_SHARE
+from .rows import row_key
 
 __all__ = ["CEILING_SHARE", "FLAGS", "SPIKE_RATIO", "SPIKE_SHARE", "flag_lines", "row_flags"]
 
@@ -112,12 +113,8 @@ def flag_lines(rows: Sequence[Mapping[str, object]], leave_out: Sequence[str] = 
     for flag, meaning in FLAGS.items():
         if flag in leave_out:
             continue
-        keys = [_key(row) for row in rows if flag in str(row.get("health") or "").split()]
+        keys = [row_key(row) for row in rows if flag in str(row.get("health") or "").split()]
         if keys:
             shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
             lines.append(f"{flag}: {meaning}: {shown}")
     return lines
-
-
-def _key(row: Mapping[str, object]) -> str:
-    return spectrum_key(row["layer"], row["module"], row.get("head"), row.get("expert"))

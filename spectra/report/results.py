@@ -1,0 +1,276 @@
+"""``Report``: one analysis's rows, spectra and metadata, saved and loaded as a folder."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save as save_numpy
+
+from .. import __version__
+from ..arguments import OUT
+from ..display import frame, html_table
+from ..errors import FormatError, SpectraError
+from ..io.atomic import check_output, holds, replace_folder
+from ..metrics import METRICS
+from ..selection import layer_ranges
+from .rows import (
+    ID_COLUMNS,
+    OPTIONAL,
+    RENAMED,
+    Row,
+    column_type,
+    csv_text,
+    parse_cell,
+    row_key,
+    spectrum_key,
+    with_scale,
+)
+
+__all__ = ["REPORT_FILES", "Progress", "Report", "check_target", "is_report", "version_warning"]
+
+METRICS_FILE, SPECTRA_FILE, META_FILE = "metrics.csv", "spectra.safetensors", "report.json"
+REPORT_FILES = (METRICS_FILE, SPECTRA_FILE, META_FILE)
+
+Progress = Callable[[int, int, str], None]
+
+
+# The columns a notebook shows of a report (to_pandas() has them all).
+_HTML_COLUMNS = (
+    "layer",
+    "role",
+    "expert",
+    "head",
+    "d_out",
+    "d_in",
+    "numerical_rank",
+    "normalized_entropy",
+    "effective_rank",
+    "stable_rank",
+    "top_share@1",
+    "frobenius_norm",
+    "relative_norm",
+)
+
+
+@dataclass
+class Report:
+    """The result of ``analyze()``: ``rows`` (``Row``s), ``spectra`` (σ by key) and ``meta``."""
+
+    rows: list[Row]
+    spectra: dict[str, np.ndarray]
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = [Row(with_scale(row, self.meta)) for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"Report({self._headline()})"
+
+    def _headline(self) -> str:
+        """``LoRA, peft format: 12 rows, layers 0-5 × k, v, 1 warning; adapter/``."""
+        source = self.meta.get("source", {})
+        what = ", ".join(
+            str(x) for x in (source.get("variant"), f"{source.get('format')} format") if x
+        )
+        layers = layer_ranges(int(row["layer"]) for row in self.rows)
+        roles = ", ".join(dict.fromkeys(row.role for row in self.rows))
+        notes = len(self.warnings)
+        warned = f", {notes} warning{'s' * (notes != 1)}" if notes else ""
+        return (
+            f"{what}: {len(self.rows)} rows, layers {layers} × {roles}{warned}; "
+            f"{source.get('path')}"
+        )
+
+    def _repr_html_(self) -> str:
+        """The rows as a table in a notebook, with the warnings under it."""
+        shown = [
+            c
+            for c in _HTML_COLUMNS
+            if c not in OPTIONAL or self._has(c)
+        ]
+        return html_table(
+            shown, self.rows, caption=f"Report — {self._headline()}", notes=self.warnings
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Report):
+            return NotImplemented
+        return (
+            self.rows == other.rows
+            and self.meta == other.meta
+            and self.spectra.keys() == other.spectra.keys()
+            and all(np.array_equal(self.spectra[k], other.spectra[k]) for k in self.spectra)
+        )
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.meta.get("warnings", []))
+
+    @property
+    def not_selected(self) -> list[tuple[int, str]]:
+        """The (layer, role) pairs the checkpoint has that the selection left out."""
+        return [(int(layer), str(role)) for layer, role in self.meta.get("not_selected", [])]
+
+    @property
+    def not_selected_note(self) -> str:
+        """One line naming ``not_selected`` and the flag for them; "" when nothing was left out."""
+        return str(self.meta.get("not_selected_note") or "")
+
+    @property
+    def columns(self) -> list[str]:
+        """The CSV columns, in order (``head`` only when some row has a head; ``health`` last)."""
+        # head and expert only when some row has one; rank_ceiling only in reports that have it
+        ids = [
+            name
+            for name, _ in ID_COLUMNS
+            if (name not in OPTIONAL or self._has(name))
+            and (name != "rank_ceiling" or any(name in row for row in self.rows))
+        ]
+        health = ["health"] if any("health" in row for row in self.rows) else []  # reports ≥ 0.2
+        return ids + list(METRICS) + health
+
+    def _has(self, column: str) -> bool:
+        return any(row.get(column) is not None for row in self.rows)
+
+    def spectrum(
+        self, layer: int, role: str, head: int | None = None, expert: int | None = None
+    ) -> np.ndarray:
+        """The singular values (descending, float64) of one module; ``spectrum_of`` for a row."""
+        return self.spectra[spectrum_key(layer, role, head, expert)]
+
+    def spectrum_of(self, row: Mapping[str, object]) -> np.ndarray:
+        """The singular values (descending, float64) of one of this report's rows."""
+        return self.spectra[row_key(row)]
+
+    def to_pandas(self):
+        """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here)."""
+        return frame(self.rows, self.columns)
+
+    def to_html(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write one self-contained HTML page of this report (``spectra.html``)."""
+        from ..html import write_html
+
+        return write_html(self, path, force=force)
+
+    # -- writing -----------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
+        """Write the report folder atomically; an existing report needs ``force=True``."""
+        out = Path(directory)
+        check_target(out, force)
+        try:
+            with replace_folder(out) as staging:
+                csv_bytes = self._csv_bytes()
+                spectra_bytes = save_numpy(dict(self.spectra)) if self.spectra else b""
+                (staging / METRICS_FILE).write_bytes(csv_bytes)
+                (staging / SPECTRA_FILE).write_bytes(spectra_bytes)
+                meta = dict(self.meta)
+                meta["columns"] = [[name, column_type(name)] for name in self.columns]
+                meta["sha256"] = {
+                    METRICS_FILE: hashlib.sha256(csv_bytes).hexdigest(),
+                    SPECTRA_FILE: hashlib.sha256(spectra_bytes).hexdigest(),
+                }
+                (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        except OSError as exc:
+            raise SpectraError(
+                f"{out}: writing the report failed ({exc}); nothing was written there"
+            ) from exc
+        return out
+
+    def _csv_bytes(self) -> bytes:
+        return csv_text(self.columns, self.rows).encode()
+
+    # -- reading -----------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Report:
+        """Read a report folder written by ``save()``; its files must agree."""
+        folder = Path(directory)
+        missing = [name for name in REPORT_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FormatError(
+                f"{folder}: not a spectra report folder; missing {', '.join(missing)} "
+                f"(write one with spectra analyze {OUT})"
+            )
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            columns = [(name, kind) for name, kind in meta.pop("columns")]
+            header_names = [name for name, _ in columns]
+            columns = [(RENAMED.get(name, name), kind) for name, kind in columns]
+            digests = meta.pop("sha256")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(
+                f"{folder / META_FILE}: not a valid spectra report.json ({exc})"
+            ) from exc
+        contents = {name: (folder / name).read_bytes() for name in (METRICS_FILE, SPECTRA_FILE)}
+        for name, data in contents.items():
+            if hashlib.sha256(data).hexdigest() != digests.get(name):
+                raise FormatError(
+                    f"{folder / name}: does not match the checksum in {META_FILE}; the report "
+                    "folder was modified or mixes files of different runs. Re-run spectra analyze"
+                )
+        reader = csv.reader(io.StringIO(contents[METRICS_FILE].decode()))
+        header = next(reader)
+        if header != header_names:
+            raise FormatError(f"{folder / METRICS_FILE}: columns disagree with {META_FILE}")
+        rows = []
+        for cells in reader:
+            row: dict[str, object] = {"head": None, "expert": None}
+            for (name, kind), cell in zip(columns, cells, strict=True):
+                row[name] = parse_cell(cell, kind)
+            rows.append(row)
+        spectra = load_numpy(str(folder / SPECTRA_FILE)) if contents[SPECTRA_FILE] else {}
+        keys = [
+            row_key(row) for row in rows
+        ]
+        if sorted(keys) != sorted(spectra):
+            raise FormatError(
+                f"{folder}: {METRICS_FILE} and {SPECTRA_FILE} list different modules; "
+                "re-run spectra analyze"
+            )
+        return cls(rows=rows, spectra={key: spectra[key] for key in keys}, meta=meta)
+
+
+def version_warning(report: Report) -> str | None:
+    """A warning when a saved report was made by another spectra version, else None.
+
+    Definitions can change between versions (0.2 took Gini over the used
+    directions and added the floor columns), so mixing versions in one
+    comparison may compare unlike numbers.
+    """
+    made_by = report.meta.get("spectra_version")
+    if made_by == __version__:
+        return None
+    source = report.meta.get("source", {}).get("path", "this report")
+    return (
+        f"{source}: report made by spectra {made_by or 'unknown'}, this is {__version__}; "
+        "metric definitions may differ (re-run spectra analyze to compare like with like)"
+    )
+
+
+def is_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a report folder written by ``Report.save``."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def check_target(out: str | os.PathLike, force: bool) -> None:
+    """Raise ``ReportExistsError`` unless a report may be written to ``out``.
+
+    A missing or empty folder is fine; an existing report needs ``force``; a
+    folder of anything else is never replaced.
+    """
+    check_output(out, force, "report", holds(META_FILE))
+
+
