@@ -28,6 +28,20 @@ class Dense:
     that is less than ``min(d_out, d_in)``: LoHa's r₁·r₂, LoKr's product of
     its Kronecker factors' ranks. ``None`` for any other dense update (a full
     fine-tune, DoRA): its ceiling is ``min(d_out, d_in)`` (``rank_ceiling``).
+
+    Args:
+        matrix: ΔW itself, ``(d_out, d_in)`` in the ``nn.Linear`` orientation,
+            any float dtype (the SVD engine takes it in float64).
+        rank_bound: the most rank the method can reach, when less than
+            ``min(d_out, d_in)``; ``None`` (the default): no bound but the shape.
+
+    Example:
+        >>> import torch
+        >>> update = Dense(torch.eye(3))
+        >>> update, update.shape, update.rank_ceiling
+        (Dense(3×3, float32), (3, 3), 3)
+        >>> Dense(torch.eye(3), rank_bound=2).rank_ceiling
+        2
     """
 
     matrix: torch.Tensor  # (d_out, d_in)
@@ -53,7 +67,27 @@ class Dense:
 
 @dataclass(frozen=True)
 class Factored:
-    """ΔW = ``scale · B @ A`` with ``B (d_out, r)`` and ``A (r, d_in)``."""
+    """ΔW = ``scale · B @ A`` with ``B (d_out, r)`` and ``A (r, d_in)``.
+
+    Kept factored, so that the singular values come from an r×r problem and
+    ΔW is never materialised.
+
+    Args:
+        B: the up-projection, ``(d_out, r)``.
+        A: the down-projection, ``(r, d_in)``.
+        scale: the factor s in front of ``B @ A`` (α/r for LoRA, α/√r for rsLoRA).
+
+    Raises:
+        ValueError: B or A is not 2-D, or their inner dimensions differ.
+
+    Example:
+        >>> import torch
+        >>> update = Factored(torch.ones(4, 1), torch.ones(1, 3), scale=0.5)
+        >>> update, update.shape, update.rank
+        (Factored(4×3, r=1, scale=0.5, float32), (4, 3), 1)
+        >>> update.to_dense()[0]
+        tensor([0.5000, 0.5000, 0.5000], dtype=torch.float64)
+    """
 
     B: torch.Tensor  # (d_out, r)
     A: torch.Tensor  # (r, d_in)
@@ -100,6 +134,26 @@ class LayerDelta:
     from (for the numerical-rank rounding floor) and ``base_norm`` is
     ‖W_0‖_F (for ``relative_norm``); both are ``None`` when the base weights
     are not known.
+
+    Args:
+        layer: the layer index.
+        role: the module's role (``"k"``, ``"v"``, ``"up"``, …).
+        name: the tensor (or module) name in the checkpoint.
+        update: ΔW, ``Dense`` or ``Factored``, ``(d_out, d_in)``.
+        source_dtype: the dtype the weights were stored in.
+        head: the head of a multi-head module; ``None`` (the default): no heads.
+        weight_rms: the root-mean-square entry of the weights ΔW was taken
+            from; ``None`` (the default): not known.
+        base_norm: ‖W_0‖_F; ``None`` (the default): no base weights.
+        expert: the expert of a mixture-of-experts role; ``None`` (the
+            default): not an expert.
+
+    Example:
+        >>> import torch
+        >>> update = Factored(torch.ones(4, 1), torch.ones(1, 3), scale=0.5)
+        >>> delta = LayerDelta(3, "v", "layers.3.v_proj", update, torch.float32)
+        >>> delta.key, delta.shape
+        ('L3.v', (4, 3))
     """
 
     layer: int
@@ -132,6 +186,16 @@ def spectrum_key(layer: int, role: str, head: int | None = None, expert: int | N
 
     Every place that stores or looks up a spectrum (report rows, the spectra
     file, scales, flags, logger scalars, figures) names it with this function.
+
+    Args:
+        layer: the layer index.
+        role: the module's role (``"k"``, ``"gate"``, …).
+        head: the head of a multi-head module; ``None`` (the default): none.
+        expert: the expert of a mixture-of-experts role; ``None`` (the
+            default): none.
+
+    Returns:
+        The key, ``L{layer}.{role}``, then ``.e{expert}``, then ``.h{head}``.
 
     Example:
         >>> spectrum_key(3, "gate", head=1, expert=5)

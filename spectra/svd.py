@@ -110,6 +110,34 @@ def singular_values(
     in float64). ``method`` applies to dense updates only (``"fast"`` or
     ``"exact"``, see the module docstring for their accuracy); factored
     updates always take the exact QR-core path, which is both faster and exact.
+
+    Args:
+        delta: ΔW: a ``LayerDelta``, a ``Dense`` or ``Factored`` update, or a
+            2-D floating-point tensor ``(d_out, d_in)``.
+        device: where to decompose: ``"auto"`` (the default: CUDA when
+            PyTorch sees a GPU, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``.
+        method: ``"fast"`` (the default: eigenvalues of the float64 Gram
+            matrix) or ``"exact"`` (float64 SVD), for dense updates only.
+
+    Returns:
+        σ, a float64 CPU tensor in descending order, of length
+        ``min(d_out, d_in)`` for a dense ΔW and ``min(r, d_out, d_in)`` for a
+        factored one.
+
+    Raises:
+        SpectraError: a tensor that is not 2-D floating point, or an unknown
+            ``method``.
+        NonFiniteError: ΔW holds NaN or Inf.
+        DeviceError: the device asked for is not available.
+
+    Example:
+        >>> import torch
+        >>> singular_values(torch.diag(torch.tensor([3.0, 4.0, 0.0])), device="cpu")
+        tensor([4., 3., 0.], dtype=torch.float64)
+        >>> ones = Factored(torch.ones(4, 1), torch.ones(1, 3), scale=0.5)  # 0.5·√12
+        >>> singular_values(ones, device="cpu").tolist()  # the QR core, never merged
+        [1.7320508075688772]
     """
     check_method(method)
     if isinstance(delta, torch.Tensor):

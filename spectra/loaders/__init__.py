@@ -60,6 +60,9 @@ def formats() -> tuple[Format, ...]:
     Each has a ``name`` (what ``format=`` takes), its ``options`` (``Argument``s:
     Python name, flag, help) and ``recognised_by`` (what it claims).
 
+    Returns:
+        A tuple of ``registry.Format``, highest priority first.
+
     Example:
         >>> [fmt.name for fmt in formats()][-3:]
         ['multilora', 'peft', 'full']
@@ -133,6 +136,18 @@ def load(
 
     Returns:
         The format's ``Checkpoint``.
+
+    Raises:
+        FormatError: no such path, no format claims it, ``format`` is unknown
+            or not the one detected, ``base`` does not exist, or an option does
+            not apply to the detected format.
+
+    Example::
+
+        checkpoint = load("adapter/")  # a local PEFT adapter folder
+        print(checkpoint.describe().variant)
+        for delta in checkpoint.deltas(modules="v", layers=[0]):
+            print(delta.key, delta.shape)
     """
     path = Path(path)
     base_path = Path(base) if base is not None else None
