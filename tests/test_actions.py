@@ -13,17 +13,9 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import SpectraError
-
-from .conftest import (
-    DTYPES,
-    MINILM_LAYERS,
-    ROLE_MODULES,
-    dtype_id,
-    load_bert,
-    merged_reference,
-    random_peft_model,
-    save_peft_adapter,
-)
+from tests.helpers.adapters import merged_reference, random_peft_model, save_peft_adapter
+from tests.helpers.checks import DTYPES, dtype_id
+from tests.helpers.models import MINILM_LAYERS, ROLE_MODULES, load_bert
 
 
 def best_rank(matrix: np.ndarray, k: int) -> np.ndarray:

@@ -19,8 +19,8 @@ import torch
 
 import spectra
 from spectra.errors import SpectraError
-
-from .conftest import DTYPES, dtype_id, random_peft_model, reference_sigma, save_peft_adapter
+from tests.helpers.adapters import random_peft_model, save_peft_adapter
+from tests.helpers.checks import DTYPES, dtype_id, reference_sigma
 
 INIT_R = 6
 # Kept ranks per (layer, role) of the pruned modules; the others are not in rank_pattern.

@@ -13,8 +13,9 @@ import torch
 
 import spectra
 from spectra.errors import MissingBaseError
-
-from .conftest import randomize_adapter, reference_sigma, tiny_llama
+from tests.helpers.adapters import randomize_adapter
+from tests.helpers.checks import reference_sigma
+from tests.helpers.models import phi3_config, tiny_gpt2, tiny_llama
 
 HIDDEN, HEADS = 64, 4
 
@@ -146,12 +147,10 @@ def test_gpt_neox_lora_without_any_base_asks_for_one(tmp_path):
 
 def test_gpt2_lora_fan_in_fan_out_on_fused_c_attn_matches_peft_merge(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import GPT2Config, GPT2Model
+    from transformers import GPT2Model
 
     torch.manual_seed(0)
-    model = GPT2Model(
-        GPT2Config(n_layer=2, n_embd=HIDDEN, n_head=HEADS, vocab_size=100, n_positions=32)
-    )
+    model = tiny_gpt2(embed=HIDDEN, heads=HEADS)
     model.save_pretrained(str(tmp_path / "base"))
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
     peft_model = get_peft_model(model, config)
@@ -179,19 +178,10 @@ def test_gpt2_lora_fan_in_fan_out_on_fused_c_attn_matches_peft_merge(tmp_path):
 
 
 def test_phi3_qkv_proj_rows_q_then_k_then_v(tmp_path):
-    from transformers import Phi3Config, Phi3Model
+    from transformers import Phi3Model
 
     torch.manual_seed(0)
-    config = Phi3Config(
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=100,
-        pad_token_id=0,
-    )
-    model = Phi3Model(config)
+    model = Phi3Model(phi3_config(intermediate=128, kv_heads=2))
     kv = HIDDEN // 8 * 2
     update = {
         f"layers.{i}.self_attn.qkv_proj.weight": 0.1 * torch.randn(HIDDEN + 2 * kv, HIDDEN)

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from spectra_cli.main import cli
 
 from spectra import Report
-
-from .conftest import reference_sigma
+from tests.helpers.checks import reference_sigma
 
 
 @pytest.fixture

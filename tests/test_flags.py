@@ -16,8 +16,8 @@ from spectra.analysis.stream import _row
 from spectra.delta import Dense, Factored, LayerDelta
 from spectra.report.health import row_flags
 from spectra.svd import singular_values
-
-from .conftest import DTYPES, dtype_id, make_peft_adapter, random_peft_model, save_peft_adapter
+from tests.helpers.adapters import make_peft_adapter, random_peft_model, save_peft_adapter
+from tests.helpers.checks import DTYPES, dtype_id
 
 
 def planted(sigma: list[float], d_out: int = 64, d_in: int = 48, seed: int = 0) -> Factored:

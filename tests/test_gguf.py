@@ -28,9 +28,9 @@ from spectra_cli.main import cli  # noqa: E402
 import spectra  # noqa: E402
 from spectra.errors import FormatError  # noqa: E402
 from spectra.loaders import detect_format, load  # noqa: E402
-
-from .conftest import assert_same_reads, randomize_adapter, read_deltas, relative_error  # noqa: E402
-from .llama_base import (  # noqa: E402
+from tests.helpers.adapters import randomize_adapter  # noqa: E402
+from tests.helpers.checks import assert_same_reads, read_deltas, relative_error  # noqa: E402
+from tests.helpers.models import (  # noqa: E402
     HEADS,
     HF_MODULES,
     KV_HEADS,

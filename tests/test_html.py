@@ -284,7 +284,7 @@ def test_long_spectra_keep_their_head_and_log_spaced_values():
 
 
 def test_without_a_browser_the_tests_skip_saying_why_and_fail_in_ci(monkeypatch, tmp_path):
-    from .conftest import chromium_or_skip
+    from tests.helpers.browser import chromium_or_skip
 
     monkeypatch.setenv("SPECTRA_CHROMIUM", str(tmp_path / "no-such-browser"))
     monkeypatch.delenv("CI", raising=False)

@@ -19,8 +19,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError
-
-from .conftest import reference_sigma
+from tests.helpers.checks import reference_sigma
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"

@@ -24,17 +24,9 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import FormatError
 from spectra.loaders.naming.architectures import canonical_name
-
-from .conftest import (
-    DTYPES,
-    assert_same_reads,
-    dtype_id,
-    load_bert,
-    make_peft_adapter,
-    merged_reference,
-    read_deltas,
-    relative_error,
-)
+from tests.helpers.adapters import make_peft_adapter, merged_reference
+from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
+from tests.helpers.models import load_bert
 
 R, ALPHA = 8, 16
 

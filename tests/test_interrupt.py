@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 import spectra
 from spectra.analysis.sweeps import SweepInterrupted
+from tests.helpers.models import llama_config
 
 LAYERS = 6
 HIDDEN = 256
@@ -72,15 +73,13 @@ def llama_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 def save_llama(folder: Path, tensors: dict[str, torch.Tensor]) -> Path:
     """A model folder as ``save_pretrained`` writes it: config.json and model.safetensors."""
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        vocab_size=VOCAB,
+    config = llama_config(
+        hidden=HIDDEN,
+        intermediate=INTERMEDIATE,
+        layers=LAYERS,
+        heads=HEADS,
+        kv_heads=KV_HEADS,
+        vocab=VOCAB,
         tie_word_embeddings=False,
         torch_dtype="bfloat16",
     )

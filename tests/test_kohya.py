@@ -38,8 +38,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.errors import FormatError
-
-from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
+from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
 
 pytest.importorskip("diffusers")
 pytest.importorskip("lycoris")

@@ -16,8 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import spectra
-
-from .conftest import DTYPES, dtype_id
+from tests.helpers.checks import DTYPES, dtype_id
 
 HIDDEN, RANK = 24, 4
 PREFIX = "lora_te1_text_model_encoder_layers_{layer}_self_attn_{role}_proj"

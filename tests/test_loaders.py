@@ -13,8 +13,7 @@ import spectra
 from spectra.errors import BaseMismatchError, FormatError, MissingBaseError, SelectionError
 from spectra.loaders import detect_format
 from spectra.loaders.naming.architectures import canonical_name, layer_index, map_modules
-
-from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, reference_sigma
+from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, reference_sigma
 
 # The full fine-tune tests run on files saved in float32, bf16 and fp16.
 in_each_dtype = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

@@ -20,8 +20,7 @@ from torch import nn
 from spectra.delta import Dense, Factored
 from spectra.errors import FormatError
 from spectra.loaders.methods import adalora, dora, lora, lycoris, multihead, multilora, vera
-
-from .conftest import DTYPES, dtype_id
+from tests.helpers.checks import DTYPES, dtype_id
 
 FUSED_ROWS = slice(4, 12)  # one role's rows of a fused module
 

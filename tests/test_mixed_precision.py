@@ -19,8 +19,8 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.analysis import measure_subspaces
-
-from .conftest import MINILM_HIDDEN, ROLE_MODULES, load_bert, planted_update, reference_sigma
+from tests.helpers.checks import reference_sigma
+from tests.helpers.models import MINILM_HIDDEN, ROLE_MODULES, load_bert, planted_update
 
 LAYERS = [0, 1]
 BF16_EPS = 2.0**-7

@@ -33,9 +33,8 @@ import spectra  # noqa: E402
 from spectra.analysis.sweeps import find_checkpoints  # noqa: E402
 from spectra.errors import FormatError, MissingBaseError  # noqa: E402
 from spectra.loaders import detect_format, load  # noqa: E402
-
-from .conftest import assert_same_reads, read_deltas, relative_error  # noqa: E402
-from .llama_base import HF_MODULES, LAYERS, hf_weight, random_factor, save_tiny_llama  # noqa: E402
+from tests.helpers.checks import assert_same_reads, read_deltas, relative_error  # noqa: E402
+from tests.helpers.models import HF_MODULES, LAYERS, hf_weight, random_factor, save_tiny_llama  # noqa: E402
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 RANK, SCALE = 4, 20.0

@@ -24,8 +24,7 @@ from safetensors.torch import save_file
 import spectra
 from spectra.errors import BaseMismatchError
 from spectra.loaders.naming.architectures import canonical_name
-
-from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
+from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
 
 EXPERTS = 3
 SMALL = dict(

@@ -27,8 +27,7 @@ import torch
 
 import spectra
 from spectra.errors import SelectionError, SpectraError
-
-from .conftest import load_bert
+from tests.helpers.models import load_bert
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

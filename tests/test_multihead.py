@@ -22,17 +22,15 @@ from spectra_cli.main import cli
 import spectra
 from spectra import Report
 from spectra.examples.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
-
-from .conftest import (
+from tests.helpers.checks import (
     DTYPES,
-    MINILM_LAYERS,
     assert_same_reads,
     dtype_id,
-    load_bert,
     read_deltas,
     reference_sigma,
     relative_error,
 )
+from tests.helpers.models import MINILM_LAYERS, load_bert
 
 HEADS, RANK, ALPHA = 3, 4, 8.0
 

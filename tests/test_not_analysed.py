@@ -21,8 +21,8 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import FormatError, SelectionError
 from spectra.loaders.naming.architectures import canonical_name
-
-from .conftest import make_peft_adapter, random_peft_model, reference_sigma, save_peft_adapter
+from tests.helpers.adapters import make_peft_adapter, random_peft_model, save_peft_adapter
+from tests.helpers.checks import reference_sigma
 
 LORA_BIAS = "bias of lora_B: adds a constant, not part of ΔW's spectrum"
 
@@ -169,7 +169,7 @@ def test_an_adapter_on_unmapped_modules_only_says_what_it_has(tmp_path):
 
 
 def test_full_finetune_lists_every_other_tensor_grouped_by_reason(tmp_path, minilm_dir):
-    from .conftest import make_bert_finetune
+    from tests.helpers.models import make_bert_finetune
 
     finetune = make_bert_finetune(tmp_path / "ft", minilm_dir, "single", rank=2)
     tensors = _file_tensors(finetune.path / "model.safetensors")

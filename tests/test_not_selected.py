@@ -19,8 +19,8 @@ from safetensors import safe_open
 from spectra_cli.main import cli
 
 import spectra
-
-from .conftest import DTYPES, dtype_id, random_peft_model, save_peft_adapter
+from tests.helpers.adapters import random_peft_model, save_peft_adapter
+from tests.helpers.checks import DTYPES, dtype_id
 
 # MiniLM's module paths → roles, written here independently of spectra's map.
 ROLE_OF_PATH = {

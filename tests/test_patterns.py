@@ -19,8 +19,8 @@ import pytest
 
 import spectra
 from spectra.loaders.methods import lora
-
-from .conftest import DTYPES, dtype_id, random_peft_model, reference_sigma, save_peft_adapter
+from tests.helpers.adapters import random_peft_model, save_peft_adapter
+from tests.helpers.checks import DTYPES, dtype_id, reference_sigma
 
 MODULES = [
     "encoder.layer.0.attention.self.key",

@@ -16,18 +16,15 @@ import torch
 
 import spectra
 from spectra.errors import FormatError, MissingBaseError
-
-from .conftest import (
-    DTYPES,
-    dtype_id,
-    load_bert,
+from tests.helpers.adapters import (
     make_peft_adapter,
     merged_reference,
     random_peft_model,
     randomize_adapter,
-    reference_sigma,
     save_peft_adapter,
 )
+from tests.helpers.checks import DTYPES, dtype_id, reference_sigma
+from tests.helpers.models import load_bert
 
 
 def _check_against_reference(adapter, report_options=None, load_options=None, modules=None):
@@ -92,7 +89,7 @@ def test_dora_directional_part_on_request(dora, tmp_path):
 def test_adalora_with_pruned_and_rank_0_modules(tmp_path, minilm_dir):
     from peft import AdaLoraConfig, get_peft_model
 
-    from .conftest import load_bert
+    from tests.helpers.models import load_bert
 
     config = AdaLoraConfig(
         init_r=6, target_r=3, lora_alpha=8, target_modules=["key", "value"], total_step=100
@@ -240,7 +237,7 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
 def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, minilm_dir):
     from peft import LoraConfig, get_peft_model
 
-    from .conftest import load_bert
+    from tests.helpers.models import load_bert
 
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["key", "value"], modules_to_save=["pooler.dense"]
@@ -274,7 +271,7 @@ def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, mi
 def test_sub_folder_adapters_need_a_name(tmp_path, minilm_dir):
     from peft import LoraConfig, get_peft_model
 
-    from .conftest import load_bert
+    from tests.helpers.models import load_bert
 
     model = get_peft_model(
         load_bert(minilm_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["key", "value"])

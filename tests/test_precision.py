@@ -21,16 +21,14 @@ import torch
 from safetensors import safe_open
 
 import spectra
-
-from .conftest import (
+from tests.helpers.adapters import random_peft_model, save_peft_adapter
+from tests.helpers.checks import (
     DTYPES,
     assert_same_reads,
     dtype_id,
-    random_peft_model,
     read_deltas,
     reference_sigma,
     relative_error,
-    save_peft_adapter,
 )
 
 LAYERS = [0, 1]  # two layers carry every code path; the rest would only cost time

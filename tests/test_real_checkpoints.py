@@ -16,18 +16,16 @@ from safetensors.torch import load_file as load_torch_file
 
 import spectra
 from spectra.delta import Factored
-
-from .conftest import (
+from tests.helpers.adapters import make_peft_adapter
+from tests.helpers.checks import (
     DTYPES,
-    MINILM_LAYERS,
     assert_same_reads,
     dtype_id,
-    make_peft_adapter,
     read_deltas,
     reference_sigma,
     relative_error,
-    tiny_llama,
 )
+from tests.helpers.models import MINILM_LAYERS, tiny_gpt2, tiny_llama
 
 
 def _sigma_by_key(report):
@@ -205,7 +203,7 @@ def test_full_finetune_read_twice_gives_the_same_right_update(finetune):
 
 
 def test_sharded_checkpoint_opens_only_the_shards_it_needs(tmp_path, minilm_dir, monkeypatch):
-    from .conftest import make_bert_finetune
+    from tests.helpers.models import make_bert_finetune
 
     finetune = make_bert_finetune(tmp_path / "ft", minilm_dir, "sharded")
     import spectra.loaders.storage.tensors as tensors
@@ -237,11 +235,9 @@ def _finetune_tiny(model, folder, base_folder, update):
 
 
 def test_gpt2_fused_c_attn_is_split_in_conv1d_layout(tmp_path):
-    from transformers import GPT2Config, GPT2Model
-
     torch.manual_seed(0)
     embed = 64
-    model = GPT2Model(GPT2Config(n_layer=2, n_embd=embed, n_head=4, vocab_size=100, n_positions=32))
+    model = tiny_gpt2(embed=embed, heads=4)
     update = {f"h.{i}.attn.c_attn.weight": 0.1 * torch.randn(embed, 3 * embed) for i in range(2)}
     _finetune_tiny(model, tmp_path / "ft", tmp_path / "base", update)
     report = spectra.analyze(
@@ -283,7 +279,7 @@ def test_llama_gqa_key_value_shapes(tmp_path):
 
 def test_bf16_finetune_does_not_count_rounding_as_rank(tmp_path, minilm_dir):
     """Saved in bf16, a rank-8 update still has numerical rank 8 (not ~384)."""
-    from .conftest import load_bert, planted_update
+    from tests.helpers.models import load_bert, planted_update
 
     model = load_bert(minilm_dir).to(torch.bfloat16)
     model.save_pretrained(str(tmp_path / "base"))

@@ -16,7 +16,7 @@ from spectra.metrics import METRICS
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, minilm_dir):
-    from .conftest import make_peft_adapter
+    from tests.helpers.adapters import make_peft_adapter
 
     adapter = make_peft_adapter(tmp_path_factory.mktemp("adapter"), minilm_dir, seed=5)
     return spectra.analyze(adapter.path, base=minilm_dir)
@@ -154,7 +154,7 @@ def test_dense_adapter_rows_carry_their_scale_in_metrics_csv(
     import torch
     from peft import LoHaConfig, LoKrConfig
 
-    from .conftest import random_peft_model
+    from tests.helpers.adapters import random_peft_model
 
     config = (LoHaConfig if kind == "loha" else LoKrConfig)(
         r=rank, alpha=alpha, target_modules=["key", "value"]

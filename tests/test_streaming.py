@@ -19,8 +19,7 @@ from spectra.svd import (
     singular_values,
     singular_values_stream,
 )
-
-from .conftest import reference_sigma
+from tests.helpers.checks import reference_sigma
 
 
 def _dense_deltas(shapes, seed=0):

@@ -24,14 +24,8 @@ from spectra.subspace import (
     singular_vectors,
     subspace_similarity,
 )
-
-from .conftest import (
-    bert_weight,
-    load_bert,
-    make_bert_finetune,
-    random_peft_model,
-    save_peft_adapter,
-)
+from tests.helpers.adapters import random_peft_model, save_peft_adapter
+from tests.helpers.models import bert_weight, load_bert, make_bert_finetune
 
 RNG = np.random.default_rng(7)
 

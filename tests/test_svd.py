@@ -9,8 +9,7 @@ import torch
 from spectra import Dense, Factored, LayerDelta, singular_values
 from spectra.errors import DeviceError, SpectraError
 from spectra.svd import accuracy_floor, resolve_device
-
-from .conftest import reference_sigma
+from tests.helpers.checks import reference_sigma
 
 FACTORED_CASES = [
     # (d_out, d_in, r, scale)

@@ -23,8 +23,9 @@ from spectra_cli.main import cli
 import spectra
 from spectra.analysis.cache import ReportCache
 from spectra.errors import SpectraError
-
-from .conftest import load_bert, randomize_adapter, reference_sigma
+from tests.helpers.adapters import randomize_adapter
+from tests.helpers.checks import reference_sigma
+from tests.helpers.models import load_bert
 
 STEPS = (10, 20, 100)
 ALPHA, RANK = 16, 8

@@ -40,9 +40,8 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import FormatError, MissingBaseError
 from spectra.loaders import detect_format, load
-
-from .conftest import assert_same_reads, read_deltas, relative_error
-from .llama_base import (
+from tests.helpers.checks import assert_same_reads, read_deltas, relative_error
+from tests.helpers.models import (
     HEADS,
     HF_MODULES,
     HIDDEN,

@@ -27,24 +27,17 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import FormatError, MissingBaseError
 from spectra.loaders.naming.architectures import canonical_name
-
-from .conftest import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
+from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
+from tests.helpers.models import llama_config
 
 ALL = "all"
 
 
 def _tiny_llama(dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=50,
-    )
+    config = llama_config(hidden=32, intermediate=48, heads=4, vocab=50)
     return LlamaForCausalLM(config).to(dtype), config
 
 

@@ -22,8 +22,8 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import SelectionError, SpectraWarning
 from spectra.selection import parse_layers, parse_modules
-
-from .conftest import make_peft_adapter, reference_sigma
+from tests.helpers.adapters import make_peft_adapter
+from tests.helpers.checks import reference_sigma
 
 COMMANDS = ("analyze", "inspect", "compare", "sweep", "plot", "convert", "demo")
 
