@@ -55,7 +55,23 @@ def _slug(label: str) -> str:
 
 @dataclass
 class Comparison:
-    """Reports of several methods under their labels, with a summary."""
+    """Reports of several methods under their labels, with a summary.
+
+    What ``compare`` returns; ``summary()`` is one row per (method, module),
+    ``save(out)`` writes the summary, the reports and the figures.
+
+    Args:
+        labels: one label per method, in order (they must differ).
+        reports: one ``Report`` per label.
+        subspace: the subspace metrics (``compare(..., subspace=True)``);
+            ``None`` (the default): not measured.
+
+    Example::
+
+        comparison = spectra.compare(["lora/", "dora/"], labels=["LoRA", "DoRA"])
+        comparison.to_pandas()  # the summary
+        comparison.reports[0].to_pandas()  # LoRA's rows
+    """
 
     labels: list[str]
     reports: list[Report]
@@ -76,6 +92,16 @@ class Comparison:
 
         With subspace metrics, also the mean over layers of the amplification
         and of the intruder-dimension count (None without a base).
+
+        Returns:
+            A list of dicts keyed by ``columns``: ``label``, ``role``,
+            ``rows``, ``noise_rows``, each summary metric, and the subspace
+            columns when they were measured.
+
+        Example::
+
+            for row in spectra.compare(["lora/", "dora/"]).summary():
+                print(row["label"], row["role"], row["effective_rank"])
         """
         rows = []
         for label, report in zip(self.labels, self.reports, strict=True):
@@ -96,10 +122,29 @@ class Comparison:
         return rows
 
     def summary_csv(self) -> str:
+        """``summary()`` as CSV text: what ``save`` writes to ``summary.csv``.
+
+        Returns:
+            The CSV, header first, floats written exactly, missing values empty.
+
+        Example::
+
+            text = spectra.compare(["lora/", "dora/"]).summary_csv()
+        """
         return csv_text(self.columns, self.summary())
 
     def to_pandas(self):
-        """``summary()`` as a ``pandas.DataFrame`` (missing values NaN); each report has its own."""
+        """``summary()`` as a ``pandas.DataFrame`` (missing values NaN); each report has its own.
+
+        Returns:
+            A ``pandas.DataFrame`` of ``columns``, one row per (method, module)
+            (pandas imported here).
+
+        Example::
+
+            df = spectra.compare(["lora/", "dora/"], labels=["LoRA", "DoRA"]).to_pandas()
+            df.pivot(index="role", columns="label", values="effective_rank")
+        """
         return frame(self.summary(), self.columns)
 
     def to_html(
@@ -108,6 +153,23 @@ class Comparison:
         """Write one self-contained HTML page of the comparison (``spectra.html``).
 
         ``top`` is Figure 2's K, as in ``save``.
+
+        Args:
+            path: the HTML file to write, atomically.
+            force: replace an existing page spectra wrote; default False.
+            top: Figure 2's K; ``None`` (the default): the largest adapter
+                rank, ``"all"``: every value.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ReportExistsError: ``path`` exists and ``force`` is not given, or
+                it is not a page spectra wrote.
+
+        Example::
+
+            spectra.compare(["lora/", "dora/"]).to_html("comparison.html")
         """
         from ..html import write_html
 
@@ -125,7 +187,15 @@ class Comparison:
         return html_table(self.columns, self.summary(), caption=repr(self), notes=notes)
 
     def report_folders(self) -> dict[str, str]:
-        """The folder under ``reports/`` of each label (labels made safe as file names)."""
+        """The folder under ``reports/`` of each label (labels made safe as file names).
+
+        Returns:
+            A dict from each label to its folder name.
+
+        Example:
+            >>> Comparison(["LoRA r=8", "DoRA"], reports=[]).report_folders()
+            {'LoRA r=8': 'LoRA-r-8', 'DoRA': 'DoRA'}
+        """
         return {label: _slug(label) for label in self.labels}
 
     def save(
@@ -138,6 +208,29 @@ class Comparison:
         """Write summary.csv, reports/<label>/ and the figures into ``out``, atomically.
 
         ``top`` is the K of Figure 2's equal-rank view (``write_figures``).
+        With subspace metrics, also ``subspace_similarity.csv``,
+        ``subspace_modules.csv`` and the heat-map ``subspace_similarity.<ext>``.
+
+        Args:
+            out: the folder to write; a missing or empty one, or an earlier
+                comparison with ``force``.
+            force: replace an earlier comparison; default False.
+            figure_format: ``"png"`` (the default), ``"pdf"`` or ``"svg"``.
+            top: Figure 2's K; ``None`` (the default): the largest adapter
+                rank, ``"all"``: every value.
+
+        Returns:
+            ``out``, as a ``Path``.
+
+        Raises:
+            ReportExistsError: ``out`` holds an earlier comparison and no
+                ``force``, or anything that is not a comparison.
+            SpectraError: an unknown ``figure_format``.
+
+        Example::
+
+            comparison = spectra.compare(["lora/", "dora/"], labels=["LoRA", "DoRA"])
+            comparison.save("lora-vs-dora/", figure_format="pdf", top=8)
         """
         out = Path(out)
         check_comparison_target(out, force)
@@ -222,6 +315,47 @@ def compare(
     top ``subspace_rank`` singular vectors, and intruders among the top
     ``intruder_top`` vectors of W0 + ΔW below ``intruder_eps``. ``jobs`` is
     ``analyze``'s.
+
+    Args:
+        sources: checkpoints (paths or Hub ids) and saved report folders.
+        labels: one label per source, all different; ``None`` (the default):
+            each source's folder name.
+        base: the base model, for the sources whose format uses it; ``None``
+            (the default): none.
+        modules: roles, as ``analyze`` takes them; ``None`` (the default): k
+            and v.
+        layers: layers, as ``analyze`` takes them; ``None`` (the default):
+            every layer.
+        device: ``"auto"`` (the default), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        method: ``"fast"`` (the default) or ``"exact"``, for dense ΔW.
+        subspace: also measure the subspace metrics; default False.
+        subspace_rank: the top singular vectors compared; default
+            ``SUBSPACE_RANK``.
+        intruder_top: the top vectors of W0 + ΔW searched for intruders;
+            default ``INTRUDER_TOP``.
+        intruder_eps: the similarity below which a vector is an intruder;
+            default ``INTRUDER_EPS``.
+        jobs: ``analyze``'s; ``None`` (the default): its default.
+        progress: ``progress(done, total, label)`` after each module; ``None``
+            (the default): no calls.
+        **options: loader options, given to each source whose format uses them.
+
+    Returns:
+        A ``Comparison``: one ``Report`` per source under its label, the
+        summary, and the subspace metrics when asked for.
+
+    Raises:
+        SpectraError: no sources, a label count that differs from the
+            sources', repeated labels, or with ``subspace`` options that
+            cannot apply or a saved report among the sources (and every error
+            of ``analyze``).
+
+    Example::
+
+        comparison = spectra.compare(
+            ["lora/", "dora/", "full-report/"], labels=["LoRA", "DoRA", "FT"], base="base/"
+        )
+        comparison.save("comparison/")
     """
     if not sources:
         raise SpectraError("nothing to compare: give at least one checkpoint or report folder")

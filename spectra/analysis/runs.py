@@ -42,7 +42,30 @@ def _step_of(path: Path) -> int | None:
 
 
 def find_checkpoints(run: str | os.PathLike, pattern: str | None = None) -> list[RunCheckpoint]:
-    """The checkpoints of a run, by step; ``SpectraError`` if there are none."""
+    """The checkpoints of a run, by step; ``SpectraError`` if there are none.
+
+    Each step is ``global_step`` from a ``trainer_state.json`` inside the
+    checkpoint, else the last number in its name.
+
+    Args:
+        run: a training output folder.
+        pattern: a glob relative to ``run`` (e.g. ``"seed*/step-*"``);
+            ``None`` (the default): the ``checkpoint-<step>/`` folders the
+            Hugging Face Trainer writes.
+
+    Returns:
+        A list of ``RunCheckpoint`` (``step``, ``path``), sorted by step.
+
+    Raises:
+        SpectraError: ``run`` is no folder, nothing matches, a match has no
+            step, or several matches share one step.
+
+    Example::
+
+        for found in spectra.find_checkpoints("output/"):
+            print(found.step, found.path)
+        spectra.find_checkpoints("output/", pattern="seed*/step-*")
+    """
     run = Path(run)
     if not run.is_dir():
         raise SpectraError(f"{run}: no such folder (expected a training run's output folder)")

@@ -52,6 +52,33 @@ def load(
     them): ``format`` is ``"auto"`` (detect) or a registered format's name;
     ``options`` are the options the formats declare (``adapter``,
     ``per_head``, ``directional_only``, ``lora_alpha``, …).
+
+    Args:
+        path: the checkpoint: a local path, a Hub id (``org/name[@revision]``
+            in the local cache, ``hf://org/name[@revision]`` to download) or a
+            ``spectra.io.hub.Source``.
+        base: the model the checkpoint was tuned from, in the same forms;
+            ``None`` (the default): none, or the PEFT config's
+            ``base_model_name_or_path`` when it is a local folder or cached.
+        format: ``"auto"`` (the default: detect) or a registered format's name.
+        **options: the detected format's options (``spectra.formats()``);
+            any other is refused by name.
+
+    Returns:
+        The format's ``Checkpoint``: ``describe()`` says what is there,
+        ``deltas()`` yields one ``LayerDelta`` per module, read lazily.
+
+    Raises:
+        FormatError: no such path or Hub id, no format claims it, a ``format``
+            that is unknown or not the one detected, or an option the format
+            does not take.
+
+    Example::
+
+        checkpoint = spectra.load("adapter/")
+        info = checkpoint.describe()  # format, variant, modules, not_analysed
+        print(info.format, info.variant, len(info.modules))
+        tuned = spectra.load("hf://org/model@main", base="org/base-model")
     """
     source = locate(path, "CKPT")
     base_source = locate(base, BASE) if base is not None else None

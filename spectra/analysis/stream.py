@@ -85,6 +85,60 @@ def analyze(
     opened with these ``base`` and ``options`` (a sweep opens each checkpoint
     once, to check it before any work). ``options`` go to ``spectra.load``
     (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
+
+    Args:
+        path: the checkpoint: a local path or a Hub id (as ``spectra.load``).
+        base: the model it was tuned from: required for a full fine-tune or a
+            DoRA adapter, optional otherwise (it adds ``relative_norm``);
+            ``None`` (the default): none.
+        modules: roles, ``"k,v"``, ``["k", "v"]`` or ``"all"``; ``None`` (the
+            default): k and v, whichever the checkpoint has.
+        layers: ``"0-3,7"`` or ``[0, 1, 2, 3, 7]``; ``None`` (the default):
+            every layer.
+        device: ``"auto"`` (the default: CUDA when PyTorch sees a GPU, else
+            the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        method: ``"fast"`` (the default: Gram eigenvalues) or ``"exact"``
+            (float64 SVD), for dense ΔW.
+        format: ``"auto"`` (the default: detect) or a registered format's name.
+        progress: ``progress(done, total, label)`` after each module; ``None``
+            (the default): no calls.
+        prefetch: modules read ahead on a background thread (with ``jobs=1``
+            or on a GPU); default 1, 0 to read in turn.
+        batch_size: same-shaped dense updates decomposed together on a GPU;
+            ``None`` (the default): 8.
+        jobs: modules read and decomposed side by side on the CPU; ``None``
+            (the default): 2, or 1 on a single thread.
+        skip_nonfinite: leave out modules whose weights hold NaN or Inf and
+            name them, instead of raising; default False.
+        each: ``each(checkpoint, delta, σ)`` for every module while its ΔW is
+            in memory; ``None`` (the default): no calls.
+        checkpoint: ``path`` already opened with these ``base`` and
+            ``options``; ``None`` (the default): opened here.
+        **options: the format's loader options (``spectra.formats()``).
+
+    Returns:
+        A ``Report``: one row per (layer, role[, expert][, head]) with every
+        metric, the σ of each ΔW (``spectrum``), and ``meta`` (the source,
+        scales, device, method, versions, warnings, ``not_analysed``,
+        ``not_selected``).
+
+    Raises:
+        FormatError: the path or an option is not readable as a checkpoint.
+        MissingBaseError: ΔW needs ``base`` and none was given.
+        BaseMismatchError: ``base`` does not match the checkpoint.
+        SelectionError: a module or layer asked for is not in the checkpoint.
+        NonFiniteError: a module's weights hold NaN or Inf (without
+            ``skip_nonfinite``).
+        DeviceError: the device asked for is not available.
+        SpectraError: an unknown ``method`` (every error above is one).
+
+    Example::
+
+        report = spectra.analyze("adapter/", modules="all", layers="0-3")
+        df = report.to_pandas()  # one row per layer × module
+        sigma = report.spectrum(0, "v")  # descending, float64
+        report.save("adapter-report/")
+        full = spectra.analyze("full-finetune/", base="base-model/", method="exact")
     """
     source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
     base_source = locate(base, BASE) if base is not None else None
