@@ -56,7 +56,19 @@ SWEEP_FILE = "sweep.csv"
 
 @dataclass
 class Sweep:
-    """The reports of a run's checkpoints, in step order, and where each came from."""
+    """The reports of a run's checkpoints, in step order, and where each came from.
+
+    Args:
+        run: the training output folder.
+        checkpoints: the run's checkpoints (``find_checkpoints``), by step.
+        reports: one ``Report`` per checkpoint, in the same order.
+        cached: whether each report was a cache hit; default: none given.
+
+    Example::
+
+        runs = spectra.sweep("output/")
+        runs.reports[-1].to_pandas()  # the last step's report
+    """
 
     run: Path
     checkpoints: list[RunCheckpoint]
@@ -71,7 +83,15 @@ class Sweep:
         return columns
 
     def rows(self) -> list[dict[str, object]]:
-        """One row per (checkpoint, module[, head]), with ``step`` and ``checkpoint`` first."""
+        """One row per (checkpoint, module[, head]), with ``step`` and ``checkpoint`` first.
+
+        Returns:
+            A list of dicts: ``step``, ``checkpoint`` (its path), then the report row.
+
+        Example::
+
+            steps = [row["step"] for row in spectra.sweep("output/").rows()]
+        """
         rows = []
         for checkpoint, report in zip(self.checkpoints, self.reports, strict=True):
             for row in report.rows:
@@ -79,7 +99,15 @@ class Sweep:
         return rows
 
     def to_pandas(self):
-        """The rows as one ``pandas.DataFrame``, missing numbers NaN (pandas imported here)."""
+        """The rows as one ``pandas.DataFrame``, missing numbers NaN (pandas imported here).
+
+        Returns:
+            A ``pandas.DataFrame`` of ``rows()``: ``step`` first, then every column.
+
+        Example::
+
+            spectra.sweep("output/").to_pandas().groupby("step")["stable_rank"].mean()
+        """
         return frame(self.rows(), self.columns)
 
     def __repr__(self) -> str:
@@ -91,7 +119,11 @@ class Sweep:
         )
 
     def csv(self) -> str:
-        """The rows as CSV, floats written exactly (``repr``), missing values empty."""
+        """The rows as CSV, floats written exactly (``repr``), missing values empty.
+
+        Returns:
+            The CSV text ``save`` writes to ``sweep.csv``, header first.
+        """
         return csv_text(self.columns, self.rows())
 
     def save(
@@ -101,7 +133,25 @@ class Sweep:
         figure_format: str = "png",
         metrics: Sequence[str] = SWEEP_METRICS,
     ) -> Path:
-        """Write ``sweep.csv``, ``sweep.json`` and ``sweep.<figure_format>`` into ``out``."""
+        """Write ``sweep.csv``, ``sweep.json`` and ``sweep.<figure_format>`` into ``out``.
+
+        Args:
+            out: the folder: missing, empty, or an earlier sweep with ``force``.
+            force: replace an earlier sweep; default False.
+            figure_format: ``"png"`` (the default), ``"pdf"`` or ``"svg"``.
+            metrics: the metrics the figure draws by step; default ``SWEEP_METRICS``.
+
+        Returns:
+            ``out``, as a ``Path``.
+
+        Raises:
+            ReportExistsError: ``out`` holds an earlier sweep and no
+                ``force``, or anything that is not a sweep.
+
+        Example::
+
+            spectra.sweep("output/").save("output-sweep/", figure_format="svg")
+        """
         from ..plot import sweep_curves
 
         out = Path(out)
@@ -230,6 +280,29 @@ def sweep(
     cache; ``to_pandas()`` is one row per (checkpoint, module[, head]) with
     a ``step`` column first and every metric column, ``save(out)`` writes
     ``sweep.csv``, ``sweep.json`` and the figure.
+
+    Args:
+        run: the training output folder.
+        base, modules, layers, device, method: as ``spectra.analyze`` takes
+            them (defaults: no base, k and v, every layer, ``"auto"``, ``"fast"``).
+        pattern: a glob relative to ``run``; ``None`` (the default): the
+            ``checkpoint-<step>/`` folders.
+        cache: True (the default: ``cache.default_folder()``), a folder, a
+            ``ReportCache``, or False (no cache).
+        workers: processes analysing side by side; default 1 (in this process).
+        ray: True or a cluster address to run Ray tasks; ``None`` (the default):
+            no Ray.
+        jobs: ``analyze``'s, inside each worker; ``None`` (the default): its default.
+        progress: ``progress(done, total, label)``; ``None`` (the default): no calls.
+        **options: loader options, given to each checkpoint whose format uses them.
+
+    Returns:
+        A ``Sweep``: the reports in step order, and which came from the cache.
+
+    Raises:
+        SpectraError: ``workers`` below 1, or no checkpoints found
+            (``find_checkpoints``), and every error of ``analyze``.
+        SweepInterrupted: Ctrl-C (a ``KeyboardInterrupt``, not a ``SpectraError``).
 
     Example::
 
