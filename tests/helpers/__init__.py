@@ -8,11 +8,5 @@
 - ``browser``: finding headless Chromium for the HTML report's tests.
 
 The fixtures over these (``minilm_dir``, ``lora_adapter``, ``finetunes``, …)
-are in ``tests/conftest.py``; ``REPOSITORY`` is the repository's root.
+are in ``tests/conftest.py``.
 """
-
-from __future__ import annotations
-
-from pathlib import Path
-
-REPOSITORY = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from spectra import metrics
 from spectra.metrics import METRICS, compute
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 METRICS_MD = REPOSITORY / "docs" / "METRICS.md"  # the repository's own copy of the contract
 
 

@@ -1,0 +1,1 @@
+"""Pure functions and small pieces: metrics, σ, selection, registry, imports, reports, flags."""
