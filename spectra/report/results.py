@@ -63,7 +63,26 @@ _HTML_COLUMNS = (
 
 @dataclass
 class Report:
-    """The result of ``analyze()``: ``rows`` (``Row``s), ``spectra`` (σ by key) and ``meta``."""
+    """The result of ``analyze()``: ``rows`` (``Row``s), ``spectra`` (σ by key) and ``meta``.
+
+    Each row's ``scale`` is filled from ``meta["scales"]`` where the row has
+    none. ``save(dir)`` writes ``metrics.csv``, ``spectra.safetensors`` and
+    ``report.json`` atomically; ``Report.load(dir)`` reads them back.
+
+    Args:
+        rows: one mapping per (layer, role[, expert][, head]): the ids and
+            every metric (made into ``Row``s).
+        spectra: the σ of each row, descending float64, keyed by
+            ``spectrum_key`` (``L3.k``, ``L3.k.h1``, ``L3.gate.e5``).
+        meta: the run's metadata (source, scales, device, method, versions,
+            warnings, …); default empty.
+
+    Example:
+        >>> import numpy as np
+        >>> report = Report([{"layer": 0, "role": "v"}], {"L0.v": np.array([2.0, 1.0])})
+        >>> len(report), report.rows[0].key, report.spectrum(0, "v")
+        (1, 'L0.v', array([2., 1.]))
+    """
 
     rows: list[Row]
     spectra: dict[str, np.ndarray]
@@ -116,6 +135,7 @@ class Report:
 
     @property
     def warnings(self) -> list[str]:
+        """The report's warnings (``meta["warnings"]``), a new list each time."""
         return list(self.meta.get("warnings", []))
 
     @property
@@ -147,19 +167,82 @@ class Report:
     def spectrum(
         self, layer: int, role: str, head: int | None = None, expert: int | None = None
     ) -> np.ndarray:
-        """The singular values (descending, float64) of one module; ``spectrum_of`` for a row."""
+        """The singular values (descending, float64) of one module; ``spectrum_of`` for a row.
+
+        Args:
+            layer: the layer index.
+            role: the module's role (``"k"``, ``"v"``, …).
+            head: the head, in a report analysed per head; ``None`` (the
+                default): the whole module.
+            expert: the expert of a mixture-of-experts role; ``None`` (the
+                default): not an expert.
+
+        Returns:
+            σ as a float64 ``numpy`` array, descending.
+
+        Raises:
+            KeyError: the report has no such row.
+
+        Example:
+            >>> import numpy as np
+            >>> spectra = {"L3.gate.e5": np.array([3.0, 1.0])}
+            >>> Report([{"layer": 3, "role": "gate", "expert": 5}], spectra).spectrum(
+            ...     3, "gate", expert=5
+            ... )
+            array([3., 1.])
+        """
         return self.spectra[spectrum_key(layer, role, head, expert)]
 
     def spectrum_of(self, row: Mapping[str, object]) -> np.ndarray:
-        """The singular values (descending, float64) of one of this report's rows."""
+        """The singular values (descending, float64) of one of this report's rows.
+
+        Args:
+            row: a row of ``rows`` (or any mapping with its ``layer``,
+                ``role``, ``head`` and ``expert``).
+
+        Returns:
+            σ as a float64 ``numpy`` array, descending.
+
+        Example:
+            >>> import numpy as np
+            >>> report = Report([{"layer": 0, "role": "k"}], {"L0.k": np.array([1.5, 0.5])})
+            >>> [report.spectrum_of(row).tolist() for row in report.rows]
+            [[1.5, 0.5]]
+        """
         return self.spectra[row_key(row)]
 
     def to_pandas(self):
-        """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here)."""
+        """The rows as a ``pandas.DataFrame``, missing numbers as NaN (pandas imported here).
+
+        Returns:
+            A ``pandas.DataFrame`` with the ``columns`` of ``metrics.csv``,
+            one row per (layer, role[, expert][, head]).
+
+        Example::
+
+            df = spectra.analyze("adapter/").to_pandas()
+            df.pivot(index="layer", columns="role", values="effective_rank")
+        """
         return frame(self.rows, self.columns)
 
     def to_html(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write one self-contained HTML page of this report (``spectra.html``)."""
+        """Write one self-contained HTML page of this report (``spectra.html``).
+
+        Args:
+            path: the HTML file to write, atomically.
+            force: replace a page spectra wrote there; default False.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ReportExistsError: ``path`` exists and ``force`` is not given, or
+                it is not a page spectra wrote.
+
+        Example::
+
+            spectra.analyze("adapter/").to_html("adapter.html")
+        """
         from ..html import write_html
 
         return write_html(self, path, force=force)
@@ -167,7 +250,29 @@ class Report:
     # -- writing -----------------------------------------------------------
 
     def save(self, directory: str | os.PathLike, force: bool = False) -> Path:
-        """Write the report folder atomically; an existing report needs ``force=True``."""
+        """Write the report folder atomically; an existing report needs ``force=True``.
+
+        The folder holds ``metrics.csv``, ``spectra.safetensors`` and
+        ``report.json`` (module docstring of ``spectra.report``).
+
+        Args:
+            directory: the folder: missing, empty, or a report with ``force``.
+            force: replace an existing report; default False.
+
+        Returns:
+            The folder, as a ``Path``.
+
+        Raises:
+            ReportExistsError: ``directory`` holds a report and no ``force``,
+                or anything that is not a report.
+            SpectraError: writing failed (nothing is written there).
+
+        Example::
+
+            report = spectra.analyze("adapter/")
+            report.save("adapter-report/")
+            assert spectra.Report.load("adapter-report/") == report
+        """
         out = Path(directory)
         check_target(out, force)
         try:
@@ -196,7 +301,27 @@ class Report:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Report:
-        """Read a report folder written by ``save()``; its files must agree."""
+        """Read a report folder written by ``save()``; its files must agree.
+
+        Columns of older reports are read under today's names (``module`` as
+        ``role``, ``flags`` as ``health``).
+
+        Args:
+            directory: a folder written by ``Report.save``.
+
+        Returns:
+            The ``Report``, equal to the one saved.
+
+        Raises:
+            FormatError: a file is missing, ``report.json`` is not valid, a
+                checksum or the column list disagrees, or the two files list
+                different modules.
+
+        Example::
+
+            report = spectra.Report.load("adapter-report/")
+            print(report.warnings, report.spectrum(0, "v")[:4])
+        """
         folder = Path(directory)
         missing = [name for name in REPORT_FILES if not (folder / name).is_file()]
         if missing:
