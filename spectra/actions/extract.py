@@ -57,13 +57,26 @@ SUBOPTIMAL = 1.01  # ‖ΔW − B@A‖₂ / σ_{r+1} above this gets a warning (
 
 @dataclass
 class Extracted:
-    """The adapter folder written, one row per module (``EXTRACT_COLUMNS``), warnings."""
+    """The adapter folder written, one row per module (``EXTRACT_COLUMNS``), warnings.
+
+    Args:
+        out: the adapter folder written.
+        rows: one dict per module: ``EXTRACT_COLUMNS`` (rank, algorithm,
+            kept energy, relative Frobenius error, spectral suboptimality).
+        warnings: the selection's and the suboptimal truncations'; default none.
+
+    Example::
+
+        extracted = spectra.extract("full-ft/", "base/", "extracted/", rank=16)
+        print(extracted.csv())
+    """
 
     out: Path
     rows: list[dict[str, object]]
     warnings: list[str] = field(default_factory=list)
 
     def csv(self) -> str:
+        """The rows as CSV text, as ``extract.csv`` in the folder holds them."""
         return csv_text(EXTRACT_COLUMNS, self.rows)
 
 
@@ -79,7 +92,42 @@ def extract(
     force: bool = False,
     progress: Progress | None = None,
 ) -> Extracted:
-    """Write a PEFT LoRA adapter of ``base`` approximating the fine-tune ``tuned`` (docstring)."""
+    """Write a PEFT LoRA adapter of ``base`` approximating the fine-tune ``tuned`` (docstring).
+
+    For each module, B@A is the best rank-r approximation of ΔW = W_tuned −
+    W_base (or the smallest rank keeping a share ``energy`` of ‖ΔW‖_F²),
+    scale 1 (``lora_alpha = r``); one module is in memory at a time.
+
+    Args:
+        tuned: the full fine-tune (path or Hub id).
+        base: the model it was tuned from.
+        out: the folder to write: missing, empty, or one spectra wrote with
+            ``force``.
+        rank: the rank of every module; give this or ``energy``.
+        energy: the share of ‖ΔW‖_F² each module keeps, in (0, 1]; give this
+            or ``rank``.
+        modules: roles, as ``analyze`` takes them; default ``"all"``.
+        layers: layers, as ``analyze`` takes them; ``None`` (the default):
+            every layer.
+        force: replace an adapter folder spectra wrote; default False.
+        progress: ``progress(done, total, module)`` after each module;
+            ``None`` (the default): no calls.
+
+    Returns:
+        An ``Extracted``: the folder and one row per module
+        (``EXTRACT_COLUMNS``), also written to ``extract.csv``, and warnings.
+
+    Raises:
+        SpectraError: neither or both of ``rank`` and ``energy``, or out of
+            range; ``tuned`` is not a full fine-tune; a fused projection is
+            selected (and every error of ``spectra.load``).
+        ReportExistsError: ``out`` is not free or lies inside what is read.
+
+    Example::
+
+        extracted = spectra.extract("full-ft/", "base/", "lora-r16/", rank=16, modules="q,v")
+        worst = max(row["relative_frobenius_error"] for row in extracted.rows)
+    """
     from ..analysis.sources import load
 
     check_amount(rank, energy)

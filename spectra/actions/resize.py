@@ -50,13 +50,26 @@ _CONFIG_FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_mo
 
 @dataclass
 class Resized:
-    """The folder written, one row per module (``RESIZE_COLUMNS``), and what was copied as is."""
+    """The folder written, one row per module (``RESIZE_COLUMNS``), and what was copied as is.
+
+    Args:
+        out: the adapter folder written.
+        rows: one dict per module: ``RESIZE_COLUMNS`` (ranks, kept energy,
+            spectral and Frobenius errors).
+        warnings: what was copied unchanged; default none.
+
+    Example::
+
+        resized = spectra.resize("adapter/", "adapter-r8/", rank=8)
+        print(resized.csv())
+    """
 
     out: Path
     rows: list[dict[str, object]]
     warnings: list[str] = field(default_factory=list)
 
     def csv(self) -> str:
+        """The rows as CSV text, as ``resize.csv`` in the folder holds them."""
         return csv_text(RESIZE_COLUMNS, self.rows)
 
 
@@ -69,7 +82,40 @@ def resize(
     force: bool = False,
     adapter_name: str | None = None,
 ) -> Resized:
-    """Write the truncated-SVD copy of a LoRA adapter to ``out`` (module docstring)."""
+    """Write the truncated-SVD copy of a LoRA adapter to ``out`` (module docstring).
+
+    Each module keeps the best rank-r' approximation of its ΔW = s·B@A
+    (r' = min(rank, numerical rank), or the smallest rank keeping a share
+    ``energy`` of ‖ΔW‖_F²) and its scale s; ``lora_B`` biases and
+    ``modules_to_save`` weights are copied unchanged.
+
+    Args:
+        adapter: a PEFT LoRA or rsLoRA adapter (path or Hub id).
+        out: the folder to write: missing, empty, or one spectra wrote with
+            ``force``.
+        rank: the rank to keep; give this or ``energy``.
+        energy: the share of ‖ΔW‖_F² to keep, in (0, 1]; give this or ``rank``.
+        force: replace an adapter folder spectra wrote; default False.
+        adapter_name: a PEFT adapter by name (saved in a sub-folder, or one of
+            several in one file), as ``load``'s ``adapter``; ``None`` (the
+            default): the folder's own.
+
+    Returns:
+        A ``Resized``: the folder and one row per module (``RESIZE_COLUMNS``),
+        also written to ``resize.csv``.
+
+    Raises:
+        SpectraError: neither or both of ``rank`` and ``energy``, or out of
+            range; an adapter that is not a plain LoRA (DoRA, AdaLoRA,
+            multi-head, VeRA, LoHa, LoKr, ``initial=``).
+        ReportExistsError: ``out`` is not free or lies inside the adapter.
+
+    Example::
+
+        resized = spectra.resize("adapter/", "adapter-95/", energy=0.95)
+        for row in resized.rows:
+            print(row["module"], row["rank"], row["new_rank"], row["kept_energy"])
+    """
     from ..analysis.sources import load
 
     check_amount(rank, energy)

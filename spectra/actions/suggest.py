@@ -44,7 +44,30 @@ def module_path(name: str) -> str:
 
 @dataclass
 class Suggestion:
-    """Per-module ranks that keep ``energy`` of ‖ΔW‖_F², and the config that sets them."""
+    """Per-module ranks that keep ``energy`` of ‖ΔW‖_F², and the config that sets them.
+
+    What ``suggest`` returns; ``config()`` is a ``LoraConfig``-ready dict and
+    ``save(path)`` writes it as JSON.
+
+    Args:
+        energy: the share of ‖ΔW‖_F² each module keeps, in (0, 1].
+        rows: one dict per module: ``module`` (its path), ``layer``,
+            ``roles``, ``rank`` (now), ``suggested_rank``, ``kept_energy``
+            and ``scale`` (the trained one, 1 for a full fine-tune).
+        rslora: whether the scale is α/√r (rsLoRA); default False (α/r).
+        warnings: what the config depends on; default none.
+        sources: the paths read, inside which ``save`` never writes; default none.
+
+    Example:
+        >>> rows = [
+        ...     {"module": "layers.0.v_proj", "suggested_rank": 4, "scale": 2.0},
+        ...     {"module": "layers.1.v_proj", "suggested_rank": 8, "scale": 2.0},
+        ...     {"module": "layers.2.v_proj", "suggested_rank": 4, "scale": 2.0},
+        ... ]
+        >>> config = Suggestion(0.9, rows).config()
+        >>> config["r"], config["lora_alpha"], config["rank_pattern"], config["alpha_pattern"]
+        (4, 8.0, {'layers.1.v_proj': 8}, {'layers.1.v_proj': 16.0})
+    """
 
     energy: float
     rows: list[dict[str, object]]  # module, layer, roles, rank now, suggested rank, kept share
@@ -53,7 +76,21 @@ class Suggestion:
     sources: tuple[str | os.PathLike, ...] = ()  # what was read: ``save`` never writes inside it
 
     def config(self) -> dict[str, object]:
-        """``LoraConfig(**config)``: r, lora_alpha, use_rslora, target_modules, the patterns."""
+        """``LoraConfig(**config)``: r, lora_alpha, use_rslora, target_modules, the patterns.
+
+        ``r`` is the most common suggested rank, ``rank_pattern`` holds the
+        others by module path, and ``lora_alpha`` / ``alpha_pattern`` keep each
+        module's trained scale (α = s·r, or s·√r with rsLoRA).
+
+        Returns:
+            A dict of ``r``, ``lora_alpha``, ``use_rslora``, ``target_modules``,
+            ``rank_pattern`` and ``alpha_pattern``.
+
+        Example::
+
+            from peft import LoraConfig
+            LoraConfig(**spectra.suggest("adapter/", energy=0.9).config())
+        """
         ranks = {row["module"]: row["suggested_rank"] for row in self.rows}
         scales = {row["module"]: row["scale"] for row in self.rows}
         full = lora_config(ranks, scales, rslora=self.rslora)
@@ -66,6 +103,21 @@ class Suggestion:
         suggestion spectra wrote (a JSON object of ``config()``'s fields alone):
         never a PEFT ``adapter_config.json`` or any other file, and never a
         file inside the adapter, checkpoint or report folder suggested from.
+
+        Args:
+            path: the JSON file to write (its folder is made if missing).
+            force: replace a suggestion spectra wrote there; default False.
+
+        Returns:
+            ``path``, as a ``Path``.
+
+        Raises:
+            ReportExistsError: ``path`` exists and is not replaceable (see
+                above), or lies inside what was read.
+
+        Example::
+
+            spectra.suggest("adapter/", energy=0.95).save("ranks.json")
         """
         path = Path(path)
         check_suggestion_target(path, force, self.sources)
@@ -103,6 +155,28 @@ def suggest(
     ``energy`` ∈ (0, 1] is the share of ‖ΔW‖_F² to keep. A checkpoint is
     analysed first (``spectra.analyze(source, base, modules="all",
     **analysis)``); a report is used as saved.
+
+    Args:
+        source: a ``Report``, a report folder, or a checkpoint (path or Hub id).
+        energy: the share of ‖ΔW‖_F² to keep, in (0, 1]; default 0.9.
+        base: the base model, for a checkpoint that needs one; ``None`` (the
+            default): none.
+        **analysis: ``analyze``'s other arguments (``modules`` defaults to
+            ``"all"``; ``layers``, ``device``, loader options, …).
+
+    Returns:
+        A ``Suggestion``: one row per module with its rank now and the
+        suggested one, ``config()`` and ``warnings``.
+
+    Raises:
+        SpectraError: ``energy`` outside (0, 1], or a report analysed per head
+            (and every error of ``analyze``).
+
+    Example::
+
+        suggestion = spectra.suggest("adapter/", energy=0.9)
+        suggestion.config()["rank_pattern"]
+        suggestion.save("ranks.json")
     """
     if not 0 < energy <= 1:
         raise SpectraError(f"energy must be in (0, 1], got {energy} ({ENERGY})")
