@@ -63,7 +63,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """One module as ``describe()`` sees it, before anything is computed."""
+    """One module as ``describe()`` sees it, before anything is computed.
+
+    Args:
+        layer: the layer index.
+        role: the module's role (``"k"``, ``"v"``, …).
+        name: the tensor (or module) name in the checkpoint.
+        shape: ``(d_out, d_in)`` of ΔW; ``d_in`` None when it needs the base (VeRA).
+        dtype: the stored dtype, e.g. ``"bfloat16"``.
+        kind: ``"dense"`` or ``"factored"``.
+        rank: the adapter rank r; ``None`` (the default) for a dense ΔW.
+        scale: the adapter's scale; ``None`` (the default): none or not known.
+        scale_source: where the scale came from, e.g. ``"config: lora_alpha/r"``;
+            ``None`` (the default): no scale.
+        heads: the number of heads of a multi-head module; ``None`` (the
+            default): no heads.
+        experts: the number of experts of a mixture-of-experts role (one row
+            each); ``None`` (the default): not one.
+
+    Example:
+        >>> info = ModuleInfo(0, "v", "layers.0.v_proj", (64, 64), "float32", "factored", rank=8)
+        >>> info.role, info.shape, info.rank
+        ('v', (64, 64), 8)
+    """
 
     layer: int
     role: str
@@ -80,7 +102,25 @@ class ModuleInfo:
 
 @dataclass
 class CheckpointInfo:
-    """The result of ``describe()``: format, variant, modules and warnings."""
+    """The result of ``describe()``: format, variant, modules and warnings.
+
+    Args:
+        path: the checkpoint's path.
+        format: the registered format's name (``"peft"``, ``"full"``, …).
+        variant: a human name of what was detected, e.g. ``"LoRA"``.
+        base: the base model's path; ``None``: none.
+        modules: one ``ModuleInfo`` per (layer, role).
+        warnings: warnings about the checkpoint as a whole; default none.
+        details: format-specific facts (files, config fields); default none.
+        not_analysed: ``(tensor, reason)`` for every tensor no ΔW uses;
+            default none.
+
+    Example:
+        >>> info = CheckpointInfo("adapter", "peft", "LoRA", None, [])
+        >>> info.not_analysed = [("lm_head.weight", "modules_to_save"), ("b", "bias")]
+        >>> info.not_analysed_by_reason()
+        {'modules_to_save': ['lm_head.weight'], 'bias': ['b']}
+    """
 
     path: str
     format: str
@@ -111,7 +151,24 @@ class Selection:
 
 
 class Checkpoint(ABC):
-    """A checkpoint whose per-module ΔW spectra can analyse."""
+    """A checkpoint whose per-module ΔW spectra can analyse.
+
+    Made by ``spectra.load`` (each format has its subclass). ``describe()``
+    says what is there, computing nothing; ``plan(modules, layers)`` checks a
+    selection before any work; ``deltas(modules, layers)`` yields one
+    ``LayerDelta`` per selected module, read lazily.
+
+    Args:
+        path: the checkpoint's local path.
+        base: the base model's local path; ``None``: none.
+
+    Example::
+
+        checkpoint = spectra.load("adapter/")
+        print(checkpoint.describe().variant, checkpoint.plan("all", None).keys)
+        for delta in checkpoint.deltas(modules="v"):
+            sigma = spectra.singular_values(delta)
+    """
 
     format: str = ""
 
@@ -146,7 +203,12 @@ class Checkpoint(ABC):
         return {}
 
     def describe(self) -> CheckpointInfo:
-        """What is in the checkpoint, computing nothing (the ``inspect`` command)."""
+        """What is in the checkpoint, computing nothing (the ``inspect`` command).
+
+        Returns:
+            A ``CheckpointInfo``: format, variant, base, one ``ModuleInfo`` per
+            (layer, role), warnings, details and the tensors not analysed.
+        """
         return CheckpointInfo(
             path=str(self.path),
             format=self.format,
@@ -184,7 +246,22 @@ class Checkpoint(ABC):
     def plan(
         self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None
     ) -> Selection:
-        """Resolve and check a selection (see the module docstring) without reading weights."""
+        """Resolve and check a selection (see the module docstring) without reading weights.
+
+        Args:
+            modules: roles (``"k,v"``, a list, ``"all"``); ``None`` (the
+                default): k and v, whichever the checkpoint has.
+            layers: ``"0-3,7"`` or a list; ``None`` (the default): every layer.
+
+        Returns:
+            A ``Selection``: the (layer, role) keys, warnings, and what was
+            left out (``not_selected``, ``not_selected_note``).
+
+        Raises:
+            SelectionError: a role or layer asked for is not in the checkpoint.
+            MissingBaseError: the selection's ΔW needs a base that was not given.
+            BaseMismatchError: the base does not match the checkpoint.
+        """
         try:
             selection = select(sorted(self.available()), modules, layers, self.path)
         except _MissingRoleError as exc:  # say which unmapped modules might be the role asked for
@@ -198,7 +275,15 @@ class Checkpoint(ABC):
     def deltas(
         self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None
     ) -> Iterator[LayerDelta]:
-        """Yield the ``LayerDelta`` of each selected module, layer by layer, lazily."""
+        """Yield the ``LayerDelta`` of each selected module, layer by layer, lazily.
+
+        Args:
+            modules: as ``plan`` takes them; ``None`` (the default): k and v.
+            layers: as ``plan`` takes them; ``None`` (the default): every layer.
+
+        Returns:
+            An iterator of ``LayerDelta`` (several per module with heads).
+        """
         return self.deltas_for(self.plan(modules, layers))
 
     def deltas_for(self, selection: Selection) -> Iterator[LayerDelta]:
