@@ -63,7 +63,9 @@ class SpectraWarning(UserWarning):
     Example:
         >>> import warnings
         >>> import spectra
-        >>> warnings.filterwarnings("ignore", category=spectra.SpectraWarning)
+        >>> with warnings.catch_warnings():  # silence spectra's warnings in this block
+        ...     warnings.simplefilter("ignore", spectra.SpectraWarning)
+        ...     spectra.errors.warn("a guessed scale")
     """
 
 

@@ -261,6 +261,11 @@ class Checkpoint(ABC):
             SelectionError: a role or layer asked for is not in the checkpoint.
             MissingBaseError: the selection's ΔW needs a base that was not given.
             BaseMismatchError: the base does not match the checkpoint.
+
+        Example::
+
+            selection = spectra.load("adapter/").plan("all", "0-3")
+            print(selection.keys, selection.not_selected_note)
         """
         try:
             selection = select(sorted(self.available()), modules, layers, self.path)
@@ -283,6 +288,11 @@ class Checkpoint(ABC):
 
         Returns:
             An iterator of ``LayerDelta`` (several per module with heads).
+
+        Example::
+
+            for delta in spectra.load("adapter/").deltas(modules="k,v", layers=[0, 1]):
+                print(delta.key, delta.update)
         """
         return self.deltas_for(self.plan(modules, layers))
 
