@@ -21,7 +21,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra import Report
-from spectra.examples.reference import MultiHeadLoRALinear, MultiLoRALinear, wrap
+from spectra.examples.reference import MultiHeadLoRALinear, MultiLoRALinear
 from tests.helpers.checks import (
     DTYPES,
     assert_same_reads,
@@ -30,49 +30,28 @@ from tests.helpers.checks import (
     reference_sigma,
     relative_error,
 )
-from tests.helpers.models import MINILM_LAYERS, load_bert
-
-HEADS, RANK, ALPHA = 3, 4, 8.0
-
-
-def _wrap_and_train(minilm_dir, module_class, steps=5, seed=0):
-    torch.manual_seed(seed)
-    model = load_bert(minilm_dir)
-    replaced = wrap(
-        model, ["key", "value"], lambda linear: module_class(linear, HEADS, RANK, ALPHA)
-    )
-    assert len(replaced) == 2 * MINILM_LAYERS
-    if steps:
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=1e-2)
-        ids = torch.randint(1000, 2000, (4, 12))
-        target = torch.randn(4, 12, 384)
-        for _ in range(steps):
-            loss = (model(input_ids=ids).last_hidden_state - target).square().mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model
-
-
-def _multilora_delta(state, prefix, per_head=False):
-    A = state[f"{prefix}.lora_A"].double().numpy()  # (n, r, d_in)
-    B = state[f"{prefix}.lora_B"].double().numpy()  # (n, d_out, r)
-    c = state[f"{prefix}.lora_scaling"].double().numpy()  # (n, d_out)
-    heads = [(ALPHA / RANK) * (c[i][:, None] * B[i]) @ A[i] for i in range(len(A))]
-    return heads if per_head else sum(heads)
+from tests.helpers.models import MINILM_LAYERS
+from tests.helpers.multilora import (
+    ALPHA,
+    HEADS,
+    RANK,
+    cast_state,
+    multilora_delta,
+    prefix_of,
+    wrap_and_train,
+)
 
 
 @pytest.fixture(scope="module")
 def multilora(tmp_path_factory, minilm_dir):
-    model = _wrap_and_train(minilm_dir, MultiLoRALinear)
+    model = wrap_and_train(minilm_dir, MultiLoRALinear)
     path = tmp_path_factory.mktemp("multilora") / "final_checkpoint.pt"
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(state, path)
     # The module computes exactly the formula's ΔW: check once on a random input.
     module = model.encoder.layer[0].attention.self.key
     x = torch.randn(5, 384)
-    delta = _multilora_delta(state, "encoder.layer.0.attention.self.key")
+    delta = multilora_delta(state, "encoder.layer.0.attention.self.key")
     with torch.no_grad():
         expected = x.double().numpy() @ (module.base.weight.double().numpy() + delta).T
         np.testing.assert_allclose(
@@ -81,17 +60,13 @@ def multilora(tmp_path_factory, minilm_dir):
     return path, state
 
 
-def _prefix(layer, role):
-    return f"encoder.layer.{layer}.attention.self.{ {'k': 'key', 'v': 'value'}[role] }"
-
-
 def test_multilora_sum_matches_numpy(multilora):
     path, state = multilora
     report = spectra.analyze(path, lora_alpha=ALPHA)
     assert report.meta["source"]["format"] == "multilora"
     assert len(report) == 2 * MINILM_LAYERS and "head" not in report.columns
     for row in report.rows:
-        expected = reference_sigma(_multilora_delta(state, _prefix(row["layer"], row["role"])))
+        expected = reference_sigma(multilora_delta(state, prefix_of(row["layer"], row["role"])))
         sigma = report.spectrum(row["layer"], row["role"])
         assert len(sigma) == HEADS * RANK
         np.testing.assert_allclose(sigma, expected[: HEADS * RANK], rtol=1e-9)
@@ -106,7 +81,7 @@ def test_multilora_per_head_matches_numpy(multilora, tmp_path):
         (layer, role, head) for layer in (0, 5) for role in ("k", "v") for head in range(HEADS)
     ]
     for row in report.rows:
-        heads = _multilora_delta(state, _prefix(row["layer"], row["role"]), per_head=True)
+        heads = multilora_delta(state, prefix_of(row["layer"], row["role"]), per_head=True)
         expected = reference_sigma(heads[row["head"]])
         np.testing.assert_allclose(
             report.spectrum(row["layer"], row["role"], row["head"]), expected[:RANK], rtol=1e-9
@@ -149,10 +124,6 @@ def test_convert_to_spectra_layout_and_back_gives_the_same_report(multilora, tmp
     )
 
 
-def _cast(state: dict, dtype: torch.dtype) -> dict:
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-
-
 def _check_read_twice(checkpoint, expected: dict, layers, dtype) -> None:
     """deltas() twice: bit-identical, and each ΔW and σ against the numpy formula to 1e-10."""
     first = read_deltas(checkpoint, layers=layers)
@@ -180,12 +151,12 @@ def test_multilora_in_each_dtype_read_twice_matches_numpy(multilora, tmp_path, d
     checkpoint's dtype (c_i ⊙ B_i, the stacking) shows as an error far above 1e-10."""
     _, trained = multilora
     path = tmp_path / "final_checkpoint.pt"
-    torch.save(_cast(trained, dtype), path)
+    torch.save(cast_state(trained, dtype), path)
     state = torch.load(path, weights_only=True)  # what the file holds, read with torch
     assert {t.dtype for k, t in state.items() if ".lora_" in k} == {dtype}
     layers = [5]
     summed = {
-        (layer, role, None): _multilora_delta(state, _prefix(layer, role))
+        (layer, role, None): multilora_delta(state, prefix_of(layer, role))
         for layer in layers
         for role in ("k", "v")
     }
@@ -194,13 +165,13 @@ def test_multilora_in_each_dtype_read_twice_matches_numpy(multilora, tmp_path, d
         (layer, role, head): delta
         for layer in layers
         for role in ("k", "v")
-        for head, delta in enumerate(_multilora_delta(state, _prefix(layer, role), True))
+        for head, delta in enumerate(multilora_delta(state, prefix_of(layer, role), True))
     }
     _check_read_twice(spectra.load(path, lora_alpha=ALPHA, per_head=True), per_head, layers, dtype)
 
 
 def test_untrained_multilora_is_exactly_zero_with_defined_metrics(tmp_path, minilm_dir):
-    model = _wrap_and_train(minilm_dir, MultiLoRALinear, steps=0)
+    model = wrap_and_train(minilm_dir, MultiLoRALinear, steps=0)
     path = tmp_path / "fresh.pt"
     torch.save(model.state_dict(), path)
     report = spectra.analyze(path, lora_alpha=ALPHA)
@@ -211,7 +182,7 @@ def test_untrained_multilora_is_exactly_zero_with_defined_metrics(tmp_path, mini
 
 @pytest.fixture(scope="module")
 def hydra(tmp_path_factory, minilm_dir):
-    model = _wrap_and_train(minilm_dir, MultiHeadLoRALinear, seed=3)
+    model = wrap_and_train(minilm_dir, MultiHeadLoRALinear, seed=3)
     folder = tmp_path_factory.mktemp("hydra")
     state = {}
     for name, tensor in model.state_dict().items():
@@ -239,7 +210,7 @@ def hydra(tmp_path_factory, minilm_dir):
 
 
 def _hydra_heads(state, layer, role):
-    prefix = f"base_model.model.{_prefix(layer, role)}"
+    prefix = f"base_model.model.{prefix_of(layer, role)}"
     A = state[f"{prefix}.lora_A.weight"].double().numpy()  # (r, d_in)
     return [
         (ALPHA / RANK) * state[f"{prefix}.lora_B{j}.weight"].double().numpy() @ A
@@ -281,7 +252,7 @@ def test_hydra_in_each_dtype_read_twice_matches_numpy(hydra, tmp_path, dtype):
     saved = tmp_path / "hydra"
     saved.mkdir()
     (saved / "adapter_config.json").write_text((folder / "adapter_config.json").read_text())
-    torch.save(_cast(trained, dtype), saved / "adapter_model.bin")
+    torch.save(cast_state(trained, dtype), saved / "adapter_model.bin")
     state = torch.load(saved / "adapter_model.bin", weights_only=True)
     assert {tensor.dtype for tensor in state.values()} == {dtype}
     layers = [4]

@@ -216,8 +216,7 @@ def test_real_adapters_are_measured_against_the_rank_their_update_can_reach(
 @pytest.fixture(scope="module")
 def multilora_state(minilm_dir):
     from spectra.examples.reference import MultiLoRALinear
-
-    from .test_multihead import _wrap_and_train as wrap_and_train
+    from tests.helpers.multilora import wrap_and_train
 
     model = wrap_and_train(minilm_dir, MultiLoRALinear, steps=2)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -226,16 +225,23 @@ def multilora_state(minilm_dir):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_multilora_heads_are_measured_against_their_own_rank(tmp_path, multilora_state, dtype):
     """A MultiLoRA sum of 3 rank-4 heads can reach 12; each head alone, 4 (numpy's rank)."""
-    from .test_multihead import ALPHA, HEADS, RANK, _cast, _multilora_delta, _prefix
+    from tests.helpers.multilora import (
+        ALPHA,
+        HEADS,
+        RANK,
+        cast_state,
+        multilora_delta,
+        prefix_of,
+    )
 
     path = tmp_path / "final_checkpoint.pt"
-    torch.save(_cast(multilora_state, dtype), path)
+    torch.save(cast_state(multilora_state, dtype), path)
     state = torch.load(path, weights_only=True)
     for per_head in (False, True):
         report = spectra.analyze(path, lora_alpha=ALPHA, per_head=per_head, layers=[0])
         assert len(report.rows) == (2 * HEADS if per_head else 2)
         for row in report.rows:
-            heads = _multilora_delta(state, _prefix(row["layer"], row["role"]), per_head=True)
+            heads = multilora_delta(state, prefix_of(row["layer"], row["role"]), per_head=True)
             delta = heads[row["head"]] if per_head else sum(heads)
             expected = RANK if per_head else HEADS * RANK
             assert np.linalg.matrix_rank(delta) == expected == row["rank_ceiling"]
