@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,14 +27,44 @@ from ..arguments import BASE
 from ..delta import Dense, Factored, LayerDelta
 from ..errors import BaseMismatchError, MissingBaseError, SpectraError
 from .base import Checkpoint, ModuleInfo, Selection
-from .methods import Rows
+from .methods import Rows, lora
 from .naming.architectures import ModuleRef
 from .storage.model import ModelWeights
 from .storage.tensors import TensorStore
 
-__all__ = ["AdapterCheckpoint", "Rows", "Update"]
+__all__ = ["AdaptedModule", "AdapterCheckpoint", "Rows", "Update"]
 
 Update = Dense | Factored
+
+
+@dataclass
+class AdaptedModule:
+    """One adapted module of an adapter, whatever its format: the one record every family uses.
+
+    ``module`` is its path (or key prefix) in the file and ``parts`` its
+    tensors by part (``lora_A`` → the tensor's name in the file); once the
+    reader has checked them against its config, ``rank``, ``scale`` with
+    where it came from, ``shape`` (d_out, d_in) of its ΔW and ``heads`` (a
+    multi-head module's). A family whose files say more adds those fields in
+    a subclass (the low-rank files' row order, an image model's conv kernel).
+    """
+
+    module: str
+    parts: dict[str, str] = field(default_factory=dict)
+    rank: int | None = None
+    scale: float = 1.0
+    scale_source: str = ""
+    shape: tuple[int, int] | None = None
+    heads: int | None = None
+
+    def scale_by(
+        self, rank: int, alpha: float, rank_source: str, alpha_source: str, root: bool = False
+    ) -> None:
+        """Set rank and the scale α/r (α/√r with ``root``), saying where each came from."""
+        self.rank = rank
+        self.scale = lora.scale(rank, alpha, root)
+        source = lora.scale_text(rank, alpha, rank_source, alpha_source, root)
+        self.scale_source = f"config: {source}"
 
 
 class AdapterCheckpoint(Checkpoint):

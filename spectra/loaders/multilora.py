@@ -30,7 +30,7 @@ import torch
 
 from ..arguments import LORA_ALPHA, PER_HEAD
 from ..errors import FormatError
-from .adapter import AdapterCheckpoint, Rows
+from .adapter import AdaptedModule, AdapterCheckpoint, Rows
 from .methods import lora, multilora
 from .naming.architectures import ModuleRef, canonical_name, map_with_reasons
 from .registry import Format, register
@@ -47,18 +47,30 @@ def is_multilora_file(store: TensorStore) -> bool:
     return any(_KEY.match(name) and ".lora_scaling" in name for name in store.names())
 
 
-@dataclass(frozen=True)
-class _Stacked:
-    """One MultiLoRA module: its stacked tensors and their sizes."""
+@dataclass
+class StackedModule(AdaptedModule):
+    """One MultiLoRA module: ``parts`` are its stacked ``A`` (n, r, d_in), ``B`` (n, d_out, r)
+    and ``scaling`` (n, d_out) tensors; ``heads`` is n, ``rank`` r, ``shape`` (d_out, d_in)."""
 
-    module: str
-    a: str
-    b: str
-    scaling: str
-    heads: int
-    rank: int
-    d_out: int
-    d_in: int
+    @property
+    def a(self) -> str:
+        return self.parts["A"]
+
+    @property
+    def b(self) -> str:
+        return self.parts["B"]
+
+    @property
+    def scaling(self) -> str:
+        return self.parts["scaling"]
+
+    @property
+    def d_out(self) -> int:
+        return self.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.shape[1]
 
 
 class MultiLoraCheckpoint(AdapterCheckpoint):
@@ -106,7 +118,7 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
             return float(alpha), "config: lora_alpha"
         return None, "none"
 
-    def _read_modules(self) -> dict[str, _Stacked]:
+    def _read_modules(self) -> dict[str, StackedModule]:
         parts: dict[str, dict[str, str]] = {}
         for name in self.store.names():
             match = _KEY.match(name)
@@ -129,8 +141,9 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
                     f"(n, r, d_in), lora_B (n, d_out, r) and lora_scaling (n, d_out); "
                     f"found {a}, {b}, {c}"
                 )
-            stacked[module] = _Stacked(
-                module, names["A"], names["B"], names["scaling"], a[0], a[1], b[1], a[2]
+            parts = {part: names[part] for part in ("A", "B", "scaling")}
+            stacked[module] = StackedModule(
+                module, parts, rank=a[1], shape=(b[1], a[2]), heads=a[0]
             )
         return stacked
 
@@ -138,10 +151,10 @@ class MultiLoraCheckpoint(AdapterCheckpoint):
     def variant(self) -> str:
         return "MultiLoRA (" + ("per head" if self.per_head else "sum of heads") + ")"
 
-    def scale(self, stacked: _Stacked) -> float:
+    def scale(self, stacked: StackedModule) -> float:
         return 1.0 if self.alpha is None else lora.scale(stacked.rank, self.alpha)
 
-    def scale_source(self, stacked: _Stacked) -> str:
+    def scale_source(self, stacked: StackedModule) -> str:
         if self.alpha is None:
             return f"none: α unknown, ΔW = Σ diag(c_i) B_i A_i without α/r ({LORA_ALPHA})"
         return f"{self.alpha_source}/r = {self.alpha:g}/{stacked.rank}"

@@ -1,7 +1,7 @@
 """LoRA-family files of image models (kohya, LyCORIS, diffusers): the checkpoint they share.
 
 The format modules (``kohya.py``, ``diffusers.py``) parse their key
-layouts into ``LoraModule`` records — the module's name in the file, whether
+layouts into ``ImageModule`` records — the module's name in the file, whether
 it belongs to a text encoder, and its tensors by canonical part — and say
 where a module's scale comes from (``scale_of``). This module maps the
 modules to (layer, role) with ``naming.diffusion`` (an ordinal per block, the
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,14 +50,14 @@ import torch
 from ...arguments import BASE, LAYERS, MODULES
 from ...delta import Dense
 from ...errors import FormatError
-from ..adapter import AdapterCheckpoint, Rows, Update
+from ..adapter import AdaptedModule, AdapterCheckpoint, Rows, Update
 from ..base import Selection, summarise_not_analysed
 from ..methods import lora, lycoris
 from ..naming.architectures import ModuleRef
 from ..naming.diffusion import match_roles, natural_key, reason_for
 from ..storage.tensors import TensorStore
 
-__all__ = ["METHOD_PARTS", "ImageLoraCheckpoint", "LoraModule", "safetensors_metadata"]
+__all__ = ["METHOD_PARTS", "ImageLoraCheckpoint", "ImageModule", "safetensors_metadata"]
 
 # The parts each method's ΔW is rebuilt from ("alpha" and "dora_scale" are read by all).
 METHOD_PARTS = {
@@ -76,17 +76,12 @@ BIAS = "bias of the update (diff_b, lora_up bias): adds a constant, not part of 
 
 
 @dataclass
-class LoraModule:
-    """One adapted module of the file: its name, its tensors by part, and once read its scale."""
+class ImageModule(AdaptedModule):
+    """One adapted module of an image-model file (``module``: its key prefix in the file,
+    e.g. ``lora_unet_…_to_k`` or ``unet.….to_k``), and what only these files say."""
 
-    name: str  # the module's key prefix in the file, e.g. lora_unet_…_to_k or unet.….to_k
-    text_encoder: bool  # a text encoder's module (for the reason it is left out, if it is)
-    parts: dict[str, str] = field(default_factory=dict)  # canonical part → tensor name
-    method: str = ""
-    rank: int | None = None
-    scale: float = 1.0
-    scale_source: str = ""
-    shape: tuple[int, int] = (0, 0)
+    text_encoder: bool = False  # a text encoder's module (for the reason it is left out, if it is)
+    variant: str = ""  # LoRA, LoHa, LoKr or full, from its parts
     conv: bool = False  # a conv kernel, flattened to (out, in·kh·kw)
 
 
@@ -127,7 +122,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         path: Path,
         base: Path | None,
         store: TensorStore,
-        modules: list[LoraModule],
+        modules: list[ImageModule],
         left_out: list[tuple[str, str]],
     ):
         if base is not None:
@@ -138,7 +133,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             )
         super().__init__(path, None)
         self.store = store
-        self.by_name = {module.name: module for module in modules}
+        self.by_name = {module.module: module for module in modules}
         self._left_out = list(left_out)  # (tensor, reason)
         self._map()
         if not self.modules:
@@ -149,7 +144,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
 
     # -- what the format modules provide ------------------------------------
 
-    def scale_of(self, module: LoraModule) -> tuple[float, str]:
+    def scale_of(self, module: ImageModule) -> tuple[float, str]:
         """The scale of a LoRA, LoHa or factorised LoKr module and its source; formats override.
 
         By default alpha / r from the module's ``alpha`` tensor; none, or 0,
@@ -162,7 +157,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         source = f"alpha tensor: {alpha:g}/r = {alpha:g}/{module.rank}"
         return lora.scale(module.rank, alpha), source
 
-    def alpha_tensor(self, module: LoraModule) -> float | None:
+    def alpha_tensor(self, module: ImageModule) -> float | None:
         """The module's scalar ``alpha`` tensor, or None when it has none."""
         if "alpha" not in module.parts:
             return None
@@ -184,25 +179,25 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             if method is None:
                 self._left_out += [(t, UNKNOWN_METHOD) for t in module.parts.values()]
                 continue
-            module.method = method
+            module.variant = method
             module.conv = self._is_conv(module)
-            found = match_roles(module.name)
+            found = match_roles(module.module)
             if found is None:
-                reason = reason_for(module.name, module.text_encoder, module.conv)
+                reason = reason_for(module.module, module.text_encoder, module.conv)
                 self._left_out += [(t, reason) for t in module.parts.values()]
                 continue
-            mapped[module.name] = found
+            mapped[module.module] = found
         blocks = sorted({found.block for found in mapped.values()}, key=natural_key)
         self.layers = {block: layer for layer, block in enumerate(blocks)}
         self.modules: dict[tuple[int, str], ModuleRef] = {}
         for name, found in mapped.items():
             module = self.by_name[name]
             self._resolve(module)
-            used = {*METHOD_PARTS[module.method], *_SHARED_PARTS}
+            used = {*METHOD_PARTS[module.variant], *_SHARED_PARTS}
             for part, tensor in module.parts.items():
                 if part not in used:
                     bias = part.endswith("bias") or part == "diff_b"
-                    why = BIAS if bias else f"{part}: not a part of a {module.method} module's ΔW"
+                    why = BIAS if bias else f"{part}: not a part of a {module.variant} module's ΔW"
                     self._left_out.append((tensor, why))
             layer = self.layers[found.block]
             for index, role in enumerate(found.roles):
@@ -216,42 +211,43 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
                     layer, role, name, found.family, fused=found.fused, index=index
                 )
 
-    def _shape(self, module: LoraModule, part: str) -> tuple[int, ...]:
+    def _shape(self, module: ImageModule, part: str) -> tuple[int, ...]:
         if part not in module.parts:
             raise FormatError(
-                f"{self.store.path}: module {module.name} has no {part} tensor, which a "
-                f"{module.method} module needs; found {', '.join(sorted(module.parts))}"
+                f"{self.store.path}: module {module.module} has no {part} tensor, which a "
+                f"{module.variant} module needs; found {', '.join(sorted(module.parts))}"
             )
         return tuple(self.store.info(module.parts[part]).shape)
 
-    def _is_conv(self, module: LoraModule) -> bool:
+    def _is_conv(self, module: ImageModule) -> bool:
         for part in ("lora_down", "hada_w1_b", "lokr_w2", "lokr_w2_b", "diff"):
             if part in module.parts and len(self.store.info(module.parts[part]).shape) > 2:
                 return True
         return "lora_mid" in module.parts or "hada_t1" in module.parts or "lokr_t2" in module.parts
 
-    def _bad(self, module: LoraModule, expected: str, found: str) -> FormatError:
-        return FormatError(f"{self.store.path}: {module.name}: expected {expected}; found {found}")
+    def _bad(self, module: ImageModule, expected: str, found: str) -> FormatError:
+        where = f"{self.store.path}: {module.module}"
+        return FormatError(f"{where}: expected {expected}; found {found}")
 
-    def _resolve(self, module: LoraModule) -> None:
+    def _resolve(self, module: ImageModule) -> None:
         """Check a mapped module's shapes; set its rank, (d_out, d_in) and scale."""
         for part in ("lora_mid", "hada_t1", "hada_t2", "lokr_t2"):
             if part in module.parts:
                 raise FormatError(
-                    f"{self.store.path}: {module.name} uses LyCORIS's Tucker form ({part}, made "
+                    f"{self.store.path}: {module.module} uses LyCORIS's Tucker form ({part}, made "
                     "for conv kernels) on an attention or MLP projection, which spectra does not "
                     "rebuild"
                 )
-        getattr(self, f"_resolve_{module.method.lower()}")(module)
-        if module.method == "full":
+        getattr(self, f"_resolve_{module.variant.lower()}")(module)
+        if module.variant == "full":
             module.scale, module.scale_source = 1.0, "LyCORIS full: ΔW stored whole"
-        elif module.method == "LoKr" and module.rank is None:
+        elif module.variant == "LoKr" and module.rank is None:
             module.scale = 1.0
             module.scale_source = "LoKr with whole w1 and w2: scale 1 whatever alpha says"
         else:
             module.scale, module.scale_source = self.scale_of(module)
 
-    def _resolve_lora(self, module: LoraModule) -> None:
+    def _resolve_lora(self, module: ImageModule) -> None:
         down, up = self._shape(module, "lora_down"), self._shape(module, "lora_up")
         rank = down[0]
         if len(down) < 2 or len(up) < 2 or up[1] != rank or any(d != 1 for d in up[2:]):
@@ -263,7 +259,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             )
         module.rank, module.shape = rank, (up[0], math.prod(down[1:]))
 
-    def _resolve_loha(self, module: LoraModule) -> None:
+    def _resolve_loha(self, module: ImageModule) -> None:
         w1a, w1b = self._shape(module, "hada_w1_a"), self._shape(module, "hada_w1_b")
         w2a, w2b = self._shape(module, "hada_w2_a"), self._shape(module, "hada_w2_b")
         rank = w1b[0]
@@ -277,7 +273,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             )
         module.rank, module.shape = rank, (w1a[0], math.prod(w1b[1:]))
 
-    def _factor_shape(self, module: LoraModule, which: str) -> tuple[tuple[int, int], int | None]:
+    def _factor_shape(self, module: ImageModule, which: str) -> tuple[tuple[int, int], int | None]:
         """(rows, columns) of LoKr's w1 or w2 (a conv kernel flattened), and its rank if split."""
         if f"lokr_{which}" in module.parts:
             shape = self._shape(module, f"lokr_{which}")
@@ -291,13 +287,13 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             )
         return (a[0], math.prod(b[1:])), a[1]
 
-    def _resolve_lokr(self, module: LoraModule) -> None:
+    def _resolve_lokr(self, module: ImageModule) -> None:
         (p, q), rank1 = self._factor_shape(module, "w1")
         (m, n), rank2 = self._factor_shape(module, "w2")
         module.rank = rank1 if rank1 is not None else rank2  # LyCORIS's rank_scale
         module.shape = (p * m, q * n)
 
-    def _resolve_full(self, module: LoraModule) -> None:
+    def _resolve_full(self, module: ImageModule) -> None:
         shape = self._shape(module, "diff")
         module.shape = (shape[0], math.prod(shape[1:]))
 
@@ -308,7 +304,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         methods = {}
         for ref in self.modules.values():
             module = self.by_name[ref.module]
-            name = "LoCon" if module.method == "LoRA" and module.conv else module.method
+            name = "LoCon" if module.variant == "LoRA" and module.conv else module.variant
             methods[name if name != "full" else "LyCORIS full"] = None
         return " + ".join(methods)
 
@@ -329,13 +325,13 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
 
     def module_dtype(self, ref: ModuleRef) -> torch.dtype:
         module = self.by_name[ref.module]
-        part = next(p for p in METHOD_PARTS[module.method] if p in module.parts)
+        part = next(p for p in METHOD_PARTS[module.variant] if p in module.parts)
         return self.store.info(module.parts[part]).dtype
 
     def factors(self, ref: ModuleRef) -> dict[str, object]:
         module = self.by_name[ref.module]
         return {
-            "kind": "factored" if module.method == "LoRA" else "dense",
+            "kind": "factored" if module.variant == "LoRA" else "dense",
             "rank": module.rank,
             "scale": module.scale,
             "scale_source": module.scale_source,
@@ -359,7 +355,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
             )
         super().check(selection)
 
-    def _load(self, module: LoraModule, part: str) -> torch.Tensor:
+    def _load(self, module: ImageModule, part: str) -> torch.Tensor:
         return self.store.load(module.parts[part]).double()
 
     def updates(
@@ -368,23 +364,23 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         module = self.by_name[ref.module]
         d_out, d_in = module.shape
         s = module.scale
-        if module.method == "LoRA":  # a conv kernel flattened: (r, in, kh, kw) → (r, in·kh·kw)
+        if module.variant == "LoRA":  # a conv kernel flattened: (r, in, kh, kw) → (r, in·kh·kw)
             B = self.store.load(module.parts["lora_up"]).reshape(d_out, module.rank)  # (out, r)
             A = self.store.load(module.parts["lora_down"]).reshape(module.rank, d_in)  # (r, in)
             return [(None, lora.factored(B, A, s, rows))]
-        if module.method == "LoHa":  # hada_w*_b (r, in[, kh, kw]): flattened by lycoris.loha
+        if module.variant == "LoHa":  # hada_w*_b (r, in[, kh, kw]): flattened by lycoris.loha
             w1a, w1b, w2a, w2b = (
                 self._load(module, p) for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
             )
             return [(None, lycoris.loha(w1a, w1b, w2a, w2b, s, rows=rows))]
-        if module.method == "LoKr":
+        if module.variant == "LoKr":
             w1, w2 = self._kron_factor(module, "w1"), self._kron_factor(module, "w2")
             ranks = (self._factor_shape(module, "w1")[1], self._factor_shape(module, "w2")[1])
             return [(None, lycoris.lokr(w1, w2, s, rows, ranks))]
         delta = self._load(module, "diff").reshape(d_out, d_in)  # LyCORIS full: ΔW itself
         return [(None, Dense(delta[rows]))]
 
-    def _kron_factor(self, module: LoraModule, which: str) -> torch.Tensor:
+    def _kron_factor(self, module: ImageModule, which: str) -> torch.Tensor:
         """LoKr's w1 or w2 in float64, a conv kernel flattened to (rows, in·kh·kw)."""
         if f"lokr_{which}" in module.parts:
             return lycoris.lokr_factor(whole=self.store.load(module.parts[f"lokr_{which}"]))

@@ -29,7 +29,7 @@ from ...errors import FormatError, SpectraError
 from ..methods import lora
 from ..registry import Format, register
 from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
-from .common import ImageLoraCheckpoint, LoraModule, safetensors_metadata
+from .common import ImageLoraCheckpoint, ImageModule, safetensors_metadata
 
 __all__ = ["DiffusersCheckpoint"]
 
@@ -138,8 +138,8 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
 
     def _read_modules(
         self, store: TensorStore
-    ) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
-        modules: dict[str, LoraModule] = {}
+    ) -> tuple[dict[str, ImageModule], list[tuple[str, str]]]:
+        modules: dict[str, ImageModule] = {}
         left_out = []
         adapters = set()
         for name in store.names():
@@ -152,7 +152,8 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
             match = _COMPONENT.match(module)
             component = match["component"] if match else ""
             self.component_of[module] = component
-            record = modules.setdefault(module, LoraModule(module, component.startswith("text")))
+            text_encoder = component.startswith("text")
+            record = modules.setdefault(module, ImageModule(module, text_encoder=text_encoder))
             record.parts[part] = name
         if len(adapters - {None}) > 1:
             raise FormatError(
@@ -171,22 +172,22 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
             return found
         return self.metadata if "r" in self.metadata else None
 
-    def scale_of(self, module: LoraModule) -> tuple[float, str]:
+    def scale_of(self, module: ImageModule) -> tuple[float, str]:
         if "alpha" in module.parts:
             return super().scale_of(module)
-        component = self.component_of[module.name]
+        component = self.component_of[module.module]
         config = self._config(component)
         if config is None:
-            self._unscaled.append(module.name)
+            self._unscaled.append(module.module)
             return 1.0, f"no alpha, no {METADATA_KEY}: lora_alpha = r, scale 1"
-        path = module.name[len(component) + 1 :] if component else module.name
+        path = module.module[len(component) + 1 :] if component else module.module
         where = f"{METADATA_KEY} {component + '.' if component else ''}"
         rank, alpha, rank_source, alpha_source = lora.rank_and_alpha(
             config, path, "lora_alpha", str(self.store.path), field_prefix=where
         )
         if rank != module.rank:
             raise FormatError(
-                f"{self.store.path}: {module.name}: {where}{rank_source} says r = {rank}, but "
+                f"{self.store.path}: {module.module}: {where}{rank_source} says r = {rank}, but "
                 f"its lora_A has {module.rank} rows"
             )
         rslora = bool(config.get("use_rslora"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from ...errors import SpectraError
 from ..registry import Format, register
 from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
-from .common import ImageLoraCheckpoint, LoraModule, safetensors_metadata
+from .common import ImageLoraCheckpoint, ImageModule, safetensors_metadata
 
 __all__ = ["KohyaCheckpoint"]
 
@@ -66,8 +66,8 @@ class KohyaCheckpoint(ImageLoraCheckpoint):
         return {**super().details(), **found}
 
 
-def _read_modules(store: TensorStore) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
-    modules: dict[str, LoraModule] = {}
+def _read_modules(store: TensorStore) -> tuple[dict[str, ImageModule], list[tuple[str, str]]]:
+    modules: dict[str, ImageModule] = {}
     left_out = []
     for name in store.names():
         match = _KEY.match(name)
@@ -75,7 +75,8 @@ def _read_modules(store: TensorStore) -> tuple[dict[str, LoraModule], list[tuple
             left_out.append((name, NO_MODULE))
             continue
         module = match["module"]
-        record = modules.setdefault(module, LoraModule(module, module.startswith("lora_te")))
+        text_encoder = module.startswith("lora_te")
+        record = modules.setdefault(module, ImageModule(module, text_encoder=text_encoder))
         record.parts[_part(match["part"])] = name
     return modules, left_out
 

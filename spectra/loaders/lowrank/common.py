@@ -4,7 +4,7 @@ Each of those formats stores, per adapted module, a down factor ``A`` and an
 up factor ``B`` (and, for DoRA, a magnitude vector ``m``) under names of its
 own, with the scale somewhere of its own (an absolute ``scale`` in MLX-LM's
 config, ``lora_alpha / r`` in torchtune's, ``adapter.lora.alpha / r`` in a
-GGUF header). A format module reads its names and config into ``LoraModule``
+GGUF header). A format module reads its names and config into ``LowRankModule``
 records; ``LoraFileCheckpoint`` does the rest:
 
 - ΔW = ``scale · B @ A`` in float64, kept factored (``Factored``), with
@@ -22,7 +22,7 @@ records; ``LoraFileCheckpoint`` does the rest:
   head counts such a module is analysed in its stored order, with a warning,
   and refused only where it must meet a base;
 - a module that fuses several roles (GGUF phi3's ``ffn_up``, which is
-  ``gate_up_proj``) holds one ref per role (``LoraModule.fused_refs``), each
+  ``gate_up_proj``) holds one ref per role (``LowRankModule.fused_refs``), each
   of which reads its own rows of ΔW, and of W0 for DoRA (``adapter.py``);
 - every tensor of the file is part of an analysed ΔW or listed by
   ``not_analysed()`` with its reason (``left_out``).
@@ -40,7 +40,7 @@ import torch
 
 from ...arguments import BASE, DIRECTIONAL_ONLY, SUBSPACE
 from ...errors import FormatError, MissingBaseError
-from ..adapter import AdapterCheckpoint, Rows, Update
+from ..adapter import AdaptedModule, AdapterCheckpoint, Rows, Update
 from ..base import Selection
 from ..methods import dora, lora
 from ..naming.architectures import ModuleRef
@@ -48,7 +48,7 @@ from ..naming.architectures import ModuleRef
 __all__ = [
     "HeadCounts",
     "LoraFileCheckpoint",
-    "LoraModule",
+    "LowRankModule",
     "TensorSource",
     "read_head_counts",
     "to_hf_rows",
@@ -131,20 +131,40 @@ def to_hf_rows(matrix: torch.Tensor, heads: int, head_dim: int, name: str) -> to
 
 
 @dataclass
-class LoraModule:
-    """One adapted module of a LoRA file: its tensors, rank, scale and row order."""
+class LowRankModule(AdaptedModule):
+    """One adapted module of a low-rank file, and its row order.
 
-    ref: ModuleRef
-    a: str  # the down factor's tensor name
-    b: str  # the up factor's tensor name
-    rank: int
-    shape: tuple[int, int]  # (d_out, d_in) of ΔW
-    scale: float
-    scale_source: str
-    magnitude: str | None = None  # DoRA's m (d_out,)
+    ``module`` is its path and ``parts`` its ``a`` (down) and ``b`` (up)
+    factors and, for DoRA, its ``magnitude`` m (d_out,); ``of`` builds one.
+    """
+
+    ref: ModuleRef | None = None  # its (layer, role); the first role's for a fused module
     transposed: bool = False  # a stored (d_in, r) and b (r, d_out), as MLX-LM does
     interleaved: bool = False  # q/k rows stored in the interleaved RoPE order
     fused_refs: tuple[ModuleRef, ...] = ()  # one per role of a fused module (ref is the first)
+
+    @classmethod
+    def of(
+        cls, ref: ModuleRef, a: str, b: str, magnitude: str | None = None, **fields: object
+    ) -> LowRankModule:
+        """The module ``ref`` names, with its factors' (and magnitude's) tensor names."""
+        parts = {"a": a, "b": b} | ({"magnitude": magnitude} if magnitude else {})
+        return cls(ref.module, parts, ref=ref, **fields)
+
+    @property
+    def a(self) -> str:
+        """The down factor's tensor name."""
+        return self.parts["a"]
+
+    @property
+    def b(self) -> str:
+        """The up factor's tensor name."""
+        return self.parts["b"]
+
+    @property
+    def magnitude(self) -> str | None:
+        """DoRA's magnitude vector's tensor name, if the module has one."""
+        return self.parts.get("magnitude")
 
     @property
     def refs(self) -> tuple[ModuleRef, ...]:
@@ -159,7 +179,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
     """A LoRA / DoRA file of a format of its own; subclasses fill ``lora`` and ``left_out``.
 
     Subclasses set ``format``, ``store`` (a ``TensorSource``), ``lora``
-    (module name → ``LoraModule``), ``left_out`` (``(tensor, reason)``) and
+    (module name → ``LowRankModule``), ``left_out`` (``(tensor, reason)``) and
     ``order_note`` (what stored the interleaved rows), then call ``finish``.
     """
 
@@ -194,10 +214,10 @@ class LoraFileCheckpoint(AdapterCheckpoint):
     def dora(self) -> bool:
         return any(m.magnitude for m in self.lora.values())
 
-    def module_of(self, ref: ModuleRef) -> LoraModule:
+    def module_of(self, ref: ModuleRef) -> LowRankModule:
         return self.lora[ref.module]
 
-    def interleaved(self, keys: Iterable[tuple[int, str]]) -> list[LoraModule]:
+    def interleaved(self, keys: Iterable[tuple[int, str]]) -> list[LowRankModule]:
         """The selected modules stored in the interleaved order."""
         chosen = [self.module_of(self.modules[key]) for key in keys]
         return [module for module in chosen if module.interleaved]
@@ -278,7 +298,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
             left_out += [(name, ignored) for name in magnitudes]
         return left_out
 
-    def _factors(self, module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+    def _factors(self, module: LowRankModule) -> tuple[torch.Tensor, torch.Tensor]:
         """``B (d_out, r)`` and ``A (r, d_in)`` in float64, rows in Hugging Face's order."""
         A = self.store.load(module.a).double()
         B = self.store.load(module.b).double()
@@ -286,7 +306,7 @@ class LoraFileCheckpoint(AdapterCheckpoint):
             A, B = A.T, B.T  # (d_in, r) → (r, d_in); (r, d_out) → (d_out, r)
         return self._hf_rows(module, B), A
 
-    def _hf_rows(self, module: LoraModule, rows: torch.Tensor) -> torch.Tensor:
+    def _hf_rows(self, module: LowRankModule, rows: torch.Tensor) -> torch.Tensor:
         if not module.interleaved or self.head_counts is None:
             return rows
         counts = self.head_counts

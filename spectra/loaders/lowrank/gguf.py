@@ -53,7 +53,7 @@ from ..methods import lora
 from ..naming.architectures import NO_LAYER, NO_ROLE, ModuleRef
 from ..registry import Format, register
 from ..storage.tensors import TensorInfo
-from .common import LoraFileCheckpoint, LoraModule
+from .common import LoraFileCheckpoint, LowRankModule
 
 __all__ = ["GgufLoraCheckpoint"]
 
@@ -205,7 +205,7 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
         self.lora, self.left_out = self._read_modules()
         self.finish(base)
 
-    def _read_modules(self) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
+    def _read_modules(self) -> tuple[dict[str, LowRankModule], list[tuple[str, str]]]:
         pairs: dict[str, dict[str, str]] = {}
         left_out = []
         for name in self.store.names():
@@ -240,7 +240,7 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
         self._check_roles(lora)
         return lora, left_out
 
-    def _check_roles(self, lora: dict[str, LoraModule]) -> None:
+    def _check_roles(self, lora: dict[str, LowRankModule]) -> None:
         """Refuse two tensors of one (layer, role): a fused ffn_up beside an ffn_gate."""
         seen: dict[tuple[int, str], str] = {}
         for module in lora.values():
@@ -253,7 +253,7 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
                         f"{self.architecture!r} (its ffn_up fuses gate and up)"
                     )
 
-    def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LoraModule:
+    def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LowRankModule:
         if set(parts) != {"a", "b"}:
             raise FormatError(
                 f"{self.store.path}: {ref.module}.weight has only lora_{''.join(parts)}; "
@@ -272,7 +272,7 @@ class GgufLoraCheckpoint(LoraFileCheckpoint):
         else:
             what = "absent" if self.alpha is None else "0"
             scale, source = 1.0, f"GGUF: adapter.lora.alpha {what} → 1 (llama.cpp's rule)"
-        return LoraModule(
+        return LowRankModule.of(
             ref=ref,
             a=parts["a"],
             b=parts["b"],

@@ -37,7 +37,7 @@ from ..full import FullCheckpoint
 from ..naming.architectures import map_with_reasons
 from ..registry import Format, register
 from ..storage.tensors import open_store
-from .common import LoraFileCheckpoint, LoraModule
+from .common import LoraFileCheckpoint, LowRankModule
 
 __all__ = ["MLX_CONFIG", "MLX_WEIGHTS", "MlxFullCheckpoint", "MlxLoraCheckpoint"]
 
@@ -157,7 +157,7 @@ class MlxLoraCheckpoint(LoraFileCheckpoint):
             )
         return float(scale), rank if isinstance(rank, int) else None
 
-    def _read_modules(self) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
+    def _read_modules(self) -> tuple[dict[str, LowRankModule], list[tuple[str, str]]]:
         parts: dict[str, dict[str, str]] = {}
         left_out: list[tuple[str, str]] = []
         for name in self.store.names():
@@ -184,7 +184,7 @@ class MlxLoraCheckpoint(LoraFileCheckpoint):
         """A ``LoRASwitchLinear``: its factors are 3-D ``(experts, …)``."""
         return any(len(self.store.info(name).shape) == 3 for name in parts.values())
 
-    def _module(self, ref, parts: dict[str, str]) -> LoraModule:
+    def _module(self, ref, parts: dict[str, str]) -> LowRankModule:
         missing = [p for p in ("lora_a", "lora_b") if p not in parts]
         if missing or (self.kind == "dora" and "m" not in parts):
             need = "lora_a, lora_b" + (" and m" if self.kind == "dora" else "")
@@ -201,7 +201,7 @@ class MlxLoraCheckpoint(LoraFileCheckpoint):
                 f"(lora_parameters.rank); found lora_a {a} and lora_b {b}"
             )
         magnitude = parts.get("m") if self.kind == "dora" else None
-        return LoraModule(
+        return LowRankModule.of(
             ref=ref,
             a=parts["lora_a"],
             b=parts["lora_b"],

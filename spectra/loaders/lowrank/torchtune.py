@@ -43,7 +43,7 @@ from ..methods import lora
 from ..naming.architectures import NO_LAYER, ModuleRef, canonical_name, layer_index
 from ..registry import Format, register
 from ..storage.tensors import PICKLE_SUFFIXES, TensorStore, open_store
-from .common import LoraFileCheckpoint, LoraModule
+from .common import LoraFileCheckpoint, LowRankModule
 
 __all__ = ["TorchtuneCheckpoint"]
 
@@ -156,7 +156,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
             f"{LORA_ALPHA('ALPHA')}, the lora_alpha of the recipe's config"
         )
 
-    def _read_modules(self) -> tuple[dict[str, LoraModule], list[tuple[str, str]]]:
+    def _read_modules(self) -> tuple[dict[str, LowRankModule], list[tuple[str, str]]]:
         parts: dict[str, dict[str, str]] = {}
         left_out = []
         for name in self.store.names():
@@ -177,7 +177,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
             lora[module] = self._module(ref, found)
         return lora, left_out
 
-    def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LoraModule:
+    def _module(self, ref: ModuleRef, parts: dict[str, str]) -> LowRankModule:
         if "lora_a" not in parts or "lora_b" not in parts:
             raise FormatError(
                 f"{self.store.path}: {ref.module} should have lora_a.weight and lora_b.weight; "
@@ -193,7 +193,7 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
                 f"lora_b {b}"
             )
         interleaved = ref.role in ("q", "k") and self.model_type not in _HF_ORDER
-        return LoraModule(
+        return LowRankModule.of(
             ref=ref,
             a=parts["lora_a"],
             b=parts["lora_b"],

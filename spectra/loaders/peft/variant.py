@@ -11,19 +11,18 @@ variant module registers its variants once (``register_variant``), with the
 checkpoint they are handed and never import its module at import time, so
 the dependency runs one way: checkpoint → variant families → here.
 
-``Adapted`` holds one adapted module's tensor names by part and, once the
-variant has checked the shapes against the config, its rank and scale with
-where each came from.
+``Adapted`` (``adapter.AdaptedModule``, the record every family uses) holds
+one adapted module's tensor names by part and, once the variant has checked
+the shapes against the config, its rank and scale with where each came from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..methods import lora
+from ..adapter import AdaptedModule
 
 if TYPE_CHECKING:
     from ..adapter import Rows, Update
@@ -31,26 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "Adapted", "Variant", "register_variant"]
 
-
-@dataclass
-class Adapted:
-    """One adapted module: its tensor names by part, and (once known) rank and scale."""
-
-    module: str
-    parts: dict[str, str] = field(default_factory=dict)
-    rank: int = 0
-    scale: float = 1.0
-    scale_source: str = ""
-    heads: int | None = None
-
-    def scale_by(
-        self, rank: int, alpha: float, rank_source: str, alpha_source: str, root: bool = False
-    ) -> None:
-        """Set rank and the scale α/r (α/√r with ``root``), saying where each came from."""
-        self.rank = rank
-        self.scale = lora.scale(rank, alpha, root)
-        source = lora.scale_text(rank, alpha, rank_source, alpha_source, root)
-        self.scale_source = f"config: {source}"
+Adapted = AdaptedModule  # one adapted module of a PEFT adapter: the loaders' one record
 
 
 class Variant:
