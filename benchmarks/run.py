@@ -200,7 +200,7 @@ def section_c(quick: bool, cache: Path, layers: int) -> list[dict]:
     t_spectra, report = timed(lambda: spectra.analyze(tuned, base=base, device="cpu"))
     t_naive, naive = timed(lambda: naive_script(tuned, base))
     errors = [
-        relative_error(report.spectrum(row["layer"], row["module"]), naive[row["name"]], 1e-3)
+        relative_error(report.spectrum_of(row), naive[row["name"]], 1e-3)
         for row in report.rows
     ]
     row = {
@@ -273,7 +273,7 @@ def section_e(quick: bool) -> list[dict]:
         error = float(torch.max(torch.abs(top.S - reference[:r]) / reference[:r]))
         rows.append(
             {
-                "case": f"extract d={d} r={r} ({top.method})",
+                "case": f"extract d={d} r={r} ({top.algorithm})",
                 "spectra_s": ours,
                 "baseline": "full SVD float64",
                 "baseline_s": full,
