@@ -49,6 +49,7 @@ def _pruned_adalora(tmp_path, minilm_dir, dtype, lora_alpha):
     return save_peft_adapter(model, tmp_path / "adalora", minilm_dir, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora_alpha", [0, -3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_alpha_at_most_0_scales_at_the_kept_rank_as_peft_reloads(

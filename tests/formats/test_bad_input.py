@@ -316,6 +316,7 @@ def small_pair(tmp_path_factory):
     return folder, base, (folder / "original.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -329,6 +330,7 @@ def test_corrupted_bytes_give_numpys_answer_or_an_error_naming_the_file(small_pa
     _fuzz_and_analyze(small_pair, bytes(data))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -28,6 +28,9 @@ from tests.helpers.adapters import make_peft_adapter, merged_reference
 from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
 from tests.helpers.models import load_bert
 
+# PiSSA and OLoRA adapters, initialised and converted by peft on MiniLM.
+pytestmark = pytest.mark.slow
+
 R, ALPHA = 8, 16
 
 

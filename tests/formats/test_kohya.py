@@ -222,6 +222,7 @@ LYCORIS_ALGOS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("algo", list(LYCORIS_ALGOS))
 def test_lycoris_kohya_file_matches_lycoris_forward(tmp_path, algo, dtype):

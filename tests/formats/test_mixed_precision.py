@@ -136,6 +136,7 @@ def test_subspaces_compare_the_update_not_the_rounding(tmp_path, minilm_dir):
     assert pair["similarity"] > 0.99
 
 
+@pytest.mark.slow
 def test_comparisons_and_layer_plots_mark_rows_at_the_noise_floor(rank2, minilm_dir):
     comparison = spectra.compare([rank2], ["FT-bf16"], base=minilm_dir, layers=LAYERS)
     (report,) = comparison.reports

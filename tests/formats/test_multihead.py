@@ -41,6 +41,9 @@ from tests.helpers.multilora import (
     wrap_and_train,
 )
 
+# MultiLoRA and HydraLoRA layers trained a few steps on MiniLM, in every dtype.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def multilora(tmp_path_factory, minilm_dir):

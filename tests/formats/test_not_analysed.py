@@ -54,6 +54,7 @@ def _assert_nothing_dropped(checkpoint, tensors: list[str]) -> dict[str, str]:
     return left_out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 def test_lora_bias_is_listed_and_the_weight_analysed(tmp_path, minilm_dir, safe):
     from peft import LoraConfig

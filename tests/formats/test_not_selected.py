@@ -85,6 +85,7 @@ def _assert_nothing_dropped(report, weights) -> None:
             assert not_analysed[name], name  # a reason, not an empty string
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_a_default_run_names_what_it_did_not_select(all_linear, dtype, tmp_path):
     adapter = all_linear(dtype)
@@ -136,6 +137,7 @@ def test_everything_selected_leaves_nothing_to_name(all_linear, dtype):
     assert report.meta["not_selected"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_a_full_fine_tune_counts_its_other_weights(finetunes, dtype):
     """A full fine-tune holds every weight: the default k, v leaves q, o, up, down."""
@@ -149,6 +151,7 @@ def test_a_full_fine_tune_counts_its_other_weights(finetunes, dtype):
     )
 
 
+@pytest.mark.slow
 def test_the_terminal_prints_it_under_the_table_and_in_compare(all_linear, lora_adapter, tmp_path):
     adapter = all_linear(torch.float32)  # the command line is the same for every dtype
     runner = CliRunner()

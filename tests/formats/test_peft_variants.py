@@ -125,6 +125,7 @@ def test_adalora_with_pruned_and_rank_0_modules(tmp_path, minilm_dir):
     assert any("L1.k: ΔW is exactly zero" in warning for warning in report.warnings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["loha", "lokr", "lokr_both", "vera"])
 def test_lycoris_and_vera_match_peft_merge(tmp_path, minilm_dir, kind):
     from peft import LoHaConfig, LoKrConfig, VeraConfig
@@ -177,6 +178,7 @@ def _merged_bert(folder, base) -> dict[tuple[int, str], np.ndarray]:
     return {key: weight - before[key] for key, weight in weights(merged).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
     """vera_A is as wide as the widest module (1536): each module's d_in comes from the base."""

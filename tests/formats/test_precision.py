@@ -31,6 +31,9 @@ from tests.helpers.checks import (
     relative_error,
 )
 
+# Every PEFT variant in three dtypes, each merged by peft in float64.
+pytestmark = pytest.mark.slow
+
 LAYERS = [0, 1]  # two layers carry every code path; the rest would only cost time
 
 

@@ -68,6 +68,7 @@ def test_lora_rebuilt_delta_matches_peft_merge_in_frobenius(lora_adapter):
         assert error < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -154,6 +155,7 @@ def _saved_difference(finetune, layers) -> dict[tuple[int, str], np.ndarray]:
     return differences
 
 
+@pytest.mark.slow
 def test_full_finetune_in_each_dtype_matches_numpy_on_saved_difference(finetune):
     """Single safetensors, sharded with an index, legacy .bin, bare .pt; σ against numpy."""
     dtype, ft = finetune
@@ -183,6 +185,7 @@ def test_full_finetune_in_each_dtype_matches_numpy_on_saved_difference(finetune)
         ]
 
 
+@pytest.mark.slow
 def test_full_finetune_read_twice_gives_the_same_right_update(finetune):
     """deltas() twice on one checkpoint: bit-identical reads, both W_ft − W_base exactly.
 

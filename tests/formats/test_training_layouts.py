@@ -150,6 +150,8 @@ _SHARDED_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_fsdp_dcp_sharded_over_two_ranks(tmp_path, pairs):
     """Each tensor split in row blocks over two ranks' files: DCP gathers both chunks."""
     pair = pairs(torch.bfloat16)
@@ -306,6 +308,8 @@ def zero_folders(tmp_path_factory, pairs):
     return root
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_deepspeed_zero_consolidated_by_deepspeed(zero_folders, pairs, stage, dtype):
@@ -325,6 +329,8 @@ def test_deepspeed_zero_consolidated_by_deepspeed(zero_folders, pairs, stage, dt
         }
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_deepspeed_nothing_dropped(zero_folders, pairs):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -336,6 +342,8 @@ def test_deepspeed_nothing_dropped(zero_folders, pairs):
     assert any(p.name.endswith("_optim_states.pt") for p in files)
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_deepspeed_pickles_load_weights_only(zero_folders, pairs, monkeypatch):
     """Every torch.load DeepSpeed's consolidation makes is weights-only (no code runs)."""
     seen = []
@@ -350,6 +358,8 @@ def test_deepspeed_pickles_load_weights_only(zero_folders, pairs, monkeypatch):
     assert seen and all(flag is True for flag in seen)
 
 
+@pytest.mark.slow
+@pytest.mark.deepspeed
 def test_deepspeed_shard_asking_for_code_is_refused(tmp_path, zero_folders, pairs):
     import shutil
 

@@ -46,6 +46,7 @@ def lora_model(minilm_dir):
     return random_peft_model(minilm_dir, config, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_resized_adapter_merges_to_the_best_rank_k(tmp_path, minilm_dir, lora_model, dtype):
     original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir, dtype)
@@ -81,6 +82,7 @@ def rslora_model(minilm_dir):
     return random_peft_model(minilm_dir, config, seed=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_resized_rslora_adapter_merges_to_the_best_rank_k(
     tmp_path, minilm_dir, rslora_model, dtype
@@ -104,6 +106,7 @@ def test_resized_rslora_adapter_merges_to_the_best_rank_k(
     assert config["lora_alpha"] == pytest.approx(16 / np.sqrt(8) * np.sqrt(3))  # scale kept
 
 
+@pytest.mark.slow
 def test_resize_by_energy_gives_per_module_ranks(tmp_path, minilm_dir, lora_model):
     original = save_peft_adapter(lora_model, tmp_path / "a", minilm_dir)
     spectra.resize(original.path, tmp_path / "e", energy=0.8)
@@ -148,6 +151,7 @@ def test_suggest_matches_numpy_and_builds_in_peft(tmp_path, minilm_dir, lora_mod
     assert json.loads((tmp_path / "ranks.json").read_text()) == config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_extracted_lora_merges_to_the_best_rank_k(tmp_path, finetunes, minilm_in, dtype):
     from safetensors.torch import load_file
@@ -207,6 +211,7 @@ SLOW_SPECTRA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(384, 384), (384, 1152), (1152, 384)], ids=str)
 @pytest.mark.parametrize("spectrum", list(SLOW_SPECTRA))
 @pytest.mark.parametrize("rank", [1, 4, 16])
@@ -231,6 +236,7 @@ def test_suboptimality_estimate_against_numpy(shape, spectrum, rank):
     assert abs(estimate - exact) < 0.002, (estimate, exact)
 
 
+@pytest.mark.slow
 def test_suboptimality_is_nan_when_the_truncation_is_exact():
     import torch
 

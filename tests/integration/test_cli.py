@@ -138,6 +138,7 @@ def test_usage_errors_exit_2(runner, arguments):
     assert runner.invoke(cli, arguments).exit_code == 2
 
 
+@pytest.mark.slow
 def test_demo_writes_checkpoints_reports_and_figure(runner, tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(cli, ["demo", "--out", str(out)])
@@ -186,6 +187,7 @@ def test_modules_all_means_every_role_the_checkpoint_has(runner, lora_adapter, m
     assert roles == ["q", "k", "v", "o", "up", "down"]
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(lora_adapter, tmp_path):
     """`spectra inspect … | head`: no 'error: Broken pipe' when the reader stops early."""
     import subprocess
@@ -213,6 +215,7 @@ def test_convert_refuses_what_is_not_multilora_and_says_what_it_is(runner, lora_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_compare_says_where_a_label_that_is_no_file_name_went(runner, lora_adapter, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", str(lora_adapter.path), "--label", "LoRA r=8", "--out", str(out), "-q"]

@@ -185,6 +185,7 @@ def chromium(browser: str, *arguments: str) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_analyze_html_holds_the_reports_numbers_and_needs_force(demo, tmp_path):
     runner, page, out = CliRunner(), tmp_path / "lora.html", tmp_path / "report"
     arguments = ["analyze", str(demo["lora"]), "--out", str(out), "--html", str(page), "-q"]
@@ -213,6 +214,7 @@ def test_analyze_html_holds_the_reports_numbers_and_needs_force(demo, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]  # nothing left behind
 
 
+@pytest.mark.slow
 def test_compare_html_holds_the_summary_and_every_report(compared):
     page, folder = compared
     text = page.read_text()
@@ -238,6 +240,7 @@ def test_compare_html_holds_the_summary_and_every_report(compared):
 # ---------------------------------------------------------------- Python
 
 
+@pytest.mark.slow
 def test_python_writes_the_same_page_and_refuses_what_it_should(compared, demo, tmp_path):
     page, folder = compared
     reports = [Report.load(folder / "reports" / label) for label in LABELS]
@@ -255,6 +258,7 @@ def test_python_writes_the_same_page_and_refuses_what_it_should(compared, demo, 
         write_html([reports[0]], tmp_path / "list.html")
 
 
+@pytest.mark.slow
 def test_labels_and_text_cannot_break_out_of_the_page(compared, tmp_path):
     folder = compared[1]
     report = Report.load(folder / "reports" / "LoRA")
@@ -299,6 +303,8 @@ def test_without_a_browser_the_tests_skip_saying_why_and_fail_in_ci(monkeypatch,
     assert chromium_or_skip() == str(fake)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_page_renders_in_chromium(compared, tmp_path, chromium_path):
     page, _ = compared
     data = embedded(page.read_text())
@@ -342,6 +348,8 @@ def test_the_page_renders_in_chromium(compared, tmp_path, chromium_path):
     assert (np.abs(colours.astype(int) - viridis_low).sum(axis=1) < 30).any()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_per_head_report_renders_with_a_column_per_head(demo, tmp_path, chromium_path):
     import spectra
 

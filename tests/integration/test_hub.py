@@ -21,6 +21,9 @@ import spectra
 from spectra.errors import FormatError
 from tests.helpers.checks import reference_sigma
 
+# Real adapters and bases analysed through a laid-out Hub cache.
+pytestmark = pytest.mark.slow
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 

@@ -33,6 +33,9 @@ import spectra
 from spectra.analysis.sweeps import SweepInterrupted
 from tests.helpers.models import llama_config
 
+# Twenty real `spectra` runs interrupted in subprocesses.
+pytestmark = pytest.mark.slow
+
 LAYERS = 6
 HIDDEN = 256
 HEADS = 8

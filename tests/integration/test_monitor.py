@@ -29,6 +29,9 @@ import spectra
 from spectra.errors import SelectionError, SpectraError
 from tests.helpers.models import load_bert
 
+# MiniLM trained by the Trainer and by custom loops.
+pytestmark = [pytest.mark.slow, pytest.mark.trainer]
+
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 

@@ -22,6 +22,9 @@ import spectra
 from spectra.errors import ReportExistsError
 from spectra.examples.demo import DEMO_LORA_ALPHA, write_demo_checkpoints
 
+# The demo, then every writer's refusals.
+pytestmark = pytest.mark.slow
+
 # What a Hugging Face Trainer leaves in checkpoint-N/ beside a PEFT adapter.
 TRAINER_FILES = {
     "optimizer.pt": b"optimizer state",

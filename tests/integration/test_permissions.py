@@ -19,6 +19,9 @@ from spectra_cli.main import cli
 
 import spectra
 
+# The demo and every writer, under two umasks.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
 def umask(request) -> int:

@@ -291,6 +291,7 @@ def test_layer_curve_legend_covers_no_line(comparison, metric):
     assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1  # and the legend is on the figure
 
 
+@pytest.mark.slow
 def test_histogram_legend_sits_above_every_bar(comparison):
     fig, axes = plot.histogram(comparison.reports, LABELS)
     renderer = _drawn(fig)
@@ -310,6 +311,7 @@ def test_summary_equals_the_mean_of_report_metrics(comparison):
         assert row["rows"] == len(values)
 
 
+@pytest.mark.slow
 def test_compare_command_writes_summary_reports_and_figures(demo_paths, tmp_path):
     out = tmp_path / "cmp"
     arguments = [
@@ -436,6 +438,7 @@ def test_sweep_figure_names_each_layer_in_its_own_colour():
         assert tuple(line.get_color()) == legend_colours[layer]
 
 
+@pytest.mark.slow
 def test_redraw_keeps_existing_figures_without_force(comparison, tmp_path):
     """The overwrite policy is the library's: Python users get it too."""
     pairs = zip(LABELS, comparison.reports, strict=True)

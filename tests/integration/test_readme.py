@@ -22,6 +22,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+# Every example of the README and docs, on the demo's checkpoints.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]

@@ -27,6 +27,9 @@ from tests.helpers.adapters import randomize_adapter
 from tests.helpers.checks import reference_sigma
 from tests.helpers.models import load_bert
 
+# Sweeps over a run of real adapters, serial, on a process pool and on Ray.
+pytestmark = pytest.mark.slow
+
 STEPS = (10, 20, 100)
 ALPHA, RANK = 16, 8
 
@@ -153,6 +156,7 @@ def test_process_pool_equals_serial(lora_run):
         assert all(np.array_equal(a.spectra[k], b.spectra[k]) for k in a.spectra)
 
 
+@pytest.mark.ray
 def test_ray_tasks_equal_serial(lora_run):
     import ray
 

@@ -40,6 +40,7 @@ def _modules_loaded_by(code: str) -> set[str]:
     return set(result.stdout.split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_loads_neither_torch_nor_matplotlib(command):
     args = ["--help"] if command is None else [command, "--help"]
@@ -51,6 +52,7 @@ def test_help_loads_neither_torch_nor_matplotlib(command):
     assert not {"torch", "matplotlib", "numpy", "safetensors"} & loaded
 
 
+@pytest.mark.slow
 def test_import_spectra_is_light_until_a_name_is_used():
     assert "torch" not in _modules_loaded_by("import spectra")
     assert "torch" in _modules_loaded_by("import spectra\nspectra.analyze")
@@ -248,6 +250,7 @@ def test_interrupted_sweep_keeps_finished_checkpoints_in_the_cache(v_only_run, t
     assert again.cached == [True, False, False]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_process_pool_at_once(v_only_run):
     from spectra.analysis import executors
 

@@ -190,6 +190,7 @@ def peft_models(minilm_dir):
     return {name: random_peft_model(minilm_dir, config, seed=3) for name, config in configs.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("variant", list(_peft_configs()))
 def test_real_adapters_are_measured_against_the_rank_their_update_can_reach(
@@ -222,6 +223,7 @@ def multilora_state(minilm_dir):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_multilora_heads_are_measured_against_their_own_rank(tmp_path, multilora_state, dtype):
     """A MultiLoRA sum of 3 rank-4 heads can reach 12; each head alone, 4 (numpy's rank)."""

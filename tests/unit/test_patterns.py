@@ -111,6 +111,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_a_real_adapter_with_tricky_patterns_matches_peft_merge(tmp_path, minilm_dir, dtype):
     from peft import LoraConfig

@@ -145,6 +145,7 @@ def test_a_report_from_another_version_is_compared_with_a_warning(report, tmp_pa
     assert not any("made by spectra" in w for w in fresh.reports[0].warnings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(("kind", "alpha", "rank"), [("loha", 8, 4), ("lokr", 6, 4)])
 def test_dense_adapter_rows_carry_their_scale_in_metrics_csv(

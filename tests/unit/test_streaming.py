@@ -65,6 +65,7 @@ def _assert_same_above_floor(spectra_a: dict, spectra_b: dict) -> None:
         assert np.all(np.abs(spectra_a[key] - sigma) <= floor)
 
 
+@pytest.mark.slow
 def test_streamed_and_unstreamed_reports_are_identical(bert_finetune, lora_adapter):
     for path, base in ((bert_finetune.path, bert_finetune.base), (lora_adapter.path, None)):
         plain = spectra.analyze(path, base=base, prefetch=0, jobs=1)
@@ -109,6 +110,7 @@ def test_lower_gram_is_the_smaller_gram_matrix(shape):
     np.testing.assert_allclose(np.tril(gram), np.tril(reference), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fast_path_keeps_float64_accuracy_over_a_long_inner_dimension():
     # σ from 1 to 1e-6 with 8192 columns: the documented bound at 1e-5·σ_1 is
     # ½·ε₆₄·1e10 ≈ 1.1e-6; a Gram summed by MKL in one pass over 8192 terms

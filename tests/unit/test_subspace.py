@@ -139,6 +139,7 @@ def saved_delta(ft, layer: int, role: str) -> np.ndarray:
     return tuned[name].astype(np.float64) - base[base_name].astype(np.float64)
 
 
+@pytest.mark.slow
 def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_dir, tmp_path):
     comparison = spectra.compare(
         [ft_single.path, lora_adapter.path],
@@ -208,6 +209,7 @@ def test_compare_subspace_on_minilm_ft_and_lora(ft_single, lora_adapter, minilm_
     assert again.pairs == result.pairs and again.modules == result.modules
 
 
+@pytest.mark.slow
 def test_compare_with_subspaces_reads_each_checkpoint_once(
     ft_single, lora_adapter, minilm_dir, monkeypatch
 ):
@@ -243,6 +245,7 @@ def second_lora(tmp_path_factory, minilm_dir):
     return save_peft_adapter(model, folder, minilm_dir, torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_two_adapters_without_base_match_numpy_and_leave_w0_metrics_empty(
     lora_adapter, second_lora
 ):
@@ -273,6 +276,7 @@ def test_per_head_is_refused_for_subspaces(lora_adapter):
         spectra.compare([lora_adapter.path] * 2, ["a", "b"], subspace=True, per_head=True)
 
 
+@pytest.mark.slow
 def test_cli_compare_subspace(ft_single, lora_adapter, minilm_dir, tmp_path):
     out = tmp_path / "cmp"
     result = CliRunner().invoke(

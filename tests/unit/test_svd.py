@@ -73,6 +73,7 @@ def _planted(d_out, d_in, values, seed):
 DENSE_SHAPES = [(384, 384), (64, 256), (300, 120)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("d_out", "d_in"), DENSE_SHAPES)
 def test_dense_exact_matches_numpy(d_out, d_in):
     matrix = np.random.default_rng(d_out).standard_normal((d_out, d_in))
@@ -80,6 +81,7 @@ def test_dense_exact_matches_numpy(d_out, d_in):
     np.testing.assert_allclose(sigma, reference_sigma(matrix), rtol=1e-10, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("d_out", "d_in"), DENSE_SHAPES)
 def test_dense_fast_within_its_stated_accuracy(d_out, d_in):
     """Gram eigenvalues: ≤ 1e-6 relative for σ_i ≥ 1e-5·σ_1 (docs/accuracy.md)."""
