@@ -193,8 +193,8 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
     reference = _merged_bert(adapter.path, minilm_dir)
     roles = list(_BERT_MODULES)
     checkpoint = spectra.load(adapter.path)  # the base, from base_model_name_or_path
-    first = [(d.label, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
-    second = [(d.label, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
+    first = [(d.key, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
+    second = [(d.key, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]
     assert [label for label, _ in first] == [label for label, _ in second]
     for (_, a), (_, b) in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
