@@ -4,16 +4,38 @@ Ctrl-C while the program is still importing the command line (click, the
 commands) reaches no handler of ``main``: until ``main`` is imported, an
 uncaught ``KeyboardInterrupt`` in a non-interactive process is answered here
 as ``main`` answers it later, with one line and status 130 (``interrupt.py``).
+
+An interrupt can also surface as another exception: a ``KeyboardInterrupt``
+that a library swallows in the middle of an import leaves that module half
+made, and a later use of it fails (``numpy has no attribute 'void'``). So
+the SIGINT handler notes that Ctrl-C was pressed (``interrupted``), and an
+error that follows it is answered as the interrupt it comes from.
 """
 
 import os
+import signal
 import sys
 
 NOTHING_WRITTEN = "no report was written"  # what an interrupt leaves unless a command says more
 
 
+_SIGINT = [False]  # whether Ctrl-C was pressed since the program started
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C (SIGINT) reached this process since it started."""
+    return _SIGINT[0]
+
+
+def _note_sigint(signum, frame) -> None:
+    """Python's own SIGINT handler (raise ``KeyboardInterrupt``), noting that it ran."""
+    _SIGINT[0] = True
+    signal.default_int_handler(signum, frame)
+
+
 def _interrupted_while_importing(kind, value, traceback) -> None:
-    if not issubclass(kind, KeyboardInterrupt) or hasattr(sys, "ps1") or sys.flags.interactive:
+    caused = issubclass(kind, KeyboardInterrupt) or (interrupted() and issubclass(kind, Exception))
+    if not caused or hasattr(sys, "ps1") or sys.flags.interactive:
         return _previous_hook(kind, value, traceback)
     sys.stderr.write(f"interrupted: {NOTHING_WRITTEN}\n")
     sys.stderr.flush()
@@ -28,3 +50,5 @@ def _imported() -> None:
 
 _previous_hook = sys.excepthook
 sys.excepthook = _interrupted_while_importing
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not a host's own handler
+    signal.signal(signal.SIGINT, _note_sigint)

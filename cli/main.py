@@ -20,8 +20,11 @@ import spectra
 from spectra.errors import SpectraError, command_line
 from spectra.io.memory import release_large_blocks
 
-from . import NOTHING_WRITTEN, _imported, interrupt
+from . import NOTHING_WRITTEN, _imported, interrupt, interrupted
 from .commands import COMMANDS
+
+# click's own ways out (an exit status, a usage error): never taken for an interrupt's doing
+_ANSWERED = (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
 
 
 class SpectraGroup(click.Group):
@@ -45,6 +48,12 @@ class SpectraGroup(click.Group):
                 return super().make_context(*args, **kwargs)
         except KeyboardInterrupt as exc:
             self._interrupted(exc)
+        except _ANSWERED:
+            raise
+        except Exception:
+            if not interrupted():
+                raise
+            self._interrupted(KeyboardInterrupt())  # an error the interrupt left behind
 
     def invoke(self, ctx: click.Context):
         try:
@@ -53,6 +62,12 @@ class SpectraGroup(click.Group):
                     return self._invoke(ctx)
                 except KeyboardInterrupt as exc:
                     self._interrupted(exc)
+                except _ANSWERED:
+                    raise
+                except Exception:
+                    if not interrupted():
+                        raise
+                    self._interrupted(KeyboardInterrupt())  # an error the interrupt left behind
         finally:
             if self.own_process:  # the command is over: a late Ctrl-C must not disturb the exit
                 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -326,3 +326,24 @@ def test_threads_a_consumer_left_running_are_stopped_before_the_interpreter_exit
     assert [t for t in threading.enumerate() if t.name.startswith("spectra-")] == []
     assert len(taken) <= 6  # stopped after their current item, not after the source
     stream.close()
+
+
+def test_an_error_an_interrupt_left_behind_is_answered_as_the_interrupt(monkeypatch, tmp_path):
+    """A library that swallows the ``KeyboardInterrupt`` of an import leaves the module half
+    made, and the next use of it fails with another error (``numpy has no attribute
+    'void'``): after a Ctrl-C, that error is the interrupt's, so one line and status 130."""
+    import spectra_cli
+    from click.testing import CliRunner
+    from spectra_cli.main import cli
+
+    def half_imported(*args, **kwargs):
+        raise AttributeError("module 'numpy' has no attribute 'void'")
+
+    monkeypatch.setattr(spectra, "analyze", half_imported)
+    args = ["analyze", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(cli, args)  # no Ctrl-C: the error is a bug, and shows as one
+    assert isinstance(result.exception, AttributeError)
+    monkeypatch.setattr(spectra_cli, "_SIGINT", [True])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == ["interrupted: no report was written"]
