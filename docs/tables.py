@@ -14,7 +14,7 @@ replaced whole, the rest of the page is left as written. The blocks:
   of ``loaders/naming/architectures.py``, rule by rule, and the modules it
   leaves out by name with the reason.
 
-``tests/test_docs.py`` checks that every block equals what this script makes
+``tests/integration/test_docs.py`` checks that every block equals what this script makes
 now, so a new format, option, PEFT method or architecture rule fails the
 tests until the docs are regenerated.
 """

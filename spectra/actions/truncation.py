@@ -134,7 +134,7 @@ def spectral_suboptimality(matrix: torch.Tensor, top: Truncation, seed: int = 1)
     Accuracy (``SUBOPTIMALITY_ACCURACY``): within 0.002 of the exact ratio
     from a full float64 SVD, on slowly decaying spectra where the randomized
     path is taken (σ_i = 0.98^i, 0.995^i, i^-½ and Gaussian noise, d ≤ 2048,
-    r = 1-16; tests/test_actions.py and the measurements behind them), five
+    r = 1-16; tests/integration/test_actions.py and the measurements behind them), five
     times finer than the 1.01 that ``extract`` warns at. The denominator
     converges last, so the estimate errs high (towards a warning); the
     flattest spectra (noise) converge slowest. NaN when σ_{r+1} is at the

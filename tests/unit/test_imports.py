@@ -25,7 +25,7 @@ LAYERS = [
     {"delta", "metrics"},
     {"loaders", "svd"},
     {"subspace", "report"},
-    {"flags", "plot", "html"},
+    {"plot", "html"},
     {"analysis"},
     {"actions", "integrations", "examples"},
     {"spectra"},  # the package itself: its public names, imported on first use
