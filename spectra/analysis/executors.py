@@ -109,6 +109,10 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         process.terminate()
     for process in processes:
         process.join(timeout=5)
+    for process in processes:  # one that outlived SIGTERM (busy starting up under load): SIGKILL
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def run_on_ray(
