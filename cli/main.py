@@ -10,9 +10,11 @@ exit with 2. Ctrl-C becomes one line and exit status 130, whatever is running
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -43,9 +45,24 @@ class SpectraGroup(click.Group):
         return super().__call__(*args, **kwargs)
 
     def make_context(self, *args, **kwargs) -> click.Context:
-        try:  # parsing the command line: click would say "Aborted!" and exit 1
-            with command_line():  # the parameter types' messages name flags
-                return super().make_context(*args, **kwargs)
+        # parsing the command line (click would say "Aborted!"); the types' messages name flags
+        with command_line(), self._answering_interrupts():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            # messages name flags; warnings are printed, not emitted
+            with command_line(), self._answering_interrupts():
+                return self._invoke(ctx)
+        finally:
+            if self.own_process:  # the command is over: a late Ctrl-C must not disturb the exit
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    @contextlib.contextmanager
+    def _answering_interrupts(self) -> Iterator[None]:
+        """Ctrl-C, or an error it left behind (``spectra_cli.interrupted``): one line, 130."""
+        try:
+            yield
         except KeyboardInterrupt as exc:
             self._interrupted(exc)
         except _ANSWERED:
@@ -54,23 +71,6 @@ class SpectraGroup(click.Group):
             if not interrupted():
                 raise
             self._interrupted(KeyboardInterrupt())  # an error the interrupt left behind
-
-    def invoke(self, ctx: click.Context):
-        try:
-            with command_line():  # messages name flags; warnings are printed, not emitted
-                try:
-                    return self._invoke(ctx)
-                except KeyboardInterrupt as exc:
-                    self._interrupted(exc)
-                except _ANSWERED:
-                    raise
-                except Exception:
-                    if not interrupted():
-                        raise
-                    self._interrupted(KeyboardInterrupt())  # an error the interrupt left behind
-        finally:
-            if self.own_process:  # the command is over: a late Ctrl-C must not disturb the exit
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _interrupted(self, exc: KeyboardInterrupt):
         """One line (the interrupt's own message, if a command gave one) and status 130."""
