@@ -25,7 +25,7 @@ from .methods.full import coarser_dtype, difference
 from .naming.architectures import ModuleRef
 from .registry import Format, register
 from .storage.model import MODEL_FILES, ModelWeights, find_model_file
-from .storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, open_store
+from .storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, tensor_names
 
 __all__ = ["FullCheckpoint"]
 
@@ -201,7 +201,7 @@ def claims(path: Path) -> bool:
         return find_model_file(path) is not None
     if path.suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
         return False
-    if any(_ADAPTER_KEY.search(name) for name in open_store(path).names()):
+    if any(_ADAPTER_KEY.search(name) for name in tensor_names(path)):
         raise FormatError(
             f"{path}: holds LoRA-family adapter tensors (lora_A, lora_B, …) but no "
             "adapter_config.json lies beside it, and the scale α/r is in that config: pass "

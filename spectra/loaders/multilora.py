@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,12 @@ from .adapter import AdaptedModule, AdapterCheckpoint, Rows
 from .methods import lora, multilora
 from .naming.architectures import ModuleRef, canonical_name, map_with_reasons
 from .registry import Format, register
-from .storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from .storage.tensors import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    open_store,
+    tensor_names,
+)
 
 __all__ = ["MULTILORA_TYPE", "MultiLoraCheckpoint", "is_multilora_file"]
 
@@ -42,9 +48,9 @@ MULTILORA_TYPE = "SPECTRA_MULTILORA"
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|scaling)(?:\.weight)?$")
 
 
-def is_multilora_file(store: TensorStore) -> bool:
-    """Whether a state dict holds MultiLoRA's ``lora_scaling`` vectors."""
-    return any(_KEY.match(name) and ".lora_scaling" in name for name in store.names())
+def is_multilora_file(names: Iterable[str]) -> bool:
+    """Whether a state dict with these tensor names holds MultiLoRA's ``lora_scaling`` vectors."""
+    return any(_KEY.match(name) and ".lora_scaling" in name for name in names)
 
 
 @dataclass
@@ -242,7 +248,7 @@ def claims(path: Path) -> bool:
             return False  # the PEFT reader says what is wrong with the config
     if path.suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
         return False
-    return is_multilora_file(open_store(path))
+    return is_multilora_file(tensor_names(path))
 
 
 def open_multilora(path: Path, base: Path | None, *, base_lookup=None, **options):

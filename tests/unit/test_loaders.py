@@ -236,3 +236,24 @@ def test_pickles_are_loaded_weights_only(tmp_path):
     message = str(refused.value)  # one short line: no torch advice to turn weights_only off
     assert "never runs pickled code" in message and "weights_only=False" not in message
     assert len(message) < 300 + len(str(folder))
+
+
+def test_detection_unpickles_a_file_once_however_many_formats_ask(monkeypatch, tmp_path):
+    """kohya, diffusers, MultiLoRA and the full fine-tune reader all look at a .bin's names
+    when asked whether they claim it; the pickle is read for that once, not once each."""
+    import spectra.loaders.storage.tensors as tensors
+    from spectra.loaders import detect_format
+
+    path = tmp_path / "pytorch_model.bin"
+    weights = {f"model.layers.{i}.self_attn.k_proj.weight": torch.ones(4, 4) for i in range(2)}
+    torch.save(weights, path, _use_new_zipfile_serialization=False)
+    reads = []
+    real = tensors._load_pickle
+
+    def counting(file):
+        reads.append(file)
+        return real(file)
+
+    monkeypatch.setattr(tensors, "_load_pickle", counting)
+    assert detect_format(path) == "full"
+    assert len(reads) == 1

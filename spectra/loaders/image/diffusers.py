@@ -28,7 +28,13 @@ from pathlib import Path
 from ...errors import FormatError, SpectraError
 from ..methods import lora
 from ..registry import Format, register
-from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from ..storage.tensors import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    TensorStore,
+    open_store,
+    tensor_names,
+)
 from .common import ImageLoraCheckpoint, ImageModule, safetensors_metadata
 
 __all__ = ["DiffusersCheckpoint"]
@@ -95,7 +101,7 @@ def claims(path: Path) -> bool:
     if METADATA_KEY in safetensors_metadata(weights):
         return True
     try:
-        names = open_store(weights).names()
+        names = tensor_names(weights)
     except SpectraError:
         return False  # not readable: the core detection says why
     return any(

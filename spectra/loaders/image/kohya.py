@@ -26,7 +26,13 @@ from pathlib import Path
 
 from ...errors import SpectraError
 from ..registry import Format, register
-from ..storage.tensors import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorStore, open_store
+from ..storage.tensors import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIXES,
+    TensorStore,
+    open_store,
+    tensor_names,
+)
 from .common import ImageLoraCheckpoint, ImageModule, safetensors_metadata
 
 __all__ = ["KohyaCheckpoint"]
@@ -45,7 +51,7 @@ def claims(path: Path) -> bool:
     if not path.is_file() or path.suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
         return False
     try:
-        return any(_KEY.match(name) for name in open_store(path).names())
+        return any(_KEY.match(name) for name in tensor_names(path))
     except SpectraError:
         return False  # not readable: the core detection says why
 

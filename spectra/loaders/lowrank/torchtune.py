@@ -42,7 +42,7 @@ from ...errors import FormatError
 from ..methods import lora
 from ..naming.architectures import NO_LAYER, ModuleRef, canonical_name, layer_index
 from ..registry import Format, register
-from ..storage.tensors import PICKLE_SUFFIXES, TensorStore, open_store
+from ..storage.tensors import PICKLE_SUFFIXES, TensorStore, open_store, tensor_names
 from .common import LoraFileCheckpoint, LowRankModule
 
 __all__ = ["TorchtuneCheckpoint"]
@@ -74,7 +74,7 @@ def claims(path: Path) -> bool:
     if native is None:
         return False
     try:
-        names = open_store(native).names()
+        names = tensor_names(native)
     except FormatError:
         return False
     return any(_NATIVE.search(name) for name in names)

@@ -12,6 +12,7 @@ where the file allows it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pickle
@@ -26,7 +27,7 @@ import torch
 
 from ...errors import FormatError
 
-__all__ = ["TensorInfo", "TensorStore", "open_store"]
+__all__ = ["TensorInfo", "TensorStore", "open_store", "tensor_names"]
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # what torch says the pickle asked for
 
@@ -261,6 +262,26 @@ def open_store(path: str | Path) -> TensorStore:
         return _open_index(path)
     reader = _reader_for(path)
     return TensorStore(dict.fromkeys(reader.keys(), reader), path)
+
+
+def tensor_names(path: str | Path) -> tuple[str, ...]:
+    """The tensor names of one file, read once however many formats ask.
+
+    Detection asks every registered format whether it claims a path, and
+    several look at the names: a pickle is unpickled to list them, so the
+    list is kept per file version (path, size, modification time).
+    """
+    path = Path(path).resolve()
+    try:
+        status = path.stat()
+    except OSError:  # nothing to keep: the reader says what is wrong with the path
+        return tuple(open_store(path).names())
+    return _names_of(path, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _names_of(path: Path, size: int, modified_ns: int) -> tuple[str, ...]:
+    return tuple(open_store(path).names())
 
 
 def _reader_for(path: Path) -> _SafetensorsFile | _PickleFile:
