@@ -84,12 +84,27 @@ def formats_block() -> str:
         "",
         "PEFT methods the `peft` format reads, by the `peft_type` of `adapter_config.json`:",
         "",
-        "| `peft_type` | variant | what it reads |",
-        "|---|---|---|",
+        "| `peft_type` | variant | what it reads | ΔW | follows (peft 0.21) |",
+        "|---|---|---|---|---|",
     ]
     for peft_type, variant in sorted(VARIANTS.items()):
+        if variant.refused:
+            continue
         name = type(variant).__name__
-        lines.append(f"| {_code(peft_type)} | {_code(name)} | {_cell(variant.recognised_by)} |")
+        lines.append(
+            f"| {_code(peft_type)} | {_code(name)} | {_cell(variant.recognised_by)} "
+            f"| {_cell(variant.formula) or '–'} | {_cell(variant.follows) or '–'} |"
+        )
+    refused = sorted((t, v) for t, v in VARIANTS.items() if v.refused)
+    if refused:
+        lines += [
+            "",
+            "PEFT methods refused, with the reason (no single static ΔW to analyse):",
+            "",
+            "| `peft_type` | why it is refused |",
+            "|---|---|",
+        ]
+        lines += [f"| {_code(t)} | {_cell(v.refused)} |" for t, v in refused]
     return "\n".join(lines)
 
 

@@ -42,6 +42,9 @@ class AdaLora(Variant):
 
     config_fields = ("init_r", "target_r", "lora_alpha", "rank_pattern")
     parts = ("lora_A", "lora_B", "lora_E")
+    key_parts = parts
+    formula = "B@(A⊙E)·α/(init_r + 1e-5) (factored)"
+    follows = "tuners/adalora/layer.py: SVDLinear.get_delta_weight"
 
     def name(self, ckpt: PeftCheckpoint) -> str:
         return "AdaLoRA"

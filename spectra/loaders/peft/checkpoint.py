@@ -23,6 +23,7 @@ reason, as are multi-head routers, tensors of adapters not selected,
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from .lycoris import LoHa, LoKr  # noqa: F401
 from .variant import VARIANTS, Adapted, Variant
 from .vera import Vera  # noqa: F401
 
+# The families added with peft 0.21's methods: each module registers its variants.
+from . import multiplicative, newer, shared_bases, structured  # noqa: F401  isort: skip
+
 # base_model_name_or_path → a local model folder, or None. Given by the caller
 # (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
 BaseLookup = Callable[[str], Path | None]
@@ -63,15 +67,8 @@ __all__ = [
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_PARTS = (
-    r"lora_A|lora_B\d*|lora_E|lora_magnitude_vector|lora_route"
-    r"|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2|vera_lambda_[bd]"
-)
-_KEY = re.compile(rf"^(?P<module>.+)\.(?P<part>{_PARTS})(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$")
 _BIAS = re.compile(r"^lora_B\d*$")  # lora_bias=True: lora_B is an nn.Linear with a bias
-_SHARED_VERA = re.compile(
-    r"^(?:base_model\.)?vera_(?P<which>[AB])(?:\.(?P<adapter>[A-Za-z0-9_-]+))?$"
-)
+_ADAPTER = r"(?:\.(?P<adapter>[A-Za-z0-9_-]+))?"  # the adapter name, when the key keeps it
 # Why a tensor of the file is not part of any analysed ΔW (see not_analysed()).
 LORA_BIAS = "bias of lora_B: adds a constant, not part of ΔW's spectrum"
 SAVED_MODULE = "modules_to_save: a full weight of the tuned module, not a delta"
@@ -129,22 +126,37 @@ class _Key:
     """One tensor name of an adapter file, parsed: its module, part and adapter name."""
 
     name: str
-    module: str  # canonical module path; "" for VeRA's shared vera_A / vera_B
+    module: str  # canonical module path; "" for a shared tensor (VeRA's vera_A / vera_B)
     part: str  # lora_A, lora_B0, vera_A, …
     adapter: str | None  # the adapter name kept in the key, if any
     bias: bool = False  # a lora_B bias (lora_bias=True)
 
 
+@functools.cache
+def _key_patterns(registered: int) -> tuple[re.Pattern, re.Pattern | None]:
+    """(module part, shared tensor) patterns over every registered variant's tensor names.
+
+    ``registered`` (the number of variants) keys the cache, so that a variant
+    registered later is parsed too.
+    """
+    module_parts = "|".join(part for v in VARIANTS.values() for part in v.key_parts)
+    shared_parts = "|".join(part for v in VARIANTS.values() for part in v.shared_parts)
+    module = re.compile(rf"^(?P<module>.+)\.(?P<part>{module_parts}){_ADAPTER}$")
+    shared = re.compile(rf"^(?:base_model\.)?(?P<part>{shared_parts}){_ADAPTER}$")
+    return module, shared if shared_parts else None
+
+
 def _parse_key(name: str) -> _Key | None:
     """Parse an adapter tensor name; ``None`` for a tensor of no known part."""
+    module_key, shared_key = _key_patterns(len(VARIANTS))
     bias = name.endswith(".bias")
     stem = name.removesuffix(".bias") if bias else name.removesuffix(".weight")
-    match = _KEY.match(stem)
+    match = module_key.match(stem)
     if match is not None and (not bias or _BIAS.match(match["part"])):
         return _Key(name, canonical_name(match["module"]), match["part"], match["adapter"], bias)
-    match = _SHARED_VERA.match(stem) if not bias else None
+    match = shared_key.match(stem) if shared_key is not None and not bias else None
     if match is not None:
-        return _Key(name, "", f"vera_{match['which']}", match["adapter"])
+        return _Key(name, "", match["part"], match["adapter"])
     return None
 
 
@@ -206,6 +218,11 @@ class PeftCheckpoint(AdapterCheckpoint):
             raise FormatError(
                 f"{self.config_path}: peft_type {self.config.get('peft_type')!r} is not supported; "
                 f"spectra reads {', '.join(sorted(VARIANTS))}"
+            )
+        if variant.refused:
+            raise FormatError(
+                f"{self.config_path}: peft_type {variant.peft_type} is not analysed: "
+                f"{variant.refused}"
             )
         return variant
 

@@ -38,6 +38,9 @@ class Lora(Variant):
 
     peft_type = "LORA"
     recognised_by = "lora_A, lora_B (lora_B0… multi-head), lora_magnitude_vector (DoRA)"
+    key_parts = (r"lora_A", r"lora_B\d*", r"lora_magnitude_vector", r"lora_route")
+    formula = "s·B@A, s = α/r or α/√r (factored); DoRA: diag(m/‖V‖_row)·V − W0, V = W0 + s·B@A"
+    follows = "tuners/lora/layer.py: Linear.get_delta_weight; DoRA in tuners/lora/dora.py"
 
     why_base = "DoRA's ΔW = diag(m/‖W0 + s·B@A‖_row)(W0 + s·B@A) − W0 needs the base weight W0."
 

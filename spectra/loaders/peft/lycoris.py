@@ -36,6 +36,9 @@ class LoHa(Variant):
 
     peft_type = "LOHA"
     recognised_by = "hada_w1_a/b, hada_w2_a/b, and hada_t1/t2 cores"
+    key_parts = (r"hada_w[12]_[ab]", r"hada_t[12]")
+    formula = "(w1a@w1b)⊙(w2a@w2b)·α/r (dense)"
+    follows = "tuners/loha/layer.py: Linear.get_delta_weight"
 
     parts = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
@@ -75,6 +78,9 @@ class LoKr(Variant):
 
     peft_type = "LOKR"
     recognised_by = "lokr_w1[_a/_b], lokr_w2[_a/_b], and the lokr_t2 core"
+    key_parts = (r"lokr_w[12](?:_[ab])?", r"lokr_t2")
+    formula = "kron(w1, w2)·α/r, each factor whole or _a@_b (dense)"
+    follows = "tuners/lokr/layer.py: Linear.get_delta_weight"
 
     parts = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 

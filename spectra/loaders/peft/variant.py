@@ -39,6 +39,14 @@ class Variant:
     peft_type = ""  # the config's peft_type this variant reads: its name in ``VARIANTS``
     recognised_by = ""  # one line: the tensors and config fields it reads
 
+    # Tensor names, as regular-expression alternatives: a module's parts (``lora_A``,
+    # ``lora_B\d*``) and tensors the adapter shares across modules (VeRA's ``vera_A``).
+    key_parts: tuple[str, ...] = ()
+    shared_parts: tuple[str, ...] = ()
+    refused = ""  # why a peft_type with no single static ΔW is refused ("" = it is read)
+    formula = ""  # ΔW as docs/formats.md shows it (generated from here)
+    follows = ""  # the peft source the rebuild follows: file and function
+
     why_base = ""
     base_hint = ""  # another way out than --base, if there is one
     parts: tuple[str, ...] = ()  # the module parts ΔW is rebuilt from

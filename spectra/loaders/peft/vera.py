@@ -41,6 +41,10 @@ class Vera(Variant):
 
     config_fields = ("r", "save_projection", "projection_prng_key", "d_initial")
     parts = ("vera_lambda_b", "vera_lambda_d")
+    key_parts = parts
+    shared_parts = ("vera_A", "vera_B")
+    formula = "diag(λ_b)·B[:d_out]·diag(λ_d)·A[:, :d_in] (factored)"
+    follows = "tuners/vera/layer.py: Linear.get_delta_weight"
     why_base = (
         "VeRA slices the shared vera_A to each module's own d_in (vera_A[:, :d_in]), which is "
         "saved nowhere in the adapter: it comes from the base model's weights."
