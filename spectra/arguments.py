@@ -33,6 +33,8 @@ __all__ = [
     "GLOB",
     "HTML",
     "INITIAL",
+    "INTERFERENCE",
+    "INTERFERENCE_RANK",
     "INTRUDER_EPS",
     "INTRUDER_TOP",
     "JOBS",
@@ -148,6 +150,8 @@ SUBSPACE = declare("subspace", "--subspace", "subspace=True")
 SUBSPACE_RANK = declare("subspace_rank", "--subspace-rank")
 INTRUDER_TOP = declare("intruder_top", "--intruder-top")
 INTRUDER_EPS = declare("intruder_eps", "--intruder-eps")
+INTERFERENCE = declare("interference", "--interference", "interference=True")
+INTERFERENCE_RANK = declare("interference_rank", "--interference-rank")
 GLOB = declare("pattern", "--glob")
 CACHE = declare("cache", "--cache")
 NO_CACHE = declare("cache", "--no-cache", "cache=False")
