@@ -28,6 +28,7 @@ from ..loaders import Checkpoint, Selection
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_summary, row_flags, spectrum_key
 from ..svd import accuracy_floor, check_finite, check_method, resolve_device, singular_values_stream
+from .heads import HeadCollector
 from .sources import load
 
 __all__ = ["analyze", "build_report", "report_row", "rounding_floor_of"]
@@ -120,7 +121,8 @@ def analyze(
         A ``Report``: one row per (layer, role[, expert][, head]) with every
         metric, the σ of each ΔW (``spectrum``), and ``meta`` (the source,
         scales, device, method, versions, warnings, ``not_analysed``,
-        ``not_selected``).
+        ``not_selected``); with ``per_head=True`` on a multi-head source, its
+        head diversity in ``heads`` and ``head_shares`` (``analysis.heads``).
 
     Raises:
         FormatError: the path or an option is not readable as a checkpoint.
@@ -157,7 +159,10 @@ def analyze(
         deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
 
+    heads = HeadCollector()  # per-head ΔW of a multi-head source: head diversity (heads.py)
+
     def after(delta: LayerDelta, sigma: torch.Tensor, key: str) -> None:
+        heads(checkpoint, delta)
         done.add((delta.layer, delta.role))
         if progress is not None:
             progress(len(done) + len(skipped), total, key)
@@ -182,6 +187,7 @@ def analyze(
         )
     except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
         raise NonFiniteError(f"{source.path}: {exc}") from None
+    heads.attach(report)  # Report.heads and head_shares, when heads were analysed
     for warning in report.warnings:  # in Python, also through the warnings module (SpectraWarning)
         warn(f"{source.path}: {warning}")
     return report

@@ -34,6 +34,7 @@ from .rows import (
     spectrum_key,
     with_scale,
 )
+from .tables import HEAD_SHARES, HEADS, TABLES, Table, read_tables, write_tables
 
 __all__ = ["REPORT_FILES", "Progress", "Report", "check_target", "is_report", "version_warning"]
 
@@ -67,7 +68,8 @@ class Report:
 
     Each row's ``scale`` is filled from ``meta["scales"]`` where the row has
     none. ``save(dir)`` writes ``metrics.csv``, ``spectra.safetensors`` and
-    ``report.json`` atomically; ``Report.load(dir)`` reads them back.
+    ``report.json`` atomically (and ``heads.csv``, ``head_shares.csv`` when
+    there are heads); ``Report.load(dir)`` reads them back.
 
     Args:
         rows: one mapping per (layer, role[, expert][, head]): the ids and
@@ -76,6 +78,11 @@ class Report:
             ``spectrum_key`` (``L3.k``, ``L3.k.h1``, ``L3.gate.e5``).
         meta: the run's metadata (source, scales, device, method, versions,
             warnings, …); default empty.
+        heads: a multi-head source's head diversity, one row per (layer,
+            role, pair of heads): a ``Table`` (``spectra.report.tables``), made by
+            ``analysis.heads``; default empty.
+        head_shares: each head's share of Σ_j ‖ΔW_j‖²_F, one row per (layer,
+            role, head); default empty.
 
     Example:
         >>> import numpy as np
@@ -87,9 +94,13 @@ class Report:
     rows: list[Row]
     spectra: dict[str, np.ndarray]
     meta: dict[str, object] = field(default_factory=dict)
+    heads: Table = field(default_factory=lambda: Table(HEADS))
+    head_shares: Table = field(default_factory=lambda: Table(HEAD_SHARES))
 
     def __post_init__(self) -> None:
         self.rows = [Row(with_scale(row, self.meta)) for row in self.rows]
+        self.heads = Table(HEADS, self.heads)  # a list given is made a Table
+        self.head_shares = Table(HEAD_SHARES, self.head_shares)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -131,6 +142,7 @@ class Report:
             and self.meta == other.meta
             and self.spectra.keys() == other.spectra.keys()
             and all(np.array_equal(self.spectra[k], other.spectra[k]) for k in self.spectra)
+            and all(getattr(self, t.name) == getattr(other, t.name) for t in TABLES)
         )
 
     @property
@@ -286,6 +298,7 @@ class Report:
                 meta["sha256"] = {
                     METRICS_FILE: hashlib.sha256(csv_bytes).hexdigest(),
                     SPECTRA_FILE: hashlib.sha256(spectra_bytes).hexdigest(),
+                    **write_tables({t.name: getattr(self, t.name) for t in TABLES}, staging),
                 }
                 (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         except OSError as exc:
@@ -365,7 +378,8 @@ class Report:
                 f"{folder}: {METRICS_FILE} and {SPECTRA_FILE} list different modules; "
                 "re-run spectra analyze"
             )
-        return cls(rows=rows, spectra={key: spectra[key] for key in keys}, meta=meta)
+        tables = read_tables(folder, digests, META_FILE)  # heads.csv, … where they were saved
+        return cls(rows=rows, spectra={key: spectra[key] for key in keys}, meta=meta, **tables)
 
 
 def version_warning(report: Report) -> str | None:
