@@ -9,7 +9,7 @@ import click
 import spectra
 
 from .. import options
-from ..output import metrics_table, not_selected_line, warn, with_progress
+from ..output import metrics_table, not_selected_line, render, warn, with_progress
 
 
 @click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
@@ -82,7 +82,9 @@ def analyze(
         **options.load_options(**loader),
     )
     if as_json:
-        click.echo(json.dumps({"meta": report.meta, "rows": report.rows}, indent=2, default=str))
+        heads = {"heads": report.heads, "head_shares": report.head_shares} if report.heads else {}
+        document = {"meta": report.meta, "rows": report.rows, **heads}
+        click.echo(json.dumps(document, indent=2, default=str))
     else:
         source = report.meta["source"]
         if not quiet:
@@ -92,21 +94,49 @@ def analyze(
                 f"σ {_method(report)}"
             )
         click.echo(metrics_table(report))
+        if report.heads:  # --per-head on a multi-head source: how alike its heads are
+            click.echo(_head_table(report))
         left_out = not_selected_line(report)  # what else the checkpoint holds, and the flag
         if left_out:
             click.echo(left_out)
     warn(report.warnings)
     if out is not None:
         report.save(out, force=force)
+        figures = _head_figures(report, out)
         if not quiet:
             click.echo(
-                f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors)",
+                f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors"
+                f"{''.join(', ' + name for name in figures)})",
                 err=True,
             )
     if html_file is not None:
         report.to_html(html_file, force=force)
         if not quiet:
             click.echo(f"HTML report written to {html_file}", err=True)
+
+
+def _head_table(report) -> str:
+    """Head diversity per role: the mean over layers of each measure's mean over head pairs."""
+    from spectra.analysis.heads import head_means
+
+    rows = [
+        [r["role"], r["cosine"], r["delta_cosine"], r["subspace_similarity"]]
+        for r in head_means(report)
+    ]
+    return "\nhead diversity, mean over layers of the mean over head pairs (heads.csv):\n" + render(
+        ["role", "cosine of B heads", "cosine of ΔW_j", "subspace similarity"], rows
+    )
+
+
+def _head_figures(report, out) -> list[str]:
+    """The head files and figures in the report folder (none without heads)."""
+    if not report.heads:
+        return []
+    from spectra.plot import write_head_figures
+
+    label = report.meta["source"]["path"].rstrip("/").rsplit("/", 1)[-1]
+    written = write_head_figures([report], [label], out)
+    return ["heads.csv", "head_shares.csv", *(path.name for path in written)]
 
 
 def _method(report) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from spectra.defaults import NORMALIZATIONS
@@ -27,19 +29,34 @@ from ..output import warn
 @click.option(
     "--layer", help="Histogram of one layer (a number) or of each layer (grid) [default: pooled]."
 )
+@click.option(
+    "--heads-layer",
+    type=click.IntRange(min=0),
+    help="Reports with heads: the layer of the head × head matrix "
+    "[default: the layer whose heads are most alike].",
+)
 @options.force("Overwrite figures already in --out.")
 @options.figure_format()
-def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, figure_format):
+def plot(
+    reports, labels, out, modules, top, normalize, log_x, layer, heads_layer, force, figure_format
+):
     """Redraw the figures from saved REPORT folders, without recomputing anything:
-    figure2 (the equal-rank histograms, --top) and spectrum.
+    figure2 (the equal-rank histograms, --top) and spectrum; for reports with heads
+    (multi-head sources analysed with --per-head), heads and heads_matrix.
 
     \b
     Examples:
       spectra plot cmp/reports/FT cmp/reports/LoRA --out figs/ --format pdf
       spectra plot cmp/reports/* --out figs/ --layer grid --top all --force
     """
-    from spectra.plot import redraw
+    from spectra.plot import redraw, save_figure
+    from spectra.plot.heads import head_figures
+    from spectra.report import Report
 
+    saved = [Report.load(folder) for folder in reports]
+    names = list(labels) if labels else [Path(folder).name for folder in reports]  # as redraw's
+    # head figures: checked and drawn before anything is written (none without heads)
+    heads = head_figures(saved, names, out, figure_format, heads_layer, force=force)
     written, warnings = redraw(
         reports,
         out,
@@ -52,5 +69,6 @@ def plot(reports, labels, out, modules, top, normalize, log_x, layer, force, fig
         figure_format=figure_format,
         force=force,
     )
+    written += [save_figure(figure, path) for path, figure in heads]
     warn(warnings)
     click.echo(f"figures written to {out}/: {', '.join(path.name for path in written)}")

@@ -34,6 +34,7 @@ from ..io.hub import locate
 from ..loaders import options_for
 from ..report import Progress, Report, csv_text, is_report, noise_warning, version_warning
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from .heads import head_columns, head_summary
 from .stream import analyze
 from .subspaces import (
     SubspaceCollector,
@@ -81,6 +82,7 @@ class Comparison:
     def columns(self) -> list[str]:
         """The summary's columns: subspace ones only when they were measured."""
         extra = ["amplification", "intruder_dimensions"] if self.subspace is not None else []
+        extra += head_columns(self.reports)  # head_cosine, when there are heads
         return ["label", "role", "rows", "noise_rows", *SUMMARY_METRICS, *extra]
 
     def summary(self) -> list[dict[str, object]]:
@@ -91,7 +93,8 @@ class Comparison:
         averaged here partly measure rounding noise, not the update.
 
         With subspace metrics, also the mean over layers of the amplification
-        and of the intruder-dimension count (None without a base).
+        and of the intruder-dimension count (None without a base); with heads,
+        ``head_cosine`` (``analysis.heads.mean_head_cosine``).
 
         Returns:
             A list of dicts keyed by ``columns``: ``label``, ``role``,
@@ -118,6 +121,7 @@ class Comparison:
                 if self.subspace is not None:
                     for column in ("amplification", "intruder_dimensions"):
                         summary[column] = self.subspace.mean_by_label(label, role, column)
+                summary.update(head_summary(report, role, self.reports))  # heads.py
                 rows.append(summary)
         return rows
 
@@ -271,7 +275,8 @@ def write_figures(
     ``figure2``: the equal-rank histograms (``top``: K, default the largest
     adapter rank; see ``plot.histogram``); ``figure2_all_values``: the same
     over every value above its floor; ``spectrum``; effective rank and
-    normalized entropy by layer, with their ceilings.
+    normalized entropy by layer, with their ceilings; with heads, ``heads``
+    and ``heads_matrix_<label>`` (``plot.heads``).
     """
     from .. import plot
 
@@ -286,7 +291,7 @@ def write_figures(
     }
     return [
         plot.save_figure(fig, folder / f"{name}.{figure_format}") for name, fig in figures.items()
-    ]
+    ] + plot.write_head_figures(reports, labels, folder, figure_format)
 
 
 def compare(

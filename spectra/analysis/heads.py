@@ -44,7 +44,15 @@ from ..report import Report
 from ..report.tables import HEAD_SHARES, HEADS, Table
 from ..subspace import SUBSPACE_RANK, singular_vectors, subspace_similarity
 
-__all__ = ["HeadCollector", "HeadDiversity", "head_diversity", "mean_head_cosine"]
+__all__ = [
+    "HeadCollector",
+    "HeadDiversity",
+    "head_columns",
+    "head_diversity",
+    "head_means",
+    "head_summary",
+    "mean_head_cosine",
+]
 
 
 @dataclass(frozen=True)
@@ -268,9 +276,47 @@ def mean_head_cosine(report: Report, role: str) -> float | None:
         report = spectra.analyze("hydra/", per_head=True)
         mean_head_cosine(report, "v")
     """
+    return _mean_over_layers(report, role, "cosine")
+
+
+def _mean_over_layers(report: Report, role: str, measure: str) -> float | None:
+    """The mean over layers of each layer's mean of ``measure`` over head pairs; None if none."""
     by_layer: dict[tuple[int, object], list[float]] = {}
     for row in report.heads:
-        if row["role"] == role and row["cosine"] is not None:
-            by_layer.setdefault((row["layer"], row.get("expert")), []).append(row["cosine"])
+        if row["role"] == role and row[measure] is not None:
+            by_layer.setdefault((row["layer"], row.get("expert")), []).append(row[measure])
     means = [sum(values) / len(values) for values in by_layer.values()]
     return sum(means) / len(means) if means else None
+
+
+def head_means(report: Report) -> list[dict[str, object]]:
+    """Per role, the mean over layers of each measure's mean over head pairs (what analyze prints).
+
+    Args:
+        report: a report with heads (none: an empty list).
+
+    Returns:
+        One dict per role: ``role``, ``cosine``, ``delta_cosine``,
+        ``subspace_similarity`` (None where no value is defined).
+
+    Example::
+
+        for row in head_means(spectra.analyze("hydra/", per_head=True)):
+            print(row["role"], row["cosine"])
+    """
+    roles = dict.fromkeys(str(row["role"]) for row in report.heads)
+    measures = ("cosine", "delta_cosine", "subspace_similarity")
+    return [
+        {"role": role, **{m: _mean_over_layers(report, role, m) for m in measures}}
+        for role in roles
+    ]
+
+
+def head_columns(reports: Sequence[Report]) -> list[str]:
+    """The summary column a comparison adds when some report has heads: ``head_cosine``."""
+    return ["head_cosine"] if any(report.heads for report in reports) else []
+
+
+def head_summary(report: Report, role: str, reports: Sequence[Report]) -> dict[str, object]:
+    """A comparison summary row's ``head_cosine`` (None for a label without heads), if any."""
+    return {"head_cosine": mean_head_cosine(report, role)} if head_columns(reports) else {}

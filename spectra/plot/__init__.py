@@ -7,11 +7,11 @@ they work in scripts, notebooks and servers alike. ``save_figure`` writes
 PNG, PDF or SVG by the file's extension.
 
 One module per figure: ``figure2`` (``histogram``), ``layers``
-(``layer_curves``), ``spectrum``, ``subspace`` (``similarity_heatmap``) and
-``sweep`` (``sweep_curves``); ``redraw`` is what ``spectra plot`` runs (saved
-reports in, figures out, never over existing ones without ``force``);
-``_style`` holds the look they share and ``_rows`` what they take from
-reports.
+(``layer_curves``), ``spectrum``, ``subspace`` (``similarity_heatmap``),
+``heads`` (``head_similarity``, ``head_matrix``) and ``sweep``
+(``sweep_curves``); ``redraw`` is what ``spectra plot`` runs (saved reports
+in, figures out, never over existing ones without ``force``); ``_style``
+holds the look they share and ``_rows`` what they take from reports.
 
 ``histogram`` is the MultiLoRA paper's Figure 2 (Wang et al., 2023): the
 distribution of singular values of ΔW per projection, one overlaid histogram
@@ -35,6 +35,7 @@ from __future__ import annotations
 from ._rows import NORMALIZATIONS, common_modules, floor_of
 from ._style import PANELS_PER_ROW, method_colors, save_figure
 from .figure2 import adapter_rank, histogram
+from .heads import head_matrix, head_similarity, most_alike_layer, write_head_figures
 from .layers import ceiling, layer_curves
 from .redraw import redraw
 from .spectrum import spectrum
@@ -49,13 +50,17 @@ __all__ = [
     "chance_levels",
     "common_modules",
     "floor_of",
+    "head_matrix",
+    "head_similarity",
     "histogram",
     "layer_colours",
     "layer_curves",
     "method_colors",
+    "most_alike_layer",
     "redraw",
     "save_figure",
     "similarity_heatmap",
     "spectrum",
     "sweep_curves",
+    "write_head_figures",
 ]
