@@ -23,8 +23,8 @@ from ..output import render, warn
 @options.loader_options
 def inspect(ckpt, base, as_json, **loader):
     """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
-    where each scale came from, heads, the tensors not analysed and why, warnings)
-    without computing anything.
+    where each scale came from, heads, what its files say about the training that
+    made it, the tensors not analysed and why, warnings) without computing anything.
 
     \b
     Examples:
@@ -79,8 +79,32 @@ def inspect(ckpt, base, as_json, **loader):
         for m in info.modules
     ]
     click.echo(render(header, rows))
+    _print_training(info.training)
     _print_not_analysed(info)
     warn(info.warnings)
+
+
+def _print_training(training: dict, tags_shown: int = 10) -> None:
+    """What the files say about the training: its fields, then the dataset's top tags."""
+    if not training:
+        return
+    click.echo(f"\ntraining (as {training['written_by']} saved it, {training['source']}):")
+    fields = training.get("fields", {})
+    width = max((len(name) for name in fields), default=0) + 2
+    for name, value in fields.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else format_number(value)
+        click.echo(f"  {name + ':':<{width}}{shown}")
+    for folder, about in training.get("datasets", {}).items():
+        click.echo(f"  dataset {folder}: {json.dumps(about)}")
+    tags = list(training.get("tags", {}).items())
+    if tags:
+        top = ", ".join(f"{tag} ({count})" for tag, count in tags[:tags_shown])
+        more = (
+            f" … (+{len(tags) - tags_shown} more, --json lists them)"
+            if len(tags) > tags_shown
+            else ""
+        )
+        click.echo(f"  dataset tags, most frequent first: {top}{more}")
 
 
 def _print_not_analysed(info, shown: int = 3) -> None:

@@ -258,6 +258,8 @@ def build_report(
         "skipped": list(skipped),
         # every tensor no analysed ΔW uses, with why (loaders/base.py): [[tensor, reason], …]
         "not_analysed": [[name, reason] for name, reason in checkpoint.not_analysed()],
+        # what the checkpoint's files say about its training (loaders/storage/metadata.py)
+        "training": checkpoint.training(),
         # (layer, role) pairs the checkpoint has that the selection left out (loaders/base.py)
         "not_selected": [[layer, role] for layer, role in selection.not_selected],
         "not_selected_note": selection.not_selected_note,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,7 +47,9 @@ from ..arguments import LAYERS, MODULES
 from ..delta import LayerDelta
 from ..errors import SelectionError
 from ..selection import DEFAULT_MODULES, ROLES, layer_ranges, parse_layers, parse_modules
+from .info import CheckpointInfo, ModuleInfo, group_by_reason, summarise_not_analysed
 from .naming.architectures import ROLE_REASONS
+from .storage.metadata import trainer_state
 
 __all__ = [
     "DEFAULT_MODULES",
@@ -59,84 +61,6 @@ __all__ = [
     "not_selected_note",
     "summarise_not_analysed",
 ]
-
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    """One module as ``describe()`` sees it, before anything is computed.
-
-    Args:
-        layer: the layer index.
-        role: the module's role (``"k"``, ``"v"``, …).
-        name: the tensor (or module) name in the checkpoint.
-        shape: ``(d_out, d_in)`` of ΔW; ``d_in`` None when it needs the base (VeRA).
-        dtype: the stored dtype, e.g. ``"bfloat16"``.
-        kind: ``"dense"`` or ``"factored"``.
-        rank: the adapter rank r; ``None`` (the default) for a dense ΔW.
-        scale: the adapter's scale; ``None`` (the default): none or not known.
-        scale_source: where the scale came from, e.g. ``"config: lora_alpha/r"``;
-            ``None`` (the default): no scale.
-        heads: the number of heads of a multi-head module; ``None`` (the
-            default): no heads.
-        experts: the number of experts of a mixture-of-experts role (one row
-            each); ``None`` (the default): not one.
-
-    Example:
-        >>> info = ModuleInfo(0, "v", "layers.0.v_proj", (64, 64), "float32", "factored", rank=8)
-        >>> info.role, info.shape, info.rank
-        ('v', (64, 64), 8)
-    """
-
-    layer: int
-    role: str
-    name: str  # the tensor (or module) name in the checkpoint
-    shape: tuple[int, int | None]  # (d_out, d_in) of ΔW; d_in None: needs the base (VeRA)
-    dtype: str
-    kind: str  # "dense" or "factored"
-    rank: int | None = None  # the adapter rank r; None for a dense ΔW
-    scale: float | None = None
-    scale_source: str | None = None  # where the scale came from, e.g. "config: lora_alpha/r"
-    heads: int | None = None  # number of heads of a multi-head module
-    experts: int | None = None  # number of experts of a mixture-of-experts role (one row each)
-
-
-@dataclass
-class CheckpointInfo:
-    """The result of ``describe()``: format, variant, modules and warnings.
-
-    Args:
-        path: the checkpoint's path.
-        format: the registered format's name (``"peft"``, ``"full"``, …).
-        variant: a human name of what was detected, e.g. ``"LoRA"``.
-        base: the base model's path; ``None``: none.
-        modules: one ``ModuleInfo`` per (layer, role).
-        warnings: warnings about the checkpoint as a whole; default none.
-        details: format-specific facts (files, config fields); default none.
-        not_analysed: ``(tensor, reason)`` for every tensor no ΔW uses;
-            default none.
-
-    Example:
-        >>> info = CheckpointInfo("adapter", "peft", "LoRA", None, [])
-        >>> info.not_analysed = [("lm_head.weight", "modules_to_save"), ("b", "bias")]
-        >>> info.not_analysed_by_reason()
-        {'modules_to_save': ['lm_head.weight'], 'bias': ['b']}
-    """
-
-    path: str
-    format: str
-    variant: str
-    base: str | None
-    modules: list[ModuleInfo]
-    warnings: list[str] = field(default_factory=list)
-    details: dict[str, object] = field(default_factory=dict)
-    not_analysed: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def not_analysed_by_reason(self) -> dict[str, list[str]]:
-        """The tensors left out, grouped by reason (in order of first appearance)."""
-        return group_by_reason(self.not_analysed)
 
 
 @dataclass(frozen=True)
@@ -202,6 +126,15 @@ class Checkpoint(ABC):
         """Format-specific facts for ``describe()`` (files, config fields)."""
         return {}
 
+    def training(self) -> dict[str, object]:
+        """What the checkpoint's files say about its training (``storage.metadata``).
+
+        The default reads a Hugging Face Trainer's ``trainer_state.json`` beside
+        the weights; a format whose files carry more (kohya's ``ss_*``, MLX-LM's
+        config) says so. ``{}`` when nothing is known.
+        """
+        return trainer_state(self.path)
+
     def describe(self) -> CheckpointInfo:
         """What is in the checkpoint, computing nothing (the ``inspect`` command).
 
@@ -210,6 +143,7 @@ class Checkpoint(ABC):
             (layer, role), warnings, details and the tensors not analysed.
         """
         return CheckpointInfo(
+            training=self.training(),
             path=str(self.path),
             format=self.format,
             variant=self.variant,
@@ -423,23 +357,6 @@ def _groups(pairs: Sequence[tuple[int, str]], have_layers: Sequence[int]) -> lis
 
 def _pair_order(pair: tuple[int, str]) -> tuple[int, int, str]:
     return (pair[0], _role_order(pair[1]), pair[1])
-
-
-def group_by_reason(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """``{reason: [tensor, …]}`` from ``(tensor, reason)`` pairs, in order of first appearance."""
-    groups: dict[str, list[str]] = {}
-    for name, reason in pairs:
-        groups.setdefault(reason, []).append(name)
-    return groups
-
-
-def summarise_not_analysed(pairs: Sequence[tuple[str, str]], examples: int = 2) -> str:
-    """One line per reason: how many tensors are not analysed, and why (for warnings, errors)."""
-    parts = []
-    for reason, names in group_by_reason(pairs).items():
-        shown = ", ".join(names[:examples]) + (" …" if len(names) > examples else "")
-        parts.append(f"{len(names)} not analysed ({reason}): {shown}")
-    return "; ".join(parts)
 
 
 def _role_order(role: str) -> int:

@@ -206,6 +206,25 @@ def test_inspect_says_where_the_scale_came_from(tmp_path, llama):
     assert "config: lora_parameters.scale = 20 (absolute, no α/r)" in result.output
 
 
+def test_inspect_and_the_report_show_the_trainers_settings(tmp_path, llama):
+    """mlx_lm.lora saves its arguments in adapter_config.json: they are the training summary."""
+    from mlx_lm.lora import CONFIG_DEFAULTS
+
+    folder = write_adapter(tmp_path / "adapters", llama)
+    written = json.loads((folder / "adapter_config.json").read_text())
+    trainer = CONFIG_DEFAULTS | {"iters": 600, "learning_rate": 2e-5, "seed": 7} | written
+    save_config(trainer, folder / "adapter_config.json")
+    result = CliRunner().invoke(cli, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    section = result.output.split("training (as MLX-LM")[1]
+    for line in ("steps:", "600", "learning_rate:", "2e-05", "optimizer:", "adam", "seed:"):
+        assert line in section, section
+    summary = spectra.analyze(folder, base=llama, layers=[0]).meta["training"]["fields"]
+    assert summary["steps"] == 600 and summary["learning_rate"] == 2e-5
+    assert summary["rank"] == RANK and summary["scale"] == SCALE
+    assert summary["batch_size"] == CONFIG_DEFAULTS["batch_size"]
+
+
 def test_a_peft_folder_is_not_taken_for_mlx(lora_adapter):
     assert detect_format(lora_adapter.path) == "peft"
 

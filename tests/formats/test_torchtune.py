@@ -217,6 +217,34 @@ def test_inspect_says_where_the_scale_came_from(tmp_path, llama):
     assert "adapter_config.json: lora_alpha/r = 16/4" in result.output
 
 
+def test_inspect_and_the_report_show_the_recipe_state(tmp_path, llama):
+    """A recipe's intermediate checkpoint: recipe_state/recipe_state.pt beside epoch_N/."""
+    folder = write_adapter(tmp_path, llama)
+    state_dir = folder.parent / "recipe_state"
+    state_dir.mkdir()
+    # what the checkpointer saves: the recipe's state without the model (training/_utils.py keys)
+    state = {"seed": 1234, "epochs_run": 1, "total_epochs": 3, "max_steps_per_epoch": 50}
+    state |= {"steps_run": 50, "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}}}
+    torch.save(state, state_dir / "recipe_state.pt")
+    result = CliRunner().invoke(cli, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    section = result.output.split("training (as torchtune")[1]
+    assert "recipe_state.pt" in section
+    for name, value in (("seed", 1234), ("epochs_run", 1), ("epochs", 3), ("steps", 50)):
+        assert f"{name}:" in section and str(value) in section
+    summary = spectra.analyze(folder, base=llama, layers=[0]).meta["training"]["fields"]
+    assert summary == {
+        "rank": RANK,
+        "alpha": ALPHA,
+        "target_modules": summary["target_modules"],
+        "seed": 1234,
+        "epochs_run": 1,
+        "epochs": 3,
+        "max_steps_per_epoch": 50,
+        "steps": 50,
+    }
+
+
 def test_missing_alpha_is_refused_and_lora_alpha_supplies_it(tmp_path, llama):
     folder = write_adapter(tmp_path, llama)
     (folder / "adapter_config.json").unlink()

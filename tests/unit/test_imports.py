@@ -37,7 +37,7 @@ LAZY_UP = {
 LOADER_LAYERS = [
     {"methods", "naming"},  # the formulas; the architecture and diffusion names
     {"storage"},  # reading tensors: files, shards, pickles, training layouts, model folders
-    {"base"},  # Checkpoint and the selection rules
+    {"base", "info"},  # Checkpoint and the selection rules; what describe() reports
     {"registry", "adapter"},  # the one door; what adapters share
     {"full", "multilora", "peft", "lowrank", "image"},  # the families
     {"loaders"},  # load() and detect_format()

@@ -36,6 +36,7 @@ from ...errors import FormatError
 from ..full import FullCheckpoint
 from ..naming.architectures import map_with_reasons
 from ..registry import Format, register
+from ..storage import metadata
 from ..storage.tensors import open_store
 from .common import LoraFileCheckpoint, LowRankModule
 
@@ -221,6 +222,9 @@ class MlxLoraCheckpoint(LoraFileCheckpoint):
         fields = {k: self.config[k] for k in keys if k in self.config}
         return {"weights": str(self.store.path), **fields}
 
+    def training(self) -> dict[str, object]:
+        return metadata.mlx(self.config, self.config_path)
+
 
 class MlxFullCheckpoint(FullCheckpoint):
     """``fine_tune_type: full``: the trained layers' weights; ΔW = W_tuned − W_base."""
@@ -242,6 +246,9 @@ class MlxFullCheckpoint(FullCheckpoint):
     def details(self) -> dict[str, object]:
         keys = ("fine_tune_type", "num_layers", "model")
         return super().details() | {k: self.config[k] for k in keys if k in self.config}
+
+    def training(self) -> dict[str, object]:
+        return metadata.mlx(self.config, self.path.parent / MLX_CONFIG)
 
 
 def open_mlx(path: Path, base: Path | None, *, base_lookup=None, directional_only: bool = False):

@@ -42,6 +42,7 @@ from ...errors import FormatError
 from ..methods import lora
 from ..naming.architectures import NO_LAYER, ModuleRef, canonical_name, layer_index
 from ..registry import Format, register
+from ..storage import metadata
 from ..storage.tensors import PICKLE_SUFFIXES, TensorStore, open_store, tensor_names
 from .common import LoraFileCheckpoint, LowRankModule
 
@@ -225,6 +226,9 @@ class TorchtuneCheckpoint(LoraFileCheckpoint):
         if export.is_file():
             details["peft_export"] = f"{export.name} (the same adapter in PEFT's layout; not read)"
         return details
+
+    def training(self) -> dict[str, object]:
+        return metadata.torchtune(self.store.path.parent)
 
 
 def open_torchtune(path: Path, base: Path | None, **options) -> TorchtuneCheckpoint:
