@@ -54,6 +54,19 @@ from ..output import not_selected_line, print_summary, render, warn, with_progre
     show_default=True,
     help="A vector is an intruder when its max |cos| with W0's singular vectors is below this.",
 )
+@click.option(
+    "--interference",
+    is_flag=True,
+    help="Sources are fine-tunes of one base: also measure their task interference per "
+    "layer and pair, SAR both ways and STI (interference.csv and its heat-map). Takes a "
+    "full SVD per dense module.",
+)
+@click.option(
+    "--interference-rank",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Top-k singular vectors of each ΔW in SAR and STI  [default: its numerical rank]",
+)
 @options.out("Folder for summary.csv, reports and figures.", required=True)
 @options.html()
 @options.force("Replace an earlier comparison at --out, or file at --html.")
@@ -77,6 +90,8 @@ def compare(
     subspace_rank,
     intruder_top,
     intruder_eps,
+    interference,
+    interference_rank,
     out,
     html_file,
     force,
@@ -91,7 +106,9 @@ def compare(
 
     With --subspace, also the subspace similarity between methods (subspace_similarity.csv
     and its heat-map), and amplification and intruder dimensions per method
-    (subspace_modules.csv).
+    (subspace_modules.csv). With --interference (sources tuned from one base), the
+    subspace alignment ratio both ways and the singular task interference of each pair of
+    sources per layer (interference.csv and its heat-map).
 
     With --per-head, multi-head sources (HydraLoRA, R-LoRA, MultiLoRA) also get their
     head diversity: heads.csv and head_shares.csv in their reports, the mean head cosine
@@ -102,6 +119,7 @@ def compare(
       spectra compare tuned/ adapter/ --label FT --label LoRA --base base/ --out cmp/
       spectra compare cmp/reports/FT cmp/reports/LoRA --out cmp2/ --top all
       spectra compare tuned/ adapter/ --base base/ --subspace --out cmp3/
+      spectra compare lora-a/ lora-b/ --interference --out cmp5/
       spectra compare cmp/reports/FT cmp/reports/LoRA --out cmp4/ --html cmp.html
     """
     from spectra.analysis.comparison import check_comparison_target
@@ -128,6 +146,8 @@ def compare(
         subspace_rank=subspace_rank,
         intruder_top=intruder_top,
         intruder_eps=intruder_eps,
+        interference=interference,
+        interference_rank=interference_rank,
         jobs=jobs,
     )
     print_summary(comparison)
@@ -139,6 +159,9 @@ def compare(
             click.echo(left_out)
     if comparison.subspace is not None:
         warn(comparison.subspace.warnings)
+    if comparison.interference is not None:
+        click.echo(_interference_table(comparison.interference))
+        warn(comparison.interference.warnings)
     for label, report in zip(comparison.labels, comparison.reports, strict=True):
         warn(f"{label}: {warning}" for warning in report.warnings)
     comparison.save(out, force=force, figure_format=figure_format, top=top)
@@ -162,4 +185,13 @@ def _head_table(comparison) -> str:
     ]
     titles = ["label", "role", "cosine of B heads", "cosine of ΔW_j", "subspace similarity"]
     title = "\nhead diversity, mean over layers of the mean over head pairs (heads.csv):\n"
+    return title + render(titles, rows)
+
+
+def _interference_table(result) -> str:
+    """Task interference per pair and role: means over layers (interference.csv)."""
+    columns = ("label_a", "label_b", "role", "sar_a_to_b", "sar_b_to_a", "sti")
+    rows = [[row[c] for c in columns] for row in result.means()]
+    titles = ["label a", "label b", "role", "SAR a → b", "SAR b → a", "STI"]
+    title = "\ntask interference, mean over layers (SAR a → b: the share of b in a's subspace):\n"
     return title + render(titles, rows)

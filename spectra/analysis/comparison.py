@@ -14,7 +14,9 @@ subspace metrics of ``spectra.subspace`` on the modules all sources share:
 the summary gains the mean amplification and intruder-dimension count per
 method and module, and ``save`` writes ``subspace_similarity.csv`` (each pair
 of methods per layer), ``subspace_modules.csv`` (each method per layer) and
-the heat-map ``subspace_similarity.<ext>``.
+the heat-map ``subspace_similarity.<ext>``. With ``interference=True``
+(``--interference``), task interference of each pair per module
+(``analysis.interference``): ``interference.csv`` and ``interference.<ext>``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..loaders import options_for
 from ..report import Progress, Report, csv_text, is_report, noise_warning, version_warning
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 from .heads import head_columns, head_summary
+from .interference import InterferenceResult, chain, plan_interference, save_interference
 from .stream import analyze
 from .subspaces import (
     SubspaceCollector,
@@ -66,6 +69,8 @@ class Comparison:
         reports: one ``Report`` per label.
         subspace: the subspace metrics (``compare(..., subspace=True)``);
             ``None`` (the default): not measured.
+        interference: task interference (``compare(..., interference=True)``);
+            ``None`` (the default): not measured.
 
     Example::
 
@@ -77,6 +82,7 @@ class Comparison:
     labels: list[str]
     reports: list[Report]
     subspace: SubspaceResult | None = None
+    interference: InterferenceResult | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -245,6 +251,8 @@ class Comparison:
             write_figures(self.reports, self.labels, staging, figure_format, top)
             if self.subspace is not None:
                 self._save_subspace(staging, figure_format)
+            if self.interference is not None:  # interference.csv and its heat-map
+                save_interference(self.interference, staging, figure_format)
         return out
 
     def _save_subspace(self, folder: Path, figure_format: str) -> None:
@@ -307,6 +315,8 @@ def compare(
     subspace_rank: int = SUBSPACE_RANK,
     intruder_top: int = INTRUDER_TOP,
     intruder_eps: float = INTRUDER_EPS,
+    interference: bool = False,
+    interference_rank: int | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
     **options: object,
@@ -340,6 +350,10 @@ def compare(
             default ``INTRUDER_TOP``.
         intruder_eps: the similarity below which a vector is an intruder;
             default ``INTRUDER_EPS``.
+        interference: also measure task interference (SAR, STI) of each pair
+            of sources, fine-tunes of one base; default False.
+        interference_rank: K, the top singular vectors each ΔW brings to it;
+            ``None`` (the default): each ΔW's numerical rank.
         jobs: ``analyze``'s; ``None`` (the default): its default.
         progress: ``progress(done, total, label)`` after each module; ``None``
             (the default): no calls.
@@ -351,8 +365,9 @@ def compare(
 
     Raises:
         SpectraError: no sources, a label count that differs from the
-            sources', repeated labels, or with ``subspace`` options that
-            cannot apply or a saved report among the sources (and every error
+            sources', repeated labels, or with ``subspace`` or ``interference``
+            options that cannot apply or a saved report among the sources, or
+            with ``interference`` sources of different bases (and every error
             of ``analyze``).
 
     Example::
@@ -386,6 +401,9 @@ def compare(
         else []
     )
     sources = [source if is_report(source) else locate(source, "CKPT") for source in sources]
+    plan = None  # interference: refused, or its checkpoints opened, before any work
+    if interference:
+        plan = plan_interference(sources, labels, base, options, interference_rank, method, device)
     reports = []
     for index, source in enumerate(sources):
         if is_report(source):
@@ -407,11 +425,17 @@ def compare(
                 method,
                 jobs=jobs,
                 progress=progress,
-                each=collectors[index] if subspace else None,  # vectors in the same read
+                each=chain(
+                    collectors[index] if subspace else None, plan and plan.collectors[index]
+                ),
+                checkpoint=plan.checkpoints[index] if plan else None,  # opened by the plan
                 **given,
             )
         )
     result = Comparison(labels, reports, combine(collectors) if subspace else None)
+    result.interference = plan.finish() if plan else None
     for warning in result.subspace.warnings if result.subspace is not None else ():
+        warn(warning)
+    for warning in result.interference.warnings if result.interference is not None else ():
         warn(warning)
     return result

@@ -8,10 +8,11 @@ PNG, PDF or SVG by the file's extension.
 
 One module per figure: ``figure2`` (``histogram``), ``layers``
 (``layer_curves``), ``spectrum``, ``subspace`` (``similarity_heatmap``),
-``heads`` (``head_similarity``, ``head_matrix``) and ``sweep``
-(``sweep_curves``); ``redraw`` is what ``spectra plot`` runs (saved reports
-in, figures out, never over existing ones without ``force``); ``_style``
-holds the look they share and ``_rows`` what they take from reports.
+``interference`` (``interference_heatmap``), ``heads`` (``head_similarity``,
+``head_matrix``) and ``sweep`` (``sweep_curves``); ``redraw`` is what
+``spectra plot`` runs (saved reports in, figures out, never over existing
+ones without ``force``); ``_style`` holds the look they share and ``_rows``
+what they take from reports.
 
 ``histogram`` is the MultiLoRA paper's Figure 2 (Wang et al., 2023): the
 distribution of singular values of ΔW per projection, one overlaid histogram
@@ -36,6 +37,7 @@ from ._rows import NORMALIZATIONS, common_modules, floor_of
 from ._style import PANELS_PER_ROW, method_colors, save_figure
 from .figure2 import adapter_rank, histogram
 from .heads import head_matrix, head_similarity, most_alike_layer, write_head_figures
+from .interference import interference_heatmap
 from .layers import ceiling, layer_curves
 from .redraw import redraw
 from .spectrum import spectrum
@@ -53,6 +55,7 @@ __all__ = [
     "head_matrix",
     "head_similarity",
     "histogram",
+    "interference_heatmap",
     "layer_colours",
     "layer_curves",
     "method_colors",
