@@ -12,7 +12,12 @@ widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
 | ``dora.py`` | DoRA (``diag(m / ‖V‖_row) · V − W0``) |
 | ``lycoris.py`` | LoHa, LoKr, and the Tucker / CP cores of their conv forms |
 | ``adalora.py`` | AdaLoRA (``B @ (A ⊙ E) · s``) |
-| ``vera.py`` | VeRA (``diag(λ_b) B diag(λ_d) A``, shared A and B sliced) |
+| ``vera.py`` | VeRA (``diag(λ_b) B diag(λ_d) A``, shared A and B sliced); PVeRA (its means) |
+| ``vblora.py`` | VB-LoRA (``B @ A``, pieces mixed from a shared bank by top-k softmax) |
+| ``randlora.py`` | RandLoRA (``s · B̂ @ Â`` over frozen random bases; the bases' draw) |
+| ``tinylora.py`` | TinyLoRA (``B @ (Σ vᵢ Pᵢ) @ A``; the projections' draw) |
+| ``unilora.py`` | UniLoRA (``B @ A``, entries scaled entries of a shared θ_d) |
+| ``delora.py`` | DeLoRA (``(λ/r) · B diag(1/(‖Aᵢ‖‖Bⁱ‖)) A diag(w_norm)``) |
 | ``multilora.py`` | MultiLoRA (``s · Σ_i diag(c_i) B_i @ A_i``, or each head) |
 | ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
 

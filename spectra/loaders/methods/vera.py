@@ -6,6 +6,13 @@ sliced to the module as ``vera_A[:, :in_features]`` and
 ``vera_B[:out_features, :]``, then ``λ_b ⊙ (B @ (λ_d ⊙ A))``). ``λ_b`` is
 ``vera_lambda_b`` ``(d_out,)`` and ``λ_d`` ``vera_lambda_d`` ``(r,)``; the
 vectors carry the scale.
+
+PVeRA (peft's ``tuners/pvera/layer.py``, ``Linear.get_delta_weight``) is VeRA
+with a probabilistic middle: ``pvera_A`` ``(2r, widest d_in)`` and
+``pvera_lambda_d`` ``(2r,)`` hold a mean half and a log-variance half, and
+the merged ΔW takes the means alone, ``diag(λ_b) B[:d_out] diag(λ_d[:r])
+A[:r, :d_in]`` (``mean_delta``). ``pvera_projections`` draws its frozen
+``pvera_A`` and ``pvera_B`` from the seed as peft's ``PveraModel`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import torch
 from ...delta import Factored
 from . import ALL_ROWS, Rows
 
-__all__ = ["delta"]
+__all__ = ["delta", "mean_delta", "pvera_projections"]
 
 
 def delta(
@@ -33,3 +40,42 @@ def delta(
     scaled_B = lambda_b.double()[:, None] * B  # (d_out, r): diag(λ_b) B
     scaled_A = lambda_d.double()[:, None] * A  # (r, d_in): diag(λ_d) A
     return Factored(scaled_B[rows], scaled_A, 1.0)
+
+
+def mean_delta(
+    pvera_A: torch.Tensor,
+    pvera_B: torch.Tensor,
+    lambda_b: torch.Tensor,
+    lambda_d: torch.Tensor,
+    d_in: int,
+    rows: Rows = ALL_ROWS,
+) -> Factored:
+    """PVeRA's merged ΔW: VeRA's formula on the mean halves of ``pvera_A`` and ``λ_d``.
+
+    ``pvera_A`` is ``(2r, widest d_in)``, ``pvera_B`` ``(widest d_out, r)``,
+    ``lambda_d`` ``(2r,)``: peft's merge keeps the first r rows of each (the
+    means) and drops the log-variances.
+    """
+    half = lambda_d.shape[0] // 2
+    return delta(pvera_A[:half], pvera_B, lambda_b, lambda_d[:half], d_in, rows)
+
+
+def pvera_projections(
+    seed: int, rank: int, largest: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pvera_A (2r, d_in), pvera_B (d_out, r))`` drawn as peft's ``PveraModel`` draws them.
+
+    ``largest`` is ``(d_out, d_in)`` taken elementwise over every adapted
+    module (peft's ``_find_dim``). Both are Kaiming-uniform draws (default
+    gain) in float32 from one CPU generator seeded ``seed``, A first.
+    """
+    d_out, d_in = largest
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        A = torch.nn.init.kaiming_uniform_(
+            torch.empty(2 * rank, d_in, dtype=torch.float32), generator=generator
+        )
+        B = torch.nn.init.kaiming_uniform_(
+            torch.empty(d_out, rank, dtype=torch.float32), generator=generator
+        )
+    return A, B  # (2r, d_in), (d_out, r)

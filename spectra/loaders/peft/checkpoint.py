@@ -192,6 +192,7 @@ class PeftCheckpoint(AdapterCheckpoint):
         self.store = self._open_weights()
         self._left_out: list[tuple[str, str]] = []  # (tensor, reason): see not_analysed()
         self.adapted, self.shared, self.skipped = self._read_modules()
+        self.rebuild.check_file(self)  # a file the variant refuses whole, with its reason
         self._map_modules(encoder_layers=None)
         if base is None:
             base = self._found_base()
@@ -388,8 +389,9 @@ class PeftCheckpoint(AdapterCheckpoint):
     def module_shape(self, ref: ModuleRef) -> tuple[int, int]:
         return self.rebuild.module_shape(self, self.adapted[ref.module])
 
-    def module_dtype(self, ref: ModuleRef) -> torch.dtype:
-        return self.store.info(next(iter(self.adapted[ref.module].parts.values()))).dtype
+    def module_dtype(self, ref: ModuleRef) -> torch.dtype:  # the first floating-point part's
+        dtypes = [self.store.info(name).dtype for name in self.adapted[ref.module].parts.values()]
+        return next((dtype for dtype in dtypes if dtype.is_floating_point), dtypes[0])
 
     def shape_before_base(self, ref: ModuleRef) -> tuple[int, int | None]:
         return self.rebuild.shape_before_base(self, self.adapted[ref.module])

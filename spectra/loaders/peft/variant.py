@@ -64,6 +64,14 @@ class Variant:
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
         return []
 
+    def check_file(self, ckpt: PeftCheckpoint) -> None:
+        """Refuse, with the reason, a file this variant cannot read at all (default: none).
+
+        Called once the file's tensors are grouped, before the modules are
+        mapped: for a file that holds no module to map (UniLoRA saved with
+        its shared vector alone).
+        """
+
     def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
         """Fill in rank and scale (with their source), checking shapes against the config."""
         raise NotImplementedError
