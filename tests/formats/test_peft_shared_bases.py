@@ -99,7 +99,7 @@ def adapters(tmp_path_factory, minilm_dir):
     return made
 
 
-def _file_tensors(folder) -> dict[str, torch.dtype]:
+def _file_tensors(folder) -> dict[str, str]:  # name → safetensors dtype ("F32", "I64", …)
     with safe_open(str(folder / "adapter_model.safetensors"), "pt") as file:
         return {name: file.get_slice(name).get_dtype() for name in file.keys()}  # noqa: SIM118
 
@@ -251,6 +251,7 @@ def test_shapes_from_the_base_model(adapters, case, tmp_path, minilm_dir):
         spectra.analyze(folder)
     info = spectra.load(folder).describe()
     assert {m.shape[1] for m in info.modules} == {None}
+    assert any("comes from the base model" in warning for warning in info.warnings)
     report = spectra.analyze(folder, base=minilm_dir, method="exact")
     for row in report.rows:
         expected = reference_sigma(adapter.reference[(row["layer"], row["role"])])

@@ -102,14 +102,21 @@ class RandLora(Variant):
         )
 
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
+        notes = []
+        if ckpt.base_weights is None:
+            notes.append(
+                f"RandLoRA: each module's (d_out, d_in) comes from the base model; shapes show "
+                f"as unknown and analysing needs {BASE('DIR')}"
+            )
         if ckpt.config.get("very_sparse") or ckpt.config.get("sparse") or self._saved(ckpt):
-            return []
+            return notes
         key = ckpt.config.get("projection_prng_key")
         return [
+            *notes,
             f"RandLoRA: the frozen bases are not in the file (save_projection is false); spectra "
             f"draws them from projection_prng_key={key} as peft does, in bfloat16. peft draws "
             "them in float16 on machines without bfloat16 (GPUs before Ampere): an adapter "
-            "trained on one has other bases, which its file does not record"
+            "trained on one has other bases, which its file does not record",
         ]
 
     def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
