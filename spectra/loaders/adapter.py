@@ -229,11 +229,15 @@ class AdapterCheckpoint(Checkpoint):
         for ref, base_ref in self._pairs(key):  # one module, or one per expert
             yield from self._member_deltas(ref, base_ref)
 
+    def module_base(self, ref: ModuleRef, base_ref: ModuleRef | None) -> torch.Tensor | None:
+        """W0 of the whole adapted module, laid out as it is (``aligned_base``), or None."""
+        return None if self.base_weights is None else self.aligned_base(ref, base_ref)
+
     def _member_deltas(self, ref: ModuleRef, base_ref: ModuleRef | None) -> Iterator[LayerDelta]:
         rows = self.rows(ref)
-        base_module = base_norm = None
-        if self.base_weights is not None:
-            base_module = self.aligned_base(ref, base_ref)  # (d_out, d_in), the adapter's rows
+        base_module = self.module_base(ref, base_ref)  # (d_out, d_in), the adapter's rows
+        base_norm = None
+        if base_module is not None:
             base_norm = float(torch.linalg.vector_norm(base_module[rows]))  # this role's W0
         for head, update in self.updates(ref, rows, base_module):
             yield LayerDelta(

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from spectra_cli.main import cli
 
 import spectra
-from spectra.errors import FormatError
+from spectra.errors import FormatError, MissingBaseError
 from tests.helpers.checks import DTYPES, assert_same_reads, dtype_id, read_deltas, relative_error
 
 pytest.importorskip("diffusers")
@@ -281,14 +281,15 @@ def test_lycoris_get_diff_weight_applies_the_lokr_scale_twice(tmp_path):
         assert torch.allclose(merged, 4.0 * torch.kron(lokr.lokr_w1, w2))  # s² in the merge path
 
 
-def test_lycoris_dora_is_refused_when_analysed(tmp_path):
+def test_lycoris_dora_without_a_base_is_refused_when_analysed(tmp_path):
+    """DoRA needs W0 (tests/formats/test_image_base.py reads it with a base)."""
     written = write_lycoris(tmp_path, "lora", torch.float32, dora_wd=True)
     checkpoint = spectra.load(written.path)
     info = checkpoint.describe()  # inspect still works
-    assert info.modules
-    with pytest.raises(FormatError, match=r"dora_scale.*base weight W0"):
+    assert info.modules and checkpoint.variant == "DoRA"
+    with pytest.raises(MissingBaseError, match=r"dora_scale.*base weight W0"):
         list(checkpoint.deltas())
-    with pytest.raises(FormatError, match="no base model"):
+    with pytest.raises(FormatError, match="expected the base of an image-model adapter"):
         spectra.load(written.path, base=written.path)
 
 

@@ -34,8 +34,13 @@ LoKr and LoHa scale, decided against LyCORIS 4.1.3 (``lycoris/modules/lokr.py``,
 apply ``s`` once, as do the loaders that apply these files for inference.
 spectra rebuilds the update the model applies when it runs: ``s`` once.
 
-LyCORIS DoRA (``dora_scale``) needs the base weight W0, which spectra does
-not read for these files: a selection that holds such a module is refused.
+With a base (``--base``: a diffusers pipeline folder, or a single-file SD
+1.x / SDXL / Flux checkpoint) each module gets its W0 (``bases.py``): relative
+norms, ``base_weight``, and DoRA (``dora_scale`` / ``lora_magnitude_vector``),
+whose ΔW is ``V · m / ‖V‖ − W0`` with ``V = W0 + ΔW_dir`` (``methods.dora.decompose``),
+the norm over output rows or input columns as the file's convention says.
+Without one, a selection that holds a DoRA module is refused. The shape
+checks are ``shapes.py``.
 """
 
 from __future__ import annotations
@@ -47,15 +52,18 @@ from pathlib import Path
 
 import torch
 
-from ...arguments import BASE, LAYERS, MODULES
+from ...arguments import BASE
 from ...delta import Dense
 from ...errors import FormatError
 from ..adapter import AdaptedModule, AdapterCheckpoint, Rows, Update
 from ..base import Selection, summarise_not_analysed
-from ..methods import lora, lycoris
+from ..methods import ALL_ROWS, dora, lora, lycoris
 from ..naming.architectures import ModuleRef
 from ..naming.diffusion import match_roles, natural_key, reason_for
+from ..storage.image_base import ImageBase
 from ..storage.tensors import TensorStore
+from .bases import DORA_PARTS, ImageBaseLink
+from .shapes import ModuleShapes
 
 __all__ = ["METHOD_PARTS", "ImageLoraCheckpoint", "ImageModule", "safetensors_metadata"]
 
@@ -66,8 +74,7 @@ METHOD_PARTS = {
     "LoKr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
     "full": ("diff",),
 }
-_DORA_PARTS = ("dora_scale", "lora_magnitude_vector")  # LyCORIS's, peft's
-_SHARED_PARTS = ("alpha", *_DORA_PARTS)
+_SHARED_PARTS = ("alpha", *DORA_PARTS)
 UNKNOWN_METHOD = (
     "not a LoRA, LoCon, LoHa, LoKr or full module (LyCORIS IA3, OFT, BOFT, GLoRA, norm, … "
     "are not rebuilt by spectra)"
@@ -83,6 +90,11 @@ class ImageModule(AdaptedModule):
     text_encoder: bool = False  # a text encoder's module (for the reason it is left out, if it is)
     variant: str = ""  # LoRA, LoHa, LoKr or full, from its parts
     conv: bool = False  # a conv kernel, flattened to (out, in·kh·kw)
+    component: str = ""  # its model part, as diffusers names it: unet, text_encoder_2, …; "" any
+    path: str = ""  # its path inside that part, as the file writes it (dots or "_")
+    dora: str | None = None  # DoRA: the axis its magnitude normalises, "out" rows or "in" columns
+    dora_how: str = ""  # how that axis was read
+    dora_guess: bool = False  # a flat magnitude on a square layer: the axis is its writer's
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
@@ -114,7 +126,7 @@ def method_of(parts: dict[str, str]) -> str | None:
     return None
 
 
-class ImageLoraCheckpoint(AdapterCheckpoint):
+class ImageLoraCheckpoint(ModuleShapes, ImageBaseLink, AdapterCheckpoint):
     """The modules of a kohya / LyCORIS / diffusers file, mapped and rebuilt (module docstring)."""
 
     def __init__(
@@ -125,13 +137,8 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         modules: list[ImageModule],
         left_out: list[tuple[str, str]],
     ):
-        if base is not None:
-            raise FormatError(
-                f"{base}: spectra reads no base model for {self.format} LoRA files yet (their "
-                f"module names are not those of the base checkpoint); run without {BASE} "
-                "(relative_norm needs it and is left out)"
-            )
-        super().__init__(path, None)
+        super().__init__(path, base)
+        self.image_base = ImageBase(base, BASE) if base is not None else None
         self.store = store
         self.by_name = {module.module: module for module in modules}
         self._left_out = list(left_out)  # (tensor, reason)
@@ -193,6 +200,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         for name, found in mapped.items():
             module = self.by_name[name]
             self._resolve(module)
+            self.resolve_dora(module)
             used = {*METHOD_PARTS[module.variant], *_SHARED_PARTS}
             for part, tensor in module.parts.items():
                 if part not in used:
@@ -211,92 +219,6 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
                     layer, role, name, found.family, fused=found.fused, index=index
                 )
 
-    def _shape(self, module: ImageModule, part: str) -> tuple[int, ...]:
-        if part not in module.parts:
-            raise FormatError(
-                f"{self.store.path}: module {module.module} has no {part} tensor, which a "
-                f"{module.variant} module needs; found {', '.join(sorted(module.parts))}"
-            )
-        return tuple(self.store.info(module.parts[part]).shape)
-
-    def _is_conv(self, module: ImageModule) -> bool:
-        for part in ("lora_down", "hada_w1_b", "lokr_w2", "lokr_w2_b", "diff"):
-            if part in module.parts and len(self.store.info(module.parts[part]).shape) > 2:
-                return True
-        return "lora_mid" in module.parts or "hada_t1" in module.parts or "lokr_t2" in module.parts
-
-    def _bad(self, module: ImageModule, expected: str, found: str) -> FormatError:
-        where = f"{self.store.path}: {module.module}"
-        return FormatError(f"{where}: expected {expected}; found {found}")
-
-    def _resolve(self, module: ImageModule) -> None:
-        """Check a mapped module's shapes; set its rank, (d_out, d_in) and scale."""
-        for part in ("lora_mid", "hada_t1", "hada_t2", "lokr_t2"):
-            if part in module.parts:
-                raise FormatError(
-                    f"{self.store.path}: {module.module} uses LyCORIS's Tucker form ({part}, made "
-                    "for conv kernels) on an attention or MLP projection, which spectra does not "
-                    "rebuild"
-                )
-        getattr(self, f"_resolve_{module.variant.lower()}")(module)
-        if module.variant == "full":
-            module.scale, module.scale_source = 1.0, "LyCORIS full: ΔW stored whole"
-        elif module.variant == "LoKr" and module.rank is None:
-            module.scale = 1.0
-            module.scale_source = "LoKr with whole w1 and w2: scale 1 whatever alpha says"
-        else:
-            module.scale, module.scale_source = self.scale_of(module)
-
-    def _resolve_lora(self, module: ImageModule) -> None:
-        down, up = self._shape(module, "lora_down"), self._shape(module, "lora_up")
-        rank = down[0]
-        if len(down) < 2 or len(up) < 2 or up[1] != rank or any(d != 1 for d in up[2:]):
-            raise self._bad(
-                module,
-                f"lora_up (d_out, r) and lora_down (r, d_in) with the same r = {rank} (the rows "
-                "of lora_down)",
-                f"lora_up {up} and lora_down {down}",
-            )
-        module.rank, module.shape = rank, (up[0], math.prod(down[1:]))
-
-    def _resolve_loha(self, module: ImageModule) -> None:
-        w1a, w1b = self._shape(module, "hada_w1_a"), self._shape(module, "hada_w1_b")
-        w2a, w2b = self._shape(module, "hada_w2_a"), self._shape(module, "hada_w2_b")
-        rank = w1b[0]
-        fits = len(w1a) == len(w2a) == 2 and w1a[1] == rank and w2a[1] == w2b[0]
-        fits = fits and w1a[0] == w2a[0] and w1b[1:] == w2b[1:]
-        if not fits:
-            raise self._bad(
-                module,
-                "hada_w1_a, hada_w2_a (d_out, r) and hada_w1_b, hada_w2_b (r, d_in) of one shape",
-                f"hada_w1_a {w1a}, hada_w1_b {w1b}, hada_w2_a {w2a}, hada_w2_b {w2b}",
-            )
-        module.rank, module.shape = rank, (w1a[0], math.prod(w1b[1:]))
-
-    def _factor_shape(self, module: ImageModule, which: str) -> tuple[tuple[int, int], int | None]:
-        """(rows, columns) of LoKr's w1 or w2 (a conv kernel flattened), and its rank if split."""
-        if f"lokr_{which}" in module.parts:
-            shape = self._shape(module, f"lokr_{which}")
-            return (shape[0], math.prod(shape[1:])), None
-        a, b = self._shape(module, f"lokr_{which}_a"), self._shape(module, f"lokr_{which}_b")
-        if len(a) != 2 or a[1] != b[0]:
-            raise self._bad(
-                module,
-                f"lokr_{which}_a (m, r) and lokr_{which}_b (r, n) with the same r",
-                f"lokr_{which}_a {a} and lokr_{which}_b {b}",
-            )
-        return (a[0], math.prod(b[1:])), a[1]
-
-    def _resolve_lokr(self, module: ImageModule) -> None:
-        (p, q), rank1 = self._factor_shape(module, "w1")
-        (m, n), rank2 = self._factor_shape(module, "w2")
-        module.rank = rank1 if rank1 is not None else rank2  # LyCORIS's rank_scale
-        module.shape = (p * m, q * n)
-
-    def _resolve_full(self, module: ImageModule) -> None:
-        shape = self._shape(module, "diff")
-        module.shape = (shape[0], math.prod(shape[1:]))
-
     # -- AdapterCheckpoint ---------------------------------------------------
 
     @property
@@ -305,7 +227,10 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         for ref in self.modules.values():
             module = self.by_name[ref.module]
             name = "LoCon" if module.variant == "LoRA" and module.conv else module.variant
-            methods[name if name != "full" else "LyCORIS full"] = None
+            name = name if name != "full" else "LyCORIS full"
+            if module.dora:
+                name = "DoRA" if name == "LoRA" else f"{name} with DoRA"
+            methods[name] = None
         return " + ".join(methods)
 
     def rows(self, ref: ModuleRef) -> Rows:
@@ -331,7 +256,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
     def factors(self, ref: ModuleRef) -> dict[str, object]:
         module = self.by_name[ref.module]
         return {
-            "kind": "factored" if module.variant == "LoRA" else "dense",
+            "kind": "factored" if module.variant == "LoRA" and not module.dora else "dense",
             "rank": module.rank,
             "scale": module.scale,
             "scale_source": module.scale_source,
@@ -339,20 +264,7 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         }
 
     def check(self, selection: Selection) -> None:
-        dora = [self.modules[key].module for key in selection.keys]
-        dora = [
-            name
-            for name in dict.fromkeys(dora)
-            if any(part in self.by_name[name].parts for part in _DORA_PARTS)
-        ]
-        if dora:
-            more = f" and {len(dora) - 1} more" if len(dora) > 1 else ""
-            raise FormatError(
-                f"{self.store.path}: {dora[0]}{more} carry a DoRA magnitude (dora_scale, "
-                "lora_magnitude_vector): their ΔW = diag(m/‖W0 + s·ΔW‖)(W0 + s·ΔW) − W0 "
-                f"needs the base weight W0, which spectra does not read for {self.format} files "
-                f"yet; select modules without it ({MODULES}, {LAYERS})"
-            )
+        self.check_base(selection)
         super().check(selection)
 
     def _load(self, module: ImageModule, part: str) -> torch.Tensor:
@@ -362,23 +274,33 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
         self, ref: ModuleRef, rows: Rows, base: torch.Tensor | None
     ) -> list[tuple[int | None, Update]]:
         module = self.by_name[ref.module]
+        if module.dora is None:
+            return [(None, self._update(module, rows))]
+        if base is None:  # check() refuses this first
+            raise FormatError(f"{self.store.path}: {module.module}: DoRA needs the base weight W0")
+        direction = self._update(module, ALL_ROWS).to_dense()  # (d_out, d_in): s·ΔW, every row
+        magnitude = self.dora_magnitude(module)  # (d_out,) or (d_in,), as module.dora says
+        return [(None, dora.decompose(base, direction, magnitude, module.dora, rows))]
+
+    def _update(self, module: ImageModule, rows: Rows) -> Update:
+        """The method's own ΔW (the direction, for DoRA), kept to ``rows``."""
         d_out, d_in = module.shape
         s = module.scale
         if module.variant == "LoRA":  # a conv kernel flattened: (r, in, kh, kw) → (r, in·kh·kw)
             B = self.store.load(module.parts["lora_up"]).reshape(d_out, module.rank)  # (out, r)
             A = self.store.load(module.parts["lora_down"]).reshape(module.rank, d_in)  # (r, in)
-            return [(None, lora.factored(B, A, s, rows))]
+            return lora.factored(B, A, s, rows)
         if module.variant == "LoHa":  # hada_w*_b (r, in[, kh, kw]): flattened by lycoris.loha
             w1a, w1b, w2a, w2b = (
                 self._load(module, p) for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
             )
-            return [(None, lycoris.loha(w1a, w1b, w2a, w2b, s, rows=rows))]
+            return lycoris.loha(w1a, w1b, w2a, w2b, s, rows=rows)
         if module.variant == "LoKr":
             w1, w2 = self._kron_factor(module, "w1"), self._kron_factor(module, "w2")
             ranks = (self._factor_shape(module, "w1")[1], self._factor_shape(module, "w2")[1])
-            return [(None, lycoris.lokr(w1, w2, s, rows, ranks))]
+            return lycoris.lokr(w1, w2, s, rows, ranks)
         delta = self._load(module, "diff").reshape(d_out, d_in)  # LyCORIS full: ΔW itself
-        return [(None, Dense(delta[rows]))]
+        return Dense(delta[rows])
 
     def _kron_factor(self, module: ImageModule, which: str) -> torch.Tensor:
         """LoKr's w1 or w2 in float64, a conv kernel flattened to (rows, in·kh·kw)."""
@@ -400,12 +322,31 @@ class ImageLoraCheckpoint(AdapterCheckpoint):
                 f"{len(conv)} conv modules (LoCon): ΔW (out, in, kh, kw) analysed as the matrix "
                 f"(out, in·kh·kw): {', '.join(conv[:3])}{' …' if len(conv) > 3 else ''}"
             )
+        flat = sorted(
+            {r.module for r in self.modules.values() if self.by_name[r.module].dora_guess}
+        )
+        if flat:
+            notes.append(
+                f"{len(flat)} DoRA modules keep a flat magnitude vector on a square layer, whose "
+                "shape cannot say its axis: read as its writer normalises, dora_scale (kohya, "
+                "LyCORIS) over input columns, lora_magnitude_vector (peft, diffusers) over output "
+                f"rows: {', '.join(flat[:3])}{' …' if len(flat) > 3 else ''}"
+            )
+        notes += self.base_warnings()
         if self._left_out:
             notes.append(summarise_not_analysed(self._left_out))
         return notes
 
+    def source_files(self) -> list[Path]:
+        base = self.image_base.files() if self.image_base is not None else []
+        return [*super().source_files(), *base]
+
     def details(self) -> dict[str, object]:
-        return {
+        details = {
             "weights": str(self.store.path),
             "layers": {layer: block for block, layer in self.layers.items()},
+            **self.dora_details(),
         }
+        if self.image_base is not None:
+            details["base_weights"] = f"{self.image_base.path}: {self.image_base.describe()}"
+        return details

@@ -158,9 +158,13 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
             match = _COMPONENT.match(module)
             component = match["component"] if match else ""
             self.component_of[module] = component
-            text_encoder = component.startswith("text")
-            record = modules.setdefault(module, ImageModule(module, text_encoder=text_encoder))
-            record.parts[part] = name
+            if module not in modules:
+                path = module[len(component) + 1 :] if component else module
+                text_encoder = component.startswith("text")
+                modules[module] = ImageModule(
+                    module, text_encoder=text_encoder, component=component, path=path
+                )
+            modules[module].parts[part] = name
         if len(adapters - {None}) > 1:
             raise FormatError(
                 f"{store.path}: holds several adapters ({', '.join(sorted(adapters - {None}))}); "

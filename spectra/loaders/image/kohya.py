@@ -6,6 +6,15 @@ with every dot replaced by ``_`` and a prefix naming the model part —
 ``lora_te1_`` / ``lora_te2_`` / ``lora_te3_`` (text encoders), ``lycoris_``
 (LyCORIS's own wrapper) — then a dot and the part:
 
+The prefix says which model part of the base (``--base``) a module is in:
+``lora_unet`` the denoiser, ``lora_te`` / ``lora_te1`` ``text_encoder``,
+``lora_te2`` ``text_encoder_2``, ``lora_te3`` the T5 (``text_encoder_3``, or
+``text_encoder_2`` in a Flux pipeline). The UNet's names are diffusers' (SD
+1.x, LyCORIS on a diffusers UNet) or the original LDM ones (kohya's SDXL:
+``lora_unet_input_blocks_4_1_…``), Flux's are Black Forest Labs' (kohya's
+Flux: ``lora_unet_double_blocks_0_img_attn_qkv``); the base is searched under
+each.
+
 - kohya LoRA / LoCon: ``lora_down.weight`` (r, in[, kh, kw]), ``lora_up.weight``
   (out, r[, 1, 1]), scalar ``alpha``;
 - LyCORIS: LoHa ``hada_w1_a/b``, ``hada_w2_a/b`` (``hada_t1/t2`` Tucker), LoKr
@@ -37,7 +46,19 @@ from .common import ImageLoraCheckpoint, ImageModule, safetensors_metadata
 
 __all__ = ["KohyaCheckpoint"]
 
-_KEY = re.compile(r"^(?P<module>(?:lora_unet|lora_te\d*|lycoris)_[^.]+)\.(?P<part>.+)$")
+_KEY = re.compile(
+    r"^(?P<module>(?P<prefix>lora_unet|lora_te\d*|lycoris)_(?P<path>[^.]+))\.(?P<part>.+)$"
+)
+# The model part each prefix names, as a diffusers pipeline folder names it (lora_te3: kohya's
+# T5, text_encoder_3 of SD3 and text_encoder_2 of Flux; lycoris_: one model, any part).
+COMPONENTS = {
+    "lora_unet": "unet",
+    "lora_te": "text_encoder",
+    "lora_te1": "text_encoder",
+    "lora_te2": "text_encoder_2",
+    "lora_te3": "text_encoder_3",
+    "lycoris": "",
+}
 NO_MODULE = "not a tensor of a kohya / LyCORIS module (lora_unet_…, lora_te…_, lycoris_…)"
 _METADATA = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
 
@@ -81,14 +102,20 @@ def _read_modules(store: TensorStore) -> tuple[dict[str, ImageModule], list[tupl
             left_out.append((name, NO_MODULE))
             continue
         module = match["module"]
-        text_encoder = module.startswith("lora_te")
-        record = modules.setdefault(module, ImageModule(module, text_encoder=text_encoder))
-        record.parts[_part(match["part"])] = name
+        if module not in modules:
+            prefix = match["prefix"]
+            modules[module] = ImageModule(
+                module,
+                text_encoder=prefix.startswith("lora_te"),
+                component=COMPONENTS.get(prefix, "text_encoder"),
+                path=match["path"],
+            )
+        modules[module].parts[_part(match["part"])] = name
     return modules, left_out
 
 
 def _open(path: Path, base: Path | None, *, base_lookup=None) -> KohyaCheckpoint:
-    return KohyaCheckpoint(path, base)
+    return KohyaCheckpoint(path, base)  # no base named in the file: base_lookup is not used
 
 
 register(

@@ -36,6 +36,32 @@ never mixed. Every other module gets a reason (``reason_for``): resnet
 blocks, ``proj_in`` / ``proj_out``, samplers, embeddings, norms and
 modulation, Flux's ``linear2`` / single-stream ``proj_out`` (attention output
 and MLP down projection fused along the input), or no known role.
+
+The base checkpoints these adapters are measured against (``--base``) name
+the same modules in three schemes, which the functions at the end translate
+(the facts follow diffusers' single-file conversion,
+``loaders/single_file_utils.py``, and kohya-ss sd-scripts'
+``library/model_util.py``):
+
+- diffusers (a pipeline folder): ``down_blocks.B.attentions.L.…``,
+  ``mid_block.attentions.0.…``, ``up_blocks.B.attentions.L.…``; Flux
+  ``transformer_blocks.N.attn.to_q`` …;
+- the original LDM / SGM UNet (single-file SD 1.x, 2.x, SDXL; kohya's SDXL
+  LoRA names): ``input_blocks.I.1.…`` with ``I = 1 + B·(n+1) + L``,
+  ``middle_block.1.…``, ``output_blocks.O.1.…`` with ``O = B·(n+1) + L``, where
+  n is the UNet's ``layers_per_block`` (each down block holds n layers and a
+  down-sampler slot, each up block n + 1 layers);
+- Black Forest Labs' Flux (single-file Flux; kohya's Flux LoRA names):
+  ``double_blocks.N.img_attn.qkv`` holds ``to_q``, ``to_k``, ``to_v`` of
+  ``transformer_blocks.N`` as thirds of its rows (``txt_attn.qkv`` the
+  ``add_{q,k,v}_proj``), ``single_blocks.N.linear1`` holds ``to_q``,
+  ``to_k``, ``to_v`` (d_in rows each) then ``proj_mlp`` of
+  ``single_transformer_blocks.N`` (``FLUX_DOUBLE``, ``FLUX_SINGLE``);
+- OpenCLIP text encoders in LDM files (SD 2.x, SDXL's second):
+  ``transformer.resblocks.N.attn.in_proj_weight`` holds ``q_proj``,
+  ``k_proj``, ``v_proj`` of ``encoder.layers.N.self_attn`` as thirds,
+  ``attn.out_proj`` is ``out_proj``, ``mlp.c_fc`` / ``mlp.c_proj`` are
+  ``mlp.fc1`` / ``mlp.fc2`` (``OPEN_CLIP``).
 """
 
 from __future__ import annotations
@@ -43,7 +69,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BlockRole", "match_roles", "natural_key", "reason_for"]
+__all__ = [
+    "FLUX_DOUBLE",
+    "FLUX_SINGLE",
+    "OPEN_CLIP",
+    "BlockRole",
+    "diffusers_unet_to_ldm",
+    "ldm_unet_to_diffusers",
+    "match_roles",
+    "natural_key",
+    "reason_for",
+]
 
 _S = "[._]"  # kohya replaces every dot by "_"
 CONTEXT = ":context"  # the context (text) stream of a joint attention block
@@ -184,3 +220,77 @@ def reason_for(module: str, text_encoder: bool, conv: bool) -> str:
 def natural_key(name: str) -> tuple[object, ...]:
     """Sort key that compares digit runs as numbers: ``blocks_2`` before ``blocks_10``."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+# -- the names of base checkpoints --------------------------------------------
+
+# Flux in BFL names → diffusers names, in row order (the fused ones split by rows).
+FLUX_DOUBLE = {  # double_blocks.N.<key> → transformer_blocks.N.<names>
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "img_mlp.0": ("ff.net.0.proj",),
+    "img_mlp.2": ("ff.net.2",),
+    "txt_mlp.0": ("ff_context.net.0.proj",),
+    "txt_mlp.2": ("ff_context.net.2",),
+}
+FLUX_SINGLE = {  # single_blocks.N.<key> → single_transformer_blocks.N.<names>
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),  # d_in rows each, then the MLP
+    "linear2": ("proj_out",),
+}
+# OpenCLIP in LDM files → transformers' CLIP names (resblocks.N → encoder.layers.N).
+OPEN_CLIP = {
+    "attn.in_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),  # thirds
+    "attn.out_proj": ("self_attn.out_proj",),
+    "mlp.c_fc": ("mlp.fc1",),
+    "mlp.c_proj": ("mlp.fc2",),
+}
+
+_LDM = re.compile(
+    r"^(?:(input_blocks|output_blocks)\.(\d+)|middle_block)\.1\.(transformer_blocks\..+)$"
+)
+_DIFFUSERS_UNET = re.compile(
+    r"^(?:(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)|mid_block\.attentions\.0)"
+    r"\.(transformer_blocks\..+)$"
+)
+
+
+def ldm_unet_to_diffusers(name: str, layers_per_block: int) -> str | None:
+    """The diffusers name of a module inside an LDM UNet's transformer block, or None.
+
+    ``input_blocks.4.1.transformer_blocks.0.attn1.to_k`` with 2 layers per
+    block is ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k``.
+    """
+    match = _LDM.match(name)
+    if match is None:
+        return None
+    kind, rest = match[1], match[3]
+    if kind is None:
+        return f"mid_block.attentions.0.{rest}"
+    index = int(match[2])
+    slots = layers_per_block + 1  # a down block's layers and its down-sampler; an up block's layers
+    if kind == "input_blocks":
+        if index == 0:
+            return None
+        block, layer = divmod(index - 1, slots)
+        return f"down_blocks.{block}.attentions.{layer}.{rest}"
+    block, layer = divmod(index, slots)
+    return f"up_blocks.{block}.attentions.{layer}.{rest}"
+
+
+def diffusers_unet_to_ldm(name: str, layers_per_block: int) -> str | None:
+    """The LDM name of a module inside a diffusers UNet's transformer block, or None.
+
+    The inverse of ``ldm_unet_to_diffusers``.
+    """
+    match = _DIFFUSERS_UNET.match(name)
+    if match is None:
+        return None
+    kind, rest = match[1], match[4]
+    if kind is None:
+        return f"middle_block.1.{rest}"
+    block, layer = int(match[2]), int(match[3])
+    slots = layers_per_block + 1
+    index = 1 + block * slots + layer if kind == "down_blocks" else block * slots + layer
+    return f"{'input_blocks' if kind == 'down_blocks' else 'output_blocks'}.{index}.1.{rest}"
