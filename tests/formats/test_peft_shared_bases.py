@@ -37,6 +37,11 @@ from tests.helpers.checks import (
 
 TARGETS = {"target_modules": ["key", "value"], "layers_to_transform": [0, 1]}
 MODULES = {(layer, role) for layer in (0, 1) for role in ("k", "v")}
+# k (384, 384), o (384, 384), up (1536, 384) and down (384, 1536) of layer 0
+WIDTHS = {
+    "target_modules": ["key", "intermediate.dense", "output.dense"],
+    "layers_to_transform": [0],
+}
 
 
 def _config(case: str):
@@ -55,7 +60,10 @@ def _config(case: str):
             r=32, sparse=True, save_projection=False, **TARGETS
         ),
         "tinylora": lambda: peft.TinyLoraConfig(r=4, u=8, projection_seed=7, **TARGETS),
-        "tinylora_tied": lambda: peft.TinyLoraConfig(r=3, u=5, weight_tying=0.5, **TARGETS),
+        # q before k in the model, after it in the file: 4 modules, 3 vectors (the last two share)
+        "tinylora_tied": lambda: peft.TinyLoraConfig(
+            r=3, u=5, weight_tying=0.25, target_modules=["query", "key"], layers_to_transform=[0, 1]
+        ),
         "tinylora_unsaved": lambda: peft.TinyLoraConfig(r=4, u=8, save_projection=False, **TARGETS),
         "unilora": lambda: peft.UniLoraConfig(r=4, theta_d_length=64, save_indices=True, **TARGETS),
         "unilora_unsaved": lambda: peft.UniLoraConfig(r=4, theta_d_length=64, **TARGETS),
@@ -64,6 +72,8 @@ def _config(case: str):
             r=6, projection_prng_key=3, save_projection=False, **TARGETS
         ),
         "delora": lambda: peft.DeloraConfig(r=4, **TARGETS),
+        "randlora_widths": lambda: peft.RandLoraConfig(r=64, save_projection=False, **WIDTHS),
+        "pvera_widths": lambda: peft.PveraConfig(r=4, save_projection=False, **WIDTHS),
     }[case]()
 
 
@@ -106,22 +116,24 @@ def _file_tensors(folder) -> dict[str, str]:  # name → safetensors dtype ("F32
 
 def _check_against_peft(adapter, dtype: torch.dtype, tolerance: float = 1e-10) -> None:
     """Rebuild, σ, two reads and nothing dropped, against peft's float64 merge."""
-    assert set(adapter.reference) == MODULES  # the premise: peft's merge moved each module
+    modules = set(adapter.reference)  # the premise: peft's merge moved each module
+    assert len(modules) == 4 and {role for _, role in modules} <= {"q", "k", "v"}
+    roles = sorted({role for _, role in modules})
     assert all(np.linalg.norm(ref) > 0 for ref in adapter.reference.values())
     tensors = _file_tensors(adapter.path)
     floats = {kind for kind in tensors.values() if kind.startswith(("F", "BF"))}
     assert floats == {{torch.float32: "F32", torch.bfloat16: "BF16"}.get(dtype, "F16")}
 
     checkpoint = spectra.load(adapter.path)
-    first, second = read_deltas(checkpoint), read_deltas(checkpoint)
+    first, second = read_deltas(checkpoint, modules=roles), read_deltas(checkpoint, modules=roles)
     assert_same_reads(first, second)
-    assert {(read.delta.layer, read.delta.role) for read in first} == MODULES
+    assert {(read.delta.layer, read.delta.role) for read in first} == modules
     for read in first:
         assert read.delta.source_dtype == dtype
         reference = adapter.reference[(read.delta.layer, read.delta.role)]
         assert relative_error(read.dense, reference) <= tolerance, read.delta.key
 
-    report = spectra.analyze(adapter.path, method="exact")
+    report = spectra.analyze(adapter.path, modules=roles, method="exact")
     assert {row["kind"] for row in report.rows} == {"factored"}
     for row in report.rows:
         sigma = report.spectrum(row["layer"], row["role"])
@@ -166,7 +178,7 @@ def test_matches_peft_merge(adapters, case, dtype):
         ("randlora_drawn", torch.bfloat16),  # dense bases drawn in bfloat16 from the seed
         ("randlora_sparse", torch.float32),  # ternary bases drawn from a float32 uniform
         ("pvera_drawn", torch.float16),
-        ("tinylora_tied", torch.float32),  # 4 modules in 2 groups: the groups from P's seeds
+        ("tinylora_tied", torch.float32),  # each module's vector, from the seed of its P
     ],
 )
 def test_bases_drawn_from_the_seed_and_tied_vectors(adapters, case, dtype):
@@ -176,8 +188,7 @@ def test_bases_drawn_from_the_seed_and_tied_vectors(adapters, case, dtype):
         assert not names & {"base_model.randlora_A", "base_model.pvera_A"}  # the premise
     else:
         assert {n for n in names if "tinylora_v" in n} == {
-            "base_model.tinylora_v.0",
-            "base_model.tinylora_v.1",
+            f"base_model.tinylora_v.{i}" for i in range(3)
         }
     _check_against_peft(adapter, dtype)
 
@@ -281,3 +292,36 @@ def test_refused_where_the_file_does_not_say_how_peft_rebuilds(adapters, case, m
     folder = adapters(case, reference=False)
     with pytest.raises(FormatError, match=match):
         spectra.load(folder)
+
+
+def _merged_by_module(folder, base) -> dict[str, np.ndarray]:
+    """peft's float64 merge minus W₀ for every linear layer it changed, by module path."""
+    from peft import PeftModel
+
+    from tests.helpers.models import load_bert
+
+    def linears(model) -> dict[str, np.ndarray]:
+        return {
+            name: module.weight.detach().double().numpy().copy()
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+
+    model = load_bert(base, torch.float64)
+    before = linears(model)
+    merged = linears(PeftModel.from_pretrained(model, str(folder)).double().merge_and_unload())
+    return {name: merged[name] - W0 for name, W0 in before.items() if np.any(merged[name] != W0)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["randlora_widths", "pvera_widths"])
+def test_modules_of_different_widths(adapters, case, minilm_dir):
+    """Bases drawn at the largest (1536, 1536) and sliced; RandLoRA turned where d_out < d_in."""
+    folder = adapters(case, reference=False)
+    reference = _merged_by_module(folder, minilm_dir)
+    shapes = {name: matrix.shape for name, matrix in reference.items()}
+    assert sorted(shapes.values()) == [(384, 384), (384, 384), (384, 1536), (1536, 384)]
+    reads = read_deltas(spectra.load(folder), modules=["k", "o", "up", "down"])
+    assert {read.delta.name for read in reads} == set(reference)
+    for read in reads:
+        assert relative_error(read.dense, reference[read.delta.name]) <= 1e-10, read.delta.key

@@ -18,6 +18,13 @@ widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
 | ``tinylora.py`` | TinyLoRA (``B @ (Σ vᵢ Pᵢ) @ A``; the projections' draw) |
 | ``unilora.py`` | UniLoRA (``B @ A``, entries scaled entries of a shared θ_d) |
 | ``delora.py`` | DeLoRA (``(λ/r) · B diag(1/(‖Aᵢ‖‖Bⁱ‖)) A diag(w_norm)``) |
+| ``fourierft.py`` | FourierFT (``Re(ifft2(S)) · scaling``; the entries' seeded draw) |
+| ``waveft.py`` | WaveFT (one level of the inverse 2-D wavelet transform of S, · scaling) |
+| ``waveft_filters.py`` | WaveFT's wavelet filters, peft 0.21's values |
+| ``c3a.py`` | C3A (block-circulant ``c3a_kernel`` / d_in) |
+| ``shira.py`` | SHiRA (``shira_weight`` at ``shira_indices``) |
+| ``miss.py`` | MiSS / Bone (``blockᵀ`` tiled over W0's columns; ``bat``: ``W0_pq M_p + M_p``) |
+| ``gralora.py`` | GraLoRA (a k×k grid of rank-r/k LoRAs plus a hybrid LoRA, · α/(r+h)) |
 | ``multilora.py`` | MultiLoRA (``s · Σ_i diag(c_i) B_i @ A_i``, or each head) |
 | ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
 
