@@ -12,15 +12,13 @@ sources share and every pair (a, b):
   ``SAR_k(a, b) = ‖U_k(a) U_k(a)ᵀ ΔW_b‖_F / ‖ΔW_b‖_F``: the share of b's
   update that lies in a's top-k left singular subspace, in [0, 1] (Marczak et
   al. 2025, "No Task Left Behind", arXiv 2502.04959); not symmetric, so
-  ``sar_b_to_a`` as well. NaN when ΔW_b is zero; 0 when k_a is 0 (ΔW_a zero).
+  ``sar_b_to_a`` as well. Empty (0/0) when ΔW_b is zero; 0 when k_a is 0.
 - ``sti``, the singular task interference of Gargiulo et al. (CVPR 2025,
   "Task Singular Vectors", arXiv 2412.00081, their Eq. for STI)
   ``‖(UᵀU − I) Σ (VᵀV − I)‖₁`` with ``U = [U_k(a) U_k(b)]``,
   ``V = [V_k(a) V_k(b)]``, ``Σ = diag(Σ_k(a), Σ_k(b))`` and ``‖·‖₁`` the
-  sum of absolute entries. Each ``U_k``, ``V_k`` has orthonormal columns, so
-  the diagonal blocks of ``UᵀU − I`` and ``VᵀV − I`` vanish and it is
-  computed blockwise, never as a (k_a + k_b)² product of d-long vectors:
-  ``‖U_aᵀU_b Σ_b V_bᵀV_a‖₁ + ‖U_bᵀU_a Σ_a V_aᵀV_b‖₁``. In units of σ.
+  sum of absolute entries; as ``U_k``, ``V_k`` have orthonormal columns it is
+  computed blockwise, ``‖U_aᵀU_b Σ_b V_bᵀV_a‖₁ + ‖U_bᵀU_a Σ_a V_aᵀV_b‖₁``.
 
 Each checkpoint is read once: ``compare`` opens them before any work (to
 refuse sources of different bases), an ``InterferenceCollector`` takes each
@@ -284,7 +282,7 @@ class InterferenceResult:
         return csv_text(self.columns, self.rows)
 
     def means(self) -> list[dict[str, object]]:
-        """Per (role, pair): the mean over layers of each measure (NaN values left out)."""
+        """Per (role, pair): the mean over layers of each measure (empty cells left out)."""
         groups: dict[tuple[str, str, str], list[dict[str, object]]] = {}
         for row in self.rows:
             groups.setdefault((row["role"], row["label_a"], row["label_b"]), []).append(row)
@@ -293,7 +291,7 @@ class InterferenceResult:
             mean: dict[str, object] = {"role": role, "label_a": a, "label_b": b}
             mean["layers"] = len(rows)
             for column in ("sar_a_to_b", "sar_b_to_a", "sti"):
-                values = [float(r[column]) for r in rows if r[column] == r[column]]  # not NaN
+                values = [float(v) for r in rows if (v := r[column]) is not None and v == v]
                 mean[column] = sum(values) / len(values) if values else None
             means.append(mean)
         return means
@@ -315,8 +313,8 @@ def _pair_row(key: Key, a: InterferenceCollector, b: InterferenceCollector, rank
         "label_b": b.label,
         "k_a": va.top(rank),
         "k_b": vb.top(rank),
-        "sar_a_to_b": subspace_alignment_ratio(va, vb, rank),
-        "sar_b_to_a": subspace_alignment_ratio(vb, va, rank),
+        "sar_a_to_b": _number(subspace_alignment_ratio(va, vb, rank)),  # None: ΔW_b = 0
+        "sar_b_to_a": _number(subspace_alignment_ratio(vb, va, rank)),
         "sti": singular_task_interference([va, vb], rank),
     }
 
@@ -325,7 +323,7 @@ def _pair_row(key: Key, a: InterferenceCollector, b: InterferenceCollector, rank
 class InterferencePlan:
     """What ``compare`` needs for interference: the opened checkpoints and their collectors."""
 
-    checkpoints: list[Checkpoint | None]  # None for a saved report (refused before)
+    checkpoints: list[Checkpoint]  # opened before any work, read by analyze
     collectors: list[InterferenceCollector]
     rank: int | None
 
@@ -442,6 +440,10 @@ def save_interference(result: InterferenceResult, folder: Path, figure_format: s
 
         figure = interference_heatmap(result)[0]
         save_figure(figure, folder / f"interference.{figure_format}")
+
+
+def _number(value: float) -> float | None:
+    return None if value != value else value  # NaN (0/0) is an empty cell
 
 
 def _role_order(role: str) -> int:

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from spectra.analysis.interference import (
+    InterferenceCollector,
+    InterferencePlan,
     InterferenceResult,
     chain,
     plan_interference,
@@ -106,6 +108,15 @@ def test_a_zero_update():
     assert subspace_alignment_ratio(zero, other) == 0.0  # an empty subspace holds nothing
     assert np.isnan(subspace_alignment_ratio(other, zero))  # nothing to project: 0/0
     assert singular_task_interference([zero, other]) == 0.0
+    # in the table: SAR towards the zero update is an empty cell, left out of the means
+    collectors = [InterferenceCollector("zero"), InterferenceCollector("other")]
+    collectors[0].vectors[(0, "k", None)] = zero
+    collectors[1].vectors[(0, "k", None)] = other
+    result = InterferencePlan([], collectors, None).finish()
+    row = result.rows[0]
+    assert (row["k_a"], row["k_b"], row["sar_a_to_b"], row["sar_b_to_a"]) == (0, 5, 0.0, None)
+    assert result.csv().splitlines()[1] == "0,k,zero,other,0,5,0.0,,0.0"
+    assert result.means()[0]["sar_b_to_a"] is None
 
 
 # -- against numpy on random task vectors -------------------------------------------
