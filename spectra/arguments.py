@@ -27,6 +27,7 @@ __all__ = [
     "DEVICE",
     "DIRECTIONAL_ONLY",
     "ENERGY",
+    "ESD",
     "EXACT",
     "FORCE",
     "FORMAT",
@@ -35,6 +36,7 @@ __all__ = [
     "INITIAL",
     "INTERFERENCE",
     "INTERFERENCE_RANK",
+    "INTRUDERS",
     "INTRUDER_EPS",
     "INTRUDER_TOP",
     "JOBS",
@@ -144,6 +146,9 @@ EXACT = declare("method", "--exact", 'method="exact"')
 JOBS = declare("jobs", "--jobs")
 SKIP_NONFINITE = declare("skip_nonfinite", "--skip-nonfinite", "skip_nonfinite=True")
 METRICS = declare("metrics", "--metrics")
+# What needs the base weights W0 (analysis.weights): the weights' own spectrum, intruders.
+ESD = declare("esd", "--esd", "esd=True")
+INTRUDERS = declare("intruders", "--intruders", "intruders=True")
 # Comparisons, sweeps and figures.
 LABEL = declare("labels", "--label")
 SUBSPACE = declare("subspace", "--subspace", "subspace=True")

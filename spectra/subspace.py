@@ -35,6 +35,7 @@ __all__ = [
     "SUBSPACE_RANK",
     "Vectors",
     "amplification",
+    "count_intruders",
     "intruder_dimensions",
     "singular_vectors",
     "subspace_similarity",
@@ -131,8 +132,27 @@ def intruder_dimensions(
     if base_vectors is None:
         base_vectors = base_singular_vectors(W0)
     tuned = W0 + update.to_dense().to(device, torch.float64)  # (d_out, d_in)
-    U_tuned = torch.linalg.svd(tuned, full_matrices=False)[0][:, :top]  # (d_out, top)
-    best = (U_tuned.T @ base_vectors.to(device)).abs().amax(dim=1)  # (top,)
+    U_tuned = torch.linalg.svd(tuned, full_matrices=False)[0]  # (d_out, n)
+    return count_intruders(U_tuned, base_vectors.to(device), top, eps)
+
+
+def count_intruders(
+    U_tuned: torch.Tensor,
+    U_base: torch.Tensor,
+    top: int = INTRUDER_TOP,
+    eps: float = INTRUDER_EPS,
+) -> int:
+    """How many of the top ``top`` vectors in ``U_tuned`` have ``max |cos| < eps`` with ``U_base``.
+
+    ``U_tuned`` ``(d, ≥ top)`` holds the left singular vectors of ``W0 + ΔW``
+    by descending σ and ``U_base`` ``(d, n)`` every left singular vector of
+    ``W0``, both orthonormal columns on one device: the definition of the
+    authors' code (github.com/reeceshuttle/intruder-dimensions,
+    ``find_intruder_dimensions.py``) and of peft's ``reduce_intruder_dimension``,
+    which compare with all ``min(d_out, d_in)`` vectors of W0 and count a
+    strict ``< eps``.
+    """
+    best = (U_tuned[:, :top].T @ U_base).abs().amax(dim=1)  # (top,)
     return int((best < eps).sum())
 
 

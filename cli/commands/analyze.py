@@ -7,6 +7,7 @@ import json
 import click
 
 import spectra
+from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP
 
 from .. import options
 from ..output import metrics_table, not_selected_line, render, warn, with_progress
@@ -30,6 +31,36 @@ from ..output import metrics_table, not_selected_line, render, warn, with_progre
     help="Leave out modules whose weights hold NaN or Inf (named in the warnings) "
     "instead of refusing the checkpoint.",
 )
+@click.option(
+    "--esd",
+    is_flag=True,
+    help="Also fit the power-law exponent α of the eigenvalue spectrum of W0 and of W0+ΔW "
+    "per module, as WeightWatcher 0.7.7 fits its alpha (alpha_base, alpha_tuned, with each "
+    "fit's xmin and KS distance; esd_alpha.png with --out). Needs the base (--base, or a "
+    "PEFT config's base found locally). Costs two more dense decompositions per module.",
+)
+@click.option(
+    "--intruders",
+    is_flag=True,
+    help="Also count intruder dimensions per module: top singular vectors of W0+ΔW whose "
+    "max |cos| with every singular vector of W0 is below --intruder-eps. Needs the base. "
+    "Costs two float64 SVDs per module (shared with --esd).",
+)
+@click.option(
+    "--intruder-top",
+    type=click.IntRange(min=1),
+    default=INTRUDER_TOP,
+    show_default=True,
+    help="With --intruders: intruders are sought among this many top singular vectors of W0+ΔW.",
+)
+@click.option(
+    "--intruder-eps",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=INTRUDER_EPS,
+    show_default=True,
+    help="With --intruders: a vector is an intruder when its max |cos| with W0's singular "
+    "vectors is below this.",
+)
 @options.loader_options
 def analyze(
     ckpt,
@@ -45,6 +76,10 @@ def analyze(
     quiet,
     as_json,
     skip_nonfinite,
+    esd,
+    intruders,
+    intruder_top,
+    intruder_eps,
     **loader,
 ):
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
@@ -59,6 +94,7 @@ def analyze(
       spectra analyze tuned/ --base base/ --out report/
       spectra analyze adapter/ --modules all --layers 0-3,7 --json
       spectra analyze adapter/ --html adapter.html    # a page to click through
+      spectra analyze tuned/ --base base/ --esd --intruders   # α of W0, W0+ΔW; intruders
     """
     from spectra.report import check_target  # the library loads when a command runs
 
@@ -79,6 +115,10 @@ def analyze(
         method="exact" if exact else "fast",
         jobs=jobs,
         skip_nonfinite=skip_nonfinite,
+        esd=esd,
+        intruders=intruders,
+        intruder_top=intruder_top,
+        intruder_eps=intruder_eps,
         **options.load_options(**loader),
     )
     if as_json:
@@ -96,13 +136,15 @@ def analyze(
         click.echo(metrics_table(report))
         if report.heads:  # --per-head on a multi-head source: how alike its heads are
             click.echo(_head_table(report))
+        if "weights" in report.meta:  # --esd, --intruders: what needs W0
+            click.echo(_weights_table(report))
         left_out = not_selected_line(report)  # what else the checkpoint holds, and the flag
         if left_out:
             click.echo(left_out)
     warn(report.warnings)
     if out is not None:
         report.save(out, force=force)
-        figures = _head_figures(report, out)
+        figures = _head_figures(report, out) + _esd_figure(report, out)
         if not quiet:
             click.echo(
                 f"report written to {out}/ (metrics.csv, report.json, spectra.safetensors"
@@ -137,6 +179,37 @@ def _head_figures(report, out) -> list[str]:
     label = report.meta["source"]["path"].rstrip("/").rsplit("/", 1)[-1]
     written = write_head_figures([report], [label], out)
     return ["heads.csv", "head_shares.csv", *(path.name for path in written)]
+
+
+def _weights_table(report) -> str:
+    """The columns that need W0, one row per layer and role (--esd, --intruders)."""
+    columns = report.meta["weights"]["columns"]
+    titles = {
+        "alpha_base": "α W0",
+        "xmin_base": "xmin W0",
+        "ks_base": "KS W0",
+        "alpha_tuned": "α W0+ΔW",
+        "xmin_tuned": "xmin W0+ΔW",
+        "ks_tuned": "KS W0+ΔW",
+        "intruder_dimensions": "intruders",
+    }
+    rows = [[row["layer"], row["role"], *(row.get(c) for c in columns)] for row in report.rows]
+    return "\nthe weights W0 and W0+ΔW:\n" + render(
+        ["layer", "role", *(titles[c] for c in columns)], rows
+    )
+
+
+def _esd_figure(report, out) -> list[str]:
+    """α of W0 and W0+ΔW by layer in the report folder (--esd with --out), when any was fitted."""
+    rows = report.rows
+    if not any(
+        row.get("alpha_tuned") is not None or row.get("alpha_base") is not None for row in rows
+    ):
+        return []
+    from spectra.plot import esd_alpha, save_figure
+
+    label = report.meta["source"]["path"].rstrip("/").rsplit("/", 1)[-1]
+    return [save_figure(esd_alpha(report, [label])[0], f"{out}/esd_alpha.png").name]
 
 
 def _method(report) -> str:

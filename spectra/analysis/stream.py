@@ -21,15 +21,24 @@ import torch
 
 from .. import __version__
 from ..arguments import BASE, SKIP_NONFINITE
+from ..defaults import INTRUDER_EPS, INTRUDER_TOP
 from ..delta import Factored, LayerDelta
 from ..errors import NonFiniteError, warn
 from ..io.hub import locate
 from ..loaders import Checkpoint, Selection
 from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_summary, row_flags, spectrum_key
-from ..svd import accuracy_floor, check_finite, check_method, resolve_device, singular_values_stream
+from ..svd import (
+    accuracy_floor,
+    check_finite,
+    check_method,
+    default_jobs,
+    resolve_device,
+    singular_values_stream,
+)
 from .heads import HeadCollector
 from .sources import load
+from .weights import WeightMeasures, check_weight_options, with_base
 
 __all__ = ["analyze", "build_report", "report_row", "rounding_floor_of"]
 
@@ -50,6 +59,10 @@ def analyze(
     skip_nonfinite: bool = False,
     each: Callable[[Checkpoint, LayerDelta, torch.Tensor], None] | None = None,
     checkpoint: Checkpoint | None = None,
+    esd: bool = False,
+    intruders: bool = False,
+    intruder_top: int = INTRUDER_TOP,
+    intruder_eps: float = INTRUDER_EPS,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -86,6 +99,15 @@ def analyze(
     opened with these ``base`` and ``options`` (a sweep opens each checkpoint
     once, to check it before any work). ``options`` go to ``spectra.load``
     (``adapter``, ``per_head``, ``directional_only``, ``lora_alpha``).
+    ``esd=True`` and ``intruders=True`` need the base weights W0 (``base``,
+    or a PEFT config's base when it is a local folder or cached) and add
+    columns per module (``analysis.weights``): α of the eigenvalue spectrum
+    of W0 and of W0 + ΔW as WeightWatcher 0.7.7 fits it (``alpha_base``,
+    ``xmin_base``, ``ks_base``, ``alpha_tuned``, ``xmin_tuned``,
+    ``ks_tuned``), and the count of intruder dimensions among the top
+    ``intruder_top`` left singular vectors of W0 + ΔW (``intruder_dimensions``).
+    Each costs two more dense decompositions per module (shared when both
+    are asked).
 
     Args:
         path: the checkpoint: a local path or a Hub id (as ``spectra.load``).
@@ -115,6 +137,13 @@ def analyze(
             in memory; ``None`` (the default): no calls.
         checkpoint: ``path`` already opened with these ``base`` and
             ``options``; ``None`` (the default): opened here.
+        esd: also fit α of the eigenvalue spectrum of W0 and of W0 + ΔW;
+            default False.
+        intruders: also count intruder dimensions; default False.
+        intruder_top: intruders are sought among this many top left singular
+            vectors of W0 + ΔW; default 10.
+        intruder_eps: a vector is an intruder when its largest ``|cos|`` with
+            W0's left singular vectors is below this; default 0.5.
         **options: the format's loader options (``spectra.formats()``).
 
     Returns:
@@ -126,7 +155,8 @@ def analyze(
 
     Raises:
         FormatError: the path or an option is not readable as a checkpoint.
-        MissingBaseError: ΔW needs ``base`` and none was given.
+        MissingBaseError: ΔW needs ``base`` and none was given, or ``esd`` or
+            ``intruders`` was asked without a base.
         BaseMismatchError: ``base`` does not match the checkpoint.
         SelectionError: a module or layer asked for is not in the checkpoint.
         NonFiniteError: a module's weights hold NaN or Inf (without
@@ -141,14 +171,29 @@ def analyze(
         sigma = report.spectrum(0, "v")  # descending, float64
         report.save("adapter-report/")
         full = spectra.analyze("full-finetune/", base="base-model/", method="exact")
+        alphas = spectra.analyze("adapter/", base="base-model/", esd=True, intruders=True)
     """
     source = locate(path, "CKPT")  # each Hub id once: the snapshot recorded is the one read
     base_source = locate(base, BASE) if base is not None else None
+    check_weight_options(esd, intruders, intruder_top, intruder_eps, options)
     if checkpoint is None:
         checkpoint = load(source, base=base_source, format=format, **options)
+    base_note = None
+    if esd or intruders:  # W0 is needed: the config's base, when none was given
+        checkpoint, base_note = with_base(
+            checkpoint, esd, intruders, lambda found: load(source, found, format, **options)
+        )
     selection = checkpoint.plan(modules, layers)
     target = resolve_device(device)
     check_method(method)
+    measures = None
+    if esd or intruders:  # on the CPU, beside the stream's workers, on their share of threads
+        workers = (jobs or default_jobs(target)) if target.type == "cpu" else None
+        threads = max(1, torch.get_num_threads() // workers) if workers else None
+        measures = WeightMeasures(
+            esd, intruders, target, method, intruder_top, intruder_eps, threads
+        )
+        measures.notes.extend([base_note] if base_note else [])
     total = len(selection.keys)  # progress counts modules; a module may have several heads
     done: set[tuple[int, str]] = set()
     skipped: list[str] = []
@@ -163,6 +208,8 @@ def analyze(
 
     def after(delta: LayerDelta, sigma: torch.Tensor, key: str) -> None:
         heads(checkpoint, delta)
+        if measures is not None:  # what needs W0, while this module's ΔW is in memory
+            measures(checkpoint, delta)
         done.add((delta.layer, delta.role))
         if progress is not None:
             progress(len(done) + len(skipped), total, key)
@@ -187,6 +234,11 @@ def analyze(
         )
     except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
         raise NonFiniteError(f"{source.path}: {exc}") from None
+    finally:
+        if measures is not None:
+            measures.close()
+    if measures is not None:
+        measures.fill(report)
     heads.attach(report)  # Report.heads and head_shares, when heads were analysed
     for warning in report.warnings:  # in Python, also through the warnings module (SpectraWarning)
         warn(f"{source.path}: {warning}")

@@ -9,7 +9,8 @@ PNG, PDF or SVG by the file's extension.
 One module per figure: ``figure2`` (``histogram``), ``layers``
 (``layer_curves``), ``spectrum``, ``subspace`` (``similarity_heatmap``),
 ``interference`` (``interference_heatmap``), ``heads`` (``head_similarity``,
-``head_matrix``) and ``sweep`` (``sweep_curves``); ``redraw`` is what
+``head_matrix``), ``esd`` (``esd_alpha``: α of W0 and W0 + ΔW by layer) and
+``sweep`` (``sweep_curves``); ``redraw`` is what
 ``spectra plot`` runs (saved reports in, figures out, never over existing
 ones without ``force``); ``_style`` holds the look they share and ``_rows``
 what they take from reports.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 from ._rows import NORMALIZATIONS, common_modules, floor_of
 from ._style import PANELS_PER_ROW, method_colors, save_figure
+from .esd import esd_alpha
 from .figure2 import adapter_rank, histogram
 from .heads import head_matrix, head_similarity, most_alike_layer, write_head_figures
 from .interference import interference_heatmap
@@ -51,6 +53,7 @@ __all__ = [
     "ceiling",
     "chance_levels",
     "common_modules",
+    "esd_alpha",
     "floor_of",
     "head_matrix",
     "head_similarity",

@@ -26,6 +26,7 @@ from .rows import (
     ID_COLUMNS,
     OPTIONAL,
     RENAMED,
+    WEIGHT_COLUMNS,
     Row,
     column_type,
     csv_text,
@@ -162,7 +163,11 @@ class Report:
 
     @property
     def columns(self) -> list[str]:
-        """The CSV columns, in order (``head`` only when some row has a head; ``health`` last)."""
+        """The CSV columns, in order (``head`` only when some row has a head; ``health`` last).
+
+        The columns that need W0 (``WEIGHT_COLUMNS``: ``analyze(..., esd=True,
+        intruders=True)``) come after the metrics, in the reports that have them.
+        """
         # head and expert only when some row has one; rank_ceiling only in reports that have it
         ids = [
             name
@@ -171,7 +176,8 @@ class Report:
             and (name != "rank_ceiling" or any(name in row for row in self.rows))
         ]
         health = ["health"] if any("health" in row for row in self.rows) else []  # reports ≥ 0.2
-        return ids + list(METRICS) + health
+        weights = [name for name in WEIGHT_COLUMNS if any(name in row for row in self.rows)]
+        return ids + list(METRICS) + weights + health
 
     def _has(self, column: str) -> bool:
         return any(row.get(column) is not None for row in self.rows)

@@ -27,6 +27,7 @@ __all__ = [
     "ID_COLUMNS",
     "OPTIONAL",
     "RENAMED",
+    "WEIGHT_COLUMNS",
     "Row",
     "column_type",
     "csv_text",
@@ -54,7 +55,20 @@ ID_COLUMNS = (
     ("share_above_floor", "float"),
 )
 OPTIONAL = ("head", "expert")  # id columns shown only when some row has one
-INT_METRICS = {"numerical_rank"} | {name for name in METRICS if name.startswith("energy_rank@")}
+# What needs the base weights W0, measured on request (analysis.weights: analyze's esd=True,
+# intruders=True): after the metrics, only in reports that have them.
+WEIGHT_COLUMNS = (
+    "alpha_base",
+    "xmin_base",
+    "ks_base",
+    "alpha_tuned",
+    "xmin_tuned",
+    "ks_tuned",
+    "intruder_dimensions",
+)
+INT_METRICS = {"numerical_rank", "intruder_dimensions"} | {
+    name for name in METRICS if name.startswith("energy_rank@")
+}
 
 RENAMED = {"flags": "health", "module": "role"}  # columns of older reports, by today's names
 
