@@ -150,12 +150,12 @@ def _randomise(parameters, dtype: torch.dtype, seed: int) -> None:
 
 
 def write_lycoris(models: Models, folder: Path, dtype, sdxl=False, **kwargs):
-    """A kohya-layout file by LyCORIS, and ΔW of each module by LyCORIS's merge in float64.
+    """A kohya-layout file by LyCORIS, and ΔW of each module by LyCORIS in float64.
 
-    ``get_merged_weight`` (W0 + ΔW, the weight decomposition applied for
-    DoRA) agrees with LyCORIS's forward to 1e-16 for LoRA / DoRA modules; its
-    scale is applied once for them (LoKr's and LoHa's merge square it, see
-    test_kohya.py, and are not used here).
+    For LoRA / DoRA modules the reference is ``get_merged_weight`` (W0 + ΔW,
+    the weight decomposition applied), which agrees with LyCORIS's forward to
+    1e-16 and is ten times faster; LoHa's and LoKr's merge square the scale
+    (test_kohya.py), so theirs is the forward pass ``(module(I) − W0·I)ᵀ``.
     """
     from lycoris.kohya import create_network
 
@@ -174,9 +174,14 @@ def write_lycoris(models: Models, folder: Path, dtype, sdxl=False, **kwargs):
     with torch.no_grad():
         for lora in network.loras:
             original = lora.org_module[0].double()
-            if isinstance(original, torch.nn.Linear):  # proj_in / proj_out convs: not analysed
+            if not isinstance(original, torch.nn.Linear):  # proj_in / proj_out convs: listed
+                continue
+            if kwargs.get("algo", "lora") == "lora":
                 merged = lora.get_merged_weight()[0]  # (out, in)
                 reference[lora.lora_name] = (merged - original.weight).numpy()
+            else:
+                x = torch.eye(original.in_features, dtype=torch.float64)  # (in, in)
+                reference[lora.lora_name] = (lora(x) - lora.org_forward(x)).T.numpy()
     return path, reference
 
 
@@ -337,24 +342,34 @@ def test_lycoris_lora_with_a_pipeline_folder_and_a_single_file(models, tmp_path,
         assert {r.delta.source_dtype for r in reads} == {dtype}
 
 
-@pytest.mark.parametrize(
-    ("axis", "dtype"),
-    [("in", torch.float32), ("out", torch.float32), ("in", torch.bfloat16), ("out", torch.float16)],
-    ids=["in-float32", "out-float32", "in-bfloat16", "out-float16"],
-)
-def test_lycoris_dora_over_either_axis(models, tmp_path, axis, dtype):
+DORA_CASES = {  # algo, axis, dtype
+    "lora-in-float32": ("lora", "in", torch.float32, {}),
+    "lora-out-bfloat16": ("lora", "out", torch.bfloat16, {}),
+    "lora-in-float16": ("lora", "in", torch.float16, {}),
+    "loha-out-float32": ("loha", "out", torch.float32, {}),
+    "lokr-in-float32": ("lokr", "in", torch.float32, {"factor": 4}),
+}
+
+
+@pytest.mark.parametrize("case", list(DORA_CASES))
+def test_lycoris_dora_over_either_axis(models, tmp_path, case):
     """dora_scale (1, d_in) (wd_on_output=False) or (d_out, 1) (LyCORIS's default)."""
+    algo, axis, dtype, options = DORA_CASES[case]
     wd = {"in": "False", "out": "True"}[axis]
     path, reference = write_lycoris(
-        models, tmp_path, dtype, algo="lora", dora_wd="True", wd_on_output=wd
+        models, tmp_path, dtype, algo=algo, dora_wd="True", wd_on_output=wd, **options
     )
     reads = check_with_base(path, models.sd_pipe, reference, models.weights(models.sd_pipe))
     checkpoint = spectra.load(path, base=models.sd_pipe)
-    assert checkpoint.variant == "DoRA"
+    assert checkpoint.variant == {"lora": "DoRA", "loha": "LoHa with DoRA"}.get(
+        algo, "LoKr with DoRA"
+    )
     (how,) = checkpoint.describe().details["DoRA magnitude"]
     assert how.startswith(f"over {'input columns' if axis == 'in' else 'output rows'}")
     shapes = {r.dense.shape for r in reads}
     assert (32, 32) in shapes and (32, 24) in shapes  # square attn1, non-square attn2 k / v
+    if algo != "lora":
+        return
     # On a square layer the other axis gives another weight: the test can tell them apart.
     read = next(r for r in reads if r.delta.name.endswith("attn1_to_q"))
     with safe_open(str(path), "pt") as file:
@@ -520,6 +535,8 @@ def test_kohya_flux_bfl_names_with_a_diffusers_folder(models, tmp_path):
                 checkpoint.base_weight((delta.layer, delta.role)).numpy(), W
             )
             assert delta.base_norm == pytest.approx(np.linalg.norm(W), rel=1e-12)
+        assert_same_reads(reads, read_deltas(checkpoint, modules="all"))
+        assert_nothing_dropped(path, checkpoint)
 
 
 def test_intruder_dimensions_of_an_image_adapter(models, tmp_path):

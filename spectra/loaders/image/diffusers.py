@@ -16,7 +16,12 @@ metadata key ``lora_adapter_metadata`` (keys ``unet.r``, ``unet.lora_alpha``,
 as peft reads it (``rank_pattern`` / ``alpha_pattern``, ``use_rslora``);
 otherwise lora_alpha = r, scale 1, which is what diffusers assumes when it
 loads such a file — said in the warnings. ``common.py`` maps and rebuilds
-the modules.
+the modules. With a base (``--base``) the prefix names the model part a
+module's W0 is in (``unet.``, ``transformer.``, ``prior.``: the base's
+denoiser; ``text_encoder_2.``: its ``text_encoder_2``; none: any part), and
+the rest of the name, in diffusers' names, is found in a pipeline folder or
+in a single file's LDM / BFL names (``bases.py``); peft's DoRA
+(``lora_magnitude_vector`` ``(d_out,)``) is rebuilt against it.
 """
 
 from __future__ import annotations
