@@ -164,7 +164,7 @@ class ImageBaseLink:
             )
             raise MissingBaseError(
                 f"{self.store.path}: {unbased[0]}{more} carry a DoRA magnitude "
-                f"({', '.join(DORA_PARTS)}): their ΔW = W0 + s·ΔW normalised by m/‖·‖, minus W0, "
+                f"({', '.join(DORA_PARTS)}): their ΔW = V·m/‖V‖ − W0, V = W0 + s·ΔW_dir, "
                 f"needs the base weight W0: {where} {BASE('DIR')}, the model the adapter was "
                 "trained on (a diffusers pipeline folder or a single-file checkpoint)"
             )

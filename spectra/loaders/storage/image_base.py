@@ -173,12 +173,15 @@ class ImageBase:
             return "unet"
         if "Transformer" in name:
             return "transformer"
-        return "text_encoder" if any(k in name for k in ("CLIP", "T5")) else None
+        if "T5" in name:
+            return "text_encoder_3"  # kohya's lora_te3; text_encoder_2 of a Flux pipeline
+        return "text_encoder" if "CLIP" in name else None
 
     def _open_component(self, folder: Path, component: str) -> None:
         weights = next((folder / n for n in _FILES if (folder / n).is_file()), None)
-        if weights is None:
-            variants = sorted(folder.glob("*.safetensors"))
+        if weights is None:  # a variant (….fp16.safetensors), sharded or not, if it is the only one
+            variants = sorted(folder.glob("*.safetensors.index.json"))
+            variants = variants or sorted(folder.glob("*.safetensors"))
             if len(variants) != 1:
                 found = ", ".join(v.name for v in variants) or "no weights file"
                 raise FormatError(
