@@ -25,6 +25,14 @@ widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
 | ``shira.py`` | SHiRA (``shira_weight`` at ``shira_indices``) |
 | ``miss.py`` | MiSS / Bone (``blockᵀ`` tiled over W0's columns; ``bat``: ``W0_pq M_p + M_p``) |
 | ``gralora.py`` | GraLoRA (a k×k grid of rank-r/k LoRAs plus a hybrid LoRA, · α/(r+h)) |
+| ``ia3.py`` | (IA)³ (``(l − 1) ⊙ W0``, l scaling rows or columns) |
+| ``oft.py`` | OFT (``W0 (Rᵀ − I)``, R block-diagonal Cayley rotations); the Cayley helpers |
+| ``boft.py`` | BOFT (``diag(s) W0 Rᵀ − W0``, R butterfly-permuted block rotations) |
+| ``hra.py`` | HRA (``W0 (H₁⋯H_r − I)``, Householder reflections, factored) |
+| ``road.py`` | RoAd (``(R − I) W0``, R rotating pairs of output rows) |
+| ``psoft.py`` | PSOFT (``s · B (R − I) A``, A and B from W0's float32 SVD) |
+| ``glora.py`` | GLoRA (``W0 ⊙ A + B``) |
+| ``hira.py`` | HiRA (``W0 ⊙ (B @ A)``) |
 | ``multilora.py`` | MultiLoRA (``s · Σ_i diag(c_i) B_i @ A_i``, or each head) |
 | ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
 

@@ -49,6 +49,7 @@ from .vera import Vera  # noqa: F401
 # The families added with peft 0.21's methods: each module registers its variants.
 from . import multiplicative, newer, shared_bases, structured  # noqa: F401  isort: skip
 from . import fourierft, miss  # noqa: F401  isort: skip  (structured's family)
+from . import oft, psoft  # noqa: F401  isort: skip  (multiplicative's family)
 
 # base_model_name_or_path → a local model folder, or None. Given by the caller
 # (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
