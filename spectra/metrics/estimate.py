@@ -1,0 +1,400 @@
+"""Balance metrics of a dense ΔW estimated with a stated error, far faster than all its σ.
+
+Every balance metric is a function of the eigenvalues λ_i = σ_i² of the Gram
+matrix G of the smaller side of ΔW (``ΔWᵀΔW`` or ``ΔWΔWᵀ``, n × n with
+n = min(d_out, d_in)). Computing all of them costs a dense n³ eigensolve;
+these estimates touch ΔW only through products with a few dozen vectors.
+
+- **Trace functions** by stochastic Lanczos quadrature (SLQ; Ubaru, Chen and
+  Saad, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature",
+  SIAM J. Matrix Anal. Appl. 2017): for N Rademacher probes z_v (‖z_v‖² = n)
+  and m Lanczos steps on G from each, ``tr f(G) ≈ (n/N) Σ_v Σ_j τ_vj² f(θ_vj)``,
+  θ_vj the Ritz values of the v-th tridiagonal matrix and τ_vj the first
+  components of its eigenvectors. spectra estimates
+  ``Σσ = tr G^½`` and ``Σσ ln σ = tr(½ G^½ ln G)``, so
+  ``entropy = ln Σσ − Σσ ln σ / Σσ`` (p_i = σ_i/Σσ, METRICS.md) and
+  ``effective_rank = exp(entropy)``; ``Σσ² = ‖ΔW‖_F²`` is computed exactly.
+  ``energy_rank@q`` is read from the quadrature's spectral measure (the
+  count of eigenvalues above the level where the energy above reaches
+  ``q·Σσ²``), unless the top singular values below already hold that
+  energy: then it is exact.
+  The error of each is **one standard error**, by the jackknife over the
+  probes (each probe left out in turn). It covers the probes' randomness,
+  not the quadrature's own error, which m Lanczos steps with full
+  reorthogonalisation make small for these smooth functions (and zero for
+  a flat spectrum or one of fewer than m distinct values).
+- **The top singular values** by randomized block Krylov iteration (Musco
+  and Musco, "Randomized block Krylov methods for stronger and faster
+  approximate singular value decomposition", NeurIPS 2015): an orthonormal
+  basis Q of ``[ΔW Ω, (ΔWΔWᵀ) ΔW Ω, …]`` and the SVD of ``QᵀΔW``. Each Ritz
+  value is at most the true σ_i (Cauchy interlacing), and its error is
+  **a bound**: a singular value of ΔW lies within ``‖(I − QQᵀ) ΔW v_i‖/√2``
+  of it. ``spectral_norm`` and ``stable_rank = Σσ²/σ_1²`` carry it (stable
+  rank's by first-order propagation of σ_1's bound).
+
+Everything is float64 and seeded: the same matrix and seed give the same
+estimate, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ESTIMATED", "Estimate", "estimate_metrics", "top_singular_values"]
+
+# The metrics an estimate gives; the others are left missing (NaN) in its row.
+ESTIMATED = (
+    "entropy",
+    "normalized_entropy",
+    "effective_rank",
+    "stable_rank",
+    "spectral_norm",
+    "frobenius_norm",
+    "nuclear_norm",
+    "energy_rank@0.5",
+    "energy_rank@0.9",
+    "energy_rank@0.99",
+)
+STANDARD_ERROR = (
+    "one standard error (jackknife over the probe vectors, with the quadrature's Gauss / "
+    "Gauss–Radau gap)"
+)
+RESIDUAL_BOUND = "a bound (the Ritz residual of randomized block Krylov)"
+EXACT = "exact"
+
+
+@dataclass
+class Estimate:
+    """The estimated metrics of one ΔW, each with its error and what that error is.
+
+    Args:
+        values: metric name → estimate.
+        errors: metric name → its error (0 where exact).
+        error_kinds: metric name → ``STANDARD_ERROR``, ``RESIDUAL_BOUND`` or ``EXACT``.
+        top: the top singular values, descending (Ritz values), float64.
+        top_errors: the residual bound of each of ``top``.
+        probes: the number of probe vectors of the quadrature.
+        steps: the Lanczos steps per probe.
+
+    Example:
+        >>> e = estimate_metrics(torch.eye(50, dtype=torch.float64), probes=8, steps=5)
+        >>> round(e.values["effective_rank"], 9), e.errors["effective_rank"]
+        (50.0, 0.0)
+        >>> round(e.values["frobenius_norm"] ** 2, 9), e.error_kinds["frobenius_norm"]
+        (50.0, 'exact')
+    """
+
+    values: dict[str, float]
+    errors: dict[str, float]
+    error_kinds: dict[str, str]
+    top: torch.Tensor
+    top_errors: torch.Tensor
+    probes: int
+    steps: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _gram_product(matrix: torch.Tensor):
+    """``X ↦ G X`` for the Gram matrix of the smaller side, and its size n."""
+    d_out, d_in = matrix.shape
+    if d_out >= d_in:
+        return (lambda X: matrix.T @ (matrix @ X)), d_in  # G = ΔWᵀΔW, (d_in, d_in)
+    return (lambda X: matrix @ (matrix.T @ X)), d_out  # G = ΔWΔWᵀ, (d_out, d_out)
+
+
+def _lanczos(product, n: int, probes: int, steps: int, generator: torch.Generator):
+    """Ritz values θ (N, m) and weights τ² (N, m) of m Lanczos steps from N Rademacher probes.
+
+    Every probe runs side by side (one matrix product per step for all of
+    them) with full reorthogonalisation. A probe whose Krylov space closes
+    early (β ≈ 0) keeps the steps it took; its later weights are zero.
+    """
+    steps = min(steps, n)
+    signs = torch.randint(0, 2, (n, probes), generator=generator, dtype=torch.int64)
+    q = (2.0 * signs.double() - 1.0) / math.sqrt(n)  # (n, N): unit Rademacher probes
+    basis = torch.zeros(probes, steps, n, dtype=torch.float64)  # (N, m, n): rows q_j of each probe
+    alpha = torch.zeros(steps, probes, dtype=torch.float64)
+    beta = torch.zeros(steps, probes, dtype=torch.float64)
+    alive = torch.ones(probes, dtype=torch.bool)
+    length = torch.full((probes,), steps, dtype=torch.int64)
+    tiny = torch.finfo(torch.float64).tiny
+    scale = None
+    for j in range(steps):
+        basis[:, j] = q.T
+        w = product(q)  # (n, N)
+        alpha[j] = (q * w).sum(0)
+        if scale is None:
+            scale = w.norm(dim=0).clamp_min(tiny)
+        # full reorthogonalisation against every basis vector so far, twice
+        earlier = basis[:, : j + 1]  # (N, j+1, n)
+        for _ in range(2):
+            coefficients = torch.bmm(earlier, w.T.unsqueeze(2))  # (N, j+1, 1)
+            w = w - torch.bmm(earlier.transpose(1, 2), coefficients).squeeze(2).T
+        norms = w.norm(dim=0)  # (N,)
+        closed = alive & (norms <= 1e-10 * scale)
+        length[closed] = j + 1
+        alive &= ~closed
+        if j + 1 < steps:
+            q = torch.where(alive, w / norms.clamp_min(tiny), 0.0)
+        beta[j] = torch.where(alive, norms, torch.zeros_like(norms))
+        if not bool(alive.any()):
+            break
+    nodes = torch.zeros(probes, steps, dtype=torch.float64)
+    weights = torch.zeros(probes, steps, dtype=torch.float64)
+    radau_nodes = torch.zeros(probes, steps + 1, dtype=torch.float64)
+    radau_weights = torch.zeros(probes, steps + 1, dtype=torch.float64)
+    for v in range(probes):
+        m = int(length[v])
+        T = (
+            torch.diag(alpha[:m, v])
+            + torch.diag(beta[: m - 1, v], 1)
+            + torch.diag(beta[: m - 1, v], -1)
+        )  # (m, m): the Jacobi matrix of the Gauss rule
+        theta, vectors = torch.linalg.eigh(T)  # (m,), (m, m)
+        nodes[v, :m] = theta.clamp_min(0.0)  # G is positive semidefinite
+        weights[v, :m] = vectors[0] ** 2
+        closed = bool(beta[m - 1, v] == 0) or float(theta[0]) <= 0
+        if closed:  # an exact rule (or a singular T): the bracket is the rule itself
+            radau_nodes[v, :m], radau_weights[v, :m] = nodes[v, :m], weights[v, :m]
+            continue
+        # Gauss–Radau with a node fixed at 0 ≤ λ_min (Golub & Meurant): extend T by one row
+        # whose diagonal makes 0 an eigenvalue of the extended matrix.
+        e_m = torch.zeros(m, dtype=torch.float64)
+        e_m[-1] = beta[m - 1, v] ** 2
+        delta = torch.linalg.solve(T, e_m)  # (m,): (T − 0·I) δ = β_m² e_m
+        extended = torch.zeros(m + 1, m + 1, dtype=torch.float64)
+        extended[:m, :m] = T
+        extended[m, m - 1] = extended[m - 1, m] = beta[m - 1, v]
+        extended[m, m] = delta[-1]
+        theta, vectors = torch.linalg.eigh(extended)
+        radau_nodes[v, : m + 1] = theta.clamp_min(0.0)
+        radau_weights[v, : m + 1] = vectors[0] ** 2
+    # Nodes at the Gram matrix's rounding level (n·ε₆₄·λ_max) are zeros: √ would lift them.
+    floor = n * torch.finfo(torch.float64).eps * float(nodes.max().clamp_min(0.0))
+    nodes[nodes <= floor] = 0.0
+    radau_nodes[radau_nodes <= floor] = 0.0
+    return nodes, weights, radau_nodes, radau_weights
+
+
+def _sqrt_log(nodes: torch.Tensor) -> torch.Tensor:
+    """½·√λ·ln λ = σ ln σ at σ = √λ, 0 at λ = 0."""
+    safe = nodes.clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(nodes > 0, 0.5 * nodes.sqrt() * safe.log(), torch.zeros_like(nodes))
+
+
+def _energy_rank(
+    nodes: torch.Tensor, weights: torch.Tensor, n: int, q: float, exact: torch.Tensor
+) -> float:
+    """The count of eigenvalues above the level where the energy above reaches ``q`` of all.
+
+    The spectral measure is the ``exact`` eigenvalues (one each) and the
+    quadrature's nodes, each counting ``n·τ²/N`` eigenvalues.
+    """
+    probes = nodes.shape[0]
+    levels = torch.cat([exact, nodes.flatten()])
+    counts = torch.cat([torch.ones_like(exact), n * weights.flatten() / probes])
+    levels, order = levels.sort(descending=True)
+    counts = counts[order]
+    energy = (counts * levels).cumsum(0)
+    if energy[-1] <= 0:
+        return 0.0
+    goal = q * float(energy[-1])
+    index = min(int(torch.searchsorted(energy, goal)), len(energy) - 1)
+    before = float(energy[index - 1]) if index > 0 else 0.0
+    # the crossing node stands for many eigenvalues of about its level: take what is needed
+    needed = (goal - before) / float(levels[index]) if levels[index] > 0 else 0.0
+    return max(1.0, float(counts[:index].sum()) + min(needed, float(counts[index])))
+
+
+def _jackknife(statistic, per_probe: list[torch.Tensor]) -> tuple[float, float]:
+    """The statistic of all probes and its jackknife standard error over them."""
+    probes = per_probe[0].shape[0]
+    whole = statistic(*per_probe)
+    if probes < 2:
+        return whole, math.nan
+    keep = torch.ones(probes, dtype=torch.bool)
+    leave_one_out = []
+    for v in range(probes):
+        keep[v] = False
+        leave_one_out.append(statistic(*(values[keep] for values in per_probe)))
+        keep[v] = True
+    values = torch.tensor(leave_one_out, dtype=torch.float64)
+    spread = float(((values - values.mean()) ** 2).sum())
+    return whole, math.sqrt((probes - 1) / probes * spread)
+
+
+def top_singular_values(
+    matrix: torch.Tensor, k: int, *, oversample: int = 8, iterations: int = 6, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` singular values of ``matrix`` by randomized block Krylov, with bounds.
+
+    Args:
+        matrix: ``(d_out, d_in)``, any float dtype (taken in float64).
+        k: how many of the largest singular values to return.
+        oversample: extra columns of the starting block.
+        iterations: the Krylov steps (the space has ``(iterations + 1)·(k + oversample)`` columns).
+        seed: the seed of the Gaussian starting block.
+
+    Returns:
+        ``(sigma, bound)``, each ``(k,)`` float64: the Ritz values, descending
+        (each at most the true σ_i), and for each a residual bound within
+        which a singular value of ``matrix`` lies.
+
+    Example:
+        >>> sigma, bound = top_singular_values(torch.diag(torch.arange(20.0, 0, -1)), 3)
+        >>> [round(float(s), 6) for s in sigma], bool(bound.max() < 1e-8)
+        ([20.0, 19.0, 18.0], True)
+    """
+    sigma, bound, _, _ = _block_krylov(matrix, k, oversample, iterations, seed)
+    return sigma, bound
+
+
+def _block_krylov(matrix: torch.Tensor, k: int, oversample: int, iterations: int, seed: int):
+    """(σ, bound, U, V) of the top ``k`` Ritz triplets; see ``top_singular_values``."""
+    M = matrix.double()
+    d_out, d_in = M.shape
+    k = min(k, d_out, d_in)
+    block = min(k + oversample, d_out, d_in)
+    if block * (iterations + 1) >= min(d_out, d_in):  # the space would be all of it
+        U, sigma, Vh = torch.linalg.svd(M, full_matrices=False)
+        residual = M @ Vh[:k].T - U[:, :k] * sigma[:k]  # (d_out, k): rounding only
+        return sigma[:k].clone(), residual.norm(dim=0) / math.sqrt(2.0), U[:, :k], Vh[:k].T
+    generator = torch.Generator().manual_seed(seed)
+    omega = torch.randn(d_in, block, generator=generator, dtype=torch.float64)  # (d_in, b)
+    current = torch.linalg.qr(M @ omega).Q  # (d_out, b)
+    blocks = [current]
+    width = block
+    for _ in range(iterations):
+        if width + block > min(d_out, d_in):
+            break
+        current = M @ (M.T @ current)  # (d_out, b)
+        for earlier in blocks:  # block Gram–Schmidt, then QR within the block
+            current = current - earlier @ (earlier.T @ current)
+        current = torch.linalg.qr(current).Q
+        blocks.append(current)
+        width += block
+    Q = torch.linalg.qr(torch.cat(blocks, dim=1)).Q  # (d_out, K): orthonormal basis
+    small = Q.T @ M  # (K, d_in)
+    U_small, sigma, Vh = torch.linalg.svd(small, full_matrices=False)
+    V = Vh[:k].T  # (d_in, k)
+    U = Q @ U_small[:, :k]  # (d_out, k)
+    residual = M @ V - U * sigma[:k]  # (d_out, k): (I − QQᵀ) M v_i
+    return sigma[:k].clone(), residual.norm(dim=0) / math.sqrt(2.0), U, V
+
+
+def estimate_metrics(
+    matrix: torch.Tensor,
+    *,
+    probes: int = 32,
+    steps: int = 40,
+    top: int = 16,
+    seed: int = 0,
+) -> Estimate:
+    """Estimate the balance metrics of a dense ΔW with their errors (module docstring).
+
+    Args:
+        matrix: ΔW ``(d_out, d_in)``, any float dtype (taken in float64).
+        probes: the Rademacher probe vectors of the quadrature.
+        steps: the Lanczos steps from each probe.
+        top: how many of the largest singular values to find (``Estimate.top``).
+        seed: the seed of the probes and of the Krylov block.
+
+    Returns:
+        An ``Estimate``: the values of ``ESTIMATED`` with their errors.
+
+    Example:
+        >>> M = torch.diag(torch.tensor([3.0, 2.0, 1.0] + [0.0] * 37))
+        >>> e = estimate_metrics(M, probes=8, steps=10, top=3)
+        >>> round(e.values["spectral_norm"], 9), round(e.values["stable_rank"], 6)
+        (3.0, 1.555556)
+    """
+    M = matrix.double()
+    d_out, d_in = M.shape
+    n = min(d_out, d_in)
+    sigma, bound, U, V = _block_krylov(M, min(top, n), 8, 6, seed + 1)
+    # Deflate the converged top directions: their singular values count exactly (Ritz values
+    # within a bound of 1e-6·σ_1) and the quadrature runs on the rest, P G P with
+    # P = I − V Vᵀ on the Gram side; with f(0) = 0 they add nothing to its traces. An
+    # unconverged direction is left to the quadrature: pinching G with inexact vectors
+    # would raise every concave trace (Σσ) by the square of their residual.
+    gram, _ = _gram_product(M)
+    converged = bound <= 1e-6 * sigma[0] if float(sigma[0]) > 0 else bound >= 0
+    deflated = converged.cumprod(0).bool()  # a prefix: the top values, in order
+    vectors = (V if d_out >= d_in else U)[:, deflated]  # (n, k): G's top eigenvectors
+    exact_sigma = sigma[deflated]
+
+    def product(X: torch.Tensor) -> torch.Tensor:  # (n, N) → P G P X
+        X = X - vectors @ (vectors.T @ X)
+        Y = gram(X)
+        return Y - vectors @ (vectors.T @ Y)
+
+    generator = torch.Generator().manual_seed(seed)
+    nodes, weights, radau_nodes, radau_weights = _lanczos(product, n, probes, steps, generator)
+    sum_sq = float((M * M).sum())  # Σσ² = ‖ΔW‖_F², exact
+    values: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    kinds: dict[str, str] = {}
+
+    def put(name: str, value: float, error: float, kind: str) -> None:
+        values[name], errors[name], kinds[name] = value, error, kind
+
+    # per probe v: n Σ_j τ² f(θ), the probe's estimate of tr f(G)
+    top_sigma = exact_sigma[exact_sigma > 0]
+    top_sum, top_log = float(top_sigma.sum()), float((top_sigma * top_sigma.log()).sum())
+
+    def traces(rule_nodes: torch.Tensor, rule_weights: torch.Tensor):
+        """Per probe v, its estimates n Σ_j τ² f(θ) of Σσ and Σσ ln σ, top values added."""
+        sums = top_sum + n * (rule_weights * rule_nodes.sqrt()).sum(1)  # (N,)
+        logs = top_log + n * (rule_weights * _sqrt_log(rule_nodes)).sum(1)  # (N,)
+        return sums, logs
+
+    gauss = traces(nodes, weights)
+    radau = traces(radau_nodes, radau_weights)
+    # Gauss over-estimates Σσ (√ has negative even derivatives), Gauss–Radau at 0 under-
+    # estimates it: take the middle, and half their gap as the quadrature's own error.
+    sums, sum_logs = ((g + r) / 2 for g, r in zip(gauss, radau, strict=True))
+
+    def entropy(s: torch.Tensor, sl: torch.Tensor) -> float:
+        total = float(s.mean())
+        return 0.0 if total <= 0 else math.log(total) - float(sl.mean()) / total
+
+    def with_quadrature(statistic, error: float) -> float:
+        gap = abs(statistic(*gauss) - statistic(*radau)) / 2
+        return math.hypot(error, gap)
+
+    H, H_err = _jackknife(entropy, [sums, sum_logs])
+    H_err = with_quadrature(entropy, H_err)
+    put("entropy", H, H_err, STANDARD_ERROR)
+    log_n = math.log(n) if n > 1 else math.nan
+    put("normalized_entropy", H / log_n, H_err / log_n, STANDARD_ERROR)
+    rank, rank_err = _jackknife(lambda s, sl: math.exp(entropy(s, sl)), [sums, sum_logs])
+    rank_err = with_quadrature(lambda s, sl: math.exp(entropy(s, sl)), rank_err)
+    put("effective_rank", rank, rank_err, STANDARD_ERROR)
+    nuclear, nuclear_err = _jackknife(lambda s: float(s.mean()), [sums])
+    nuclear_err = with_quadrature(lambda s, sl: float(s.mean()), nuclear_err)
+    put("nuclear_norm", nuclear, nuclear_err, STANDARD_ERROR)
+    put("frobenius_norm", math.sqrt(sum_sq), 0.0, EXACT)
+    sigma_1, sigma_1_err = float(sigma[0]), float(bound[0])
+    put("spectral_norm", sigma_1, sigma_1_err, RESIDUAL_BOUND)
+    stable = sum_sq / sigma_1**2 if sigma_1 > 0 else math.nan
+    put(
+        "stable_rank",
+        stable,
+        2.0 * stable * sigma_1_err / sigma_1 if sigma_1 > 0 else 0.0,
+        RESIDUAL_BOUND,
+    )
+    captured = (sigma**2).cumsum(0)  # energy of the top singular values
+    for q in (0.5, 0.9, 0.99):
+        name = f"energy_rank@{q:g}"
+        reached = (captured >= q * sum_sq * (1 - 1e-12)).nonzero()
+        if len(reached) and float(bound.max()) <= 1e-8 * sigma_1:
+            put(name, float(reached[0, 0]) + 1, 0.0, EXACT)
+            continue
+        value, error = _jackknife(
+            lambda th, w, q=q: _energy_rank(th, w, n, q, exact_sigma**2), [nodes, weights]
+        )
+        put(name, value, error, STANDARD_ERROR)
+    return Estimate(values, errors, kinds, sigma, bound, probes, min(steps, n))
