@@ -67,7 +67,7 @@ def inspect(ckpt, base, as_json, **loader):
         [
             m.layer,
             m.role,
-            f"{m.shape[0]}x{'?' if m.shape[1] is None else m.shape[1]}",
+            "x".join("?" if side is None else str(side) for side in m.shape),
             m.dtype,
             m.kind,
             m.rank,

@@ -22,7 +22,8 @@ class ModuleInfo:
         layer: the layer index.
         role: the module's role (``"k"``, ``"v"``, …).
         name: the tensor (or module) name in the checkpoint.
-        shape: ``(d_out, d_in)`` of ΔW; ``d_in`` None when it needs the base (VeRA).
+        shape: ``(d_out, d_in)`` of ΔW; a side is None when only the base
+            says it (VeRA's d_in, OFT's and MiSS's d_out without a base).
         dtype: the stored dtype, e.g. ``"bfloat16"``.
         kind: ``"dense"`` or ``"factored"``.
         rank: the adapter rank r; ``None`` (the default) for a dense ΔW.
@@ -43,7 +44,7 @@ class ModuleInfo:
     layer: int
     role: str
     name: str  # the tensor (or module) name in the checkpoint
-    shape: tuple[int, int | None]  # (d_out, d_in) of ΔW; d_in None: needs the base (VeRA)
+    shape: tuple[int | None, int | None]  # (d_out, d_in) of ΔW; None: known from the base only
     dtype: str
     kind: str  # "dense" or "factored"
     rank: int | None = None  # the adapter rank r; None for a dense ΔW

@@ -106,7 +106,9 @@ def _randomise(parameters, dtype: torch.dtype, seed: int) -> None:
             parameter.copy_(noise.to(dtype).to(parameter.dtype))
 
 
-def write_lycoris(folder: Path, algo: str, dtype: torch.dtype, **kwargs) -> Written:
+def write_lycoris(
+    folder: Path, algo: str, dtype: torch.dtype, metadata: dict | None = None, **kwargs
+) -> Written:
     """A kohya-layout file written by LyCORIS, and ΔW of each linear module by its forward."""
     from lycoris.kohya import create_network
 
@@ -120,7 +122,8 @@ def write_lycoris(folder: Path, algo: str, dtype: torch.dtype, **kwargs) -> Writ
     network.apply_to(text_encoder, unet, True, True)
     _randomise(network.parameters(), dtype, seed=1)
     path = folder / f"{algo}-{dtype_id(dtype)}.safetensors"
-    network.save_weights(str(path), dtype, {"ss_network_dim": str(RANK), "ss_network_alpha": "8"})
+    written = {"ss_network_dim": str(RANK), "ss_network_alpha": "8"} | (metadata or {})
+    network.save_weights(str(path), dtype, written)
     network.to(torch.float64)
     unet.double()
     text_encoder.double()
@@ -427,3 +430,54 @@ def test_inspect_shows_scale_source_and_block_map(tmp_path):
     assert payload["format"] == "diffusers"
     sources = {m["scale_source"] for m in payload["modules"]}
     assert "lora_adapter_metadata unet.lora_alpha/r = 8/4" in sources
+
+
+# What sd-scripts' train_network.py puts in the file's metadata (every value a string).
+KOHYA_TRAINING = {
+    "ss_network_module": "networks.lora",
+    "ss_learning_rate": "0.0001",
+    "ss_unet_lr": "0.0001",
+    "ss_text_encoder_lr": "5e-05",
+    "ss_optimizer": "bitsandbytes.optim.adamw.AdamW8bit",
+    "ss_lr_scheduler": "cosine_with_restarts",
+    "ss_max_train_steps": "1600",
+    "ss_steps": "1600",
+    "ss_epoch": "10",
+    "ss_num_epochs": "10",
+    "ss_batch_size_per_device": "2",
+    "ss_num_train_images": "320",
+    "ss_mixed_precision": "fp16",
+    "ss_seed": "42",
+    "ss_sd_model_name": "v1-5-pruned-emaonly.safetensors",
+    "ss_resolution": "(512, 512)",
+    "ss_network_args": '{"conv_dim": "4", "conv_alpha": "1"}',
+    "ss_dataset_dirs": '{"10_cat": {"n_repeats": 10, "img_count": 32}}',
+    "ss_tag_frequency": '{"10_cat": {"cat": 32, " sitting": 12, "outdoors": 7}, '
+    '"5_dog": {"dog": 5, "outdoors": 3}}',
+}
+
+
+def test_inspect_and_the_report_show_kohya_training_metadata(tmp_path):
+    written = write_lycoris(tmp_path, "lora", torch.float16, metadata=KOHYA_TRAINING)
+    result = CliRunner().invoke(cli, ["inspect", str(written.path)])
+    assert result.exit_code == 0, result.output
+    section = result.output.split("training (as kohya-ss sd-scripts")[1]
+    for shown in ("optimizer:", "AdamW8bit", "steps:", "1600", "learning_rate:", "0.0001"):
+        assert shown in section, section
+    assert "cat (32), sitting (12), outdoors (10), dog (5)" in section
+    training = spectra.analyze(written.path, layers=[0]).meta["training"]
+    fields = training["fields"]
+    assert fields["rank"] == RANK and fields["alpha"] == 8
+    assert fields["steps"] == 1600 and fields["epochs"] == 10 and fields["seed"] == 42
+    assert fields["text_encoder_lr"] == 5e-05 and fields["resolution"] == "(512, 512)"
+    assert fields["network_args"] == {"conv_dim": "4", "conv_alpha": "1"}
+    assert training["datasets"] == {"10_cat": {"n_repeats": 10, "img_count": 32}}
+    assert training["tags"] == {"cat": 32, "sitting": 12, "outdoors": 10, "dog": 5}
+
+
+def test_inspect_shows_a_diffusers_files_lora_config_as_its_training(tmp_path):
+    written = write_diffusers(tmp_path, torch.float32)
+    payload = json.loads(CliRunner().invoke(cli, ["inspect", str(written.path), "--json"]).output)
+    training = payload["training"]
+    assert training["written_by"].startswith("diffusers")
+    assert training["fields"]["unet.rank"] == 4 and training["fields"]["unet.alpha"] == 8

@@ -33,6 +33,7 @@ from pathlib import Path
 from ...errors import FormatError, SpectraError
 from ..methods import lora
 from ..registry import Format, register
+from ..storage import metadata
 from ..storage.tensors import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
@@ -232,6 +233,9 @@ class DiffusersCheckpoint(ImageLoraCheckpoint):
             shown = {k: config[k] for k in fields if config.get(k) not in (None, {}, False)}
             details[f"{METADATA_KEY} {component or '(unprefixed)'}"] = shown
         return details
+
+    def training(self) -> dict[str, object]:
+        return metadata.diffusers(self.metadata or {}, self.store.path)
 
 
 def _open(path: Path, base: Path | None, *, base_lookup=None) -> DiffusersCheckpoint:

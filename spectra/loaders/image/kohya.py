@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ...errors import SpectraError
 from ..registry import Format, register
+from ..storage import metadata
 from ..storage.tensors import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
@@ -91,6 +92,9 @@ class KohyaCheckpoint(ImageLoraCheckpoint):
     def details(self) -> dict[str, object]:
         found = {key: self.metadata[key] for key in _METADATA if key in self.metadata}
         return {**super().details(), **found}
+
+    def training(self) -> dict[str, object]:
+        return metadata.kohya(self.metadata, self.path)
 
 
 def _read_modules(store: TensorStore) -> tuple[dict[str, ImageModule], list[tuple[str, str]]]:
