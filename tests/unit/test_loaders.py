@@ -177,8 +177,8 @@ LORA_KEYS = {
 def test_bad_adapter_configs(tmp_path):
     with pytest.raises(FormatError, match="invalid JSON"):
         spectra.load(_adapter(tmp_path / "a", "{not json", LORA_KEYS))
-    with pytest.raises(FormatError, match="peft_type 'OFT' is not supported; spectra reads"):
-        spectra.load(_adapter(tmp_path / "b", {"peft_type": "OFT", "r": 4}, LORA_KEYS))
+    with pytest.raises(FormatError, match="peft_type 'NO_SUCH' is not supported; spectra reads"):
+        spectra.load(_adapter(tmp_path / "b", {"peft_type": "NO_SUCH", "r": 4}, LORA_KEYS))
     with pytest.raises(FormatError, match="number for lora_alpha"):
         spectra.load(_adapter(tmp_path / "c", {"peft_type": "LORA", "r": 4}, LORA_KEYS))
 
