@@ -33,6 +33,12 @@ widens them to float64 and returns ΔW in the ``nn.Linear`` orientation
 | ``psoft.py`` | PSOFT (``s · B (R − I) A``, A and B from W0's float32 SVD) |
 | ``glora.py`` | GLoRA (``W0 ⊙ A + B``) |
 | ``hira.py`` | HiRA (``W0 ⊙ (B @ A)``) |
+| ``deft.py`` | DEFT (``Q_P (s·R − rightᵀ W0)``; PaRa: the removal term alone) |
+| ``frod.py`` | FRoD (``U (S + diag λ) Vᵀ − W0``, U from W0 and the shared V) |
+| ``osf.py`` | OSF (``U S V − U₀ S₀ V₀``, the initial low part from W0's float32 SVD) |
+| ``peanut.py`` | PEANuT (``s · B hᵀ``, h a small network of W0ᵀ Aᵀ) |
+| ``supertuning.py`` | Super-Tuning (sparse ``values`` at ``indices``, ``+ (α/r) B @ A``) |
+| ``ln_tuning.py`` | LN tuning on a projection (``W_tuned − W0``) |
 | ``multilora.py`` | MultiLoRA (``s · Σ_i diag(c_i) B_i @ A_i``, or each head) |
 | ``multihead.py`` | multi-head LoRA (each ``s · B_j @ A``, or their uniform mixture) |
 

@@ -50,6 +50,7 @@ from .vera import Vera  # noqa: F401
 from . import multiplicative, newer, shared_bases, structured  # noqa: F401  isort: skip
 from . import fourierft, miss  # noqa: F401  isort: skip  (structured's family)
 from . import oft, psoft  # noqa: F401  isort: skip  (multiplicative's family)
+from . import frod, ln_tuning, refused  # noqa: F401  isort: skip  (newer's family)
 
 # base_model_name_or_path → a local model folder, or None. Given by the caller
 # (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
@@ -378,7 +379,7 @@ class PeftCheckpoint(AdapterCheckpoint):
                 for part, name in adapted.parts.items()
                 if part not in used
             ]
-        return left_out
+        return [(name, self.rebuild.tensor_reason(self, name) or why) for name, why in left_out]
 
     def _modules_to_save(self) -> list[str]:
         names = self.config.get("modules_to_save") or []

@@ -24,6 +24,7 @@ from ...arguments import DIRECTIONAL_ONLY, INITIAL
 from ...errors import FormatError
 from ..methods import dora, lora
 from . import multihead
+from .refused import lora_refusal
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -79,6 +80,11 @@ class Lora(Variant):
 
     def needs_base(self, ckpt: PeftCheckpoint) -> bool:
         return bool(ckpt.config.get("use_dora")) and not ckpt.directional_only
+
+    def check_file(self, ckpt: PeftCheckpoint) -> None:
+        refusal = lora_refusal(ckpt)  # Arrow, aLoRA, an X-LoRA expert's sub-folder
+        if refusal:
+            raise FormatError(f"{ckpt.config_path}: {refusal}")
 
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
         notes = []

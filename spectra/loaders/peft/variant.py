@@ -84,6 +84,15 @@ class Variant:
         """Why a part of a module is not used by this variant's ΔW."""
         return f"{part} is not a part of a {ckpt.peft_type} adapter's ΔW"
 
+    def tensor_reason(self, ckpt: PeftCheckpoint, name: str) -> str:
+        """Why a tensor the checkpoint lists as not analysed is not, when the variant knows better.
+
+        ``""`` (the default) keeps the checkpoint's reason (module not in the
+        architecture map, unknown part). A variant whose tensors are never a
+        projection's ΔW (a LayerNorm, a bias, embedding rows) says what they are.
+        """
+        return ""
+
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         """(d_out, d_in) of the whole adapted module."""
         raise NotImplementedError
