@@ -12,6 +12,19 @@ from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP
 from .. import options
 from ..output import metrics_table, not_selected_line, render, warn, with_progress
 
+# --ray for analyze, compare and extract (sweep's runs a checkpoint per task)
+ray_option = click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each module as a Ray task, largest first; the results equal a local run's. "
+    "--ray alone starts or joins Ray as ray.init() does, --ray ADDRESS (e.g. auto) joins that "
+    "cluster. Needs the ray extra; the checkpoint must be on a path every node sees.",
+)
+
 
 @click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
 @click.argument("ckpt", type=options.SOURCE)
@@ -61,6 +74,7 @@ from ..output import metrics_table, not_selected_line, render, warn, with_progre
     help="With --intruders: a vector is an intruder when its max |cos| with W0's singular "
     "vectors is below this.",
 )
+@ray_option
 @options.loader_options
 def analyze(
     ckpt,
@@ -80,6 +94,7 @@ def analyze(
     intruders,
     intruder_top,
     intruder_eps,
+    ray_address,
     **loader,
 ):
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
@@ -95,6 +110,7 @@ def analyze(
       spectra analyze adapter/ --modules all --layers 0-3,7 --json
       spectra analyze adapter/ --html adapter.html    # a page to click through
       spectra analyze tuned/ --base base/ --esd --intruders   # α of W0, W0+ΔW; intruders
+      spectra analyze tuned/ --base base/ --ray auto  # modules as tasks on a Ray cluster
     """
     from spectra.report import check_target  # the library loads when a command runs
 
@@ -119,6 +135,7 @@ def analyze(
         intruders=intruders,
         intruder_top=intruder_top,
         intruder_eps=intruder_eps,
+        ray=ray_address,
         **options.load_options(**loader),
     )
     if as_json:

@@ -10,6 +10,7 @@ from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 
 from .. import options
 from ..output import not_selected_line, print_summary, render, warn, with_progress
+from .analyze import ray_option
 
 
 @click.command(
@@ -73,6 +74,7 @@ from ..output import not_selected_line, print_summary, render, warn, with_progre
 @options.top()
 @options.figure_format()
 @options.quiet("No progress bar.")
+@ray_option
 def compare(
     sources,
     top,
@@ -97,6 +99,7 @@ def compare(
     force,
     figure_format,
     quiet,
+    ray_address,
 ):
     """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
     summary per method and module (mean over layers), and write summary.csv, the
@@ -149,6 +152,7 @@ def compare(
         interference=interference,
         interference_rank=interference_rank,
         jobs=jobs,
+        ray=ray_address,
     )
     print_summary(comparison)
     if any(report.heads for report in comparison.reports):  # multi-head sources, --per-head

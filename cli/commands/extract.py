@@ -6,6 +6,7 @@ import click
 
 from .. import options
 from ..output import ProgressBar, warn
+from .analyze import ray_option
 from .resize import print_errors, rank_or_energy
 
 
@@ -18,7 +19,8 @@ from .resize import print_errors, rank_or_energy
 @options.out("Folder for the PEFT adapter.", required=True)
 @options.force("Replace an adapter folder spectra wrote at --out (never a trained one).")
 @options.quiet()
-def extract(tuned, base, rank, energy, modules, layers, out, force, quiet):
+@ray_option
+def extract(tuned, base, rank, energy, modules, layers, out, force, quiet, ray_address):
     """Write a PEFT LoRA adapter of --base whose modules approximate the fine-tune TUNED:
     per module the best rank-R (or energy-Q) approximation of ΔW = W_tuned − W_base,
     streamed one module at a time (randomized SVD with power iterations for small R,
@@ -48,6 +50,7 @@ def extract(tuned, base, rank, energy, modules, layers, out, force, quiet):
             layers=layers,
             force=force,
             progress=bar,
+            ray=ray_address,
         )
     finally:
         bar.close()

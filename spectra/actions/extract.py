@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from ..arguments import BASE, MODULES
-from ..delta import Dense
+from ..delta import Dense, LayerDelta
 from ..errors import SpectraError
+from ..loaders import Selection
 from ..metrics import energy_rank
 from ..report import Progress, csv_text
 from ..svd import singular_values
@@ -91,6 +92,7 @@ def extract(
     layers: str | list[int] | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    ray: bool | str | None = None,
 ) -> Extracted:
     """Write a PEFT LoRA adapter of ``base`` approximating the fine-tune ``tuned`` (docstring).
 
@@ -112,6 +114,9 @@ def extract(
         force: replace an adapter folder spectra wrote; default False.
         progress: ``progress(done, total, module)`` after each module;
             ``None`` (the default): no calls.
+        ray: each module as a Ray task (``analysis.distributed``): True or a
+            cluster address; ``None`` (the default): here. The folder is the
+            same as a local run's.
 
     Returns:
         An ``Extracted``: the folder and one row per module
@@ -148,42 +153,21 @@ def extract(
             f"({MODULES})"
         )
     factors, ranks, rows, warnings = {}, {}, [], list(selection.warnings)
-    for done, delta in enumerate(checkpoint.deltas_for(selection), start=1):
-        assert isinstance(delta.update, Dense)
-        matrix = delta.update.matrix.to(torch.float64)  # (d_out, d_in)
-        norm = float(torch.linalg.matrix_norm(matrix))
-        if energy is not None:
-            sigma = singular_values(delta)  # (n,) descending, as analyze takes them
-            wanted = energy_rank(sigma, energy)
-        else:
-            wanted = rank
-        keep = max(1, min(wanted, min(matrix.shape)))
-        top = dense_top(matrix, keep)
-        B, A = lora_factors(top, 1.0)  # (d_out, k), (k, d_in)
-        residual = float(torch.linalg.matrix_norm(matrix - B @ A))
-        worse = spectral_suboptimality(matrix, top)
-        module = module_path(delta.name)
-        factors[module], ranks[module] = (B, A), keep
-        rows.append(
-            {
-                "module": module,
-                "layer": delta.layer,
-                "role": delta.role,
-                "rank": keep,
-                "algorithm": top.algorithm,
-                "kept_energy": 1 - (residual / norm) ** 2 if norm else 1.0,
-                "relative_frobenius_error": residual / norm if norm else 0.0,
-                "spectral_suboptimality": worse,
-            }
-        )
-        if not math.isnan(worse) and worse > SUBOPTIMAL:
-            warnings.append(
-                f"{module}: ‖ΔW − B@A‖₂ is {worse:.3f}× σ_(r+1); the range finder missed part "
-                "of the top-r subspace"
-            )
-        del matrix, delta
-        if progress is not None:
-            progress(done, len(selection.keys), module)
+    if ray is not None and ray is not False:  # each module a Ray task (analysis.distributed)
+        from ..analysis.distributed import Opened, run_modules
+
+        opened = Opened(tuned, base, checkpoint.format, {})
+        arguments = (rank, energy)
+        per_key = run_modules(
+            opened, checkpoint, selection.keys, extract_key, arguments, ray, progress
+        )[0]
+        extracted = [module for results in per_key for module in results]
+    else:
+        extracted = _extract_all(checkpoint, selection, rank, energy, progress)
+    for module, (B, A), row, warning in extracted:
+        factors[module], ranks[module] = (B, A), row["rank"]
+        rows.append(row)
+        warnings.extend([warning] if warning else [])
     config = lora_config(ranks, dict.fromkeys(ranks, 1.0), base_model=str(checkpoint.base))
     result = Extracted(Path(out), rows, warnings)
     write_lora_folder(
@@ -196,3 +180,56 @@ def extract(
         what="LoRA adapter (spectra extract)",
     )
     return result
+
+
+def _extract_all(checkpoint, selection, rank, energy, progress):
+    """Each module's extraction here, in turn, one ΔW in memory at a time."""
+    for done, delta in enumerate(checkpoint.deltas_for(selection), start=1):
+        extracted = extract_module(delta, rank, energy)
+        del delta  # free this module's ΔW before the next is read
+        if progress is not None:
+            progress(done, len(selection.keys), extracted[0])
+        yield extracted
+
+
+def extract_key(checkpoint, key, rank: int | None, energy: float | None) -> list[tuple]:
+    """A Ray task's work (``analysis.distributed``): ``extract_module`` of one (layer, role)."""
+    selection = Selection(keys=(key,), warnings=())
+    return [extract_module(delta, rank, energy) for delta in checkpoint.deltas_for(selection)]
+
+
+def extract_module(
+    delta: LayerDelta, rank: int | None, energy: float | None
+) -> tuple[str, tuple[torch.Tensor, torch.Tensor], dict[str, object], str | None]:
+    """One module's LoRA factors, its ``extract.csv`` row and its warning (None if none)."""
+    assert isinstance(delta.update, Dense)
+    matrix = delta.update.matrix.to(torch.float64)  # (d_out, d_in)
+    norm = float(torch.linalg.matrix_norm(matrix))
+    if energy is not None:
+        sigma = singular_values(delta)  # (n,) descending, as analyze takes them
+        wanted = energy_rank(sigma, energy)
+    else:
+        wanted = rank
+    keep = max(1, min(wanted, min(matrix.shape)))
+    top = dense_top(matrix, keep)
+    B, A = lora_factors(top, 1.0)  # (d_out, k), (k, d_in)
+    residual = float(torch.linalg.matrix_norm(matrix - B @ A))
+    worse = spectral_suboptimality(matrix, top)
+    module = module_path(delta.name)
+    row = {
+        "module": module,
+        "layer": delta.layer,
+        "role": delta.role,
+        "rank": keep,
+        "algorithm": top.algorithm,
+        "kept_energy": 1 - (residual / norm) ** 2 if norm else 1.0,
+        "relative_frobenius_error": residual / norm if norm else 0.0,
+        "spectral_suboptimality": worse,
+    }
+    warning = None
+    if not math.isnan(worse) and worse > SUBOPTIMAL:
+        warning = (
+            f"{module}: ‖ΔW − B@A‖₂ is {worse:.3f}× σ_(r+1); the range finder missed part "
+            "of the top-r subspace"
+        )
+    return module, (B, A), row, warning

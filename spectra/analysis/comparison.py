@@ -21,6 +21,7 @@ the heat-map ``subspace_similarity.<ext>``. With ``interference=True``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from ..io.hub import locate
 from ..loaders import options_for
 from ..report import Progress, Report, csv_text, is_report, noise_warning, version_warning
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from .executors import ray_session
 from .heads import head_columns, head_summary
 from .interference import InterferenceResult, chain, plan_interference, save_interference
 from .stream import analyze
@@ -319,6 +321,7 @@ def compare(
     interference_rank: int | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    ray: bool | str | None = None,
     **options: object,
 ) -> Comparison:
     """Analyse each source that is not already a report folder, and pair them with labels.
@@ -355,6 +358,8 @@ def compare(
         interference_rank: K, the top singular vectors each ΔW brings to it;
             ``None`` (the default): each ΔW's numerical rank.
         jobs: ``analyze``'s; ``None`` (the default): its default.
+        ray: ``analyze``'s: each source's modules as Ray tasks (True or a
+            cluster address); ``None`` (the default): here.
         progress: ``progress(done, total, label)`` after each module; ``None``
             (the default): no calls.
         **options: loader options, given to each source whose format uses them.
@@ -404,34 +409,36 @@ def compare(
     plan = None  # interference: refused, or its checkpoints opened, before any work
     if interference:
         plan = plan_interference(sources, labels, base, options, interference_rank, method, device)
-    reports = []
-    for index, source in enumerate(sources):
-        if is_report(source):
-            saved = Report.load(source)
-            outdated = version_warning(saved)
-            if outdated is not None:
-                saved.meta["warnings"] = [*saved.warnings, outdated]
-                warn(f"{source}: {outdated}")
-            reports.append(saved)
-            continue
-        given = options_for(source, options)
-        reports.append(
-            analyze(
-                source,
-                base,
-                modules,
-                layers,
-                device,
-                method,
-                jobs=jobs,
-                progress=progress,
-                each=chain(
-                    collectors[index] if subspace else None, plan and plan.collectors[index]
-                ),
-                checkpoint=plan.checkpoints[index] if plan else None,  # opened by the plan
-                **given,
+    with ray_session(ray) if ray not in (None, False) else contextlib.nullcontext():  # one Ray
+        reports = []
+        for index, source in enumerate(sources):
+            if is_report(source):
+                saved = Report.load(source)
+                outdated = version_warning(saved)
+                if outdated is not None:
+                    saved.meta["warnings"] = [*saved.warnings, outdated]
+                    warn(f"{source}: {outdated}")
+                reports.append(saved)
+                continue
+            given = options_for(source, options)
+            reports.append(
+                analyze(
+                    source,
+                    base,
+                    modules,
+                    layers,
+                    device,
+                    method,
+                    jobs=jobs,
+                    progress=progress,
+                    ray=ray,
+                    each=chain(
+                        collectors[index] if subspace else None, plan and plan.collectors[index]
+                    ),
+                    checkpoint=plan.checkpoints[index] if plan else None,  # opened by the plan
+                    **given,
+                )
             )
-        )
     result = Comparison(labels, reports, combine(collectors) if subspace else None)
     result.interference = plan.finish() if plan else None
     for warning in result.subspace.warnings if result.subspace is not None else ():

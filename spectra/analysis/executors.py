@@ -11,16 +11,18 @@ results are equal.
 - ``run_on_processes``: a spawned process pool; Ctrl-C keeps what finished
   and ends the worker processes at once;
 - ``run_on_ray``: Ray tasks (one GPU each where the cluster has GPUs) on an
-  initialised Ray, or one that ``ray.init`` starts or joins.
+  initialised Ray, or one that ``ray.init`` starts or joins (``ray_session``,
+  which ``analysis.distributed`` shares: one big checkpoint's modules as tasks).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..arguments import RAY
 from ..errors import SpectraError
@@ -28,7 +30,14 @@ from ..loaders import Checkpoint
 from ..report import Progress, Report
 from .stream import analyze
 
-__all__ = ["analyze_job", "run_on_processes", "run_on_ray", "run_serially"]
+__all__ = [
+    "analyze_job",
+    "ray_session",
+    "run_on_processes",
+    "run_on_ray",
+    "run_serially",
+    "task_error",
+]
 
 Finished = Callable[[int, Report], None]  # (index of the job's checkpoint, its report)
 
@@ -115,12 +124,16 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
             process.join(timeout=5)
 
 
-def run_on_ray(
-    jobs: list[dict],
-    indices: list[int],
-    address: bool | str,
-    finished: Finished,
-) -> None:
+@contextlib.contextmanager
+def ray_session(address: bool | str) -> Iterator[object]:
+    """Ray, initialised: the one already running, else one ``ray.init`` starts or joins.
+
+    ``address`` is a cluster address (``"auto"``, ``"ray://host:10001"``,
+    ``"host:6379"``), or True / ``""`` for what ``ray.init()`` does alone (join
+    a running local cluster, else start one). A Ray this starts is shut down
+    on leaving. Used by sweeps (a checkpoint per task) and by
+    ``analysis.distributed`` (a module per task).
+    """
     try:
         import ray
     except ImportError:
@@ -134,6 +147,28 @@ def run_on_ray(
         )
         started = True
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def task_error(ray: object, exc: BaseException, what: str) -> SpectraError:
+    """A failed Ray task's error: its own ``SpectraError``, else one naming ``what``."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SpectraError):
+        return cause
+    return SpectraError(f"{what}: {exc}")
+
+
+def run_on_ray(
+    jobs: list[dict],
+    indices: list[int],
+    address: bool | str,
+    finished: Finished,
+) -> None:
+    """Run ``jobs`` as Ray tasks (one GPU each where the cluster has GPUs), in ``ray_session``."""
+    with ray_session(address) as ray:
         gpus = ray.cluster_resources().get("GPU", 0)
         task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(analyze_job)
         pending = {task.remote(job): index for job, index in zip(jobs, indices, strict=True)}
@@ -143,11 +178,6 @@ def run_on_ray(
             try:
                 report = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, SpectraError):
-                    raise cause from None
-                raise SpectraError(f"{jobs[indices.index(index)]['path']}: {exc}") from exc
+                what = jobs[indices.index(index)]["path"]
+                raise task_error(ray, exc, what) from exc
             finished(index, report)
-    finally:
-        if started:
-            ray.shutdown()

@@ -63,6 +63,7 @@ def analyze(
     intruders: bool = False,
     intruder_top: int = INTRUDER_TOP,
     intruder_eps: float = INTRUDER_EPS,
+    ray: bool | str | None = None,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -144,6 +145,10 @@ def analyze(
             vectors of W0 + ΔW; default 10.
         intruder_eps: a vector is an intruder when its largest ``|cos|`` with
             W0's left singular vectors is below this; default 0.5.
+        ray: run each module as a Ray task (``analysis.distributed``): True
+            to start or join Ray as ``ray.init()`` does, or a cluster address
+            (``"auto"``); ``None`` (the default): here. The report equals a
+            local run's, with ``meta["executor"]`` saying where it ran.
         **options: the format's loader options (``spectra.formats()``).
 
     Returns:
@@ -203,6 +208,16 @@ def analyze(
     stream = singular_values_stream(
         deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
     )
+    executor = None
+    if ray is not None and ray is not False:  # each module a Ray task; the report is built here
+        from .distributed import Opened, check_ray_options, spectra_on_ray
+
+        check_ray_options(esd, intruders, each, options)
+        local = (device, method, skip_nonfinite, jobs)  # how a local run would take σ
+        opened = Opened(source, base_source, checkpoint.format, dict(options))
+        stream, executor = spectra_on_ray(
+            opened, checkpoint, selection, local, ray, progress, skipped
+        )
 
     heads = HeadCollector()  # per-head ΔW of a multi-head source: head diversity (heads.py)
 
@@ -211,7 +226,7 @@ def analyze(
         if measures is not None:  # what needs W0, while this module's ΔW is in memory
             measures(checkpoint, delta)
         done.add((delta.layer, delta.role))
-        if progress is not None:
+        if progress is not None and executor is None:  # Ray's tasks told progress as they ran
             progress(len(done) + len(skipped), total, key)
         if each is not None:  # more from the same ΔW, in this one read (subspace metrics)
             each(checkpoint, delta, sigma)
@@ -240,6 +255,8 @@ def analyze(
     if measures is not None:
         measures.fill(report)
     heads.attach(report)  # Report.heads and head_shares, when heads were analysed
+    if executor is not None:
+        report.meta["executor"] = executor  # Ray: its address, nodes, CPUs, GPUs
     for warning in report.warnings:  # in Python, also through the warnings module (SpectraWarning)
         warn(f"{source.path}: {warning}")
     return report

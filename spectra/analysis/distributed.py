@@ -1,0 +1,320 @@
+"""One big checkpoint over a Ray cluster: its modules as Ray tasks, largest first.
+
+``analyze(..., ray=ADDRESS)``, ``compare(..., ray=...)`` and
+``extract(..., ray=...)`` hand the (layer, role) keys of their selection to
+``run_modules``: one Ray task per key, submitted in order of predicted cost
+(``predicted_cost``, largest first, so that the last tasks are short). Each
+task opens the checkpoint from its path (``spectra.load`` with the same base,
+format and options, on whichever node runs it; the path must be one every
+node sees), reads only its own (layer, role) and returns what the driver
+needs: for ``analyze`` the σ of each ΔW (``module_spectra``, a 1-D float64
+array per row) with its ``LayerDelta`` stripped of tensors (``light_delta``:
+shapes and dtypes only), for ``extract`` the module's LoRA factors. No ΔW
+passes through the driver. The driver puts the results back in the
+selection's order and builds the report by the same code as a serial run
+(``stream.build_report``), so the rows and spectra equal the serial ones bit
+for bit (the same functions on the same thread count: Ray gives each task
+one CPU, as a serial run on two cores gives each of its two workers).
+
+Progress is reported as tasks finish; on Ctrl-C (or any error) the tasks
+still pending are cancelled before the exception goes on. Ray is started or
+joined as ``sweep`` does it (``executors.ray_session``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..arguments import ESD, INTERFERENCE, INTRUDERS, PER_HEAD, RAY, SUBSPACE
+from ..delta import Dense, Factored, LayerDelta, spectrum_key
+from ..errors import NonFiniteError, SpectraError
+from ..loaders import Checkpoint, Selection
+from ..report import Progress
+from ..svd import check_finite, default_jobs, resolve_device, singular_values_stream
+from .executors import ray_session, task_error
+from .sources import load
+
+__all__ = [
+    "Opened",
+    "check_ray_options",
+    "light_delta",
+    "module_spectra",
+    "predicted_cost",
+    "ray_address",
+    "run_modules",
+    "shape_cost",
+    "spectra_on_ray",
+]
+
+Key = tuple[int, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """How a task opens the checkpoint: ``spectra.load(path, base, format, **options)``."""
+
+    path: object  # a local path, or io.hub's Source (picklable; its path is what is read)
+    base: object | None
+    format: str
+    options: dict[str, object]
+
+    def open(self) -> Checkpoint:
+        """The checkpoint, opened here (headers and configs: no weights read)."""
+        return load(self.path, base=self.base, format=self.format, **self.options)
+
+
+def ray_address(ray: bool | str | None) -> bool | str | None:
+    """``ray`` as a run takes it: None or False for a local run, else an address or True.
+
+    ``""`` (the flag alone on the command line) and True start or join Ray as
+    ``ray.init()`` does; a string is a cluster address (``"auto"``,
+    ``"ray://host:10001"``).
+    """
+    if ray is None or ray is False:
+        return None
+    if ray is True or isinstance(ray, str):
+        return ray
+    raise SpectraError(f"{RAY} takes True or a Ray cluster address; got {ray!r}")
+
+
+def check_ray_options(
+    esd: bool, intruders: bool, each: Callable | None, options: dict[str, object]
+) -> None:
+    """Refuse, before any work, what needs a module's ΔW beside its σ on the driver.
+
+    Those measures (α and intruders of W0 + ΔW, per-head diversity, the
+    subspace metrics and interference of a comparison) read ΔW in the same
+    pass as σ; on Ray only σ comes back.
+    """
+    asked = [
+        str(argument)
+        for argument, on in (
+            (ESD, esd),
+            (INTRUDERS, intruders),
+            (PER_HEAD, options.get("per_head")),
+            (f"{SUBSPACE} or {INTERFERENCE}", each is not None),
+        )
+        if on
+    ]
+    if asked:
+        raise SpectraError(
+            f"{RAY} runs σ and the balance metrics only; {asked[0]} needs each ΔW beside its "
+            f"σ in one process: run it without {RAY}"
+        )
+
+
+def shape_cost(shape: tuple[int | None, int | None], kind: str, rank: int | None = None) -> float:
+    """Predicted floating-point operations of one ΔW's σ, from its shape and kind.
+
+    A factored ΔW = s·B@A (r columns) costs the QR of its two factors and the
+    SVD of the r×r core: d_out·r² + d_in·r² + r³. A dense one costs its Gram
+    matrix and the eigenvalues: d_small²·d_large + d_small³ (the exact SVD is
+    within a constant of it). A side the checkpoint does not say (``None``)
+    counts as the other side. Planning code reuses this one model.
+
+    Args:
+        shape: ``(d_out, d_in)``; a side may be None.
+        kind: ``"factored"`` or ``"dense"``.
+        rank: r of a factored ΔW; ``None``: its smaller side.
+
+    Returns:
+        The predicted cost in floating-point operations (a relative measure).
+
+    Example:
+        >>> shape_cost((4096, 4096), "dense") > shape_cost((4096, 4096), "factored", 16)
+        True
+    """
+    d_out, d_in = shape
+    d_out = d_out or d_in or 1
+    d_in = d_in or d_out
+    small, large = sorted((float(d_out), float(d_in)))
+    if kind == "factored":
+        r = float(rank or small)
+        return (d_out + d_in) * r * r + r**3
+    return small * small * large + small**3
+
+
+def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
+    """Predicted cost of one (layer, role) of ``checkpoint``: ``shape_cost`` × its heads or experts.
+
+    Args:
+        checkpoint: the opened checkpoint (``module_info``: no weights read).
+        key: ``(layer, role)``.
+
+    Returns:
+        The predicted cost in floating-point operations.
+
+    Example::
+
+        checkpoint = spectra.load("tuned/", base="base/")
+        order = sorted(checkpoint.plan().keys, key=lambda k: -predicted_cost(checkpoint, k))
+    """
+    info = checkpoint.module_info(key)
+    copies = (info.heads or 1) * (info.experts or 1)
+    return copies * shape_cost(info.shape, info.kind, info.rank)
+
+
+def light_delta(delta: LayerDelta) -> LayerDelta:
+    """``delta`` with its tensors replaced by shapes (``meta`` tensors): what a report row needs.
+
+    Ids, shape, dtypes, rank, scale, weight RMS and base norm are kept;
+    nothing of ΔW itself, so that it crosses to the driver in a few bytes.
+    """
+    update = delta.update
+    if isinstance(update, Factored):  # B (d_out, r), A (r, d_in)
+        light = Factored(_shape_only(update.B), _shape_only(update.A), update.scale)
+    else:  # (d_out, d_in)
+        light = Dense(_shape_only(update.matrix), update.rank_bound)
+    return dataclasses.replace(delta, update=light)
+
+
+def _shape_only(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+
+def module_spectra(
+    checkpoint: Checkpoint, key: Key, device: str, method: str, skip_nonfinite: bool
+) -> tuple[list[tuple[LayerDelta, np.ndarray]], list[str]]:
+    """A task's work for ``analyze``: σ of each ΔW of one (layer, role), and what was skipped.
+
+    The same stream as a serial run (``svd.singular_values_stream``), one
+    module at a time on this task's CPU (or GPU).
+
+    Returns:
+        ``([(light_delta, σ), …], skipped)``: σ a 1-D float64 array,
+        descending; ``skipped`` the keys left out for NaN/Inf weights (with
+        ``skip_nonfinite``).
+    """
+    deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
+    skipped: list[str] = []
+    if skip_nonfinite:
+        deltas = _finite(deltas, skipped)
+    results = []
+    for delta, sigma in singular_values_stream(deltas, device, method, prefetch=0, jobs=1):
+        results.append((light_delta(delta), sigma.numpy()))  # σ: (k,) float64
+    return results, skipped
+
+
+def _finite(deltas, skipped: list[str]):
+    for delta in deltas:
+        try:
+            check_finite(delta)
+        except NonFiniteError:
+            skipped.append(delta.key)
+            continue
+        yield delta
+
+
+def _task(opened: Opened, key: Key, work: Callable, arguments: tuple, threads: int) -> object:
+    """One Ray task: open the checkpoint on this node, do ``work`` on one (layer, role).
+
+    On ``threads`` threads: those a local run gives the same work, so that
+    its floating-point reductions, and results, are the same.
+    """
+    torch.set_num_threads(threads)
+    return work(opened.open(), key, *arguments)
+
+
+def run_modules(
+    opened: Opened,
+    checkpoint: Checkpoint,
+    keys: Sequence[Key],
+    work: Callable,
+    arguments: tuple,
+    address: bool | str,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> tuple[list[object], dict[str, object]]:
+    """Run ``work(checkpoint, key, *arguments)`` for each key as a Ray task, largest first.
+
+    ``work`` must be a module-level function (Ray ships it by name) whose
+    result is small. Each task runs on ``threads`` threads (default: this
+    process's), the count a local run would give the same work, and asks
+    Ray for as many CPUs (at most a node's). ``progress(done, total,
+    label)`` is called as tasks finish; on any exception (Ctrl-C included)
+    the pending tasks are cancelled first.
+
+    Returns:
+        The results in the order of ``keys``, and where they ran
+        (``{"name": "ray", "address", "nodes", "cpus", "gpus", "tasks"}``:
+        what a report's ``meta["executor"]`` records).
+    """
+    order = sorted(range(len(keys)), key=lambda i: -predicted_cost(checkpoint, keys[i]))
+    threads = threads or torch.get_num_threads()
+    results: dict[int, object] = {}
+    with ray_session(address) as ray:
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        node_cpus = max(
+            [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")], default=1
+        )
+        cpus = max(1, min(threads, int(node_cpus)))  # never more than a node has: it would wait
+        task = ray.remote(num_cpus=cpus, num_gpus=1 if gpus else 0)(_task)
+        pending = {task.remote(opened, keys[i], work, arguments, threads): i for i in order}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ready[0])
+                layer, role = keys[index]
+                try:
+                    results[index] = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:
+                    raise task_error(ray, exc, f"{opened.path}: L{layer}.{role}") from None
+                if progress is not None:
+                    progress(len(results), len(keys), spectrum_key(layer, role))
+        except BaseException:
+            for ref in pending:  # stop what has not finished: nothing more runs for this call
+                ray.cancel(ref, force=True)
+            raise
+        where = {
+            "name": "ray",
+            "address": ray.get_runtime_context().gcs_address,
+            "nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
+            "cpus": int(resources.get("CPU", 0)),
+            "gpus": int(gpus),
+            "tasks": len(keys),
+            "threads_per_task": threads,
+        }
+    return [results[i] for i in range(len(keys))], where
+
+
+def spectra_on_ray(
+    opened: Opened,
+    checkpoint: Checkpoint,
+    selection: Selection,
+    local: tuple[str, str, bool, int | None],
+    address: bool | str,
+    progress: Progress | None,
+    skipped: list[str],
+) -> tuple[list[tuple[LayerDelta, torch.Tensor]], dict[str, object]]:
+    """``analyze``'s ``(delta, σ)`` stream from Ray tasks, in the selection's order.
+
+    Each (layer, role) of ``selection`` is a task (``module_spectra``) with
+    ``local`` = ``(device, method, skip_nonfinite, jobs)`` as ``analyze`` got
+    them; the keys left out for NaN/Inf weights are added to ``skipped``, as a
+    serial run adds them. Each task gets the threads a local run's worker has
+    (``jobs`` modules side by side on the CPU share this process's threads).
+
+    Returns:
+        ``[(light_delta, σ), …]`` in the order a serial run yields them (σ a
+        float64 tensor), and where they ran (``run_modules``).
+    """
+    device, method, skip_nonfinite, jobs = local
+    arguments = (device, method, skip_nonfinite)
+    target = resolve_device(device)
+    workers = default_jobs(target) if jobs is None else jobs
+    side_by_side = target.type == "cpu" and workers > 1  # as svd.singular_values_stream
+    threads = torch.get_num_threads()
+    threads = max(1, threads // workers) if side_by_side else threads
+    per_key, where = run_modules(
+        opened, checkpoint, selection.keys, module_spectra, arguments, address, progress, threads
+    )
+    results = []
+    for pairs, left_out in per_key:
+        results.extend((delta, torch.from_numpy(sigma.copy())) for delta, sigma in pairs)
+        skipped.extend(left_out)
+    return results, where

@@ -1,0 +1,137 @@
+"""One checkpoint's modules as Ray tasks (``--ray``): the results equal a local run's, bit for bit.
+
+One local Ray cluster (2 CPUs) serves every test here. The reference of each
+comparison is the same call run here, without Ray (the serial stream), and
+for one module numpy's float64 SVD of the ΔW that was planted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file
+from spectra_cli.main import cli
+
+import spectra
+from spectra.errors import SpectraError
+from tests.helpers.checks import reference_sigma
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finetune(finetunes):
+    return finetunes("single")
+
+
+def assert_same_report(on_ray, serial):
+    assert on_ray.rows == serial.rows  # every metric, in the same row order
+    assert list(on_ray.spectra) == list(serial.spectra)
+    for key, sigma in serial.spectra.items():
+        assert on_ray.spectra[key].dtype == np.float64
+        assert np.array_equal(on_ray.spectra[key], sigma), key
+    for field in ("warnings", "not_analysed", "not_selected", "skipped", "layers", "modules"):
+        assert on_ray.meta[field] == serial.meta[field], field
+
+
+def test_full_finetune_on_ray_equals_serial(cluster, finetune, tmp_path):
+    serial = spectra.analyze(finetune.path, base=finetune.base, layers="0-2")
+    seen = []
+    on_ray = spectra.analyze(
+        finetune.path, base=finetune.base, layers="0-2", ray=True,
+        progress=lambda done, total, label: seen.append((done, total, label)),
+    )  # fmt: skip
+    assert_same_report(on_ray, serial)
+    assert [done for done, _, _ in seen] == list(range(1, 7)) and {t for _, t, _ in seen} == {6}
+    assert {label for _, _, label in seen} == set(serial.spectra)
+    planted = reference_sigma(finetune.planted[(1, "v")])  # numpy's SVD of the planted ΔW
+    top = on_ray.spectra["L1.v"][: len(planted)]
+    np.testing.assert_allclose(top[planted > 1e-3], planted[planted > 1e-3], rtol=1e-3)
+    executor = on_ray.meta["executor"]
+    assert executor["name"] == "ray" and executor["cpus"] == 2 and executor["nodes"] == 1
+    assert executor["tasks"] == 6 and ":" in executor["address"]
+    assert "executor" not in serial.meta
+    on_ray.save(tmp_path / "report")
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["executor"]["name"] == "ray"
+
+
+def test_lora_on_ray_equals_serial(cluster, lora_adapter):
+    serial = spectra.analyze(lora_adapter.path, modules="all")
+    on_ray = spectra.analyze(lora_adapter.path, modules="all", ray=True)
+    assert_same_report(on_ray, serial)
+    assert {row["kind"] for row in on_ray.rows} == {"factored"}
+    assert on_ray.meta["executor"]["tasks"] == len(on_ray.rows)
+
+
+def test_cli_analyze_and_compare_on_ray(cluster, finetune, lora_adapter, tmp_path):
+    runner = CliRunner()
+    args = [str(finetune.path), "--base", str(finetune.base), "--layers", "4", "--quiet"]
+    result = runner.invoke(cli, ["analyze", *args, "--ray", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert meta["executor"]["name"] == "ray" and meta["executor"]["cpus"] == 2
+    sources = [str(finetune.path), str(lora_adapter.path)]
+    serial = spectra.compare(sources, ["FT", "LoRA"], base=finetune.base, layers="4,5")
+    on_ray = spectra.compare(sources, ["FT", "LoRA"], base=finetune.base, layers="4,5", ray=True)
+    for ray_report, serial_report in zip(on_ray.reports, serial.reports, strict=True):
+        assert_same_report(ray_report, serial_report)
+    assert on_ray.summary() == serial.summary()
+    result = runner.invoke(
+        cli, ["compare", *sources, "--label", "FT", "--label", "LoRA", "--base",
+              str(finetune.base), "--layers", "5", "--ray", "--quiet", "--out",
+              str(tmp_path / "cmp")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "cmp" / "reports" / "LoRA" / "report.json").read_text())
+    assert meta["executor"]["name"] == "ray"
+
+
+def test_extract_on_ray_equals_serial(cluster, finetune, tmp_path):
+    kwargs = {"modules": "k,v", "layers": "0,3"}
+    serial = spectra.extract(finetune.path, finetune.base, tmp_path / "here", rank=4, **kwargs)
+    result = CliRunner().invoke(
+        cli, ["extract", str(finetune.path), "--base", str(finetune.base), "--rank", "4",
+              "--modules", "k,v", "--layers", "0,3", "--ray", "--quiet",
+              "--out", str(tmp_path / "ray")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ray" / "extract.csv").read_text() == serial.csv()
+    here = load_file(str(tmp_path / "here" / "adapter_model.safetensors"))
+    there = load_file(str(tmp_path / "ray" / "adapter_model.safetensors"))
+    assert sorted(here) == sorted(there) and len(here) == 8
+    assert all(np.array_equal(here[name], there[name]) for name in here)
+    on_ray = spectra.extract(
+        finetune.path, finetune.base, tmp_path / "py", energy=0.9, ray=True, **kwargs
+    )
+    energy = spectra.extract(finetune.path, finetune.base, tmp_path / "e", energy=0.9, **kwargs)
+    assert on_ray.rows == energy.rows
+
+
+def test_what_needs_delta_on_the_driver_is_refused(cluster, finetune):
+    with pytest.raises(SpectraError, match=r"ray=True runs σ .* esd=True needs each ΔW"):
+        spectra.analyze(finetune.path, base=finetune.base, esd=True, ray=True)
+    with pytest.raises(SpectraError, match="subspace=True or interference=True"):
+        spectra.compare([finetune.path], base=finetune.base, subspace=True, ray=True)
+
+
+def test_the_largest_modules_are_submitted_first(finetune):
+    from spectra.analysis.distributed import predicted_cost, shape_cost
+
+    assert shape_cost((4096, 1024), "dense") == 1024**2 * 4096 + 1024**3
+    assert shape_cost((4096, 1024), "factored", 8) == (4096 + 1024) * 64 + 512
+    checkpoint = spectra.load(finetune.path, base=finetune.base)
+    # MiniLM's MLP (1536×384) costs more than its 384×384 attention projections
+    assert predicted_cost(checkpoint, (0, "up")) > predicted_cost(checkpoint, (0, "k"))
