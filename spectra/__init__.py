@@ -43,6 +43,7 @@ _LAZY = {
     "run_sweep": ".analysis",
     "sweep": ".analysis",
     "load": ".analysis.sources",
+    "plan": ".analysis.plan",
     "Dense": ".delta",
     "Factored": ".delta",
     "LayerDelta": ".delta",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from . import metrics
     from .actions import extract, resize, suggest
     from .analysis import Comparison, Sweep, analyze, compare, find_checkpoints, run_sweep, sweep
+    from .analysis.plan import plan
     from .analysis.sources import load
     from .delta import Dense, Factored, LayerDelta
     from .loaders import Checkpoint, CheckpointInfo, ModuleInfo, formats
@@ -110,6 +112,7 @@ __all__ = [
     "formats",
     "load",
     "metrics",
+    "plan",
     "resize",
     "run_sweep",
     "singular_values",

@@ -26,6 +26,7 @@ __all__ = [
     "CACHE",
     "DEVICE",
     "DIRECTIONAL_ONLY",
+    "DRY_RUN",
     "ENERGY",
     "ESD",
     "EXACT",
@@ -54,6 +55,7 @@ __all__ = [
     "PER_HEAD",
     "RANK",
     "RAY",
+    "RECALIBRATE",
     "SKIP_NONFINITE",
     "SUBSPACE",
     "SUBSPACE_RANK",
@@ -145,6 +147,9 @@ DEVICE = declare("device", "--device")
 EXACT = declare("method", "--exact", 'method="exact"')
 JOBS = declare("jobs", "--jobs")
 SKIP_NONFINITE = declare("skip_nonfinite", "--skip-nonfinite", "skip_nonfinite=True")
+# A plan before the run (analysis.plan): predicted time and memory; the rates it uses.
+DRY_RUN = declare("dry_run", "--dry-run", "spectra.plan(...)")
+RECALIBRATE = declare("recalibrate", "--recalibrate", "recalibrate=True")
 METRICS = declare("metrics", "--metrics")
 # What needs the base weights W0 (analysis.weights): the weights' own spectrum, intruders.
 ESD = declare("esd", "--esd", "esd=True")

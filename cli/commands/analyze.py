@@ -75,6 +75,17 @@ ray_option = click.option(
     "vectors is below this.",
 )
 @ray_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (predicted time and peak memory per device, from the shapes) "
+    "and stop: nothing is computed or written.",
+)
+@click.option(
+    "--recalibrate",
+    is_flag=True,
+    help="With --dry-run: measure this machine's rates again instead of reading the cache.",
+)
 @options.loader_options
 def analyze(
     ckpt,
@@ -95,6 +106,8 @@ def analyze(
     intruder_top,
     intruder_eps,
     ray_address,
+    dry_run,
+    recalibrate,
     **loader,
 ):
     """Analyse the ΔW of each layer of CKPT: a PEFT adapter folder, a MultiLoRA
@@ -111,8 +124,25 @@ def analyze(
       spectra analyze adapter/ --html adapter.html    # a page to click through
       spectra analyze tuned/ --base base/ --esd --intruders   # α of W0, W0+ΔW; intruders
       spectra analyze tuned/ --base base/ --ray auto  # modules as tasks on a Ray cluster
+      spectra analyze tuned/ --base base/ --modules all --dry-run   # the plan: time, memory
     """
     from spectra.report import check_target  # the library loads when a command runs
+
+    if dry_run:  # the plan alone: nothing computed, nothing written
+        plan = spectra.plan(
+            ckpt,
+            base=base,
+            modules=modules,
+            layers=layers,
+            device=device,
+            method="exact" if exact else "fast",
+            jobs=jobs,
+            recalibrate=recalibrate,
+            **options.load_options(**loader),
+        )
+        shown = json.dumps(plan.to_dict(), indent=2, default=str) if as_json else plan.lines()
+        click.echo(shown if as_json else "\n".join(shown))
+        return
 
     if out is not None:
         check_target(out, force)  # fail before the work, not after it

@@ -20,11 +20,19 @@ from ..output import render, warn
 @click.argument("ckpt", type=options.SOURCE)
 @options.base("Base model folder or Hub id, to check it matches.")
 @options.as_json("Print the description as JSON.")
+@click.option(
+    "--recalibrate",
+    is_flag=True,
+    help="Measure this machine's rates for the plan again (a few seconds) instead of "
+    "reading them from the cache.",
+)
 @options.loader_options
-def inspect(ckpt, base, as_json, **loader):
+def inspect(ckpt, base, as_json, recalibrate, **loader):
     """Show what CKPT holds (format, variant, modules, shapes, dtypes, ranks, scales and
     where each scale came from, heads, what its files say about the training that
-    made it, the tensors not analysed and why, warnings) without computing anything.
+    made it, the tensors not analysed and why, warnings) without computing anything,
+    and the plan of analysing every module: predicted time and peak memory on this
+    CPU and on a GPU when there is one (rates measured once per machine, cached).
 
     \b
     Examples:
@@ -35,8 +43,12 @@ def inspect(ckpt, base, as_json, **loader):
     info = checkpoint.describe()
     if base is not None:
         checkpoint.plan(modules=sorted({m.role for m in info.modules}))
+    plan = spectra.plan(
+        ckpt, modules="all", checkpoint=checkpoint, check=False, recalibrate=recalibrate
+    )
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        document = {**info.to_dict(), "plan": plan.to_dict()}
+        click.echo(json.dumps(document, indent=2, default=str))
         return
     layers = sorted({m.layer for m in info.modules})
     roles = list(dict.fromkeys(m.role for m in info.modules))
@@ -81,6 +93,7 @@ def inspect(ckpt, base, as_json, **loader):
     click.echo(render(header, rows))
     _print_training(info.training)
     _print_not_analysed(info)
+    click.echo("\n" + "\n".join(plan.lines()).replace("plan (", "plan of --modules all (", 1))
     warn(info.warnings)
 
 
