@@ -20,7 +20,11 @@ d. peak resident memory of ``spectra analyze`` for 8 and for 32 layers;
 e. ``spectra extract``'s truncation (randomized range finder, p = 10, q = 4
    power iterations) against a full float64 SVD, as mergekit extracts LoRAs,
    on a 4096² ΔW with a decaying spectrum, at r ∈ {16, 64}: the time ratio and
-   the largest relative error of the top-r σ.
+   the largest relative error of the top-r σ;
+f. ``spectra analyze --estimate`` against the default path, end to end on a
+   full fine-tune with dense power-law ΔW: two 8192² modules and one 16384²
+   (``benchmarks/estimate_section.py``): the time ratio and the effective
+   rank's deviation in stated errors and in %.
 
 Prints a table and writes every number as JSON (``--json``).
 """
@@ -41,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from estimate_section import section_f
 from safetensors.torch import load_file, save_file
 
 import spectra
@@ -287,7 +292,7 @@ def section_e(quick: bool) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="spectra benchmarks: ratios measured in one run")
     parser.add_argument("--quick", action="store_true", help="small shapes, for a check in CI time")
-    parser.add_argument("--sections", default="a,b,c,d,e", help="which of a,b,c,d,e to run")
+    parser.add_argument("--sections", default="a,b,c,d,e,f", help="which of a,b,c,d,e,f to run")
     parser.add_argument(
         "--cache", type=Path, default=ROOT / ".cache", help="where section c's models go"
     )
@@ -314,6 +319,7 @@ def main() -> None:
         "c": lambda: section_c(args.quick, args.cache, args.layers),
         "d": lambda: section_d(args.quick, args.cache, args.layers),
         "e": lambda: section_e(args.quick),
+        "f": lambda: section_f(args.quick, args.cache),
     }
     for name in args.sections.split(","):
         print(f"section {name} …", file=sys.stderr, flush=True)

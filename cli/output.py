@@ -106,6 +106,7 @@ def metrics_table(report: spectra.Report) -> str:
     from spectra.report import flag_lines
 
     flagged = any(row.get("health") for row in report.rows)
+    guessed = sum(1 for row in report.rows if row.get("estimated"))
     rows = []
     for row in report.rows:
         values = dict(row, shape=f"{row['d_out']}x{row['d_in']}")
@@ -113,12 +114,23 @@ def metrics_table(report: spectra.Report) -> str:
             values["role"] = f"{values['role']}.e{row['expert']}"
         if row.get("head") is not None:
             values["role"] = f"{values['role']}.h{row['head']}"
+        if row.get("estimated"):  # --estimate: the row is marked, its error beside it
+            values["role"] = f"{values['role']} ~"
         rows.append(
             [values[key] for key, _ in TABLE_COLUMNS]
+            + ([row.get("effective_rank_err")] if guessed else [])
             + ([row.get("health") or ""] if flagged else [])
         )
-    header = [title for _, title in TABLE_COLUMNS] + (["health"] if flagged else [])
-    return "\n".join([render(header, rows), *flag_lines(report.rows, leave_out=("noise",))])
+    header = [title for _, title in TABLE_COLUMNS] + (["± eff. rank"] if guessed else [])
+    header += ["health"] if flagged else []
+    lines = [render(header, rows), *flag_lines(report.rows, leave_out=("noise",))]
+    if guessed:
+        lines.append(
+            f"~ {guessed} rows estimated (--estimate): each metric ± its error in <metric>_err "
+            "(± eff. rank: one standard error; report.json 'estimate' says each kind); "
+            "– marks what the estimate does not give"
+        )
+    return "\n".join(lines)
 
 
 def not_selected_line(report: spectra.Report, label: str | None = None) -> str | None:
@@ -146,6 +158,16 @@ def print_summary(comparison) -> None:
         click.echo(
             "at noise floor: modules not clearly above their rounding floor; their means of "
             "entropy and effective rank measure rounding, not the update"
+        )
+    guessed = [
+        label
+        for label, r in zip(comparison.labels, comparison.reports, strict=True)
+        if "estimate" in r.meta and r.meta["estimate"].get("rows")
+    ]
+    if guessed:  # --estimate: these means are of estimated values
+        click.echo(
+            f"estimated: the dense ΔW of {', '.join(guessed)} were estimated (--estimate); "
+            "their means are of estimates, each row's error in <metric>_err"
         )
     if comparison.subspace is not None and comparison.subspace.pairs:
         pairs: dict[tuple[str, str, str], list[float]] = {}

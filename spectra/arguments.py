@@ -29,6 +29,7 @@ __all__ = [
     "DRY_RUN",
     "ENERGY",
     "ESD",
+    "ESTIMATE",
     "EXACT",
     "FORCE",
     "FORMAT",
@@ -154,6 +155,8 @@ METRICS = declare("metrics", "--metrics")
 # What needs the base weights W0 (analysis.weights): the weights' own spectrum, intruders.
 ESD = declare("esd", "--esd", "esd=True")
 INTRUDERS = declare("intruders", "--intruders", "intruders=True")
+# Dense ΔW estimated with stated errors instead of decomposed (analysis.estimated).
+ESTIMATE = declare("estimate", "--estimate", "estimate=True")
 # Comparisons, sweeps and figures.
 LABEL = declare("labels", "--label")
 SUBSPACE = declare("subspace", "--subspace", "subspace=True")

@@ -25,6 +25,17 @@ ray_option = click.option(
     "cluster. Needs the ray extra; the checkpoint must be on a path every node sees.",
 )
 
+# --estimate for analyze and compare (spectra.analysis.estimated)
+estimate_option = click.option(
+    "--estimate",
+    is_flag=True,
+    help="Dense ΔW: estimate the balance metrics with stated errors (stochastic Lanczos "
+    "quadrature, block Krylov for the top σ) instead of all σ; far faster on large modules. "
+    "Each estimated metric gets <metric>_err, rows say estimated, the others metrics are "
+    "missing and the stored spectrum is the top 16 σ. Factored ΔW (LoRA) stay exact: they "
+    "are already cheap. Not with --ray.",
+)
+
 
 @click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
 @click.argument("ckpt", type=options.SOURCE)
@@ -75,6 +86,7 @@ ray_option = click.option(
     "vectors is below this.",
 )
 @ray_option
+@estimate_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -106,6 +118,7 @@ def analyze(
     intruder_top,
     intruder_eps,
     ray_address,
+    estimate,
     dry_run,
     recalibrate,
     **loader,
@@ -124,6 +137,7 @@ def analyze(
       spectra analyze adapter/ --html adapter.html    # a page to click through
       spectra analyze tuned/ --base base/ --esd --intruders   # α of W0, W0+ΔW; intruders
       spectra analyze tuned/ --base base/ --ray auto  # modules as tasks on a Ray cluster
+      spectra analyze tuned/ --base base/ --estimate  # dense ΔW estimated, with errors
       spectra analyze tuned/ --base base/ --modules all --dry-run   # the plan: time, memory
     """
     from spectra.report import check_target  # the library loads when a command runs
@@ -135,7 +149,7 @@ def analyze(
             modules=modules,
             layers=layers,
             device=device,
-            method="exact" if exact else "fast",
+            method="estimate" if estimate else "exact" if exact else "fast",
             jobs=jobs,
             recalibrate=recalibrate,
             **options.load_options(**loader),
@@ -166,6 +180,7 @@ def analyze(
         intruder_top=intruder_top,
         intruder_eps=intruder_eps,
         ray=ray_address,
+        estimate=estimate,
         **options.load_options(**loader),
     )
     if as_json:
@@ -263,6 +278,8 @@ def _method(report) -> str:
     """How σ was taken: factored ΔW always by the exact QR core, dense ΔW by --exact or not."""
     kinds = {row["kind"] for row in report.rows}
     dense = "exact SVD" if report.meta["method"] == "exact" else "fast Gram eigenvalues"
+    if "estimate" in report.meta:  # --estimate: dense ΔW estimated, never decomposed
+        dense = "an estimate with stated errors (top σ only)"
     if kinds == {"factored"}:
         return "exact (factored QR core)"
     if kinds == {"dense"}:

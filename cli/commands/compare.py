@@ -10,7 +10,7 @@ from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 
 from .. import options
 from ..output import not_selected_line, print_summary, render, warn, with_progress
-from .analyze import ray_option
+from .analyze import estimate_option, ray_option
 
 
 @click.command(
@@ -75,6 +75,7 @@ from .analyze import ray_option
 @options.figure_format()
 @options.quiet("No progress bar.")
 @ray_option
+@estimate_option
 def compare(
     sources,
     top,
@@ -100,6 +101,7 @@ def compare(
     figure_format,
     quiet,
     ray_address,
+    estimate,
 ):
     """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
     summary per method and module (mean over layers), and write summary.csv, the
@@ -153,6 +155,7 @@ def compare(
         interference_rank=interference_rank,
         jobs=jobs,
         ray=ray_address,
+        estimate=estimate,
     )
     print_summary(comparison)
     if any(report.heads for report in comparison.reports):  # multi-head sources, --per-head

@@ -322,6 +322,7 @@ def compare(
     jobs: int | None = None,
     progress: Progress | None = None,
     ray: bool | str | None = None,
+    estimate: bool = False,
     **options: object,
 ) -> Comparison:
     """Analyse each source that is not already a report folder, and pair them with labels.
@@ -357,7 +358,7 @@ def compare(
             of sources, fine-tunes of one base; default False.
         interference_rank: K, the top singular vectors each ΔW brings to it;
             ``None`` (the default): each ΔW's numerical rank.
-        jobs: ``analyze``'s; ``None`` (the default): its default.
+        jobs, estimate: ``analyze``'s; ``None`` and False (the defaults): its defaults.
         ray: ``analyze``'s: each source's modules as Ray tasks (True or a
             cluster address); ``None`` (the default): here.
         progress: ``progress(done, total, label)`` after each module; ``None``
@@ -432,6 +433,7 @@ def compare(
                     jobs=jobs,
                     progress=progress,
                     ray=ray,
+                    estimate=estimate,
                     each=chain(
                         collectors[index] if subspace else None, plan and plan.collectors[index]
                     ),

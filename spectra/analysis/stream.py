@@ -36,6 +36,7 @@ from ..svd import (
     resolve_device,
     singular_values_stream,
 )
+from .estimated import Estimates, EstimateSettings, estimate_stream, estimated_row, exact_row
 from .heads import HeadCollector
 from .sources import load
 from .weights import WeightMeasures, check_weight_options, with_base
@@ -64,6 +65,7 @@ def analyze(
     intruder_top: int = INTRUDER_TOP,
     intruder_eps: float = INTRUDER_EPS,
     ray: bool | str | None = None,
+    estimate: bool | EstimateSettings = False,
     **options: object,
 ) -> Report:
     """Rebuild ΔW of each selected module, take its singular values, compute every metric.
@@ -149,6 +151,12 @@ def analyze(
             to start or join Ray as ``ray.init()`` does, or a cluster address
             (``"auto"``); ``None`` (the default): here. The report equals a
             local run's, with ``meta["executor"]`` saying where it ran.
+        estimate: estimate the metrics of each dense ΔW with stated errors
+            instead of decomposing it (``analysis.estimated``: columns
+            ``estimated`` and ``<metric>_err``, ``meta["estimate"]``; the
+            spectrum stored is the top-k σ); factored ΔW stay exact. ``True``
+            for the default probes, steps and top, or an ``EstimateSettings``;
+            default False. One module at a time on ``device``; not with ``ray``.
         **options: the format's loader options (``spectra.formats()``).
 
     Returns:
@@ -205,9 +213,13 @@ def analyze(
     deltas = checkpoint.deltas_for(selection)
     if skip_nonfinite:
         deltas = _finite_only(deltas, skipped)
-    stream = singular_values_stream(
-        deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
-    )
+    estimates = Estimates.asked(estimate, ray)  # None, or filled as the stream runs
+    if estimates is not None:  # dense ΔW estimated, factored exact (analysis.estimated)
+        stream = estimate_stream(deltas, target, method, estimates, prefetch=prefetch)
+    else:
+        stream = singular_values_stream(
+            deltas, target, method, prefetch=prefetch, batch_size=batch_size, jobs=jobs
+        )
     executor = None
     if ray is not None and ray is not False:  # each module a Ray task; the report is built here
         from .distributed import Opened, check_ray_options, spectra_on_ray
@@ -245,7 +257,7 @@ def analyze(
     }
     try:
         report = build_report(
-            checkpoint, selection, stream, target, method, source_meta, skipped, after
+            checkpoint, selection, stream, target, method, source_meta, skipped, after, estimates
         )
     except NonFiniteError as exc:  # the module is named; say which checkpoint holds it
         raise NonFiniteError(f"{source.path}: {exc}") from None
@@ -271,6 +283,7 @@ def build_report(
     source: dict[str, object],
     skipped: Sequence[str] = (),
     after: Callable[[LayerDelta, torch.Tensor, str], None] | None = None,
+    estimates: Estimates | None = None,
 ) -> Report:
     """The ``Report`` of ``checkpoint``'s ``selection`` from its ``(delta, σ)`` ``results``.
 
@@ -281,7 +294,9 @@ def build_report(
     while its ΔW is in memory. ``device`` and ``method`` are those σ was taken
     on and with; ``source`` is ``meta["source"]`` (where the checkpoint came
     from: files, or a model in memory); ``skipped`` names the modules left
-    out for NaN/Inf weights, read once ``results`` is consumed.
+    out for NaN/Inf weights, read once ``results`` is consumed. ``estimates``
+    (filled by ``estimate_stream`` as ``results`` is consumed) makes the
+    rows of the keys it holds estimated, the others exact (``analysis.estimated``).
     """
     warnings = [*checkpoint.warnings(), *selection.warnings]
     rows: list[dict[str, object]] = []
@@ -291,6 +306,9 @@ def build_report(
         info = checkpoint.module_info((delta.layer, delta.role))
         row, notes = report_row(delta, sigma, method, info.rank)
         key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
+        if estimates is not None:  # estimated (dense) or exact, said on every row
+            guess = estimates.get(key)
+            row = estimated_row(row, guess, delta.base_norm) if guess else exact_row(row)
         rows.append(row)
         spectra[key] = sigma.numpy()
         if info.scale is not None:
@@ -333,6 +351,8 @@ def build_report(
         "not_selected": [[layer, role] for layer, role in selection.not_selected],
         "not_selected_note": selection.not_selected_note,
     }
+    if estimates is not None:
+        meta["estimate"] = estimates.meta()
     return Report(rows=rows, spectra=spectra, meta=meta)
 
 

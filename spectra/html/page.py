@@ -123,7 +123,7 @@ def html_page(results, top: int | str | None = None, title: str | None = None) -
         "SOURCES": _sources(reports, labels),
         "FIGURE2": _figure2(reports, labels, top),
         "TABLE_TITLE": html.escape(table_title),
-        "TABLE": table + details,
+        "TABLE": table + _estimate_note(reports) + details,
         "WARNINGS": _warnings(warnings, reports, labels),
         "FOOTER": html.escape(
             f"spectra {__version__}; a self-contained page: no server, no network. "
@@ -160,7 +160,7 @@ def _table(columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> str:
     columns = [*columns, *dict.fromkeys(extra)]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>"
+        ('<tr class="estimated">' if row.get("estimated") is True else "<tr>")
         + "".join(
             f'<td data-column="{html.escape(c)}"'
             + (' class="num"' if is_number(row.get(c)) else "")
@@ -174,6 +174,15 @@ def _table(columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> str:
         '<div class="scroll"><table class="data">'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
+
+
+def _estimate_note(reports: Sequence[Report]) -> str:
+    """A line under the table when some report estimated its dense ΔW (``meta["estimate"]``)."""
+    notes = [report.meta["estimate"] for report in reports if "estimate" in report.meta]
+    if not notes:
+        return ""
+    text = f"Estimated: {notes[0].get('note', '')}; {notes[0].get('spectrum', '')}."
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def _missing_if_empty(value: object) -> object:

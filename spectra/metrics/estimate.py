@@ -105,7 +105,7 @@ def _gram_product(matrix: torch.Tensor):
     return (lambda X: matrix @ (matrix.T @ X)), d_out  # G = ΔWΔWᵀ, (d_out, d_out)
 
 
-def _lanczos(product, n: int, probes: int, steps: int, generator: torch.Generator):
+def _lanczos(product, n: int, probes: int, steps: int, generator: torch.Generator, device=None):
     """Ritz values θ (N, m) and weights τ² (N, m) of m Lanczos steps from N Rademacher probes.
 
     Every probe runs side by side (one matrix product per step for all of
@@ -114,12 +114,14 @@ def _lanczos(product, n: int, probes: int, steps: int, generator: torch.Generato
     """
     steps = min(steps, n)
     signs = torch.randint(0, 2, (n, probes), generator=generator, dtype=torch.int64)
-    q = (2.0 * signs.double() - 1.0) / math.sqrt(n)  # (n, N): unit Rademacher probes
-    basis = torch.zeros(probes, steps, n, dtype=torch.float64)  # (N, m, n): rows q_j of each probe
-    alpha = torch.zeros(steps, probes, dtype=torch.float64)
-    beta = torch.zeros(steps, probes, dtype=torch.float64)
-    alive = torch.ones(probes, dtype=torch.bool)
-    length = torch.full((probes,), steps, dtype=torch.int64)
+    # the probes are drawn on the CPU (the same on every device), then moved to the products'
+    q = ((2.0 * signs.double() - 1.0) / math.sqrt(n)).to(device)  # (n, N): unit probes
+    on = {"dtype": torch.float64, "device": device}
+    basis = torch.zeros(probes, steps, n, **on)  # (N, m, n): rows q_j of each probe
+    alpha = torch.zeros(steps, probes, **on)
+    beta = torch.zeros(steps, probes, **on)
+    alive = torch.ones(probes, dtype=torch.bool, device=device)
+    length = torch.full((probes,), steps, dtype=torch.int64, device=device)
     tiny = torch.finfo(torch.float64).tiny
     scale = None
     for j in range(steps):
@@ -142,6 +144,7 @@ def _lanczos(product, n: int, probes: int, steps: int, generator: torch.Generato
         beta[j] = torch.where(alive, norms, torch.zeros_like(norms))
         if not bool(alive.any()):
             break
+    alpha, beta, length = alpha.cpu(), beta.cpu(), length.cpu()  # the small eigenproblems
     nodes = torch.zeros(probes, steps, dtype=torch.float64)
     weights = torch.zeros(probes, steps, dtype=torch.float64)
     radau_nodes = torch.zeros(probes, steps + 1, dtype=torch.float64)
@@ -263,7 +266,7 @@ def _block_krylov(matrix: torch.Tensor, k: int, oversample: int, iterations: int
         residual = M @ Vh[:k].T - U[:, :k] * sigma[:k]  # (d_out, k): rounding only
         return sigma[:k].clone(), residual.norm(dim=0) / math.sqrt(2.0), U[:, :k], Vh[:k].T
     generator = torch.Generator().manual_seed(seed)
-    omega = torch.randn(d_in, block, generator=generator, dtype=torch.float64)  # (d_in, b)
+    omega = torch.randn(d_in, block, generator=generator, dtype=torch.float64).to(M.device)
     current = torch.linalg.qr(M @ omega).Q  # (d_out, b)
     blocks = [current]
     width = block
@@ -292,6 +295,7 @@ def estimate_metrics(
     steps: int = 40,
     top: int = 16,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> Estimate:
     """Estimate the balance metrics of a dense ΔW with their errors (module docstring).
 
@@ -301,6 +305,9 @@ def estimate_metrics(
         steps: the Lanczos steps from each probe.
         top: how many of the largest singular values to find (``Estimate.top``).
         seed: the seed of the probes and of the Krylov block.
+        device: where the matrix products run (``"cuda"`` on a GPU); ``None``
+            (the default): where ``matrix`` is. The random draws are made on
+            the CPU, so every device sees the same probes.
 
     Returns:
         An ``Estimate``: the values of ``ESTIMATED`` with their errors.
@@ -311,7 +318,7 @@ def estimate_metrics(
         >>> round(e.values["spectral_norm"], 9), round(e.values["stable_rank"], 6)
         (3.0, 1.555556)
     """
-    M = matrix.double()
+    M = matrix.to(device=device if device is not None else matrix.device, dtype=torch.float64)
     d_out, d_in = M.shape
     n = min(d_out, d_in)
     sigma, bound, U, V = _block_krylov(M, min(top, n), 8, 6, seed + 1)
@@ -332,7 +339,10 @@ def estimate_metrics(
         return Y - vectors @ (vectors.T @ Y)
 
     generator = torch.Generator().manual_seed(seed)
-    nodes, weights, radau_nodes, radau_weights = _lanczos(product, n, probes, steps, generator)
+    nodes, weights, radau_nodes, radau_weights = _lanczos(
+        product, n, probes, steps, generator, M.device
+    )
+    sigma, bound, exact_sigma = sigma.cpu(), bound.cpu(), exact_sigma.cpu()
     sum_sq = float((M * M).sum())  # Σσ² = ‖ΔW‖_F², exact
     values: dict[str, float] = {}
     errors: dict[str, float] = {}

@@ -72,9 +72,31 @@ def _values(
         if row["role"] != module or (layer is not None and row["layer"] != layer):
             continue
         full = report.spectrum(row["layer"], module, row.get("head"), row.get("expert"))
+        if row.get("estimated") and not _estimate_drawn(full.size, normalize, top):
+            continue  # an estimated row knows only its top-k σ (analysis.estimated)
         kept = normalized(full, normalize)[: trusted(report, row).size]  # above the floor
         parts.append(kept[first:top] if top is not None else kept[first:])
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _estimate_drawn(stored: int, normalize: str, top: int | None) -> bool:
+    """Whether an estimated row's top-k σ are all this view draws of it (else it is left out)."""
+    return top is not None and top <= stored and normalize != "frobenius"
+
+
+def _estimate_note(reports: Sequence[Report], role: str, normalize: str, top: int | None) -> str:
+    """The title's line on estimated rows of ``role``: drawn (top-k Ritz σ) or left out."""
+    stored = [
+        report.spectrum_of(row).size
+        for report in reports
+        for row in report.rows
+        if row["role"] == role and row.get("estimated")
+    ]
+    if not stored:
+        return ""
+    if all(_estimate_drawn(size, normalize, top) for size in stored):
+        return "\nestimated rows: their top-k σ (Ritz values)"
+    return "\nestimated rows left out (only their top-k σ are known)"
 
 
 def _capacities(reports: Sequence[Report], module: str) -> str:
@@ -161,6 +183,7 @@ def histogram(
                 "all values" if count is None else f"top {count} of {_capacities(reports, role)}"
             )
             left_out = "\nσ₁/σ₁ = 1 left out" if normalize == "sigma1" else ""
+            left_out += _estimate_note(reports, role, normalize, count)
             ax.set_title(
                 f"{role} projection, {where}\n{shown} per matrix, above its floor{left_out}"
             )

@@ -24,7 +24,8 @@ def spectrum(
     One thin line per layer (and head), one colour per method, cut at each
     row's floor (values below it are noise, not data); where a method's rows
     were cut, the highest of their floors is drawn as a dotted line in its
-    colour. Panels for
+    colour. Estimated rows (``estimate=True``) are left out, the title says
+    how many: their stored σ are only the top k. Panels for
     every role all reports share (or ``modules``), at most
     ``PANELS_PER_ROW`` across, each with its energy panel below.
     """
@@ -40,10 +41,14 @@ def spectrum(
         for index, role in enumerate(roles):
             top_ax = grid[2 * (index // cols), index % cols]
             energy_ax = grid[2 * (index // cols) + 1, index % cols]
+            left_out = 0  # estimated rows: all σ and Σσ² are not known, so no line
             for report, name, color in zip(reports, names, method_colors(names), strict=True):
                 first, floors = True, []
                 for row in report.rows:
                     if row["role"] != role:
+                        continue
+                    if row.get("estimated"):  # only its top-k σ are known (analysis.estimated)
+                        left_out += 1
                         continue
                     sigma = trusted(report, row)
                     if sigma.size == 0:
@@ -67,7 +72,8 @@ def spectrum(
                     )
             top_ax.set_xscale("log")
             top_ax.set_yscale("log")
-            top_ax.set_title(f"{role} projection")
+            estimated = f"\n{left_out} estimated rows left out (top-k σ only)" if left_out else ""
+            top_ax.set_title(f"{role} projection{estimated}")
             top_ax.set_xlabel("index i")
             top_ax.set_ylabel("σᵢ / σ₁ (above the floor)")
             energy_ax.set_xscale("log")

@@ -21,6 +21,8 @@ def at_noise_floor(row: Mapping[str, object]) -> bool:
     """
     if row.get("noise_floor") is None or not row["spectral_norm"]:  # also: reports before 0.2
         return False
+    if row.get("share_above_floor") is None:  # an estimated row: all its σ were not taken
+        return False
     return float(row["share_above_floor"]) < NOISE_SHARE
 
 

@@ -23,6 +23,7 @@ from ..io.atomic import check_output, holds, replace_folder
 from ..metrics import METRICS
 from ..selection import layer_ranges
 from .rows import (
+    ESTIMATE_COLUMNS,
     ID_COLUMNS,
     OPTIONAL,
     RENAMED,
@@ -119,6 +120,8 @@ class Report:
         roles = ", ".join(dict.fromkeys(row.role for row in self.rows))
         notes = len(self.warnings)
         warned = f", {notes} warning{'s' * (notes != 1)}" if notes else ""
+        guessed = sum(1 for row in self.rows if row.get("estimated"))
+        warned += f", {guessed} estimated (errors in <metric>_err)" if guessed else ""
         return (
             f"{what}: {len(self.rows)} rows, layers {layers} × {roles}{warned}; "
             f"{source.get('path')}"
@@ -130,7 +133,7 @@ class Report:
             c
             for c in _HTML_COLUMNS
             if c not in OPTIONAL or self._has(c)
-        ]
+        ] + (["estimated"] if self._has("estimated") else [])
         return html_table(
             shown, self.rows, caption=f"Report — {self._headline()}", notes=self.warnings
         )
@@ -177,7 +180,8 @@ class Report:
         ]
         health = ["health"] if any("health" in row for row in self.rows) else []  # reports ≥ 0.2
         weights = [name for name in WEIGHT_COLUMNS if any(name in row for row in self.rows)]
-        return ids + list(METRICS) + weights + health
+        estimate = [name for name in ESTIMATE_COLUMNS if any(name in row for row in self.rows)]
+        return ids + list(METRICS) + weights + estimate + health
 
     def _has(self, column: str) -> bool:
         return any(row.get(column) is not None for row in self.rows)

@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ..delta import spectrum_key
 from ..metrics import METRICS
+from ..metrics.estimate import ESTIMATED
 
 __all__ = [
+    "ESTIMATE_COLUMNS",
     "ID_COLUMNS",
     "OPTIONAL",
     "RENAMED",
@@ -66,6 +68,9 @@ WEIGHT_COLUMNS = (
     "ks_tuned",
     "intruder_dimensions",
 )
+# An estimated report's (analyze's estimate=True, analysis.estimated): whether the row is
+# estimated, then each estimated metric's error; after the metrics, only in such reports.
+ESTIMATE_COLUMNS = ("estimated", *(f"{name}_err" for name in ESTIMATED))
 INT_METRICS = {"numerical_rank", "intruder_dimensions"} | {
     name for name in METRICS if name.startswith("energy_rank@")
 }
@@ -107,7 +112,7 @@ def row_key(row: Mapping[str, object]) -> str:
 
 
 def column_type(name: str) -> str:
-    types = dict(ID_COLUMNS, health="str")
+    types = dict(ID_COLUMNS, health="str", estimated="bool")
     if name in types:
         return types[name]
     return "int" if name in INT_METRICS else "float"
@@ -155,8 +160,10 @@ def _format_cell(value: object) -> str:
 def parse_cell(cell: str, kind: str) -> object:
     if cell == "":  # None is written as an empty cell (health of an unflagged row, no base)
         return None
-    if kind == "int":
-        return int(cell)
+    if kind == "int":  # an estimated energy rank is fractional
+        return int(cell) if cell.lstrip("-").isdigit() else float(cell)
+    if kind == "bool":
+        return cell == "True"
     if kind == "float":
         return float(cell)
     return cell
