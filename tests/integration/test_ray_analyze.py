@@ -113,11 +113,6 @@ def test_extract_on_ray_equals_serial(cluster, finetune, tmp_path):
     there = load_file(str(tmp_path / "ray" / "adapter_model.safetensors"))
     assert sorted(here) == sorted(there) and len(here) == 8
     assert all(np.array_equal(here[name], there[name]) for name in here)
-    on_ray = spectra.extract(
-        finetune.path, finetune.base, tmp_path / "py", energy=0.9, ray=True, **kwargs
-    )
-    energy = spectra.extract(finetune.path, finetune.base, tmp_path / "e", energy=0.9, **kwargs)
-    assert on_ray.rows == energy.rows
 
 
 def test_what_needs_delta_on_the_driver_is_refused(cluster, finetune):
