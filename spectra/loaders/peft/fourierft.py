@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from ...errors import FormatError
 from ..methods import fourierft, lora, waveft
 from ..methods.waveft_filters import LOW_PASS, UNSUPPORTED
-from .structured import ShapeFromBase, config_number
+from .base_shapes import ShapeFromBase
+from .structured import config_number
 from .variant import Adapted, register_variant
 
 if TYPE_CHECKING:

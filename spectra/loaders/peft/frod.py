@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ...arguments import BASE
 from ...errors import FormatError
 from ..methods import frod
-from .newer import base_shape
+from .base_shapes import module_base_shape
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -125,7 +125,9 @@ class Frod(Variant):
         adapted.scale_source = "FRoD: λ and S carry the scale (the adapted weight is rebuilt)"
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
-        d_out, d_in = base_shape(ckpt, adapted, "its d_out (U has W0's rows)")
+        d_out, d_in = module_base_shape(
+            ckpt, adapted, ckpt.peft_type, "its d_out (U has W0's rows)"
+        )
         if d_in != ckpt.shape_of(adapted, "frod_lambda_l")[0]:
             raise FormatError(
                 f"{ckpt.store.path}: {adapted.module} has frod_lambda_l for d_in = "

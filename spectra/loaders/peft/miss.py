@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from ...errors import FormatError, MissingBaseError
 from ..methods import miss
-from .structured import ShapeFromBase, config_number
+from .base_shapes import ShapeFromBase
+from .structured import config_number
 from .variant import Adapted, register_variant
 
 if TYPE_CHECKING:

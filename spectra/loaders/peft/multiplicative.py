@@ -22,6 +22,7 @@ from ...arguments import BASE
 from ...errors import FormatError, MissingBaseError
 from ..methods import glora, hira, hra, ia3, road
 from ..methods.lora import pattern_value
+from .base_shapes import base_shape, no_base
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -57,18 +58,13 @@ class OnBase(Variant):
         saved = self.saved_shape(ckpt, adapted)
         if None not in saved:
             return saved
-        ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
-        base_ref = None
-        if ckpt.base_weights is not None:
-            base_ref = ckpt.base_weights.modules.get((ref.layer, ref.role))
-        if base_ref is None:
-            found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
+        found = base_shape(ckpt, adapted)
+        if found is None:
             raise MissingBaseError(
                 f"{ckpt.store.path}: {self.name(ckpt)} module {adapted.module} is "
                 f"{_shown(saved)} by its tensors; the rest of its shape comes from the base model "
-                f"({found}): pass {BASE('DIR')}"
+                f"({no_base(ckpt)}): pass {BASE('DIR')}"
             )
-        found = ckpt.base_weights.module_shape(base_ref)
         if any(
             mine is not None and mine != theirs for mine, theirs in zip(saved, found, strict=True)
         ):

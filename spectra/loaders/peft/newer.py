@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ...arguments import BASE
 from ...errors import FormatError, MissingBaseError
 from ..methods import deft, osf, peanut, supertuning
+from .base_shapes import module_base_shape
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -29,22 +30,7 @@ if TYPE_CHECKING:
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
-__all__ = ["Deft", "Osf", "Peanut", "Supertuning", "base_shape"]
-
-
-def base_shape(ckpt: PeftCheckpoint, adapted: Adapted, what: str) -> tuple[int, int]:
-    """(d_out, d_in) of a module's W0 in the base, or MissingBaseError saying ``what`` needs it."""
-    ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
-    base_ref = None
-    if ckpt.base_weights is not None:
-        base_ref = ckpt.base_weights.modules.get((ref.layer, ref.role))
-    if base_ref is None:
-        found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
-        raise MissingBaseError(
-            f"{ckpt.store.path}: {ckpt.peft_type} module {adapted.module} needs {what}, which "
-            f"only the base model gives ({found}): pass {BASE('DIR')}"
-        )
-    return ckpt.base_weights.module_shape(base_ref)
+__all__ = ["Deft", "Osf", "Peanut", "Supertuning"]
 
 
 class Deft(Variant):
@@ -105,7 +91,10 @@ class Deft(Variant):
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         if ckpt.config.get("para"):  # no deft_R: d_in is the base's
-            return (ckpt.shape_of(adapted, "deft_P")[0], base_shape(ckpt, adapted, "its d_in")[1])
+            return (
+                ckpt.shape_of(adapted, "deft_P")[0],
+                module_base_shape(ckpt, adapted, ckpt.peft_type, "its d_in")[1],
+            )
         return (ckpt.shape_of(adapted, "deft_P")[0], ckpt.shape_of(adapted, "deft_R")[1])
 
     def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
@@ -242,7 +231,10 @@ class Peanut(Variant):
         adapted.scale_source = f"config: scaling = {adapted.scale:g}"
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
-        return (ckpt.shape_of(adapted, "peanut_B")[0], base_shape(ckpt, adapted, "its d_in")[1])
+        return (
+            ckpt.shape_of(adapted, "peanut_B")[0],
+            module_base_shape(ckpt, adapted, ckpt.peft_type, "its d_in")[1],
+        )
 
     def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
         return (ckpt.shape_of(adapted, "peanut_B")[0], None)
@@ -325,7 +317,9 @@ class Supertuning(Variant):
         if ckpt.config.get("r"):
             b_shape = ckpt.shape_of(adapted, "supertuning_lora_B")
             return (b_shape[0], ckpt.shape_of(adapted, "supertuning_lora_A")[1])
-        return base_shape(ckpt, adapted, "its shape (the sparse positions index W0 row-major)")
+        return module_base_shape(
+            ckpt, adapted, ckpt.peft_type, "its shape (the sparse positions index W0 row-major)"
+        )
 
     def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
         if ckpt.config.get("r"):

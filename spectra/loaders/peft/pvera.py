@@ -21,7 +21,8 @@ import torch
 from ...arguments import BASE
 from ...errors import FormatError
 from ..methods import vera
-from .shared_bases import largest_shape, module_base_shape
+from .base_shapes import module_base_shape
+from .shared_bases import bases_saved, largest_shape, projection_seed
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -68,16 +69,7 @@ class Pvera(Variant):
 
     def _saved(self, ckpt: PeftCheckpoint) -> bool:
         """Whether the file holds the frozen bases (else they are drawn from the seed)."""
-        held = [name for name in _BASES if name in ckpt.shared]
-        if len(held) == 2:
-            return True
-        if ckpt.config.get("save_projection") is False and not held:
-            return False
-        raise FormatError(
-            f"{ckpt.store.path}: PVeRA's shared pvera_A and pvera_B should both be in the file "
-            f"(save_projection is {ckpt.config.get('save_projection')!r}); found "
-            f"{', '.join(held) or 'neither'}: the adapter file is incomplete"
-        )
+        return bases_saved(ckpt, "PVeRA", _BASES)
 
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
         notes = []
@@ -148,12 +140,7 @@ class Pvera(Variant):
         """``pvera_A (2r, widest d_in)`` and ``pvera_B (widest d_out, r)``: saved or drawn."""
         if self._saved(ckpt):
             return tuple(ckpt.store.load(ckpt.shared[name]) for name in _BASES)
-        seed = ckpt.config.get("projection_prng_key")
-        if not isinstance(seed, int):
-            raise FormatError(
-                f"{ckpt.config_path}: PVeRA's bases are not saved, and projection_prng_key, which "
-                f"peft draws them from, is {seed!r}, not a whole number"
-            )
+        seed = projection_seed(ckpt, "PVeRA")
         largest = largest_shape(ckpt, "PVeRA", "save_projection")
         return _drawn_bases(seed, ckpt.config["r"], largest)
 

@@ -29,7 +29,8 @@ import torch
 from ...arguments import BASE
 from ...errors import FormatError
 from ..methods import randlora
-from .shared_bases import largest_shape, module_base_shape
+from .base_shapes import module_base_shape
+from .shared_bases import bases_saved, largest_shape, projection_seed
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -90,16 +91,7 @@ class RandLora(Variant):
 
     def _saved(self, ckpt: PeftCheckpoint) -> bool:
         """Whether the file holds the frozen bases (else they are drawn from the seed)."""
-        held = [name for name in _BASES if name in ckpt.shared]
-        if len(held) == 2:
-            return True
-        if ckpt.config.get("save_projection") is False and not held:
-            return False
-        raise FormatError(
-            f"{ckpt.store.path}: RandLoRA's shared randlora_A and randlora_B should both be in the "
-            f"file (save_projection is {ckpt.config.get('save_projection')!r}); found "
-            f"{', '.join(held) or 'neither'}: the adapter file is incomplete"
-        )
+        return bases_saved(ckpt, "RandLoRA", _BASES)
 
     def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
         notes = []
@@ -192,12 +184,7 @@ class RandLora(Variant):
         return shared[0], shared[1]
 
     def _drawn(self, ckpt: PeftCheckpoint) -> tuple[torch.Tensor, torch.Tensor]:
-        seed = ckpt.config.get("projection_prng_key")
-        if not isinstance(seed, int):
-            raise FormatError(
-                f"{ckpt.config_path}: RandLoRA's bases are not saved, and projection_prng_key, "
-                f"which peft draws them from, is {seed!r}, not a whole number"
-            )
+        seed = projection_seed(ckpt, "RandLoRA")
         largest = largest_shape(ckpt, "RandLoRA", "save_projection")
         sparsity = None
         if ckpt.config.get("very_sparse"):

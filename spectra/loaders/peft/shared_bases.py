@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ...arguments import BASE
 from ...errors import FormatError, MissingBaseError
 from ..methods import delora, lora, unilora, vblora
+from .base_shapes import base_shape
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -31,34 +32,42 @@ if TYPE_CHECKING:
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
-__all__ = ["DeLora", "UniLora", "VBLora", "base_shape", "largest_shape"]
+__all__ = [
+    "DeLora",
+    "UniLora",
+    "VBLora",
+    "bases_saved",
+    "largest_shape",
+    "projection_seed",
+]
 
 
-def base_shape(ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int] | None:
-    """(d_out, d_in) of an adapted module's weight in the base; None: no base, or not mapped."""
-    if ckpt.base_weights is None:
-        return None
-    for key, group in ckpt.modules.items():
-        for member in group.members:
-            if member.module != adapted.module:
-                continue
-            base_group = ckpt.base_weights.modules.get(key)
-            found = {} if base_group is None else {m.expert: m for m in base_group.members}
-            base_ref = found.get(member.expert)
-            return None if base_ref is None else ckpt.base_weights.module_shape(base_ref)
-    return None
+def bases_saved(ckpt: PeftCheckpoint, method: str, names: tuple[str, str]) -> bool:
+    """Whether the file holds both frozen bases ``names`` (else peft draws them from the seed).
+
+    One of the two, or both with ``save_projection`` not false, is a FormatError.
+    """
+    held = [name for name in names if name in ckpt.shared]
+    if len(held) == 2:
+        return True
+    if ckpt.config.get("save_projection") is False and not held:
+        return False
+    raise FormatError(
+        f"{ckpt.store.path}: {method}'s shared {names[0]} and {names[1]} should both be in the "
+        f"file (save_projection is {ckpt.config.get('save_projection')!r}); found "
+        f"{', '.join(held) or 'neither'}: the adapter file is incomplete"
+    )
 
 
-def module_base_shape(ckpt: PeftCheckpoint, adapted: Adapted, method: str) -> tuple[int, int]:
-    """(d_out, d_in) of a module from the base, or MissingBaseError naming the base argument."""
-    shape = base_shape(ckpt, adapted)
-    if shape is None:
-        found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
-        raise MissingBaseError(
-            f"{ckpt.store.path}: {method} module {adapted.module} needs its shape (d_out, d_in), "
-            f"which only the base model gives ({found}): pass {BASE('DIR')}"
+def projection_seed(ckpt: PeftCheckpoint, method: str) -> int:
+    """The config's projection_prng_key, that peft draws unsaved bases from, or a FormatError."""
+    seed = ckpt.config.get("projection_prng_key")
+    if not isinstance(seed, int):
+        raise FormatError(
+            f"{ckpt.config_path}: {method}'s bases are not saved, and projection_prng_key, which "
+            f"peft draws them from, is {seed!r}, not a whole number"
         )
-    return shape
+    return seed
 
 
 def largest_shape(ckpt: PeftCheckpoint, method: str, saved: str) -> tuple[int, int]:

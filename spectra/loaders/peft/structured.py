@@ -7,10 +7,10 @@
 | GraLoRA | a k×k grid of rank-r/k LoRAs, plus a rank-h LoRA, times α/(r + h) (factored) |
 
 FourierFT and WaveFT (``fourierft.py``) and MiSS / Bone (``miss.py``) are the
-family's other modules; they share ``ShapeFromBase``: methods whose saved
-tensors do not give the module's shape (FourierFT's spectrum, SHiRA's values,
-MiSS's block), so that d_out and d_in come from the base model, as VeRA's
-d_in does. Without a base, analysing them is refused (``MissingBaseError``
+family's other modules; they share ``ShapeFromBase`` (``base_shapes.py``):
+methods whose saved tensors do not give the module's shape (FourierFT's
+spectrum, SHiRA's values, MiSS's block), so that d_out and d_in come from the
+base model, as VeRA's d_in does. Without a base, analysing them is refused (``MissingBaseError``
 naming ``--base``) and ``describe()`` shows the dimensions as unknown.
 """
 
@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...arguments import BASE
-from ...errors import FormatError, MissingBaseError
+from ...errors import FormatError
 from ..methods import c3a, gralora, lora, shira
+from .base_shapes import ShapeFromBase
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -29,53 +30,7 @@ if TYPE_CHECKING:
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
-__all__ = ["C3A", "GraLoRA", "SHiRA", "ShapeFromBase", "base_shape"]
-
-
-def base_shape(ckpt: PeftCheckpoint, adapted: Adapted, method: str) -> tuple[int, int]:
-    """(d_out, d_in) of an adapted module, read from the base model's weights.
-
-    Raises ``MissingBaseError`` naming ``--base`` when there is no base, or
-    the base has no such module.
-    """
-    found = None
-    for group in ckpt.modules.values():
-        for member in group.members:
-            if member.module == adapted.module:
-                found = member
-    base_ref = None
-    if ckpt.base_weights is not None and found is not None:
-        group = ckpt.base_weights.modules.get((found.layer, found.role))
-        members = {} if group is None else {m.expert: m for m in group.members}
-        base_ref = members.get(found.expert)
-    if base_ref is None:
-        why = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
-        raise MissingBaseError(
-            f"{ckpt.store.path}: {method} module {adapted.module} needs its shape (d_out, d_in), "
-            f"which only the base model gives ({why}): pass {BASE('DIR')}"
-        )
-    return ckpt.base_weights.module_shape(base_ref)
-
-
-class ShapeFromBase(Variant):
-    """A variant whose module shape is saved nowhere in the adapter: it comes from the base."""
-
-    def needs_base(self, ckpt: PeftCheckpoint) -> bool:
-        return True
-
-    def warnings(self, ckpt: PeftCheckpoint) -> list[str]:
-        if ckpt.base_weights is None:
-            return [
-                f"{self.name(ckpt)}: each module's shape comes from the base model; shapes show "
-                f"what the adapter does not give as unknown and analysing needs {BASE('DIR')}"
-            ]
-        return []
-
-    def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
-        return base_shape(ckpt, adapted, self.name(ckpt))
-
-    def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
-        return (None, None)
+__all__ = ["C3A", "GraLoRA", "SHiRA"]
 
 
 def config_number(ckpt: PeftCheckpoint, field: str, kind: type = float) -> float | int:

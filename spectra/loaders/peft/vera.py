@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...arguments import BASE
-from ...errors import FormatError, MissingBaseError
+from ...errors import FormatError
 from ..methods import vera
+from .base_shapes import module_base_shape
 from .variant import Adapted, Variant, register_variant
 
 if TYPE_CHECKING:
@@ -91,17 +92,7 @@ class Vera(Variant):
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         d_out = ckpt.shape_of(adapted, "vera_lambda_b")[0]
-        ref = next(r for r in ckpt.modules.values() if r.module == adapted.module)
-        base_ref = None
-        if ckpt.base_weights is not None:
-            base_ref = ckpt.base_weights.modules.get((ref.layer, ref.role))
-        if base_ref is None:
-            found = f"{ckpt.base} has no such module" if ckpt.base_weights else "no base model"
-            raise MissingBaseError(
-                f"{ckpt.store.path}: VeRA module {adapted.module} needs its d_in, which only the "
-                f"base model gives ({found}): pass {BASE('DIR')}"
-            )
-        d_in = ckpt.base_weights.module_shape(base_ref)[1]
+        d_in = module_base_shape(ckpt, adapted, "VeRA", "its d_in")[1]
         a_shape = ckpt.store.info(ckpt.shared["vera_A"]).shape  # (r, widest d_in)
         b_shape = ckpt.store.info(ckpt.shared["vera_B"]).shape  # (widest d_out, r)
         if d_in > a_shape[1] or d_out > b_shape[0]:
