@@ -44,7 +44,6 @@ __all__ = [
     "light_delta",
     "module_spectra",
     "predicted_cost",
-    "ray_address",
     "run_modules",
     "shape_cost",
     "spectra_on_ray",
@@ -65,20 +64,6 @@ class Opened:
     def open(self) -> Checkpoint:
         """The checkpoint, opened here (headers and configs: no weights read)."""
         return load(self.path, base=self.base, format=self.format, **self.options)
-
-
-def ray_address(ray: bool | str | None) -> bool | str | None:
-    """``ray`` as a run takes it: None or False for a local run, else an address or True.
-
-    ``""`` (the flag alone on the command line) and True start or join Ray as
-    ``ray.init()`` does; a string is a cluster address (``"auto"``,
-    ``"ray://host:10001"``).
-    """
-    if ray is None or ray is False:
-        return None
-    if ray is True or isinstance(ray, str):
-        return ray
-    raise SpectraError(f"{RAY} takes True or a Ray cluster address; got {ray!r}")
 
 
 def check_ray_options(
@@ -263,7 +248,7 @@ def run_modules(
                 try:
                     results[index] = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as exc:
-                    raise task_error(ray, exc, f"{opened.path}: L{layer}.{role}") from None
+                    raise task_error(exc, f"{opened.path}: L{layer}.{role}") from None
                 if progress is not None:
                     progress(len(results), len(keys), spectrum_key(layer, role))
         except BaseException:

@@ -153,7 +153,7 @@ def ray_session(address: bool | str) -> Iterator[object]:
             ray.shutdown()
 
 
-def task_error(ray: object, exc: BaseException, what: str) -> SpectraError:
+def task_error(exc: BaseException, what: str) -> SpectraError:
     """A failed Ray task's error: its own ``SpectraError``, else one naming ``what``."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, SpectraError):
@@ -179,5 +179,5 @@ def run_on_ray(
                 report = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 what = jobs[indices.index(index)]["path"]
-                raise task_error(ray, exc, what) from exc
+                raise task_error(exc, what) from exc
             finished(index, report)
