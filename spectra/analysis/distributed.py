@@ -24,6 +24,7 @@ joined as ``sweep`` does it (``executors.ray_session``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -295,9 +296,13 @@ def spectra_on_ray(
     side_by_side = target.type == "cpu" and workers > 1  # as svd.singular_values_stream
     threads = torch.get_num_threads()
     threads = max(1, threads // workers) if side_by_side else threads
-    per_key, where = run_modules(
-        opened, checkpoint, selection.keys, module_spectra, arguments, address, progress, threads
-    )
+    try:
+        keys = selection.keys
+        per_key, where = run_modules(
+            opened, checkpoint, keys, module_spectra, arguments, address, progress, threads
+        )
+    except NonFiniteError as exc:  # as a local run says it: which checkpoint holds the module
+        raise NonFiniteError(f"{os.fspath(opened.path)}: {exc}") from None
     results = []
     for pairs, left_out in per_key:
         results.extend((delta, torch.from_numpy(sigma.copy())) for delta, sigma in pairs)

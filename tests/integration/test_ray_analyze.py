@@ -130,3 +130,26 @@ def test_the_largest_modules_are_submitted_first(finetune):
     checkpoint = spectra.load(finetune.path, base=finetune.base)
     # MiniLM's MLP (1536×384) costs more than its 384×384 attention projections
     assert predicted_cost(checkpoint, (0, "up")) > predicted_cost(checkpoint, (0, "k"))
+
+
+def test_nonfinite_weights_on_ray_as_in_a_local_run(cluster, finetune, tmp_path):
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    broken = tmp_path / "nan-ft"
+    shutil.copytree(finetune.path, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    name = next(n for n in tensors if "layer.2." in n and "value.weight" in n)
+    tensors[name][0, 0] = np.nan
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(spectra.NonFiniteError) as here:
+        spectra.analyze(broken, base=finetune.base, layers="1-2")
+    with pytest.raises(spectra.NonFiniteError) as there:
+        spectra.analyze(broken, base=finetune.base, layers="1-2", ray=True)
+    assert str(there.value) == str(here.value) and "layer.2.attention.self.value" in str(here.value)
+    kwargs = {"base": finetune.base, "layers": "1-2", "skip_nonfinite": True}
+    serial = spectra.analyze(broken, **kwargs)
+    on_ray = spectra.analyze(broken, ray=True, **kwargs)
+    assert on_ray.meta["skipped"] == ["L2.v"]
+    assert_same_report(on_ray, serial)
