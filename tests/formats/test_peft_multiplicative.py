@@ -36,6 +36,7 @@ from tests.helpers.checks import (
     relative_error,
 )
 from tests.helpers.models import load_bert
+from tests.helpers.peft_methods import SAFETENSORS_DTYPE, file_dtypes
 
 _PATHS = {"k": "attention.self.key", "v": "attention.self.value", "up": "intermediate.dense"}
 _LAYER0 = {"layers_to_transform": [0], "target_modules": ["key", "value"]}
@@ -228,16 +229,6 @@ def saved(tmp_path_factory, minilm_dir):
     return make
 
 
-_SAFETENSORS_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
-
-def _tensor_names(folder: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as file:
-        return {name: file.get_slice(name).get_dtype() for name in file.keys()}  # noqa: SIM118
-
-
 def _jobs(name: str) -> int | None:
     """PSOFT decomposes on the caller's threads, as peft's merge did (see ``_assert_sigma``)."""
     return 1 if name.startswith("psoft") else None
@@ -263,7 +254,7 @@ def _assert_sigma(report, adapter: Saved, tolerance: float = 1e-10) -> None:
 def test_rebuild_matches_peft_merge(saved, name, dtype):
     adapter = saved(name, dtype)
     roles = list(adapter.case.roles)
-    assert set(_tensor_names(adapter.path).values()) == {_SAFETENSORS_DTYPE[dtype]}  # the premise
+    assert set(file_dtypes(adapter.path).values()) == {SAFETENSORS_DTYPE[dtype]}  # the premise
     checkpoint = spectra.load(adapter.path)  # the base from base_model_name_or_path
     first = read_deltas(checkpoint, modules=roles)
     assert_same_reads(first, read_deltas(checkpoint, modules=roles))  # nothing written into
@@ -287,7 +278,7 @@ def test_rebuild_matches_peft_merge(saved, name, dtype):
     # nothing vanishes: each tensor is read for an analysed module, or listed with its reason
     left_out = dict(checkpoint.not_analysed())
     modules = {read.delta.name for read in first}
-    for tensor in _tensor_names(adapter.path):
+    for tensor in file_dtypes(adapter.path):
         if tensor in left_out:
             assert left_out[tensor], tensor
         else:

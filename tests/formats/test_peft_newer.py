@@ -44,6 +44,7 @@ from tests.helpers.models import (
     load_bert,
     save_tiny_llama,
 )
+from tests.helpers.peft_methods import file_dtypes
 
 TARGETS = {"target_modules": ["key", "value"], "layers_to_transform": [0, 1]}
 TARGET_REGEX = r".*layer\.[01]\.attention\.self\.(key|value)"  # configs without layers_to_transform
@@ -195,13 +196,6 @@ def made(tmp_path_factory, minilm_dir):
     return make
 
 
-def _file_tensors(folder) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as handle:
-        return list(handle.keys())
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("method", METHODS)
 def test_rebuild_matches_peft_merge(made, minilm_dir, method, dtype):
@@ -230,7 +224,7 @@ def test_rebuild_matches_peft_merge(made, minilm_dir, method, dtype):
     # Nothing vanishes: a tensor is a part of an analysed module, shared, or listed with why.
     listed = dict(checkpoint.not_analysed())
     analysed = {read.delta.name for read in first}
-    for name in _file_tensors(adapter.path):
+    for name in file_dtypes(adapter.path):
         if name in listed:
             assert listed[name], name
         else:  # a part of an analysed module, or FRoD's shared basis of its role
@@ -277,7 +271,7 @@ def test_supertuning_positions_picked_again_from_the_base(tmp_path, minilm_dir):
     )
     model = random_peft_model(minilm_dir, config, seed=4)
     adapter = save_peft_adapter(model, tmp_path / "super", minilm_dir)
-    assert not any("indices" in name for name in _file_tensors(adapter.path))  # the premise
+    assert not any("indices" in name for name in file_dtypes(adapter.path))  # the premise
     checkpoint = spectra.load(adapter.path, base=minilm_dir)
     assert any("picked again" in warning for warning in checkpoint.describe().warnings)
     reads = read_deltas(checkpoint)
@@ -319,7 +313,7 @@ def test_methods_that_change_no_projection_weight_list_every_tensor(
         "tokens": peft.TrainableTokensConfig(token_indices=[1, 5, 7]),
     }[kind]
     folder = _save(random_peft_model(minilm_dir, config, seed=1), tmp_path, torch.float32)
-    tensors = _file_tensors(folder)
+    tensors = file_dtypes(folder)
     with pytest.raises(FormatError) as error:
         spectra.load(folder, base=minilm_dir)
     message = str(error.value)

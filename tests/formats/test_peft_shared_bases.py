@@ -34,6 +34,7 @@ from tests.helpers.checks import (
     reference_sigma,
     relative_error,
 )
+from tests.helpers.peft_methods import file_dtypes, float_dtypes
 
 TARGETS = {"target_modules": ["key", "value"], "layers_to_transform": [0, 1]}
 MODULES = {(layer, role) for layer in (0, 1) for role in ("k", "v")}
@@ -109,20 +110,14 @@ def adapters(tmp_path_factory, minilm_dir):
     return made
 
 
-def _file_tensors(folder) -> dict[str, str]:  # name → safetensors dtype ("F32", "I64", …)
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as file:
-        return {name: file.get_slice(name).get_dtype() for name in file.keys()}  # noqa: SIM118
-
-
 def _check_against_peft(adapter, dtype: torch.dtype, tolerance: float = 1e-10) -> None:
     """Rebuild, σ, two reads and nothing dropped, against peft's float64 merge."""
     modules = set(adapter.reference)  # the premise: peft's merge moved each module
     assert len(modules) == 4 and {role for _, role in modules} <= {"q", "k", "v"}
     roles = sorted({role for _, role in modules})
     assert all(np.linalg.norm(ref) > 0 for ref in adapter.reference.values())
-    tensors = _file_tensors(adapter.path)
-    floats = {kind for kind in tensors.values() if kind.startswith(("F", "BF"))}
-    assert floats == {{torch.float32: "F32", torch.bfloat16: "BF16"}.get(dtype, "F16")}
+    tensors = file_dtypes(adapter.path)
+    assert float_dtypes(adapter.path) == {dtype}
 
     checkpoint = spectra.load(adapter.path)
     first, second = read_deltas(checkpoint, modules=roles), read_deltas(checkpoint, modules=roles)
@@ -183,7 +178,7 @@ def test_matches_peft_merge(adapters, case, dtype):
 )
 def test_bases_drawn_from_the_seed_and_tied_vectors(adapters, case, dtype):
     adapter = adapters(case, dtype)
-    names = set(_file_tensors(adapter.path))
+    names = set(file_dtypes(adapter.path))
     if case.endswith("drawn") or case.endswith("sparse"):
         assert not names & {"base_model.randlora_A", "base_model.pvera_A"}  # the premise
     else:
@@ -232,7 +227,7 @@ def test_vblora_saved_as_top_k_weights(adapters, tmp_path):
         rebuilt = delta.update.to_dense().numpy()
         assert relative_error(rebuilt, adapter.reference[(delta.layer, delta.role)]) < 1e-6
         assert relative_error(rebuilt, exact[(delta.layer, delta.role)]) < 1e-12
-    _assert_nothing_dropped(checkpoint, _file_tensors(adapter.path))
+    _assert_nothing_dropped(checkpoint, file_dtypes(adapter.path))
 
     folder = adapters("vblora_topk", torch.bfloat16, reference=False)
     exact = _vblora_topk_reference(folder)

@@ -22,7 +22,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import spectra
@@ -39,6 +38,7 @@ from tests.helpers.checks import (
     relative_error,
 )
 from tests.helpers.models import MINILM_LAYERS, ROLE_MODULES
+from tests.helpers.peft_methods import file_dtypes, float_dtypes
 
 TARGET = {"target_modules": ["key", "value"], "layers_to_transform": [0, 1]}
 SHIRA_TARGET = r".*encoder\.layer\.[01]\.attention\.self\.(key|value)"  # no layers_to_transform
@@ -158,16 +158,11 @@ def made(tmp_path_factory, minilm_dir):
     return get
 
 
-def _file_tensors(folder) -> dict[str, torch.dtype]:
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as file:
-        return {name: file.get_tensor(name).dtype for name in file.keys()}  # noqa: SIM118
-
-
 def _assert_every_tensor_accounted_for(checkpoint, folder) -> None:
     """Each tensor of the file belongs to an analysed module, or is listed with a reason."""
     analysed = {m.name for m in checkpoint.describe().modules}
     left_out = dict(checkpoint.not_analysed())
-    for name in _file_tensors(folder):
+    for name in file_dtypes(folder):
         if name in left_out:
             assert left_out[name], name
         else:
@@ -181,8 +176,7 @@ def test_rebuild_matches_peft_merge(made, minilm_dir, case, dtype):
     folders, references = made(case)
     folder = folders[dtype]
     reference, merged = references[dtype]
-    floating = {d for d in _file_tensors(folder).values() if d.is_floating_point}
-    assert floating == {dtype}  # the premise: peft wrote the file in this dtype
+    assert float_dtypes(folder) == {dtype}  # the premise: peft wrote the file in this dtype
     assert len(reference) == 4 and all(np.linalg.norm(r) > 0 for r in reference.values())
 
     checkpoint = spectra.load(folder, base=minilm_dir)
