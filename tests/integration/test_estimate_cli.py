@@ -180,3 +180,17 @@ def test_zero_update_is_zero_as_on_the_exact_path(dense_ft, minilm_dir):
         assert row["estimated"] is True
         assert all(row[name] == 0.0 and row[f"{name}_err"] == 0.0 for name in ESTIMATED), row
         assert row["health"] == "zero"
+
+
+def test_figures_draw_only_what_is_known(estimated):
+    """Figure 2 draws an estimated row's top-k σ when it asks for no more; else leaves it out."""
+    from spectra.plot import histogram, spectrum
+
+    _, axes = histogram([estimated], ["FT"], top=SETTINGS.top)
+    assert all("estimated rows: their top-k σ" in ax.get_title() for ax in axes.flat)
+    _, axes = histogram([estimated], ["FT"], top="all")
+    assert all("estimated rows left out" in ax.get_title() for ax in axes.flat)
+    assert all(not ax.patches for ax in axes.flat)  # nothing drawn as if it were every σ
+    _, grid = spectrum([estimated], ["FT"])
+    titles = [ax.get_title() for ax in grid[0]]
+    assert all("2 estimated rows left out" in title for title in titles), titles
