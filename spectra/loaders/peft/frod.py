@@ -120,9 +120,9 @@ class Frod(Variant):
                 f"frod_s_indices (2, nnz) for its {values} values; found frod_lambda_l {lambdas}, "
                 f"frod_V {v_shape}, frod_s_size {size}, frod_s_indices {index_shape}"
             )
-        adapted.rank = None
-        adapted.scale = 1.0
-        adapted.scale_source = "FRoD: λ and S carry the scale (the adapted weight is rebuilt)"
+        self.no_scale(
+            adapted, None, "FRoD: λ and S carry the scale (the adapted weight is rebuilt)"
+        )
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         d_out, d_in = module_base_shape(

@@ -87,9 +87,7 @@ class LnTuning(Variant):
                 f"{ckpt.store.path}: {adapted.module} should hold a trained copy of a 2-D "
                 f"projection weight (ln_tuning_layers); found shape {shape}"
             )
-        adapted.rank = None
-        adapted.scale = 1.0
-        adapted.scale_source = "LN tuning: the trained copy of the whole weight"
+        self.no_scale(adapted, None, "LN tuning: the trained copy of the whole weight")
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         rows, columns = ckpt.shape_of(adapted, "ln_tuning_layers")

@@ -88,9 +88,11 @@ class MiSS(ShapeFromBase):
                 f"{ckpt.store.path}: {adapted.module} should have {self.block} {expected} "
                 f"(init_weights = {ckpt.config.get('init_weights', True)!r}); found {shape}"
             )
-        adapted.rank = None if mode == "bat" else rank
-        adapted.scale = 1.0
-        adapted.scale_source = f"{self.name(ckpt)}: no scale (the block is added as it is)"
+        self.no_scale(
+            adapted,
+            None if mode == "bat" else rank,
+            f"{self.name(ckpt)}: no scale (the block is added as it is)",
+        )
 
     def shape_before_base(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int | None]:
         shape = ckpt.shape_of(adapted, self.block)

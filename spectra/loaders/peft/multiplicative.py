@@ -86,12 +86,6 @@ class OnBase(Variant):
             )
         return base
 
-    def no_scale(self, adapted: Adapted, rank: int | None, source: str) -> None:
-        """Record a method whose tensors carry their own scale."""
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = source
-
 
 class IA3(OnBase):
     """(IA)³: ΔW = (l − 1) ⊙ W0, l scaling rows (attention) or columns (feedforward)."""

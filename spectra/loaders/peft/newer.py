@@ -156,11 +156,11 @@ class Osf(Variant):
                 f"{ckpt.store.path}: {adapted.module} should have U_low (d_out, r), S_low (r,) and "
                 f"V_low (r, d_in) with r ≤ min(d_out, d_in); found {U}, {S} and {V}"
             )
-        adapted.rank = 2 * r_low  # [U·S, −U₀·S₀] @ [V; V₀]
-        adapted.scale = 1.0
-        adapted.scale_source = (
+        self.no_scale(
+            adapted,
+            2 * r_low,  # [U·S, −U₀·S₀] @ [V; V₀]
             f"OSF: the singular values carry the scale; r_low = {r_low} trained directions, "
-            "minus their initial values"
+            "minus their initial values",
         )
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:

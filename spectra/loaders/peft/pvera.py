@@ -112,9 +112,7 @@ class Pvera(Variant):
                     f"{ckpt.store.path}: PVeRA's shared pvera_A {a_shape} and pvera_B {b_shape} "
                     f"should be ({2 * rank}, widest d_in) and (widest d_out, {rank}) for r={rank}"
                 )
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = "PVeRA: the scaling vectors λ_b, λ_d carry the scale"
+        self.no_scale(adapted, rank, "PVeRA: the scaling vectors λ_b, λ_d carry the scale")
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         d_out = ckpt.shape_of(adapted, "pvera_lambda_b")[0]

@@ -171,9 +171,9 @@ class VBLora(Variant):
                 f"and (d_out/L, r, n) for r={rank} (r) over the bank {tuple(bank)} with top-{k}; "
                 f"found {tuple(shape_A)} and {tuple(shape_B)}"
             )
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = "VB-LoRA: the top-k mixtures of the vector bank carry the scale"
+        self.no_scale(
+            adapted, rank, "VB-LoRA: the top-k mixtures of the vector bank carry the scale"
+        )
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         length = ckpt.store.info(_shared(ckpt, "vblora_vector_bank", "VB-LoRA")).shape[1]
@@ -238,9 +238,7 @@ class UniLora(Variant):
                 f"(r, d_in) for A and (d_out, r) for B with r={rank} (r), and a 1-D "
                 f"unilora_theta_d; found {shapes} and θ_d {tuple(theta)}"
             )
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = "UniLoRA: θ_d and the saved scales carry the scale"
+        self.no_scale(adapted, rank, "UniLoRA: θ_d and the saved scales carry the scale")
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         return (

@@ -133,9 +133,7 @@ class TinyLora(Variant):
                 f"tinylora_B (d_out, r), tinylora_P (u, r, r) and {vector} (u,) with u={u} (u); "
                 f"found {a}, {b}, {p} and {v}"
             )
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = f"TinyLoRA: the trained {vector} carries the scale"
+        self.no_scale(adapted, rank, f"TinyLoRA: the trained {vector} carries the scale")
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         return (ckpt.shape_of(adapted, "tinylora_B")[0], ckpt.shape_of(adapted, "tinylora_A")[1])

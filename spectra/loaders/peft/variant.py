@@ -76,6 +76,12 @@ class Variant:
         """Fill in rank and scale (with their source), checking shapes against the config."""
         raise NotImplementedError
 
+    def no_scale(self, adapted: Adapted, rank: int | None, source: str) -> None:
+        """Record a method whose tensors carry their own scale: scale 1, and ``source`` says so."""
+        adapted.rank = rank
+        adapted.scale = 1.0
+        adapted.scale_source = source
+
     def parts_used(self, ckpt: PeftCheckpoint, adapted: Adapted) -> set[str]:
         """The parts of a module that its ΔW is rebuilt from."""
         return set(adapted.parts) & set(self.parts)

@@ -86,9 +86,7 @@ class Vera(Variant):
                 f"{ckpt.store.path}: {adapted.module} should have vera_lambda_d ({rank},) to "
                 f"match vera_A; found {lambda_d}"
             )
-        adapted.rank = rank
-        adapted.scale = 1.0
-        adapted.scale_source = "VeRA: the scaling vectors λ_b, λ_d carry the scale"
+        self.no_scale(adapted, rank, "VeRA: the scaling vectors λ_b, λ_d carry the scale")
 
     def module_shape(self, ckpt: PeftCheckpoint, adapted: Adapted) -> tuple[int, int]:
         d_out = ckpt.shape_of(adapted, "vera_lambda_b")[0]
