@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..adapter import Rows, Update
     from .checkpoint import PeftCheckpoint
 
-__all__ = ["Beft", "LnTuning", "TrainableTokens"]
+__all__ = ["Beft", "LnTuning", "NoWeightUpdate", "TrainableTokens"]
 
 _NORM = "a norm layer's {what} (LN tuning): scales and shifts activations, not a projection's ΔW"
 _COPY_BIAS = "bias of the tuned copy of the layer (LN tuning): adds a constant, not part of ΔW"
@@ -102,7 +102,27 @@ class LnTuning(Variant):
         return [(None, ln_tuning.delta(tuned, base, rows))]
 
 
-class Beft(Variant):
+class NoWeightUpdate(Variant):
+    """A method that changes no projection's weight: its tensor listed, reading it refused."""
+
+    part = ""  # the tensor it trains per module
+    what = ""  # what that tensor is: its not-analysed reason
+    trains = ""  # what the method trains, as the refusal says it
+
+    def unused_reason(self, ckpt: PeftCheckpoint, part: str) -> str:
+        return self.what if part == self.part else super().unused_reason(ckpt, part)
+
+    def tensor_reason(self, ckpt: PeftCheckpoint, name: str) -> str:
+        return self.what if name.removesuffix(".weight").endswith(self.part) else ""
+
+    def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
+        raise FormatError(
+            f"{ckpt.config_path}: {self.trains}; no projection weight changes, so there is no ΔW "
+            f"to analyse. {summarise_not_analysed(ckpt.not_analysed())}"
+        )
+
+
+class Beft(NoWeightUpdate):
     """BEFT: a bias vector per module, added to its output: no projection weight changes."""
 
     peft_type = "BEFT"
@@ -111,25 +131,14 @@ class Beft(Variant):
     config_fields = ("target_modules",)
     formula = "none: a bias added to the output, no weight update (every tensor listed)"
     follows = "tuners/beft/layer.py: Linear.merge (adds beft_bias to the base bias)"
+    part, what = "beft_bias", _BEFT
+    trains = "BEFT trains only a bias vector per module, added to its output"
 
     def name(self, ckpt: PeftCheckpoint) -> str:
         return "BEFT"
 
-    def unused_reason(self, ckpt: PeftCheckpoint, part: str) -> str:
-        return _BEFT if part == "beft_bias" else super().unused_reason(ckpt, part)
 
-    def tensor_reason(self, ckpt: PeftCheckpoint, name: str) -> str:
-        return _BEFT if name.removesuffix(".weight").endswith("beft_bias") else ""
-
-    def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
-        raise FormatError(
-            f"{ckpt.config_path}: BEFT trains only a bias vector per module, added to its output; "
-            "no projection weight changes, so there is no ΔW to analyse. "
-            f"{summarise_not_analysed(ckpt.not_analysed())}"
-        )
-
-
-class TrainableTokens(Variant):
+class TrainableTokens(NoWeightUpdate):
     """Trainable tokens: new embedding rows for ``token_indices``; no projection weight changes."""
 
     peft_type = "TRAINABLE_TOKENS"
@@ -138,21 +147,11 @@ class TrainableTokens(Variant):
     config_fields = ("token_indices", "target_modules")
     formula = "none: embedding rows of token_indices, no projection's update (every tensor listed)"
     follows = "tuners/trainable_tokens/layer.py: TrainableTokensLayer.merge"
+    part, what = "trainable_tokens_delta", _TOKENS
+    trains = "trainable tokens train embedding rows only"
 
     def name(self, ckpt: PeftCheckpoint) -> str:
         return "trainable tokens"
-
-    def unused_reason(self, ckpt: PeftCheckpoint, part: str) -> str:
-        return _TOKENS if part == "trainable_tokens_delta" else super().unused_reason(ckpt, part)
-
-    def tensor_reason(self, ckpt: PeftCheckpoint, name: str) -> str:
-        return _TOKENS if name.removesuffix(".weight").endswith("trainable_tokens_delta") else ""
-
-    def resolve_scale(self, ckpt: PeftCheckpoint, adapted: Adapted) -> None:
-        raise FormatError(
-            f"{ckpt.config_path}: trainable tokens train embedding rows only; no projection weight "
-            f"changes, so there is no ΔW to analyse. {summarise_not_analysed(ckpt.not_analysed())}"
-        )
 
 
 register_variant(LnTuning())
