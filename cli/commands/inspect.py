@@ -93,7 +93,7 @@ def inspect(ckpt, base, as_json, recalibrate, **loader):
     click.echo(render(header, rows))
     _print_training(info.training)
     _print_not_analysed(info)
-    click.echo("\n" + "\n".join(plan.lines()).replace("plan (", "plan of --modules all (", 1))
+    click.echo("\n" + "\n".join(plan.lines("plan of --modules all")))
     warn(info.warnings)
 
 

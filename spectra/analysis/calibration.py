@@ -14,8 +14,8 @@ prediction scales as the operation's flop count (n³ for the cubic ones):
   tridiagonal reduction);
 - ``svd``: ``torch.linalg.svdvals`` of an m×n matrix, m ≥ n (4mn² − 4n³/3);
 - ``qr``: the R of a tall m×r matrix (2mr² − 2r³/3);
-- ``thin``: a product of an n×n matrix with a block of 32 columns (2n²·32;
-  the estimate path is made of these);
+- ``thin``: products of an n×n matrix and of its transpose with a block of
+  32 columns, ``Mᵀ(M X)`` (2·2n²·32; the estimate path is made of these);
 - ``read``: bytes per second of reading a safetensors file (from the page
   cache: a cold disk is slower) into float64.
 
@@ -48,11 +48,11 @@ OPERATIONS = ("gram", "eigvalsh", "svd", "qr", "thin", "read")
 THIN_COLUMNS = 32  # columns of the block in the ``thin`` benchmark
 # Sizes n of each benchmark: a few seconds in all on one thread of a 2-core machine.
 SIZES = {
-    "gram": (512, 1024, 2048),
-    "eigvalsh": (512, 1024, 1536),
+    "gram": (1024, 2048, 3072),
+    "eigvalsh": (1024, 1536, 2048),
     "svd": (256, 512, 1024),
     "qr": (256, 512, 1024),  # a (8n, n/4) matrix
-    "thin": (1024, 2048, 4096),
+    "thin": (2048, 4096),
     "read": (1024, 2048),  # a float32 (n, n) file
 }
 TINY = {name: (16, 32) for name in OPERATIONS}  # for tests: milliseconds, rates meaningless
@@ -263,7 +263,8 @@ def _time(device: torch.device, operation: str, n: int) -> tuple[int, float, flo
     elif operation == "thin":
         M = square()
         X = torch.randn(n, THIN_COLUMNS, generator=generator, dtype=torch.float64).to(device)
-        run, work = (lambda: M @ X), flops("thin", n, n, THIN_COLUMNS)
+        # both directions, as the estimate's Gram products take them: Mᵀ(M X) (Mᵀ is slower)
+        run, work = (lambda: M.T @ (M @ X)), 2 * flops("thin", n, n, THIN_COLUMNS)
     else:  # read: a float32 safetensors file into float64
         return (n, *_time_read(n, device))
     best = float("inf")

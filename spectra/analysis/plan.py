@@ -170,9 +170,10 @@ class Plan:
             "notes": self.notes,
         }
 
-    def lines(self) -> list[str]:
-        """The plan as text: each device's totals, then the time per role and path."""
-        out = [f"plan ({len(self.modules)} modules, dense ΔW by {self.method}):"]
+    def lines(self, title: str = "plan") -> list[str]:
+        """The plan as text: each device's totals, then each role's time per module."""
+        dense = _LABELS[self.method]
+        out = [f"{title} ({len(self.modules)} modules; dense ΔW by {dense}):"]
         out += [f"  {d.summary()}" for d in self.devices]
         for note in self.notes:
             out.append(f"  {note}")
@@ -187,8 +188,17 @@ class Plan:
             each = ", ".join(
                 f"{d.device} {format_seconds(members[0].total(d.device))}" for d in self.devices
             )
-            out.append(f"  {role} {shape[0]}x{shape[1]} ({path}) × {count}: each {each}")
+            out.append(f"  {role} {shape[0]}x{shape[1]} by {_LABELS[path]} × {count}: each {each}")
         return out
+
+
+# How each path reads in the printed plan.
+_LABELS = {
+    "factored": "the QR core",
+    "fast": "the Gram eigenvalues",
+    "exact": "the SVD",
+    "estimate": "the estimate",
+}
 
 
 def plan_modules(
