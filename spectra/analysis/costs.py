@@ -145,14 +145,19 @@ def module_cost(
         seconds = calibration.seconds_of("svd", d_out, d_in)
         held = 2 * dense + _F64 * n * n  # the SVD's copy and its bidiagonal workspace
     elif path == "estimate":
-        probes, steps, top = _ESTIMATE["probes"], _ESTIMATE["steps"], _ESTIMATE["top"]
+        probes, top = _ESTIMATE["probes"], _ESTIMATE["top"]
+        steps = min(_ESTIMATE["steps"], n)  # Lanczos stops at n steps
         block = min(top + _KRYLOV_OVERSAMPLE, n)
         basis = block * (_KRYLOV_ITERATIONS + 1)  # columns of the Krylov basis
-        columns = block * (1 + 2 * _KRYLOV_ITERATIONS) + basis + top + 2 * probes * steps
-        seconds = calibration.seconds_of("thin", d_out, d_in, columns) + calibration.seconds_of(
-            "svd", k, min(basis, n)
-        )
-        held = dense + _F64 * (probes * steps * n + 2 * basis * k)
+        lanczos = calibration.seconds_of("thin", d_out, d_in, 2 * probes * steps)
+        if basis >= n:  # the Krylov space would be all of it: a full SVD instead
+            krylov = calibration.seconds_of("svd", d_out, d_in)
+        else:
+            columns = block * (1 + 2 * _KRYLOV_ITERATIONS) + basis + top
+            krylov = calibration.seconds_of("thin", d_out, d_in, columns)
+            krylov += calibration.seconds_of("svd", k, basis)
+        seconds = lanczos + krylov
+        held = dense + _F64 * (probes * steps * n + 2 * min(basis, n) * k)
     else:
         raise ValueError(f"unknown path {path!r}: expected one of {', '.join(PATHS)}")
     read_seconds = read_bytes / calibration.rates["read"]

@@ -195,3 +195,16 @@ def test_a_gpu_is_planned_beside_the_cpu_when_torch_sees_one(minilm_dir, monkeyp
     q = next(m for m in plan.modules if m.role == "q")
     n = q.shape[0]
     assert q.seconds["Some GPU"] - q.seconds["cpu"] == pytest.approx(n**3 / RATES["gram"])
+
+
+def test_a_small_estimate_costs_a_full_svd_and_at_most_n_lanczos_steps():
+    """Where the Krylov space would be all of ΔW (7 blocks of 24 ≥ n), it is one SVD."""
+    n = 128
+    seconds, _, _ = module_cost((n, n), "estimate", _cpu())
+    svd = (4 * n**3 - 4 / 3 * n**3) / RATES["svd"]
+    lanczos = 2 * n * n * (2 * 32 * 40) / RATES["thin"]
+    assert seconds == pytest.approx(svd + lanczos, rel=1e-12)
+    tiny, _, _ = module_cost((16, 16), "estimate", _cpu())  # 16 steps, not 40
+    assert tiny == pytest.approx(
+        (8 / 3 * 16**3) / RATES["svd"] + 2 * 16 * 16 * 2 * 32 * 16 / RATES["thin"]
+    )
