@@ -9,6 +9,7 @@ base is the real all-MiniLM-L6-v2 shipped by the PyPI package
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ from tests.helpers.checks import dtype_id
 from tests.helpers.models import FineTune, load_bert, make_bert_finetune
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Never the user's cache: reports and the machine's calibration (inspect's plan) go to one
+# folder of this session, which subprocesses (and test workers) inherit.
+os.environ.setdefault("SPECTRA_CACHE", tempfile.mkdtemp(prefix="spectra-tests-cache-"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

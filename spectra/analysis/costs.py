@@ -34,6 +34,7 @@ from .calibration import Calibration
 __all__ = [
     "PATHS",
     "ModuleCost",
+    "flop_cost",
     "format_bytes",
     "format_seconds",
     "itemsize",
@@ -163,6 +164,39 @@ def module_cost(
     read_seconds = read_bytes / calibration.rates["read"]
     held += read_bytes if source_bytes is None else source_bytes
     return seconds, read_seconds, int(held)
+
+
+# Every rate 1: seconds are then flop counts, what a scheduler orders modules by.
+_UNIT = Calibration(
+    {"device": "cpu"},
+    {name: 1.0 for name in ("gram", "eigvalsh", "svd", "qr", "thin", "read")},
+    jobs=1,
+    threads=1,
+)
+
+
+def flop_cost(shape: tuple[int | None, int | None], kind: str, rank: int | None = None) -> float:
+    """The flops of one module's σ by ``module_cost``'s model: what orders modules by cost.
+
+    A side the checkpoint does not say (``None``) counts as the other side.
+
+    Args:
+        shape: ``(d_out, d_in)``; a side may be None.
+        kind: ``"factored"`` or ``"dense"`` (taken on the default ``fast`` path).
+        rank: r of a factored ΔW; ``None``: its smaller side.
+
+    Returns:
+        The flop count, a float.
+
+    Example:
+        >>> flop_cost((1024, 4096), "dense") == 1024**2 * 4096 + 4 * 1024**3 / 3
+        True
+    """
+    d_out, d_in = shape
+    d_out = d_out or d_in or 1
+    d_in = d_in or d_out
+    path = "factored" if kind == "factored" else "fast"
+    return module_cost((d_out, d_in), path, _UNIT, rank=rank)[0]
 
 
 def schedule(costs: list[float], slots: int) -> float:

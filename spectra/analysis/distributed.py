@@ -36,6 +36,7 @@ from ..errors import NonFiniteError, SpectraError
 from ..loaders import Checkpoint, Selection
 from ..report import Progress
 from ..svd import check_finite, default_jobs, resolve_device, singular_values_stream
+from .costs import flop_cost
 from .executors import ray_session, task_error
 from .sources import load
 
@@ -46,7 +47,6 @@ __all__ = [
     "module_spectra",
     "predicted_cost",
     "run_modules",
-    "shape_cost",
     "spectra_on_ray",
 ]
 
@@ -93,39 +93,11 @@ def check_ray_options(
         )
 
 
-def shape_cost(shape: tuple[int | None, int | None], kind: str, rank: int | None = None) -> float:
-    """Predicted floating-point operations of one ΔW's σ, from its shape and kind.
-
-    A factored ΔW = s·B@A (r columns) costs the QR of its two factors and the
-    SVD of the r×r core: d_out·r² + d_in·r² + r³. A dense one costs its Gram
-    matrix and the eigenvalues: d_small²·d_large + d_small³ (the exact SVD is
-    within a constant of it). A side the checkpoint does not say (``None``)
-    counts as the other side. Planning code reuses this one model.
-
-    Args:
-        shape: ``(d_out, d_in)``; a side may be None.
-        kind: ``"factored"`` or ``"dense"``.
-        rank: r of a factored ΔW; ``None``: its smaller side.
-
-    Returns:
-        The predicted cost in floating-point operations (a relative measure).
-
-    Example:
-        >>> shape_cost((4096, 4096), "dense") > shape_cost((4096, 4096), "factored", 16)
-        True
-    """
-    d_out, d_in = shape
-    d_out = d_out or d_in or 1
-    d_in = d_in or d_out
-    small, large = sorted((float(d_out), float(d_in)))
-    if kind == "factored":
-        r = float(rank or small)
-        return (d_out + d_in) * r * r + r**3
-    return small * small * large + small**3
-
-
 def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
-    """Predicted cost of one (layer, role) of ``checkpoint``: ``shape_cost`` × its heads or experts.
+    """Predicted cost of one (layer, role): ``costs.flop_cost`` × its heads or experts.
+
+    The plan's cost model (``analysis.costs``) in flops, so that the modules
+    go to the cluster in the order the plan predicts they take.
 
     Args:
         checkpoint: the opened checkpoint (``module_info``: no weights read).
@@ -141,7 +113,7 @@ def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
     """
     info = checkpoint.module_info(key)
     copies = (info.heads or 1) * (info.experts or 1)
-    return copies * shape_cost(info.shape, info.kind, info.rank)
+    return copies * flop_cost(info.shape, info.kind, info.rank)
 
 
 def light_delta(delta: LayerDelta) -> LayerDelta:

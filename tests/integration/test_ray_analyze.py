@@ -123,10 +123,14 @@ def test_what_needs_delta_on_the_driver_is_refused(cluster, finetune):
 
 
 def test_the_largest_modules_are_submitted_first(finetune):
-    from spectra.analysis.distributed import predicted_cost, shape_cost
+    from spectra.analysis.costs import flop_cost
+    from spectra.analysis.distributed import predicted_cost
 
-    assert shape_cost((4096, 1024), "dense") == 1024**2 * 4096 + 1024**3
-    assert shape_cost((4096, 1024), "factored", 8) == (4096 + 1024) * 64 + 512
+    # the plan's model in flops: the Gram's lower triangle n²k and eigvalsh's 4n³/3; two QRs
+    # (2mr² − 2r³/3 each), the r×r core product 2r³ and its SVD (4r³ − 4r³/3)
+    assert flop_cost((4096, 1024), "dense") == 1024**2 * 4096 + 4 * 1024**3 / 3
+    qr = 2 * 4096 * 64 - 2 * 512 / 3 + 2 * 1024 * 64 - 2 * 512 / 3
+    assert flop_cost((4096, 1024), "factored", 8) == pytest.approx(qr + 2 * 512 + 8 * 512 / 3)
     checkpoint = spectra.load(finetune.path, base=finetune.base)
     # MiniLM's MLP (1536×384) costs more than its 384×384 attention projections
     assert predicted_cost(checkpoint, (0, "up")) > predicted_cost(checkpoint, (0, "k"))
