@@ -48,6 +48,7 @@ __all__ = [
     "check_method",
     "default_jobs",
     "dense_gram_batched",
+    "finite_only",
     "resolve_device",
     "singular_values",
     "singular_values_stream",
@@ -188,6 +189,21 @@ def check_finite(delta: LayerDelta) -> None:
             f"ΔW has no spectrum; re-export the checkpoint, or pass {SKIP_NONFINITE} to leave "
             "such modules out (the report then says which)"
         )
+
+
+def finite_only(deltas: Iterable[LayerDelta], skipped: list[str]) -> Iterator[LayerDelta]:
+    """Pass on the deltas whose weights are finite; record the others' keys in ``skipped``.
+
+    What ``skip_nonfinite=True`` does, wherever the deltas are read (a local
+    run, a Ray task).
+    """
+    for delta in deltas:
+        try:
+            check_finite(delta)
+        except NonFiniteError:
+            skipped.append(delta.key)
+            continue
+        yield delta
 
 
 def check_method(method: str) -> None:

@@ -35,7 +35,7 @@ from ..delta import Dense, Factored, LayerDelta, spectrum_key
 from ..errors import NonFiniteError, SpectraError
 from ..loaders import Checkpoint, Selection
 from ..report import Progress
-from ..svd import check_finite, default_jobs, resolve_device, singular_values_stream
+from ..svd import default_jobs, finite_only, resolve_device, singular_values_stream
 from .costs import flop_cost
 from .executors import ray_session, task_error
 from .sources import load
@@ -150,21 +150,11 @@ def module_spectra(
     deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
     skipped: list[str] = []
     if skip_nonfinite:
-        deltas = _finite(deltas, skipped)
+        deltas = finite_only(deltas, skipped)
     results = []
     for delta, sigma in singular_values_stream(deltas, device, method, prefetch=0, jobs=1):
         results.append((light_delta(delta), sigma.numpy()))  # σ: (k,) float64
     return results, skipped
-
-
-def _finite(deltas, skipped: list[str]):
-    for delta in deltas:
-        try:
-            check_finite(delta)
-        except NonFiniteError:
-            skipped.append(delta.key)
-            continue
-        yield delta
 
 
 def _task(opened: Opened, key: Key, work: Callable, arguments: tuple, threads: int) -> object:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,9 @@ from ..metrics import compute, rank_tolerance, rounding_floor, share_above
 from ..report import Progress, Report, noise_summary, row_flags, spectrum_key
 from ..svd import (
     accuracy_floor,
-    check_finite,
     check_method,
     default_jobs,
+    finite_only,
     resolve_device,
     singular_values_stream,
 )
@@ -212,7 +212,7 @@ def analyze(
     skipped: list[str] = []
     deltas = checkpoint.deltas_for(selection)
     if skip_nonfinite:
-        deltas = _finite_only(deltas, skipped)
+        deltas = finite_only(deltas, skipped)
     estimates = Estimates.asked(estimate, ray)  # None, or filled as the stream runs
     if estimates is not None:  # dense ΔW estimated, factored exact (analysis.estimated)
         stream = estimate_stream(deltas, target, method, estimates, prefetch=prefetch)
@@ -354,17 +354,6 @@ def build_report(
     if estimates is not None:
         meta["estimate"] = estimates.meta()
     return Report(rows=rows, spectra=spectra, meta=meta)
-
-
-def _finite_only(deltas: Iterator[LayerDelta], skipped: list[str]) -> Iterator[LayerDelta]:
-    """Pass on the deltas whose weights are finite; record the others in ``skipped``."""
-    for delta in deltas:
-        try:
-            check_finite(delta)
-        except NonFiniteError:
-            skipped.append(delta.key)
-            continue
-        yield delta
 
 
 def rounding_floor_of(delta: LayerDelta) -> float | None:
