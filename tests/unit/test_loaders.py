@@ -183,6 +183,15 @@ def test_bad_adapter_configs(tmp_path):
         spectra.load(_adapter(tmp_path / "c", {"peft_type": "LORA", "r": 4}, LORA_KEYS))
 
 
+def test_a_shared_tensor_of_another_method_is_listed_not_dropped(tmp_path):
+    tensors = LORA_KEYS | {"base_model.vera_A": torch.randn(4, 16)}
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8}
+    checkpoint = spectra.load(_adapter(tmp_path / "a", config, tensors))
+    left_out = dict(checkpoint.not_analysed())
+    assert set(left_out) == {"base_model.vera_A"}
+    assert "not a part of a LORA adapter's ΔW" in left_out["base_model.vera_A"]
+
+
 def test_dora_without_base_names_the_config_field_and_the_flags(tmp_path):
     config = {
         "peft_type": "LORA",

@@ -379,6 +379,12 @@ class PeftCheckpoint(AdapterCheckpoint):
                 for part, name in adapted.parts.items()
                 if part not in used
             ]
+        shared = self.rebuild.shared_parts  # shared tensors of another method's parts vanish not
+        left_out += [
+            (name, self.rebuild.unused_reason(self, part))
+            for part, name in self.shared.items()
+            if not any(re.fullmatch(pattern, part) for pattern in shared)
+        ]
         return [(name, self.rebuild.tensor_reason(self, name) or why) for name, why in left_out]
 
     def _modules_to_save(self) -> list[str]:
