@@ -236,6 +236,58 @@ def test_vera_over_modules_of_different_widths(tmp_path, minilm_dir, dtype):
         spectra.analyze(adapter.path, base=minilm_dir, modules=["down"])
 
 
+@pytest.fixture(scope="module")
+def unsaved_vera_model(minilm_dir):
+    from peft import VeraConfig
+
+    config = VeraConfig(
+        r=8,
+        target_modules=["key", "intermediate.dense", "output.dense"],
+        layers_to_transform=[0, 1],
+        save_projection=False,
+        projection_prng_key=1234,
+    )
+    return random_peft_model(minilm_dir, config, seed=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_vera_saved_without_its_bases_draws_them_as_peft_does(
+    tmp_path, minilm_dir, unsaved_vera_model, dtype
+):
+    """save_projection=False: vera_A (8, 1536) and vera_B (1536, 8) are drawn from the seed."""
+    adapter = save_peft_adapter(unsaved_vera_model, tmp_path / "vera", minilm_dir, dtype=dtype)
+    names = {t for t in load_file_names(adapter.path)}
+    assert not any(name.endswith(("vera_A", "vera_B")) for name in names)  # the premise
+    reference = _merged_bert(adapter.path, minilm_dir)
+    roles = list(_BERT_MODULES)
+    checkpoint = spectra.load(adapter.path, base=minilm_dir)
+    assert any("drawn again from projection_prng_key" in w for w in checkpoint.warnings())
+    reads = [[(d.key, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)]]
+    reads.append([(d.key, d.update.to_dense().numpy()) for d in checkpoint.deltas(modules=roles)])
+    for (key, first), (_, second) in zip(*reads, strict=True):
+        np.testing.assert_array_equal(first, second)
+        expected = reference[(int(key[1]), key.split(".")[1])]
+        assert np.linalg.norm(first - expected) / np.linalg.norm(expected) < 1e-10
+    changed = {f"L{layer}.{role}" for (layer, role), d in reference.items() if np.any(d != 0)}
+    assert {key for key, _ in reads[0]} == changed == {
+        f"L{layer}.{role}" for layer in (0, 1) for role in ("k", "o", "up", "down")
+    }
+    assert checkpoint.not_analysed() == []
+    config_path = adapter.path / "adapter_config.json"  # a base that cannot be found
+    config_path.write_text(
+        json.dumps(json.loads(config_path.read_text()) | {"base_model_name_or_path": "nowhere"})
+    )
+    with pytest.raises(MissingBaseError, match="base=DIR"):  # the widest module needs W0
+        list(spectra.load(adapter.path).deltas(modules=["k"]))
+
+
+def load_file_names(folder) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as handle:
+        return list(handle.keys())
+
+
 def test_adapter_bin_with_modules_to_save_and_an_init_that_moves_w0(tmp_path, minilm_dir):
     from peft import LoraConfig, get_peft_model
 

@@ -11,8 +11,9 @@ PVeRA (peft's ``tuners/pvera/layer.py``, ``Linear.get_delta_weight``) is VeRA
 with a probabilistic middle: ``pvera_A`` ``(2r, widest d_in)`` and
 ``pvera_lambda_d`` ``(2r,)`` hold a mean half and a log-variance half, and
 the merged ΔW takes the means alone, ``diag(λ_b) B[:d_out] diag(λ_d[:r])
-A[:r, :d_in]`` (``mean_delta``). ``pvera_projections`` draws its frozen
-``pvera_A`` and ``pvera_B`` from the seed as peft's ``PveraModel`` does.
+A[:r, :d_in]`` (``mean_delta``). ``vera_projections`` and
+``pvera_projections`` draw the frozen bases from the seed as peft's
+``VeraModel`` and ``PveraModel`` do, for adapters saved without them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from ...delta import Factored
 from . import ALL_ROWS, Rows
 
-__all__ = ["delta", "mean_delta", "pvera_projections"]
+__all__ = ["delta", "mean_delta", "pvera_projections", "vera_projections"]
 
 
 def delta(
@@ -60,22 +61,31 @@ def mean_delta(
     return delta(pvera_A[:half], pvera_B, lambda_b, lambda_d[:half], d_in, rows)
 
 
-def pvera_projections(
-    seed: int, rank: int, largest: tuple[int, int]
+def vera_projections(
+    seed: int, rank: int, largest: tuple[int, int], a_rows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pvera_A (2r, d_in), pvera_B (d_out, r))`` drawn as peft's ``PveraModel`` draws them.
+    """``(A (a_rows, d_in), B (d_out, r))``, drawn as peft's ``VeraModel`` draws its bases.
 
     ``largest`` is ``(d_out, d_in)`` taken elementwise over every adapted
-    module (peft's ``_find_dim``). Both are Kaiming-uniform draws (default
-    gain) in float32 from one CPU generator seeded ``seed``, A first.
+    module (peft's ``_find_dim``). Both are Kaiming-uniform draws (gain √2,
+    fan in, peft's ``_kaiming_init``) in float32 from one CPU generator
+    seeded ``seed``, A first. ``a_rows`` is r for VeRA (the default) and 2r
+    for PVeRA, whose ``PveraModel`` draws the same way.
     """
     d_out, d_in = largest
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         A = torch.nn.init.kaiming_uniform_(
-            torch.empty(2 * rank, d_in, dtype=torch.float32), generator=generator
+            torch.empty(a_rows or rank, d_in, dtype=torch.float32), generator=generator
         )
         B = torch.nn.init.kaiming_uniform_(
             torch.empty(d_out, rank, dtype=torch.float32), generator=generator
         )
-    return A, B  # (2r, d_in), (d_out, r)
+    return A, B  # (a_rows, d_in), (d_out, r)
+
+
+def pvera_projections(
+    seed: int, rank: int, largest: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pvera_A (2r, d_in), pvera_B (d_out, r))`` drawn as peft's ``PveraModel`` draws them."""
+    return vera_projections(seed, rank, largest, a_rows=2 * rank)
