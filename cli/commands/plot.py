@@ -42,7 +42,8 @@ def plot(
 ):
     """Redraw the figures from saved REPORT folders, without recomputing anything:
     figure2 (the equal-rank histograms, --top) and spectrum; for reports with heads
-    (multi-head sources analysed with --per-head), heads and heads_matrix.
+    (multi-head sources analysed with --per-head), heads and heads_matrix; for
+    reports made with --esd, esd_alpha.
 
     \b
     Examples:
@@ -57,6 +58,7 @@ def plot(
     names = list(labels) if labels else [Path(folder).name for folder in reports]  # as redraw's
     # head figures: checked and drawn before anything is written (none without heads)
     heads = head_figures(saved, names, out, figure_format, heads_layer, force=force)
+    heads += _esd_figure(saved, names, out, figure_format, force)
     written, warnings = redraw(
         reports,
         out,
@@ -72,3 +74,23 @@ def plot(
     written += [save_figure(figure, path) for path, figure in heads]
     warn(warnings)
     click.echo(f"figures written to {out}/: {', '.join(path.name for path in written)}")
+
+
+def _esd_figure(saved, names, out, figure_format, force) -> list:
+    """``[(path, figure)]`` of α by layer for the reports made with --esd (none without)."""
+    fitted = [
+        (report, name)
+        for report, name in zip(saved, names, strict=True)
+        if any(row.get("alpha_tuned") is not None for row in report.rows)
+    ]
+    if not fitted:
+        return []
+    from spectra.arguments import FORCE
+    from spectra.errors import ReportExistsError
+    from spectra.plot import esd_alpha
+
+    path = Path(out) / f"esd_alpha.{figure_format}"
+    if path.exists() and not force:
+        raise ReportExistsError(f"{path}: already there; pass {FORCE} to overwrite")
+    reports, labels = zip(*fitted, strict=True)
+    return [(path, esd_alpha(list(reports), list(labels))[0])]

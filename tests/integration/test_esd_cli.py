@@ -87,6 +87,18 @@ def test_a_full_finetune_gets_the_alpha_of_w0_and_w_tuned_and_its_intruders(ft_r
     assert table[3].split()[:3] == ["0", "k", f"{first['alpha_base']:.4g}"]
 
 
+def test_spectra_plot_redraws_the_alpha_figure_and_keeps_it_without_force(ft_run, tmp_path):
+    _, out, _ = ft_run
+    figures = tmp_path / "figures"
+    result = CliRunner().invoke(cli, ["plot", str(out), "--out", str(figures), "--format", "svg"])
+    assert result.exit_code == 0, result.output
+    svg = (figures / "esd_alpha.svg").read_text()
+    assert "esd_alpha.svg" in result.output and len(svg) > 10_000
+    again = CliRunner().invoke(cli, ["plot", str(out), "--out", str(figures), "--format", "svg"])
+    assert again.exit_code == 1 and "already there" in again.output
+    assert (figures / "esd_alpha.svg").read_text() == svg
+
+
 @pytest.fixture(scope="module")
 def small_lora(tmp_path_factory, minilm_dir):
     """A peft LoRA on k and v of MiniLM's layers 0-1, in memory and saved (with peft's merge)."""
