@@ -46,11 +46,9 @@ from .lycoris import LoHa, LoKr  # noqa: F401
 from .variant import VARIANTS, Adapted, Variant
 from .vera import Vera  # noqa: F401
 
-# The families added with peft 0.21's methods: each module registers its variants.
-from . import multiplicative, newer, shared_bases, structured  # noqa: F401  isort: skip
-from . import fourierft, miss  # noqa: F401  isort: skip  (structured's family)
-from . import oft, psoft  # noqa: F401  isort: skip  (multiplicative's family)
-from . import frod, ln_tuning, refused  # noqa: F401  isort: skip  (newer's family)
+# The families added with peft 0.21's methods: importing a module registers its variants.
+from . import multiplicative, newer, oft, psoft, refused, shared_bases  # noqa: F401  isort: skip
+from . import fourierft, frod, ln_tuning, miss, structured  # noqa: F401  isort: skip
 
 # base_model_name_or_path → a local model folder, or None. Given by the caller
 # (``spectra.load`` looks in the local Hub cache): the loaders resolve no names.
@@ -379,12 +377,10 @@ class PeftCheckpoint(AdapterCheckpoint):
                 for part, name in adapted.parts.items()
                 if part not in used
             ]
-        shared = self.rebuild.shared_parts  # shared tensors of another method's parts vanish not
-        left_out += [
-            (name, self.rebuild.unused_reason(self, part))
-            for part, name in self.shared.items()
-            if not any(re.fullmatch(pattern, part) for pattern in shared)
-        ]
+        known = self.rebuild.shared_parts  # a shared tensor its method does not read is listed
+        for part, name in self.shared.items():
+            if not any(re.fullmatch(pattern, part) for pattern in known):
+                left_out.append((name, self.rebuild.unused_reason(self, part)))
         return [(name, self.rebuild.tensor_reason(self, name) or why) for name, why in left_out]
 
     def _modules_to_save(self) -> list[str]:
