@@ -12,14 +12,17 @@ the SIGINT handler notes that Ctrl-C was pressed (``interrupted``), and an
 error that follows it is answered as the interrupt it comes from.
 """
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 NOTHING_WRITTEN = "no report was written"  # what an interrupt leaves unless a command says more
 
 
 _SIGINT = [False]  # whether Ctrl-C was pressed since the program started
+_DEFERRING = [False]  # whether Ctrl-C waits for the end of a block (deferred_interrupts)
 
 
 def interrupted() -> bool:
@@ -30,7 +33,26 @@ def interrupted() -> bool:
 def _note_sigint(signum, frame) -> None:
     """Python's own SIGINT handler (raise ``KeyboardInterrupt``), noting that it ran."""
     _SIGINT[0] = True
-    signal.default_int_handler(signum, frame)
+    if not _DEFERRING[0]:  # else raised when the import that cannot take it is over
+        signal.default_int_handler(signum, frame)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C inside the block, and raise it as ``KeyboardInterrupt`` once it is over.
+
+    For imports whose C++ side calls back into Python (torch's): a
+    ``KeyboardInterrupt`` raised in such a callback is a C++ exception that
+    nothing catches, and the process aborts (``terminate called after
+    throwing an instance of 'pybind11::error_already_set'``).
+    """
+    _DEFERRING[0] = True
+    try:
+        yield
+    finally:
+        _DEFERRING[0] = False
+    if _SIGINT[0]:
+        raise KeyboardInterrupt
 
 
 def _interrupted_while_importing(kind, value, traceback) -> None:

@@ -36,6 +36,8 @@ from typing import NoReturn
 
 import click
 
+from . import deferred_interrupts
+
 __all__ = ["OUTPUT_PARAMETERS", "leave", "tidy", "watch", "watching_outputs", "written"]
 
 STATUS = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
@@ -62,6 +64,8 @@ def watching_outputs(callback: Callable) -> Callable:
         _started_ns[0] = time.time_ns()
         for output in _outputs:
             watch(output.parent)
+        with deferred_interrupts():  # Ctrl-C inside torch's import would abort the process
+            import torch  # noqa: F401  every command needs it; its import is what it waits for
         return callback(**params)
 
     return run

@@ -88,6 +88,8 @@ class SpectraGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpectraError as exc:
+            if interrupted():  # an error Ctrl-C left behind (a staging folder it removed)
+                raise
             message = " ".join(str(exc).split())
             click.secho(f"error: {message}", fg="red", err=True)
             ctx.exit(1)
@@ -96,6 +98,8 @@ class SpectraGroup(click.Group):
             os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
             ctx.exit(141)  # 128 + SIGPIPE, as a tool killed by the pipe exits
         except OSError as exc:  # unreadable files, full disks: still one line, not a traceback
+            if interrupted():
+                raise
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
             ctx.exit(1)

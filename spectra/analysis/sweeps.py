@@ -393,7 +393,11 @@ def sweep(
             else:
                 run_serially(todo, missing, finished, opened, within)
     except KeyboardInterrupt:
-        analysed = sum(report is not None for report in reports) - sum(cached) - len(saved)
+        # a report that reached the cache just as the interrupt came is kept, and counted
+        landed = [
+            i for i in missing if reports[i] is None and store is not None and store.get(keys[i])
+        ]
+        analysed = sum(r is not None for r in reports) - sum(cached) - len(saved) + len(landed)
         in_cache = sum(cached) + analysed if store is not None else 0
         raise SweepInterrupted(
             in_cache, to_analyse, analysed, store is not None, len(saved)
