@@ -266,3 +266,28 @@ def test_detection_unpickles_a_file_once_however_many_formats_ask(monkeypatch, t
     monkeypatch.setattr(tensors, "_load_pickle", counting)
     assert detect_format(path) == "full"
     assert len(reads) == 1
+
+
+@in_each_dtype
+def test_large_safetensors_tensors_are_mapped_privately_never_written_back(tmp_path, dtype):
+    """A tensor of ≥ 1 MiB is mapped copy-on-write: equal to safetensors' own read, and a
+    write into one read reaches neither a second read nor the file."""
+    from spectra.loaders.storage.tensors import open_store
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "large": torch.randn(1024, 1024, generator=generator).to(dtype),  # ≥ 1 MiB: mapped
+        "small": torch.randn(8, 8, generator=generator).to(dtype),  # read into a buffer
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    before = path.read_bytes()
+    store = open_store(path)
+    first, second = store.load("large"), store.load("large")
+    reference = load_file(str(path))
+    for name in tensors:
+        assert torch.equal(store.load(name), reference[name])
+    first.fill_(7)
+    assert torch.equal(second, reference["large"])
+    assert torch.equal(open_store(path).load("large"), reference["large"])
+    assert path.read_bytes() == before

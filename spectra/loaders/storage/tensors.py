@@ -3,7 +3,8 @@
 A ``TensorStore`` answers ``names()``, ``info(name)`` (shape and dtype, read
 from headers where the format has them) and ``load(name)`` without reading
 any other tensor. It covers a bare ``.safetensors`` file (its header checked
-against the file size, each tensor read by offset), a sharded folder with
+against the file size, each tensor read by offset, a large one mapped
+copy-on-write from the page cache), a sharded folder with
 ``*.safetensors.index.json`` (a shard is opened only when one of its tensors
 is asked for), and pickled ``.bin`` / ``.pt`` files, which are loaded with
 ``weights_only=True`` (never running code from the file) and memory-mapped
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import mmap
 import pickle
 import pickletools
 import re
@@ -137,6 +139,11 @@ class _SafetensorsFile:
         entry = self._read_header()[name]
         begin, end = entry["data_offsets"]
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        offset = self._data_start + begin
+        if end - begin >= _MAP_AT_LEAST and offset % dtype.itemsize == 0:
+            mapped = _map_private(self.path, offset, end - begin, dtype)
+            if mapped is not None:
+                return mapped.reshape(entry["shape"])
         buffer = bytearray(end - begin)
         try:
             with open(self.path, "rb") as handle:
@@ -149,6 +156,29 @@ class _SafetensorsFile:
         if not buffer:
             return torch.empty(entry["shape"], dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+
+
+_MAP_AT_LEAST = 1 << 20  # bytes: a tensor this large is mapped, a smaller one read
+
+
+def _map_private(path: Path, offset: int, size: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """``size`` bytes of ``path`` at ``offset`` as a flat tensor, mapped copy-on-write.
+
+    The pages come from the page cache and no copy is made: a large tensor
+    costs no new memory until it is converted. The mapping is private, so a
+    write into the tensor changes this process's copy, never the file (and
+    spectra writes into none). None where the file cannot be mapped (some
+    network and FUSE file systems): the caller reads it instead.
+    """
+    try:
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+    if len(mapping) < offset + size:  # the file shrank since its header was read
+        raise FormatError(f"{path}: a tensor is cut short; the file is truncated")
+    # the tensor holds the mapping open (the buffer protocol) for as long as it lives
+    return torch.frombuffer(mapping, dtype=dtype, offset=offset, count=size // dtype.itemsize)
 
 
 class _PickleFile:
