@@ -23,7 +23,14 @@ from ..delta import Dense, LayerDelta
 from ..errors import SpectraError
 from ..io.workers import read_ahead
 from ..metrics import METRICS
-from ..metrics.estimate import ESTIMATED, Estimate, estimate_metrics
+from ..metrics.estimate import (
+    DEFAULT_PROBES,
+    DEFAULT_STEPS,
+    DEFAULT_TOP,
+    ESTIMATED,
+    Estimate,
+    estimate_metrics,
+)
 from ..report import row_flags, spectrum_key
 from ..svd import check_finite, singular_values
 
@@ -65,18 +72,18 @@ class EstimateSettings:
 
     Args:
         probes: probe vectors of the quadrature (≥ 2: the error needs two).
-        steps: Lanczos steps per probe (≥ 1).
+        steps: the Gauss rule's nodes per probe (≥ 1; one Lanczos step more is taken).
         top: the top singular values found and stored as the row's spectrum (≥ 1).
         seed: the seed of the probes and the Krylov block.
 
     Example:
         >>> EstimateSettings().probes, EstimateSettings(probes=8).check().probes
-        (32, 8)
+        (16, 8)
     """
 
-    probes: int = 32
-    steps: int = 40
-    top: int = 16
+    probes: int = DEFAULT_PROBES
+    steps: int = DEFAULT_STEPS
+    top: int = DEFAULT_TOP
     seed: int = 0
 
     def check(self) -> EstimateSettings:
@@ -98,7 +105,7 @@ class Estimates(dict):
 
     Example:
         >>> Estimates.asked(True, None).settings.probes, Estimates.asked(False, None)
-        (32, None)
+        (16, None)
     """
 
     def __init__(self, settings: EstimateSettings) -> None:
@@ -151,7 +158,7 @@ def estimate_stream(
 
     Example::
 
-        estimates = Estimates(EstimateSettings(probes=16))
+        estimates = Estimates(EstimateSettings(probes=32))
         for delta, sigma in estimate_stream(deltas, torch.device("cpu"), "fast", estimates):
             ...
     """
