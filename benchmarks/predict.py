@@ -157,17 +157,14 @@ def measure(sizes: list[int], big: int, calibration: Calibration, estimate: bool
         if estimate and sizes:
             n, path = files[0]
             predicted, read_predicted, _ = module_cost((n, n), "estimate", calibration)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(calibration.threads)
             matrix = load_file(path)["w"].double()  # (n, n)
             before = load_average()
             start = time.perf_counter()
-            estimate_metrics(matrix)
+            estimate_metrics(matrix)  # on all threads, as analyze --estimate runs it
             measured = time.perf_counter() - start
-            torch.set_num_threads(threads)
             rows.append(
                 {
-                    "what": f"{n}² estimate, 1 module on {calibration.threads} thread(s)",
+                    "what": f"{n}² estimate, 1 module on {torch.get_num_threads()} thread(s)",
                     "predicted_s": predicted,
                     "measured_s": measured,
                     "load_before": before,

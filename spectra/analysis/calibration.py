@@ -15,14 +15,18 @@ prediction scales as the operation's flop count (n³ for the cubic ones):
 - ``svd``: ``torch.linalg.svdvals`` of an m×n matrix, m ≥ n (4mn² − 4n³/3);
 - ``qr``: the R of a tall m×r matrix (2mr² − 2r³/3);
 - ``thin``: products of an n×n matrix and of its transpose with a block of
-  32 columns, ``Mᵀ(M X)`` (2·2n²·32; the estimate path is made of these);
+  16 columns, ``Mᵀ(M X)`` taken as the estimate takes them, in ΔW's memory
+  order (2·2n²·16; the estimate path is made of these), on all threads,
+  since the estimate takes one module at a time;
 - ``read``: bytes per second of reading a safetensors file (from the page
   cache: a cold disk is slower) into float64.
 
 The result is stored as JSON in ``<cache folder>/calibration/`` (the folder
 of ``analysis.cache.default_folder()``), one file per machine key: CPU model,
 thread count, jobs, torch version and device (the GPU's name). A key seen
-before is never measured again unless ``recalibrate=True``.
+before is never measured again unless ``recalibrate=True``; the key holds
+``BENCHMARKS``, the version of these benchmarks, so a cache measured the
+way an older spectra measured is measured again.
 """
 
 from __future__ import annotations
@@ -39,13 +43,17 @@ from pathlib import Path
 
 import torch
 
+from ..metrics.lanczos import gram_product
 from ..svd import _lower_gram, default_jobs, resolve_device
 from .cache import default_folder
 
 __all__ = ["OPERATIONS", "Calibration", "calibrate", "calibration_key", "flops"]
 
 OPERATIONS = ("gram", "eigvalsh", "svd", "qr", "thin", "read")
-THIN_COLUMNS = 32  # columns of the block in the ``thin`` benchmark
+THIN_COLUMNS = 16  # columns of the block in the ``thin`` benchmark: the estimate's probes
+BENCHMARKS = 2  # the version of the benchmarks below, part of the cache key
+# Timed on all threads, not one job's: ``analyze --estimate`` takes one module at a time.
+ALL_THREADS = ("thin",)
 # Sizes n of each benchmark: a few seconds in all on one thread of a 2-core machine.
 SIZES = {
     "gram": (1024, 2048, 3072),
@@ -148,6 +156,7 @@ def calibration_key(device: torch.device, jobs: int) -> dict[str, object]:
         "jobs": jobs,
         "torch": torch.__version__,
         "device": gpu or device.type,
+        "benchmarks": BENCHMARKS,
     }
 
 
@@ -217,9 +226,11 @@ def _measure(
     threads = torch.get_num_threads()
     per_job = max(1, threads // jobs)
     started = time.perf_counter()
-    torch.set_num_threads(per_job)
+    samples = {}
     try:
-        samples = {name: [_time(device, name, n) for n in sizes[name]] for name in OPERATIONS}
+        for name in OPERATIONS:  # the estimate's products run one module at a time, on all
+            torch.set_num_threads(threads if name in ALL_THREADS else per_job)
+            samples[name] = [_time(device, name, n) for n in sizes[name]]
     finally:
         torch.set_num_threads(threads)
     rates = {
@@ -263,8 +274,8 @@ def _time(device: torch.device, operation: str, n: int) -> tuple[int, float, flo
     elif operation == "thin":
         M = square()
         X = torch.randn(n, THIN_COLUMNS, generator=generator, dtype=torch.float64).to(device)
-        # both directions, as the estimate's Gram products take them: Mᵀ(M X) (Mᵀ is slower)
-        run, work = (lambda: M.T @ (M @ X)), 2 * flops("thin", n, n, THIN_COLUMNS)
+        gram, _ = gram_product(M)  # both directions, as the estimate's products take them
+        run, work = (lambda: gram(X)), 2 * flops("thin", n, n, THIN_COLUMNS)
     else:  # read: a float32 safetensors file into float64
         return (n, *_time_read(n, device))
     best = float("inf")

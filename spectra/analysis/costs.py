@@ -10,7 +10,7 @@ divided by the device's calibrated rate of each step
   on the CPU, its lower triangle; 2n²k on a GPU) and its eigenvalues (4n³/3);
 - ``exact`` (dense): a float64 SVD of ΔW (4mn² − 4n³/3);
 - ``estimate`` (dense): products of ΔW and ΔWᵀ with blocks of vectors: the
-  quadrature's probes × steps × 2, and randomized block Krylov for the top
+  quadrature's probes × (steps + 1) × 2, and randomized block Krylov for the top
   singular values (``metrics.estimate.estimate_metrics``'s defaults).
 
 ``module_cost`` is the one cost model: the plan (``analysis.plan``) sums it,
@@ -147,14 +147,14 @@ def module_cost(
         held = 2 * dense + _F64 * n * n  # the SVD's copy and its bidiagonal workspace
     elif path == "estimate":
         probes, top = _ESTIMATE["probes"], _ESTIMATE["top"]
-        steps = min(_ESTIMATE["steps"], n)  # Lanczos stops at n steps
+        steps = min(_ESTIMATE["steps"] + 1, n)  # m + 1 Lanczos steps; it stops at n
         block = min(top + _KRYLOV_OVERSAMPLE, n)
         basis = block * (_KRYLOV_ITERATIONS + 1)  # columns of the Krylov basis
         lanczos = calibration.seconds_of("thin", d_out, d_in, 2 * probes * steps)
         if basis >= n:  # the Krylov space would be all of it: a full SVD instead
             krylov = calibration.seconds_of("svd", d_out, d_in)
         else:
-            columns = block * (1 + 2 * _KRYLOV_ITERATIONS) + basis + top
+            columns = block * (2 + 2 * _KRYLOV_ITERATIONS) + top  # QᵀΔW's rows are kept
             krylov = calibration.seconds_of("thin", d_out, d_in, columns)
             krylov += calibration.seconds_of("svd", k, basis)
         seconds = lanczos + krylov

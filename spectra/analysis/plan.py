@@ -11,7 +11,7 @@ read its tensors:
   on the CPU, its lower triangle; 2n²k on a GPU) and its eigenvalues (4n³/3);
 - ``exact`` (dense): a float64 SVD of ΔW (4mn² − 4n³/3);
 - ``estimate`` (dense): products of ΔW and ΔWᵀ with blocks of vectors: the
-  quadrature's probes × steps × 2, and randomized block Krylov for the top
+  quadrature's probes × (steps + 1) × 2, and randomized block Krylov for the top
   singular values (``metrics.estimate.estimate_metrics``'s defaults).
 
 ``module_cost`` is the one cost model: the plan sums it, and a scheduler
@@ -219,7 +219,8 @@ def plan_modules(
         calibrations: one per device.
         method: the dense path: ``"fast"``, ``"exact"`` or ``"estimate"``.
         source: a name for the plan.
-        jobs: modules side by side; ``None`` (the default): each calibration's own.
+        jobs: modules side by side; ``None`` (the default): each calibration's own
+            (``"estimate"`` always takes one at a time).
         notes: lines to carry (what was assumed).
 
     Returns:
@@ -258,6 +259,8 @@ def plan_modules(
             cost.seconds[name], cost.read_seconds[name] = seconds, read_seconds
             cost.memory = max(cost.memory, held)
         modules.append(cost)
+    if method == "estimate":  # analyze --estimate takes one module at a time, on all threads
+        jobs = 1
     devices = [_device_plan(modules, c, jobs) for c in calibrations]
     return Plan(source, method, modules, devices, list(notes))
 

@@ -118,10 +118,10 @@ def test_a_factored_update_costs_far_less_than_its_dense_product():
 
 
 def test_the_estimate_path_costs_products_with_probe_blocks():
-    """32 probes × 40 steps × 2 products, and the Krylov blocks: quadratic in n."""
+    """16 probes × 31 Lanczos steps (30 Gauss nodes) × 2 products, and the Krylov blocks."""
     small, _, _ = module_cost((4096, 4096), "estimate", _cpu())
     large, _, _ = module_cost((8192, 8192), "estimate", _cpu())
-    products = 2 * 4096 * 4096 * (2 * 32 * 40) / RATES["thin"]
+    products = 2 * 4096 * 4096 * (2 * 16 * 31) / RATES["thin"]
     assert products < small < 1.5 * products
     assert 3.5 < large / small < 4.5  # n² plus a small n·K² SVD
     fast, _, _ = module_cost((8192, 8192), "fast", _cpu())
@@ -202,9 +202,9 @@ def test_a_small_estimate_costs_a_full_svd_and_at_most_n_lanczos_steps():
     n = 128
     seconds, _, _ = module_cost((n, n), "estimate", _cpu())
     svd = (4 * n**3 - 4 / 3 * n**3) / RATES["svd"]
-    lanczos = 2 * n * n * (2 * 32 * 40) / RATES["thin"]
+    lanczos = 2 * n * n * (2 * 16 * 31) / RATES["thin"]
     assert seconds == pytest.approx(svd + lanczos, rel=1e-12)
-    tiny, _, _ = module_cost((16, 16), "estimate", _cpu())  # 16 steps, not 40
+    tiny, _, _ = module_cost((16, 16), "estimate", _cpu())  # 16 steps, not 31
     assert tiny == pytest.approx(
-        (8 / 3 * 16**3) / RATES["svd"] + 2 * 16 * 16 * 2 * 32 * 16 / RATES["thin"]
+        (8 / 3 * 16**3) / RATES["svd"] + 2 * 16 * 16 * 2 * 16 * 16 / RATES["thin"]
     )
