@@ -23,6 +23,7 @@ a LoRA adapts the whole weight, which extract does not assemble yet.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class Extracted:
         rows: one dict per module: ``EXTRACT_COLUMNS`` (rank, algorithm,
             kept energy, relative Frobenius error, spectral suboptimality).
         warnings: the selection's and the suboptimal truncations'; default none.
+        executor: where it ran when on Ray (``{"name": "ray", "address", "nodes",
+            "cpus", "gpus", "tasks"}``, as a report's ``meta["executor"]``),
+            also written to the folder's ``extract.json``; None for a local run.
 
     Example::
 
@@ -75,6 +79,7 @@ class Extracted:
     out: Path
     rows: list[dict[str, object]]
     warnings: list[str] = field(default_factory=list)
+    executor: dict[str, object] | None = None
 
     def csv(self) -> str:
         """The rows as CSV text, as ``extract.csv`` in the folder holds them."""
@@ -158,25 +163,29 @@ def extract(
 
         opened = Opened(tuned, base, checkpoint.format, {})
         arguments = (rank, energy)
-        per_key = run_modules(
+        per_key, executor = run_modules(
             opened, checkpoint, selection.keys, extract_key, arguments, ray, progress
-        )[0]
+        )
         extracted = [module for results in per_key for module in results]
     else:
+        executor = None
         extracted = _extract_all(checkpoint, selection, rank, energy, progress)
     for module, (B, A), row, warning in extracted:
         factors[module], ranks[module] = (B, A), row["rank"]
         rows.append(row)
         warnings.extend([warning] if warning else [])
     config = lora_config(ranks, dict.fromkeys(ranks, 1.0), base_model=str(checkpoint.base))
-    result = Extracted(Path(out), rows, warnings)
+    result = Extracted(Path(out), rows, warnings, executor)
+    extra_files = {"extract.csv": result.csv()}
+    if executor is not None:  # where it ran, as report.json's "executor" says for analyze
+        extra_files["extract.json"] = json.dumps({"executor": executor}, indent=2) + "\n"
     write_lora_folder(
         out,
         factors,
         config,
         force=force,
         sources=(tuned, base),
-        extra_files={"extract.csv": result.csv()},
+        extra_files=extra_files,
         what="LoRA adapter (spectra extract)",
     )
     return result

@@ -113,6 +113,9 @@ def test_extract_on_ray_equals_serial(cluster, finetune, tmp_path):
     there = load_file(str(tmp_path / "ray" / "adapter_model.safetensors"))
     assert sorted(here) == sorted(there) and len(here) == 8
     assert all(np.array_equal(here[name], there[name]) for name in here)
+    executor = json.loads((tmp_path / "ray" / "extract.json").read_text())["executor"]
+    assert executor["name"] == "ray" and executor["nodes"] == 1 and executor["tasks"] == 4
+    assert serial.executor is None and not (tmp_path / "here" / "extract.json").exists()
 
 
 def test_what_needs_delta_on_the_driver_is_refused(cluster, finetune):
