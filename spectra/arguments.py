@@ -30,6 +30,7 @@ __all__ = [
     "ENERGY",
     "ESD",
     "ESTIMATE",
+    "ESTIMATE_STEPS",
     "EXACT",
     "FORCE",
     "FORMAT",
@@ -157,6 +158,7 @@ ESD = declare("esd", "--esd", "esd=True")
 INTRUDERS = declare("intruders", "--intruders", "intruders=True")
 # Dense ΔW estimated with stated errors instead of decomposed (analysis.estimated).
 ESTIMATE = declare("estimate", "--estimate", "estimate=True")
+ESTIMATE_STEPS = declare("estimate_steps", "--estimate-steps", "estimate=EstimateSettings(steps=N)")
 # Comparisons, sweeps and figures.
 LABEL = declare("labels", "--label")
 SUBSPACE = declare("subspace", "--subspace", "subspace=True")

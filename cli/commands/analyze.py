@@ -35,6 +35,28 @@ estimate_option = click.option(
     "missing and the stored spectrum is the top 16 σ. Factored ΔW (LoRA) stay exact: they "
     "are already cheap. Not with --ray.",
 )
+estimate_steps_option = click.option(
+    "--estimate-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --estimate: the quadrature's Gauss nodes per probe (default 30). Fewer are "
+    "faster, with wider errors: 20 took 23x less time than the default path on a 16384² "
+    "module here, 30 took 17x less.",
+)
+
+
+def estimate_settings(estimate: bool, steps: int | None):
+    """``--estimate`` and ``--estimate-steps`` as ``analyze``'s and ``compare``'s ``estimate``."""
+    if steps is None:
+        return estimate
+    from spectra.analysis.estimated import EstimateSettings
+    from spectra.arguments import ESTIMATE, ESTIMATE_STEPS
+    from spectra.errors import SpectraError
+
+    if not estimate:
+        raise SpectraError(f"{ESTIMATE_STEPS} sets the quadrature of {ESTIMATE}: add {ESTIMATE}")
+    return EstimateSettings(steps=steps)
 
 
 @click.command(short_help="Analyse the ΔW of each layer of a checkpoint.", epilog=options.HUB_HELP)
@@ -87,6 +109,7 @@ estimate_option = click.option(
 )
 @ray_option
 @estimate_option
+@estimate_steps_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -119,6 +142,7 @@ def analyze(
     intruder_eps,
     ray_address,
     estimate,
+    estimate_steps,
     dry_run,
     recalibrate,
     **loader,
@@ -142,6 +166,7 @@ def analyze(
     """
     from spectra.report import check_target  # the library loads when a command runs
 
+    settings = estimate_settings(estimate, estimate_steps)
     if dry_run:  # the plan alone: nothing computed, nothing written
         plan = spectra.plan(
             ckpt,
@@ -152,6 +177,7 @@ def analyze(
             method="estimate" if estimate else "exact" if exact else "fast",
             jobs=jobs,
             recalibrate=recalibrate,
+            estimate=settings if estimate_steps is not None else None,
             **options.load_options(**loader),
         )
         shown = json.dumps(plan.to_dict(), indent=2, default=str) if as_json else plan.lines()
@@ -180,7 +206,7 @@ def analyze(
         intruder_top=intruder_top,
         intruder_eps=intruder_eps,
         ray=ray_address,
-        estimate=estimate,
+        estimate=settings,
         **options.load_options(**loader),
     )
     if as_json:

@@ -10,7 +10,7 @@ from spectra.defaults import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
 
 from .. import options
 from ..output import not_selected_line, print_summary, render, warn, with_progress
-from .analyze import estimate_option, ray_option
+from .analyze import estimate_option, estimate_settings, estimate_steps_option, ray_option
 
 
 @click.command(
@@ -76,6 +76,7 @@ from .analyze import estimate_option, ray_option
 @options.quiet("No progress bar.")
 @ray_option
 @estimate_option
+@estimate_steps_option
 def compare(
     sources,
     top,
@@ -102,6 +103,7 @@ def compare(
     quiet,
     ray_address,
     estimate,
+    estimate_steps,
 ):
     """Compare methods: analyse each SOURCE (checkpoint or saved report folder), print a
     summary per method and module (mean over layers), and write summary.csv, the
@@ -155,7 +157,7 @@ def compare(
         interference_rank=interference_rank,
         jobs=jobs,
         ray=ray_address,
-        estimate=estimate,
+        estimate=estimate_settings(estimate, estimate_steps),
     )
     print_summary(comparison)
     if any(report.heads for report in comparison.reports):  # multi-head sources, --per-head

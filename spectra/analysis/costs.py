@@ -100,6 +100,7 @@ def module_cost(
     rank: int | None = None,
     read_bytes: int = 0,
     source_bytes: int | None = None,
+    estimate: object | None = None,
 ) -> tuple[float, float, int]:
     """``(seconds, read seconds, bytes held)`` of one module on a calibrated device.
 
@@ -110,6 +111,8 @@ def module_cost(
         rank: r of a factored ΔW (default: the smaller side).
         read_bytes: the bytes read from disk for it.
         source_bytes: the bytes its read tensors hold in memory (default ``read_bytes``).
+        estimate: the ``"estimate"`` path's settings (an ``EstimateSettings``:
+            its probes, steps and top); ``None`` (the default): the defaults.
 
     Returns:
         The decomposition's seconds, the reading's seconds, and the peak bytes
@@ -146,8 +149,9 @@ def module_cost(
         seconds = calibration.seconds_of("svd", d_out, d_in)
         held = 2 * dense + _F64 * n * n  # the SVD's copy and its bidiagonal workspace
     elif path == "estimate":
-        probes, top = _ESTIMATE["probes"], _ESTIMATE["top"]
-        steps = min(_ESTIMATE["steps"] + 1, n)  # m + 1 Lanczos steps; it stops at n
+        chosen = {name: getattr(estimate, name, default) for name, default in _ESTIMATE.items()}
+        probes, top = chosen["probes"], chosen["top"]
+        steps = min(chosen["steps"] + 1, n)  # m + 1 Lanczos steps; it stops at n
         block = min(top + _KRYLOV_OVERSAMPLE, n)
         basis = block * (_KRYLOV_ITERATIONS + 1)  # columns of the Krylov basis
         lanczos = calibration.seconds_of("thin", d_out, d_in, 2 * probes * steps)

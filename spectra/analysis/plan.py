@@ -209,6 +209,7 @@ def plan_modules(
     source: str = "",
     jobs: int | None = None,
     notes: Sequence[str] = (),
+    estimate: object | None = None,
 ) -> Plan:
     """A plan from module shapes, without a checkpoint (a model not on disk, a benchmark).
 
@@ -222,6 +223,8 @@ def plan_modules(
         jobs: modules side by side; ``None`` (the default): each calibration's own
             (``"estimate"`` always takes one at a time).
         notes: lines to carry (what was assumed).
+        estimate: ``"estimate"``'s settings (``analysis.estimated.EstimateSettings``);
+            ``None`` (the default): its defaults.
 
     Returns:
         A ``Plan``.
@@ -254,7 +257,12 @@ def plan_modules(
         for calibration in calibrations:
             name = str(calibration.key.get("device"))
             seconds, read_seconds, held = module_cost(
-                cost.shape, path, calibration, rank=cost.rank, read_bytes=read_bytes
+                cost.shape,
+                path,
+                calibration,
+                rank=cost.rank,
+                read_bytes=read_bytes,
+                estimate=estimate,
             )
             cost.seconds[name], cost.read_seconds[name] = seconds, read_seconds
             cost.memory = max(cost.memory, held)
@@ -290,6 +298,7 @@ def plan(
     *,
     jobs: int | None = None,
     recalibrate: bool = False,
+    estimate: object | None = None,
     checkpoint=None,
     check: bool = True,
     **options: object,
@@ -310,6 +319,8 @@ def plan(
         method: ``"fast"`` (the default), ``"exact"`` or ``"estimate"``.
         jobs: modules side by side on the CPU; ``None`` (the default): as analyze.
         recalibrate: measure the rates again even when cached.
+        estimate: with ``method="estimate"``, its settings
+            (``analysis.estimated.EstimateSettings``); ``None`` (the default): the defaults.
         checkpoint: ``path`` already opened (``spectra.load``), to skip opening it.
         check: refuse the selection as ``analyze`` would (a missing base, a
             role not there); ``False`` plans what the checkpoint has
@@ -371,5 +382,11 @@ def plan(
     if jobs is not None and calibrations and jobs != default_jobs(torch.device("cpu")):
         notes.append(f"{jobs} jobs: rates were measured on the threads of the default jobs")
     return plan_modules(
-        entries, calibrations, method=method, source=str(checkpoint.path), jobs=jobs, notes=notes
+        entries,
+        calibrations,
+        method=method,
+        source=str(checkpoint.path),
+        jobs=jobs,
+        notes=notes,
+        estimate=estimate,
     )

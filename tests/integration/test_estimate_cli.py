@@ -171,6 +171,26 @@ def test_cli_table_says_estimated(dense_ft, minilm_dir):
     assert table and all("~" in line for line in table), result.output
 
 
+def test_estimate_steps_set_the_quadrature_and_need_estimate(dense_ft, minilm_dir, tmp_path):
+    """--estimate-steps reaches report.json and the plan; alone it is one line and exit 1."""
+    args = ["analyze", str(dense_ft), "--base", str(minilm_dir), "--layers", "0"]
+    result = CliRunner().invoke(cli, [*args, "--estimate", "--estimate-steps", "7", "--quiet",
+                                      "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["estimate"]["steps"] == 7
+    runs = [
+        CliRunner().invoke(cli, [*args, "--estimate", *steps, "--dry-run", "--json"])
+        for steps in ([], ["--estimate-steps", "7"])
+    ]
+    plans = [json.loads(run.output) for run in runs]
+    seconds = [sum(m["seconds"]["cpu"] for m in plan["modules"]) for plan in plans]
+    assert seconds[1] < seconds[0]  # 8 Lanczos steps cost less than the default 31
+    alone = CliRunner().invoke(cli, [*args, "--estimate-steps", "7"])
+    assert alone.exit_code == 1
+    assert "--estimate-steps" in alone.output and "add --estimate" in alone.output
+
+
 def test_zero_update_is_zero_as_on_the_exact_path(dense_ft, minilm_dir):
     """Layer 2 was not tuned: ΔW = 0, every metric 0 (METRICS.md), estimated or not."""
     guessed = spectra.analyze(
