@@ -8,6 +8,7 @@ network is never used (``HF_HUB_OFFLINE=1``).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -43,11 +44,23 @@ def cache_repo(cache: Path, repo: str, files: list[Path], commit: str = COMMIT) 
     return snapshot
 
 
-@pytest.fixture()
-def hub_cache(tmp_path, monkeypatch, minilm_dir, lora_adapter) -> Path:
-    cache = tmp_path / "hub"
+@pytest.fixture(scope="module")
+def hub_template(tmp_path_factory, minilm_dir, lora_adapter) -> Path:
+    """The Hub cache every test starts from, built once: hashing MiniLM's blobs takes a second."""
+    cache = tmp_path_factory.mktemp("hub-template")
     cache_repo(cache, "sentence-transformers/all-MiniLM-L6-v2", sorted(minilm_dir.glob("*.*")))
     cache_repo(cache, "lab/minilm-lora", sorted(lora_adapter.path.glob("adapter_*")))
+    return cache
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch, hub_template) -> Path:
+    """A test's own Hub cache: the template's folders, its blobs hard-linked (never written)."""
+    cache = tmp_path / "hub"
+    def link_blobs(source: str, target: str) -> None:  # refs are small and may be rewritten
+        (os.link if Path(source).parent.name == "blobs" else shutil.copyfile)(source, target)
+
+    shutil.copytree(hub_template, cache, symlinks=True, copy_function=link_blobs)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
