@@ -1,7 +1,7 @@
 """Ctrl-C (issue 23, item 2): every interrupt exits 130 with one line, nothing half-written.
 
 The fixture is shaped like the report's: a 6-layer LLaMA base and a full
-fine-tune of it in bfloat16 (hidden 256 here, so that twenty runs fit in a
+fine-tune of it in bfloat16 (hidden 256 here, so that a dozen runs fit in a
 test), analysed by the real ``spectra`` program in a subprocess with
 ``--modules all``. SIGINT lands at random moments: while the command line and
 torch are imported, while the read-ahead and worker threads read and
@@ -42,8 +42,8 @@ HEADS = 8
 KV_HEADS = 2
 INTERMEDIATE = 704  # 11/4 of the hidden size, as the report's model (2048 → 5632)
 VOCAB = 128
-RUNS = 20
-IN_FLIGHT = 2  # runs at a time (2 cores): twenty interrupts in about half a minute
+RUNS = 12
+IN_FLIGHT = 2  # runs at a time (2 cores): twelve interrupts in about ten seconds
 PROGRAM = [sys.executable, "-c", "import sys\nfrom spectra_cli.main import cli\nsys.exit(cli())"]
 
 
