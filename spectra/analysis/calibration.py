@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from ..metrics.estimate import DEFAULT_PROBES
 from ..metrics.lanczos import gram_product
 from ..svd import _lower_gram, default_jobs, resolve_device
 from .cache import default_folder
@@ -50,7 +51,7 @@ from .cache import default_folder
 __all__ = ["OPERATIONS", "Calibration", "calibrate", "calibration_key", "flops"]
 
 OPERATIONS = ("gram", "eigvalsh", "svd", "qr", "thin", "read")
-THIN_COLUMNS = 16  # columns of the block in the ``thin`` benchmark: the estimate's probes
+THIN_COLUMNS = DEFAULT_PROBES  # columns of the block in the ``thin`` benchmark
 BENCHMARKS = 2  # the version of the benchmarks below, part of the cache key
 # Timed on all threads, not one job's: ``analyze --estimate`` takes one module at a time.
 ALL_THREADS = ("thin",)

@@ -23,12 +23,11 @@ SVD's copy, or the estimate's Krylov bases.
 from __future__ import annotations
 
 import heapq
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
-from ..metrics.estimate import estimate_metrics
+from ..metrics.estimate import DEFAULT_PROBES, DEFAULT_STEPS, DEFAULT_TOP
 from .calibration import Calibration
 
 __all__ = [
@@ -43,11 +42,7 @@ __all__ = [
 ]
 
 PATHS = ("factored", "fast", "exact", "estimate")
-_ESTIMATE = {
-    name: parameter.default
-    for name, parameter in inspect.signature(estimate_metrics).parameters.items()
-    if name in ("probes", "steps", "top")
-}
+_ESTIMATE = {"probes": DEFAULT_PROBES, "steps": DEFAULT_STEPS, "top": DEFAULT_TOP}
 _KRYLOV_OVERSAMPLE, _KRYLOV_ITERATIONS = 8, 6  # as estimate_metrics calls _block_krylov
 _F64 = 8  # bytes per float64
 _GPU_BATCH = 8  # same-shaped dense ΔW decomposed together on a GPU (svd.singular_values_stream)

@@ -27,11 +27,13 @@ these estimates touch ΔW only through products with a few dozen vectors.
   ``q·Σσ²``), unless the top singular values below already hold that
   energy: then it is exact.
   The error of each is **one standard error**: the jackknife over the
-  probes (each probe left out in turn), combined with half the gap between
-  the Gauss and anti-Gauss rules, the quadrature's own error estimate (the
-  two bracket the integral when f's expansion in the measure's orthogonal
-  polynomials decays, Laurie 1996; a probe whose Krylov space closes early
-  has an exact rule and no gap).
+  probes (each probe left out in turn), combined with the quadrature's own
+  error, the larger of two estimates: half the gap between the Gauss and
+  anti-Gauss rules (they bracket the integral when f's expansion in the
+  measure's orthogonal polynomials decays, Laurie 1996), and the averaged
+  rule's change from ⌈m/2⌉ to m nodes (which covers real updates, whose many
+  tiny σ make both rules err the same way). A probe whose Krylov space
+  closes early has an exact rule and adds neither.
 - **The top singular values** by randomized block Krylov iteration (Musco
   and Musco, "Randomized block Krylov methods for stronger and faster
   approximate singular value decomposition", NeurIPS 2015): an orthonormal
@@ -85,8 +87,8 @@ ESTIMATED = (
     "energy_rank@0.99",
 )
 STANDARD_ERROR = (
-    "one standard error (jackknife over the probe vectors, with half the quadrature's Gauss / "
-    "anti-Gauss gap)"
+    "one standard error (jackknife over the probe vectors, with the quadrature's error: the "
+    "larger of half its Gauss / anti-Gauss gap and its change from m/2 to m nodes)"
 )
 RESIDUAL_BOUND = "a bound (the Ritz residual of randomized block Krylov)"
 EXACT = "exact"
@@ -307,7 +309,7 @@ def estimate_metrics(
     top_sum, top_log = float(top_sigma.sum()), float((top_sigma * top_sigma.log()).sum())
 
     def traces(rule_nodes: torch.Tensor, rule_weights: torch.Tensor):
-        """Per probe v, its estimates n Σ_j τ² f(θ) of Σσ and Σσ ln σ, top values added."""
+        """Per probe v, its estimates n' Σ_j τ² f(θ) of Σσ and Σσ ln σ, top values added."""
         sums = top_sum + left * (rule_weights * rule_nodes.sqrt()).sum(1)  # (N,)
         logs = top_log + left * (rule_weights * _sqrt_log(rule_nodes)).sum(1)  # (N,)
         return sums, logs
