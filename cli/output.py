@@ -147,12 +147,16 @@ def print_summary(comparison) -> None:
     extra = [c for c in ("amplification", "intruder_dimensions") if c in comparison.columns]
     summary = comparison.summary()
     noisy = any(row["noise_rows"] for row in summary)
+    guessed_rows = any(row.get("estimated_rows") for row in summary)  # --estimate
     rows = [
-        [row["label"], row["role"], *(row[m] for m in (*SUMMARY_METRICS, *extra))]
+        [row["label"], f"{row['role']} ~" if row.get("estimated_rows") else row["role"]]
+        + [row[m] for m in (*SUMMARY_METRICS, *extra)]
+        + ([row["effective_rank_err"]] if guessed_rows else [])
         + ([f"{row['noise_rows']} of {row['rows']}" if row["noise_rows"] else ""] if noisy else [])
         for row in summary
     ]
     titles = [*SUMMARY_TITLES, *(("amplification", "intruders") if extra else ())]
+    titles += ["± eff. rank"] if guessed_rows else []
     click.echo(render(["label", "role", *titles, *(["at noise floor"] if noisy else [])], rows))
     if noisy:
         click.echo(
@@ -166,8 +170,9 @@ def print_summary(comparison) -> None:
     ]
     if guessed:  # --estimate: these means are of estimated values
         click.echo(
-            f"estimated: the dense ΔW of {', '.join(guessed)} were estimated (--estimate); "
-            "their means are of estimates, each row's error in <metric>_err"
+            f"~ estimated: the dense ΔW of {', '.join(guessed)} were estimated (--estimate); "
+            "their means are of estimates (± eff. rank: the mean of the rows' standard errors, "
+            "summary.csv has each metric's), – marks what the estimate does not give"
         )
     if comparison.subspace is not None and comparison.subspace.pairs:
         pairs: dict[tuple[str, str, str], list[float]] = {}

@@ -37,6 +37,7 @@ from ..io.hub import locate
 from ..loaders import options_for
 from ..report import Progress, Report, csv_text, is_report, noise_warning, version_warning
 from ..subspace import INTRUDER_EPS, INTRUDER_TOP, SUBSPACE_RANK
+from .estimated import estimate_columns, summary_means
 from .executors import ray_session
 from .heads import head_columns, head_summary
 from .interference import InterferenceResult, chain, plan_interference, save_interference
@@ -90,7 +91,7 @@ class Comparison:
     def columns(self) -> list[str]:
         """The summary's columns: subspace ones only when they were measured."""
         extra = ["amplification", "intruder_dimensions"] if self.subspace is not None else []
-        extra += head_columns(self.reports)  # head_cosine, when there are heads
+        extra += head_columns(self.reports) + estimate_columns(self.reports)
         return ["label", "role", "rows", "noise_rows", *SUMMARY_METRICS, *extra]
 
     def summary(self) -> list[dict[str, object]]:
@@ -102,7 +103,7 @@ class Comparison:
 
         With subspace metrics, also the mean over layers of the amplification
         and of the intruder-dimension count (None without a base); with heads,
-        ``head_cosine`` (``analysis.heads.mean_head_cosine``).
+        ``head_cosine``; estimated: ``estimated_rows`` and errors (``summary_means``).
 
         Returns:
             A list of dicts keyed by ``columns``: ``label``, ``role``,
@@ -124,8 +125,7 @@ class Comparison:
                     "rows": len(selected),
                     "noise_rows": sum(noise_warning(row) is not None for row in selected),
                 }
-                for metric in SUMMARY_METRICS:
-                    summary[metric] = sum(float(row[metric]) for row in selected) / len(selected)
+                summary.update(summary_means(selected, self.reports))  # None where unknown
                 if self.subspace is not None:
                     for column in ("amplification", "intruder_dimensions"):
                         summary[column] = self.subspace.mean_by_label(label, role, column)

@@ -174,15 +174,22 @@ _UNIT = Calibration(
 )
 
 
-def flop_cost(shape: tuple[int | None, int | None], kind: str, rank: int | None = None) -> float:
+def flop_cost(
+    shape: tuple[int | None, int | None],
+    kind: str,
+    rank: int | None = None,
+    dense_path: str = "fast",
+) -> float:
     """The flops of one module's σ by ``module_cost``'s model: what orders modules by cost.
 
     A side the checkpoint does not say (``None``) counts as the other side.
 
     Args:
         shape: ``(d_out, d_in)``; a side may be None.
-        kind: ``"factored"`` or ``"dense"`` (taken on the default ``fast`` path).
+        kind: ``"factored"`` or ``"dense"``.
         rank: r of a factored ΔW; ``None``: its smaller side.
+        dense_path: the path a dense ΔW takes: ``"fast"`` (the default),
+            ``"exact"`` or ``"estimate"`` (its default settings).
 
     Returns:
         The flop count, a float.
@@ -194,7 +201,7 @@ def flop_cost(shape: tuple[int | None, int | None], kind: str, rank: int | None 
     d_out, d_in = shape
     d_out = d_out or d_in or 1
     d_in = d_in or d_out
-    path = "factored" if kind == "factored" else "fast"
+    path = "factored" if kind == "factored" else dense_path
     return module_cost((d_out, d_in), path, _UNIT, rank=rank)[0]
 
 

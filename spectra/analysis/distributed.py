@@ -9,12 +9,15 @@ format and options, on whichever node runs it; the path must be one every
 node sees), reads only its own (layer, role) and returns what the driver
 needs: for ``analyze`` the σ of each ΔW (``module_spectra``, a 1-D float64
 array per row) with its ``LayerDelta`` stripped of tensors (``light_delta``:
-shapes and dtypes only), for ``extract`` the module's LoRA factors. No ΔW
-passes through the driver. The driver puts the results back in the
+shapes and dtypes only), with ``--estimate`` each dense ΔW's ``Estimate``
+and top σ instead (``module_estimates``), for ``extract`` the module's LoRA
+factors. No ΔW passes through the driver. The driver puts the results back in the
 selection's order and builds the report by the same code as a serial run
 (``stream.build_report``), so the rows and spectra equal the serial ones bit
 for bit (the same functions on the same thread count: Ray gives each task
-one CPU, as a serial run on two cores gives each of its two workers).
+one CPU, as a serial run on two cores gives each of its two workers; an
+estimating task takes all of the driver's threads, as ``--estimate`` runs
+one module at a time on all of them).
 
 Progress is reported as tasks finish; on Ctrl-C (or any error) the tasks
 still pending are cancelled before the exception goes on. Ray is started or
@@ -37,6 +40,7 @@ from ..loaders import Checkpoint, Selection
 from ..report import Progress
 from ..svd import default_jobs, finite_only, resolve_device, singular_values_stream
 from .costs import flop_cost
+from .estimated import Estimates, EstimateSettings, estimate_stream
 from .executors import ray_session, task_error
 from .sources import load
 
@@ -44,6 +48,7 @@ __all__ = [
     "Opened",
     "check_ray_options",
     "light_delta",
+    "module_estimates",
     "module_spectra",
     "predicted_cost",
     "run_modules",
@@ -93,7 +98,7 @@ def check_ray_options(
         )
 
 
-def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
+def predicted_cost(checkpoint: Checkpoint, key: Key, dense_path: str = "fast") -> float:
     """Predicted cost of one (layer, role): ``costs.flop_cost`` × its heads or experts.
 
     The plan's cost model (``analysis.costs``) in flops, so that the modules
@@ -102,6 +107,8 @@ def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
     Args:
         checkpoint: the opened checkpoint (``module_info``: no weights read).
         key: ``(layer, role)``.
+        dense_path: the path of a dense ΔW: ``"fast"`` (the default),
+            ``"exact"`` or ``"estimate"``.
 
     Returns:
         The predicted cost in floating-point operations.
@@ -113,7 +120,7 @@ def predicted_cost(checkpoint: Checkpoint, key: Key) -> float:
     """
     info = checkpoint.module_info(key)
     copies = (info.heads or 1) * (info.experts or 1)
-    return copies * flop_cost(info.shape, info.kind, info.rank)
+    return copies * flop_cost(info.shape, info.kind, info.rank, dense_path)
 
 
 def light_delta(delta: LayerDelta) -> LayerDelta:
@@ -157,6 +164,41 @@ def module_spectra(
     return results, skipped
 
 
+def module_estimates(
+    checkpoint: Checkpoint,
+    key: Key,
+    device: str,
+    method: str,
+    skip_nonfinite: bool,
+    settings: EstimateSettings,
+) -> tuple[list[tuple[LayerDelta, np.ndarray, object]], list[str]]:
+    """A task's work for ``analyze --estimate``: one (layer, role) as a serial run estimates it.
+
+    The same stream as a serial estimating run (``estimated.estimate_stream``):
+    a dense ΔW estimated with ``settings``, a factored one decomposed exactly.
+
+    Returns:
+        ``([(light_delta, σ, estimate), …], skipped)``: σ a 1-D float64 array
+        (a dense ΔW's top σ), ``estimate`` its ``Estimate`` with CPU tensors,
+        or None for a factored ΔW; ``skipped`` as in ``module_spectra``.
+    """
+    deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
+    skipped: list[str] = []
+    if skip_nonfinite:
+        deltas = finite_only(deltas, skipped)
+    estimates = Estimates(settings)
+    results = []
+    for delta, sigma in estimate_stream(
+        deltas, resolve_device(device), method, estimates, prefetch=0
+    ):
+        found = estimates.get(spectrum_key(delta.layer, delta.role, delta.head, delta.expert))
+        if found is not None:  # its tensors to the CPU: they cross to the driver
+            top, top_errors = found.top.cpu(), found.top_errors.cpu()
+            found = dataclasses.replace(found, top=top, top_errors=top_errors)
+        results.append((light_delta(delta), sigma.numpy(), found))  # σ: (k,) float64
+    return results, skipped
+
+
 def _task(opened: Opened, key: Key, work: Callable, arguments: tuple, threads: int) -> object:
     """One Ray task: open the checkpoint on this node, do ``work`` on one (layer, role).
 
@@ -176,22 +218,26 @@ def run_modules(
     address: bool | str,
     progress: Progress | None = None,
     threads: int | None = None,
+    dense_path: str = "fast",
 ) -> tuple[list[object], dict[str, object]]:
     """Run ``work(checkpoint, key, *arguments)`` for each key as a Ray task, largest first.
 
     ``work`` must be a module-level function (Ray ships it by name) whose
     result is small. Each task runs on ``threads`` threads (default: this
     process's), the count a local run would give the same work, and asks
-    Ray for as many CPUs (at most a node's). ``progress(done, total,
-    label)`` is called as tasks finish; on any exception (Ctrl-C included)
-    the pending tasks are cancelled first.
+    Ray for as many CPUs (at most a node's). The tasks are submitted in
+    order of ``predicted_cost`` with a dense ΔW on ``dense_path``.
+    ``progress(done, total, label)`` is called as tasks finish; on any
+    exception (Ctrl-C included) the pending tasks are cancelled first.
 
     Returns:
         The results in the order of ``keys``, and where they ran
         (``{"name": "ray", "address", "nodes", "cpus", "gpus", "tasks"}``:
         what a report's ``meta["executor"]`` records).
     """
-    order = sorted(range(len(keys)), key=lambda i: -predicted_cost(checkpoint, keys[i]))
+    order = sorted(
+        range(len(keys)), key=lambda i: -predicted_cost(checkpoint, keys[i], dense_path)
+    )
     threads = threads or torch.get_num_threads()
     results: dict[int, object] = {}
     with ray_session(address) as ray:
@@ -238,6 +284,7 @@ def spectra_on_ray(
     address: bool | str,
     progress: Progress | None,
     skipped: list[str],
+    estimates: Estimates | None = None,
 ) -> tuple[list[tuple[LayerDelta, torch.Tensor]], dict[str, object]]:
     """``analyze``'s ``(delta, σ)`` stream from Ray tasks, in the selection's order.
 
@@ -246,27 +293,39 @@ def spectra_on_ray(
     them; the keys left out for NaN/Inf weights are added to ``skipped``, as a
     serial run adds them. Each task gets the threads a local run's worker has
     (``jobs`` modules side by side on the CPU share this process's threads).
+    With ``estimates`` (``analyze --estimate``) each task is
+    ``module_estimates`` with its settings, on all of this process's threads
+    as a local estimating run, and each dense ΔW's ``Estimate`` is put in
+    ``estimates`` by its spectrum key, as ``estimate_stream`` does here.
 
     Returns:
         ``[(light_delta, σ), …]`` in the order a serial run yields them (σ a
         float64 tensor), and where they ran (``run_modules``).
     """
     device, method, skip_nonfinite, jobs = local
-    arguments = (device, method, skip_nonfinite)
     target = resolve_device(device)
-    workers = default_jobs(target) if jobs is None else jobs
-    side_by_side = target.type == "cpu" and workers > 1  # as svd.singular_values_stream
     threads = torch.get_num_threads()
-    threads = max(1, threads // workers) if side_by_side else threads
+    if estimates is None:
+        work, arguments, dense_path = module_spectra, (device, method, skip_nonfinite), method
+        workers = default_jobs(target) if jobs is None else jobs
+        side_by_side = target.type == "cpu" and workers > 1  # as svd.singular_values_stream
+        threads = max(1, threads // workers) if side_by_side else threads
+    else:  # one module at a time on all threads, as estimated.estimate_stream runs here
+        arguments = (device, method, skip_nonfinite, estimates.settings)
+        work, dense_path = module_estimates, "estimate"
     try:
         keys = selection.keys
         per_key, where = run_modules(
-            opened, checkpoint, keys, module_spectra, arguments, address, progress, threads
+            opened, checkpoint, keys, work, arguments, address, progress, threads, dense_path
         )
     except NonFiniteError as exc:  # as a local run says it: which checkpoint holds the module
         raise NonFiniteError(f"{os.fspath(opened.path)}: {exc}") from None
     results = []
-    for pairs, left_out in per_key:
-        results.extend((delta, torch.from_numpy(sigma.copy())) for delta, sigma in pairs)
+    for rows, left_out in per_key:
+        for delta, sigma, *found in rows:  # module_estimates adds each row's Estimate or None
+            if found and found[0] is not None:
+                key = spectrum_key(delta.layer, delta.role, delta.head, delta.expert)
+                estimates[key] = found[0]
+            results.append((delta, torch.from_numpy(sigma.copy())))
         skipped.extend(left_out)
     return results, where

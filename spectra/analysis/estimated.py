@@ -13,12 +13,13 @@ an estimated row is its top-k σ (Ritz values, each at most the true σ_i).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..arguments import ESTIMATE, RAY
+from ..arguments import ESTIMATE
+from ..defaults import SUMMARY_METRICS
 from ..delta import Dense, LayerDelta
 from ..errors import SpectraError
 from ..io.workers import read_ahead
@@ -39,9 +40,11 @@ __all__ = [
     "EstimateSettings",
     "Estimates",
     "error_column",
+    "estimate_columns",
     "estimate_stream",
     "estimated_row",
     "exact_row",
+    "summary_means",
 ]
 
 ESTIMATE_NOTE = (
@@ -104,7 +107,7 @@ class Estimates(dict):
         settings: the estimate's probes, steps, top and seed.
 
     Example:
-        >>> Estimates.asked(True, None).settings.probes, Estimates.asked(False, None)
+        >>> Estimates.asked(True).settings.probes, Estimates.asked(False)
         (16, None)
     """
 
@@ -113,14 +116,10 @@ class Estimates(dict):
         self.settings = settings.check()
 
     @classmethod
-    def asked(
-        cls, estimate: bool | EstimateSettings | None, ray: bool | str | None = None
-    ) -> Estimates | None:
+    def asked(cls, estimate: bool | EstimateSettings | None) -> Estimates | None:
         """An empty ``Estimates`` for ``analyze``'s ``estimate`` (True: defaults), else None."""
         if estimate is False or estimate is None:
             return None
-        if ray is not None and ray is not False:
-            raise SpectraError(f"{ESTIMATE} runs here, one module at a time: leave out {RAY}")
         return cls(estimate if isinstance(estimate, EstimateSettings) else EstimateSettings())
 
     def meta(self) -> dict[str, object]:
@@ -213,12 +212,11 @@ def estimated_row(
     updated["accuracy_floor"] = None
     updated["share_above_floor"] = None
     updated["estimated"] = True
-    for name in ESTIMATED:
-        updated[error_column(name)] = 0.0 if zero else estimate.errors[name]
+    for name in ESTIMATED:  # a metric the estimate left missing (top_share@8 of top < 8): None
+        error = estimate.errors.get(name)
+        updated[error_column(name)] = 0.0 if zero and error is not None else error
     # health from what is known: σ_1, σ_2 (Ritz values) and top_share@1 = σ_1²/‖ΔW‖_F²
-    sigma_1 = float(estimate.values["spectral_norm"])
-    share = sigma_1**2 / frobenius**2 if frobenius > 0 else 0.0
-    updated["health"] = row_flags({**updated, "top_share@1": share}, estimate.top[:2].tolist())
+    updated["health"] = row_flags(updated, estimate.top[:2].tolist())
     return updated
 
 
@@ -256,9 +254,10 @@ def estimate_meta(settings: EstimateSettings, estimates: Mapping[str, Estimate])
 
     kinds = {}
     for name in ESTIMATED:  # the kind of each metric's error; exact where the top σ sufficed
-        seen = {estimate.error_kinds[name] for estimate in estimates.values()}
+        seen = {e.error_kinds[name] for e in estimates.values() if name in e.error_kinds}
         if not seen:
-            seen = {RESIDUAL_BOUND if name in ("spectral_norm", "stable_rank") else STANDARD_ERROR}
+            bounded = name in ("spectral_norm", "stable_rank") or name.startswith("top_share")
+            seen = {RESIDUAL_BOUND if bounded else STANDARD_ERROR}
             seen = {EXACT} if name == "frobenius_norm" else seen
         kinds[error_column(name)] = " / ".join(sorted(seen))
     return {
@@ -275,3 +274,59 @@ def estimate_meta(settings: EstimateSettings, estimates: Mapping[str, Estimate])
         "missing": [name for name in METRICS if name not in ESTIMATED and name != "relative_norm"],
         "note": ESTIMATE_NOTE,
     }
+
+
+def estimate_columns(reports: Sequence) -> list[str]:
+    """The summary columns a comparison adds when a report is estimated.
+
+    ``estimated_rows`` (how many of the rows averaged were estimated) and
+    ``<metric>_err`` of each summary metric the estimate gives.
+
+    Args:
+        reports: the comparison's reports.
+
+    Returns:
+        The column names; none when no report is estimated.
+
+    Example:
+        >>> estimate_columns([])
+        []
+    """
+    if not any("estimate" in report.meta for report in reports):
+        return []
+    return ["estimated_rows", *(error_column(m) for m in SUMMARY_METRICS if m in ESTIMATED)]
+
+
+def summary_means(rows: Sequence[Mapping], reports: Sequence) -> dict[str, object]:
+    """A comparison summary row's means over ``rows`` of the summary metrics, with their errors.
+
+    A metric missing from any row (one the estimate does not give) has no
+    mean (None). When a report is estimated (``estimate_columns``), the row
+    also holds ``estimated_rows`` and ``<metric>_err``, the mean of the
+    rows' errors (0 for an exact row): for a standard error, the mean's
+    standard error is at most this whatever the rows' correlation; for a
+    bound, it bounds the mean.
+
+    Args:
+        rows: one role's rows of one report.
+        reports: every report of the comparison (which columns it has).
+
+    Returns:
+        Column → value.
+
+    Example:
+        >>> summary_means([{"effective_rank": 2.0}, {"effective_rank": 4.0}], [])["effective_rank"]
+        3.0
+    """
+    means: dict[str, object] = {}
+    for metric in SUMMARY_METRICS:
+        values = [row.get(metric) for row in rows]
+        missing = None in values or not values
+        means[metric] = None if missing else sum(float(v) for v in values) / len(values)
+    if estimate_columns(reports):
+        means["estimated_rows"] = sum(bool(row.get("estimated")) for row in rows)
+        for metric in (m for m in SUMMARY_METRICS if m in ESTIMATED):
+            errors = [row.get(error_column(metric), 0.0) for row in rows]
+            missing = None in errors or not errors
+            means[error_column(metric)] = None if missing else sum(errors) / len(errors)
+    return means

@@ -156,7 +156,8 @@ def analyze(
             ``estimated`` and ``<metric>_err``, ``meta["estimate"]``; the
             spectrum stored is the top-k σ); factored ΔW stay exact. ``True``
             for the default probes, steps and top, or an ``EstimateSettings``;
-            default False. One module at a time on ``device``; not with ``ray``.
+            default False. One module at a time on ``device``, on all its threads
+            (with ``ray``: each task on as many threads as this process has).
         **options: the format's loader options (``spectra.formats()``).
 
     Returns:
@@ -213,7 +214,7 @@ def analyze(
     deltas = checkpoint.deltas_for(selection)
     if skip_nonfinite:
         deltas = finite_only(deltas, skipped)
-    estimates = Estimates.asked(estimate, ray)  # None, or filled as the stream runs
+    estimates = Estimates.asked(estimate)  # None, or filled as the stream runs
     if estimates is not None:  # dense ΔW estimated, factored exact (analysis.estimated)
         stream = estimate_stream(deltas, target, method, estimates, prefetch=prefetch)
     else:
@@ -228,7 +229,7 @@ def analyze(
         local = (device, method, skip_nonfinite, jobs)  # how a local run would take σ
         opened = Opened(source, base_source, checkpoint.format, dict(options))
         stream, executor = spectra_on_ray(
-            opened, checkpoint, selection, local, ray, progress, skipped
+            opened, checkpoint, selection, local, ray, progress, skipped, estimates
         )
 
     heads = HeadCollector()  # per-head ΔW of a multi-head source: head diversity (heads.py)

@@ -40,8 +40,9 @@ these estimates touch ΔW only through products with a few dozen vectors.
   basis Q of ``[ΔW Ω, (ΔWΔWᵀ) ΔW Ω, …]`` and the SVD of ``QᵀΔW``. Each Ritz
   value is at most the true σ_i (Cauchy interlacing), and its error is
   **a bound**: a singular value of ΔW lies within ``‖(I − QQᵀ) ΔW v_i‖/√2``
-  of it. ``spectral_norm`` and ``stable_rank = Σσ²/σ_1²`` carry it (stable
-  rank's by first-order propagation of σ_1's bound).
+  of it. ``spectral_norm``, ``stable_rank = Σσ²/σ_1²`` and
+  ``top_share@m = Σ_{i≤m} σ_i²/Σσ²`` (m ≤ ``top``; else missing) carry it
+  (the last two by first-order propagation of the top values' bounds).
 
 Everything is float64 and seeded: the same matrix and seed give the same
 estimate, bit for bit. ΔW is read in its own memory order: ``ΔW X`` and
@@ -85,6 +86,8 @@ ESTIMATED = (
     "energy_rank@0.5",
     "energy_rank@0.9",
     "energy_rank@0.99",
+    "top_share@1",
+    "top_share@8",
 )
 STANDARD_ERROR = (
     "one standard error (jackknife over the probe vectors, with the quadrature's error: the "
@@ -366,6 +369,14 @@ def estimate_metrics(
         2.0 * stable * sigma_1_err / sigma_1 if sigma_1 > 0 else 0.0,
         RESIDUAL_BOUND,
     )
+    for m in (1, 8):  # top_share@m = Σ_{i≤m} σ_i² / Σσ², from the Ritz values as σ_1's
+        known = min(m, n)
+        if len(sigma) < known:  # fewer top σ were asked for: left missing
+            continue
+        head, head_bound = sigma[:known], bound[:known]
+        share = float((head**2).sum()) / sum_sq if sum_sq > 0 else 0.0
+        spread = 2.0 * float((head * head_bound).sum()) / sum_sq if sum_sq > 0 else 0.0
+        put(f"top_share@{m}", share, spread, RESIDUAL_BOUND)
     captured = (sigma**2).cumsum(0)  # energy of the top singular values
     for q in (0.5, 0.9, 0.99):
         name = f"energy_rank@{q:g}"

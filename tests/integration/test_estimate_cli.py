@@ -83,6 +83,8 @@ def np_metrics(delta: np.ndarray) -> dict[str, float]:
         "frobenius_norm": float(np.sqrt((s**2).sum())),
         "nuclear_norm": float(s.sum()),
     }
+    for m in (1, 8):
+        values[f"top_share@{m}"] = float((s[:m] ** 2).sum() / (s**2).sum())
     for q in (0.5, 0.9, 0.99):
         values[f"energy_rank@{q}"] = float(np.searchsorted(energy, q * (1 - 1e-12)) + 1)
     return values
@@ -115,7 +117,7 @@ def test_estimates_hold_numpy_within_three_errors(estimated, dense_ft, minilm_di
         deviation = abs(row["effective_rank"] - exact["effective_rank"])
         assert deviation <= 0.05 * exact["effective_rank"], row.key
         # what the estimate does not give is missing, never taken from the top σ
-        for name in ("numerical_rank", "gini", "top_share@1", "participation_ratio"):
+        for name in ("numerical_rank", "gini", "participation_ratio", "condition_number"):
             assert row[name] is None, (row.key, name)
         assert row["share_above_floor"] is None
         # the stored spectrum is the top-k σ: each at most numpy's σ_i, within its bound

@@ -7,19 +7,23 @@ for one module numpy's float64 SVD of the ΔW that was planted.
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 from spectra_cli.main import cli
 
 import spectra
+from spectra import Report
 from spectra.errors import SpectraError
 from tests.helpers.checks import reference_sigma
 
 pytestmark = pytest.mark.ray
+SUMMARY = "summary.csv"
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +164,49 @@ def test_nonfinite_weights_on_ray_as_in_a_local_run(cluster, finetune, tmp_path)
     on_ray = spectra.analyze(broken, ray=True, **kwargs)
     assert on_ray.meta["skipped"] == ["L2.v"]
     assert_same_report(on_ray, serial)
+
+
+def test_estimate_on_ray_equals_serial_and_numpy(cluster, finetune, lora_adapter, tmp_path):
+    from spectra.analysis.estimated import EstimateSettings
+
+    settings = EstimateSettings(probes=8, steps=12, top=6)
+    kwargs = {"base": finetune.base, "layers": "1-2", "estimate": settings}
+    serial = spectra.analyze(finetune.path, **kwargs)
+    on_ray = spectra.analyze(finetune.path, ray=True, **kwargs)
+    assert_same_report(on_ray, serial)  # every estimate and error, bit for bit
+    assert on_ray.meta["estimate"] == serial.meta["estimate"]
+    assert on_ray.meta["estimate"]["rows"] == ["L1.k", "L1.v", "L2.k", "L2.v"]
+    assert on_ray.meta["executor"]["threads_per_task"] == torch.get_num_threads()
+    tuned = load_file(str(finetune.path / "model.safetensors"))
+    base = load_file(str(finetune.base / "model.safetensors"))
+    name = next(n for n in tuned if n.endswith("layer.2.attention.self.value.weight"))
+    sigma = reference_sigma(tuned[name].astype(np.float64) - base[name].astype(np.float64))
+    row = next(r for r in on_ray.rows if (r["layer"], r["role"]) == (2, "v"))
+    assert row["estimated"] is True
+    assert row["stable_rank"] == pytest.approx((sigma**2).sum() / sigma[0] ** 2, rel=1e-9)
+    p = sigma / sigma.sum()  # numpy's effective rank, against the estimate's stated error
+    effective_rank = np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())
+    assert abs(row["effective_rank"] - effective_rank) <= 3 * row["effective_rank_err"] + 1e-9
+    assert abs(row["effective_rank"] / effective_rank - 1) < 0.05
+    sources = [str(finetune.path), str(lora_adapter.path)]
+    result = CliRunner().invoke(
+        cli, ["compare", *sources, "--label", "FT", "--label", "LoRA", "--base",
+              str(finetune.base), "--layers", "5", "--estimate", "--ray", "--quiet",
+              "--out", str(tmp_path / "cmp")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    reports = tmp_path / "cmp" / "reports"
+    ft, lora = (Report.load(reports / label) for label in ("FT", "LoRA"))
+    assert {row["estimated"] for row in ft.rows} == {True}
+    assert {row["estimated"] for row in lora.rows} == {False}  # factored ΔW stay exact
+    exact = spectra.analyze(lora_adapter.path, layers="5")
+    for row, expected in zip(lora.rows, exact.rows, strict=True):
+        assert row["effective_rank"] == pytest.approx(expected["effective_rank"], rel=1e-12)
+    assert ft.meta["executor"]["name"] == "ray" == lora.meta["executor"]["name"]
+    lines = (tmp_path / "cmp" / SUMMARY).read_text().splitlines()
+    summary = {(r["label"], r["role"]): r for r in csv.DictReader(lines)}
+    assert summary["FT", "k"]["estimated_rows"] == "1"
+    assert summary["LoRA", "k"]["estimated_rows"] == "0"
+    error = float(summary["FT", "v"]["effective_rank_err"])  # one row: the mean is its error
+    assert error == next(r["effective_rank_err"] for r in ft.rows if r["role"] == "v") > 0
+    assert float(summary["LoRA", "v"]["effective_rank_err"]) == 0.0

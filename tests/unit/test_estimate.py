@@ -58,6 +58,8 @@ def _exact(matrix: np.ndarray) -> dict[str, float]:
         "spectral_norm": s[0],
         "frobenius_norm": np.sqrt(np.sum(s**2)),
         "nuclear_norm": s.sum(),
+        "top_share@1": s[0] ** 2 / np.sum(s**2),
+        "top_share@8": np.sum(s[:8] ** 2) / np.sum(s**2),
     }
     for q in (0.5, 0.9, 0.99):
         exact[f"energy_rank@{q:g}"] = int(np.searchsorted(energy, q * (1 - 1e-12)) + 1)
@@ -71,7 +73,7 @@ def _check(estimate, exact: dict[str, float], rank_tolerance: float = 0.05) -> N
         assert abs(value - exact[name]) <= 3 * error + 1e-9 * abs(exact[name]), (name, value, exact)
     relative = abs(estimate.values["effective_rank"] / exact["effective_rank"] - 1)
     assert relative <= rank_tolerance, relative
-    for name in ("spectral_norm", "stable_rank"):
+    for name in ("spectral_norm", "stable_rank", "top_share@1", "top_share@8"):
         assert estimate.error_kinds[name] == RESIDUAL_BOUND
         assert (
             abs(estimate.values[name] - exact[name]) <= estimate.errors[name] + 1e-9 * exact[name]
