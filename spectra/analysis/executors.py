@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -141,16 +142,21 @@ def ray_session(address: bool | str) -> Iterator[object]:
             f"{RAY} needs Ray, which is not installed: pip install 'spectra[ray]'"
         ) from None
     started = False
+    logger = logging.getLogger("ray")
+    level = logger.level
     if not ray.is_initialized():
-        ray.init(
-            address=address if isinstance(address, str) and address else None, log_to_driver=False
-        )
+        joined = address if isinstance(address, str) and address else None
+        # A Ray started here for this call only: its start-up lines (the local instance, its
+        # token) are not the user's concern; a cluster joined by address keeps Ray's logging.
+        quiet = {"logging_level": logging.ERROR} if joined is None else {}
+        ray.init(address=joined, log_to_driver=False, **quiet)
         started = True
     try:
         yield ray
     finally:
         if started:
             ray.shutdown()
+            logger.setLevel(level)  # as the caller had it
 
 
 def task_error(exc: BaseException, what: str) -> SpectraError:
