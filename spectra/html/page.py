@@ -123,7 +123,7 @@ def html_page(results, top: int | str | None = None, title: str | None = None) -
         "SOURCES": _sources(reports, labels),
         "FIGURE2": _figure2(reports, labels, top),
         "TABLE_TITLE": html.escape(table_title),
-        "TABLE": table + _estimate_note(reports) + details,
+        "TABLE": table + _estimate_note(reports) + details + _more_tables(results, reports, labels),
         "WARNINGS": _warnings(warnings, reports, labels),
         "FOOTER": html.escape(
             f"spectra {__version__}; a self-contained page: no server, no network. "
@@ -173,6 +173,37 @@ def _table(columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> str:
     return (
         '<div class="scroll"><table class="data">'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _more_tables(results, reports: Sequence[Report], labels: Sequence[str]) -> str:
+    """The tables beside the rows, each folded: head diversity, subspace metrics, interference.
+
+    Each report's ``heads`` and ``head_shares`` (``--per-head``), and a
+    comparison's ``subspace`` pairs and modules (``--subspace``) and
+    ``interference`` rows (``--interference``), titled by the file ``save``
+    writes them to; nothing for a table without rows.
+    """
+    several = len(reports) > 1
+    found: list[tuple[str, Sequence[str] | None, Sequence[Mapping[str, object]]]] = []
+    for label, report in zip(labels, reports, strict=True):
+        prefix = f"{label}: " if several else ""
+        found.append((f"{prefix}head diversity (heads.csv)", report.heads.columns, report.heads))
+        shares = report.head_shares
+        found.append((f"{prefix}head shares (head_shares.csv)", shares.columns, shares))
+    subspace = getattr(results, "subspace", None)
+    if subspace is not None:
+        found.append(("subspace similarity (subspace_similarity.csv)", None, subspace.pairs))
+        found.append(("amplification and intruders (subspace_modules.csv)", None, subspace.modules))
+    interference = getattr(results, "interference", None)
+    if interference is not None:
+        rows = interference.rows
+        found.append(("task interference (interference.csv)", interference.columns, rows))
+    return "".join(
+        f"<details><summary>{html.escape(title)}: {len(rows)} rows</summary>"
+        f"{_table(columns or list(dict.fromkeys(k for row in rows for k in row)), rows)}</details>"
+        for title, columns, rows in found
+        if rows
     )
 
 

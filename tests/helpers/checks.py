@@ -71,3 +71,14 @@ def assert_same_reads(first: list[Read], second: list[Read]) -> None:
 def relative_error(rebuilt: np.ndarray, reference: np.ndarray) -> float:
     """‖rebuilt − reference‖_F / ‖reference‖_F in float64."""
     return float(np.linalg.norm(rebuilt - reference) / np.linalg.norm(reference))
+
+
+def folded_column(page: str, title: str, column: str) -> list[str]:
+    """The cells of ``column`` in the page's folded table whose summary begins ``title``."""
+    import html
+    import re
+
+    start = page.index(f"<summary>{html.escape(title)}")
+    section = page[start : page.index("</details>", start)]
+    cells = re.findall(rf'<td data-column="{re.escape(column)}"[^>]*>([^<]*)</td>', section)
+    return [html.unescape(cell) for cell in cells]

@@ -19,6 +19,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra import plot
+from tests.helpers.checks import folded_column
 from tests.helpers.multilora import (
     ALPHA,
     HEADS,
@@ -111,7 +112,8 @@ def test_compare_per_head_summary_reports_and_figures(sources, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", hydra, multi, "--label", "Hydra", "--label", "Multi", "--per-head"]
     args += ["--modules", "v"]  # one role: fewer panels to draw
-    result = _invoke([*args, "--lora-alpha", ALPHA, "--out", out, "-q"])
+    page = tmp_path / "page.html"
+    result = _invoke([*args, "--lora-alpha", ALPHA, "--out", out, "--html", page, "-q"])
     assert result.exit_code == 0, result.output
     assert "head diversity" in result.stdout
     for name in ("heads.png", "heads_matrix_Hydra.png", "heads_matrix_Multi.png"):
@@ -126,6 +128,18 @@ def test_compare_per_head_summary_reports_and_figures(sources, tmp_path):
             for layer in (0, 1)
         ]
         assert float(row["head_cosine"]) == pytest.approx(np.mean(per_layer), abs=1e-10)
+    # the HTML page folds each report's head tables: numpy's cosines, to their 6 digits
+    text = page.read_text()
+    for label, (take, state) in factors.items():
+        expected = [
+            reference_heads(*take(state, layer, "v"))["cosine"][a, b]
+            for layer in (0, 1)
+            for a, b in zip(*np.triu_indices(HEADS, 1), strict=True)
+        ]
+        cells = folded_column(text, f"{label}: head diversity (heads.csv): 6 rows", "cosine")
+        assert [float(c) for c in cells] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        shares = folded_column(text, f"{label}: head shares (head_shares.csv)", "share")
+        assert len(shares) == 2 * HEADS and sum(map(float, shares)) == pytest.approx(2, rel=1e-5)
     plain = spectra.compare([hydra, multi], lora_alpha=ALPHA, device="cpu")  # not per head
     assert "head_cosine" not in plain.columns and not any(r.heads for r in plain.reports)
 

@@ -23,6 +23,7 @@ from spectra_cli.main import cli
 import spectra
 from spectra.errors import SpectraError
 from tests.helpers.adapters import make_peft_adapter
+from tests.helpers.checks import folded_column
 from tests.helpers.models import ROLE_MODULES, load_bert
 
 pytestmark = pytest.mark.slow
@@ -156,13 +157,19 @@ def test_two_lora_adapters_of_one_base(lora_adapter, second_lora, tmp_path):
     out = tmp_path / "cmp"
     sources = [str(lora_adapter.path), str(second_lora.path)]
     # no --base: both configs name the same base model
-    result = CliRunner().invoke(cli, ["compare", *sources, "--interference", "--out", str(out)])
+    page = tmp_path / "page.html"
+    arguments = [*sources, "--interference", "--out", str(out), "--html", str(page)]
+    result = CliRunner().invoke(cli, ["compare", *arguments])
     assert result.exit_code == 0, result.output
     rows = read_rows(out / "interference.csv")  # the modules both adapt: layers 0 and 1
     keys = [(0, "k"), (0, "v"), (1, "k"), (1, "v")]
     deltas = {key: (lora_adapter.reference[key], second_lora.reference[key]) for key in keys}
     labels = (lora_adapter.path.name, second_lora.path.name)
     check_rows(rows, deltas, dict.fromkeys(keys, (8, 8)), labels)
+    # the HTML page folds the same table: numpy's STI of each module, to its 6 digits
+    cells = folded_column(page.read_text(), "task interference (interference.csv): 4 rows", "sti")
+    expected = [np_sti(*deltas[key], 8, 8) for key in keys]
+    assert [float(cell) for cell in cells] == pytest.approx(expected, rel=1e-5)
 
 
 def test_sources_of_different_bases_are_refused(lora_adapter, second_lora, minilm_dir, tmp_path):
