@@ -31,7 +31,7 @@ estimate_option = click.option(
     is_flag=True,
     help="Dense ΔW: estimate the balance metrics with stated errors (stochastic Lanczos "
     "quadrature, block Krylov for the top σ) instead of all σ; far faster on large modules. "
-    "Each estimated metric gets <metric>_err, rows say estimated, the others metrics are "
+    "Each estimated metric gets <metric>_err, rows say estimated, the other metrics are "
     "missing and the stored spectrum is the top 16 σ. Factored ΔW (LoRA) stay exact: they "
     "are already cheap. With --ray each module is a task on as many threads as this process has.",
 )

@@ -271,7 +271,8 @@ def estimate_meta(settings: EstimateSettings, estimates: Mapping[str, Estimate])
             f"the stored spectrum of an estimated row is its top {settings.top} σ (randomized "
             "block Krylov Ritz values, each at most the true σ_i), not all of them"
         ),
-        "missing": [name for name in METRICS if name not in ESTIMATED and name != "relative_norm"],
+        "missing": [name for name in METRICS if name not in ESTIMATED and name != "relative_norm"]
+        + [f"top_share@{m}" for m in (1, 8) if m > settings.top],  # needs m top σ
         "note": ESTIMATE_NOTE,
     }
 
@@ -326,7 +327,10 @@ def summary_means(rows: Sequence[Mapping], reports: Sequence) -> dict[str, objec
     if estimate_columns(reports):
         means["estimated_rows"] = sum(bool(row.get("estimated")) for row in rows)
         for metric in (m for m in SUMMARY_METRICS if m in ESTIMATED):
-            errors = [row.get(error_column(metric), 0.0) for row in rows]
-            missing = None in errors or not errors
+            # an exact row's error is 0; an estimated row without the column (a report saved
+            # before spectra estimated the metric) has none, and then neither has the mean
+            column = error_column(metric)
+            errors = [row.get(column) if row.get("estimated") else 0.0 for row in rows]
+            missing = means[metric] is None or None in errors or not errors
             means[error_column(metric)] = None if missing else sum(errors) / len(errors)
     return means

@@ -41,8 +41,11 @@ these estimates touch ΔW only through products with a few dozen vectors.
   value is at most the true σ_i (Cauchy interlacing), and its error is
   **a bound**: a singular value of ΔW lies within ``‖(I − QQᵀ) ΔW v_i‖/√2``
   of it. ``spectral_norm``, ``stable_rank = Σσ²/σ_1²`` and
-  ``top_share@m = Σ_{i≤m} σ_i²/Σσ²`` (m ≤ ``top``; else missing) carry it
-  (the last two by first-order propagation of the top values' bounds).
+  ``top_share@m = Σ_{i≤m} σ_i²/Σσ²`` (m ≤ ``top``; else missing) carry it:
+  with each σ_i in [θ_i, θ_i + b_i], stable rank's error 2·stable·b_1/θ_1
+  and the share's (2Σθb + Σb²)/Σσ² cover the whole interval (both
+  one-sided: the Ritz values can only be low, so the share is low and the
+  stable rank high).
 
 Everything is float64 and seeded: the same matrix and seed give the same
 estimate, bit for bit. ΔW is read in its own memory order: ``ΔW X`` and
@@ -201,6 +204,38 @@ def top_singular_values(
     return sigma, bound
 
 
+def _new_directions(candidate: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """An orthonormal basis of what ``candidate`` (d, b) adds to the span of ``blocks``.
+
+    Block Gram–Schmidt twice, then QR. Where the Krylov space has closed in
+    some direction (a spectrum with few distinct σ), the projected candidate
+    is rank-deficient (R's diagonal falls below 1e-6 of its largest) and QR
+    completes its basis with arbitrary columns, far from orthogonal to the
+    earlier blocks (Ritz values would then exceed the true σ). Then the QR
+    basis is projected twice more: a column that keeps
+    over half its norm is a direction the earlier blocks lack (kept,
+    re-orthonormalised; an arbitrary one only enlarges the space), one that
+    loses more is dropped.
+
+    Returns:
+        ``(d, b')``, b' ≤ b, orthonormal and orthogonal to every block; b' = 0 when nothing is new.
+    """
+
+    def project(X: torch.Tensor) -> torch.Tensor:  # (d, b) → (I − QQᵀ) X, twice
+        for _ in range(2):
+            for earlier in blocks:
+                X = X - earlier @ (earlier.T @ X)
+        return X
+
+    basis, triangle = torch.linalg.qr(project(candidate))  # (d, b), (b, b)
+    scale = triangle.diagonal().abs()
+    if bool(scale.min() > 1e-6 * scale.max()):  # full rank: QR's basis is orthogonal already
+        return basis
+    basis = project(basis)
+    kept = basis.norm(dim=0) > 0.5
+    return torch.linalg.qr(basis[:, kept]).Q if bool(kept.any()) else basis[:, :0]
+
+
 def _block_krylov(matrix: torch.Tensor, k: int, oversample: int, iterations: int, seed: int):
     """(σ, bound, U, V) of the top ``k`` Ritz triplets; see ``top_singular_values``."""
     M = matrix.double().contiguous()  # (d_out, d_in), row-major
@@ -221,14 +256,13 @@ def _block_krylov(matrix: torch.Tensor, k: int, oversample: int, iterations: int
         if width + block > min(d_out, d_in):
             break
         rows.append(current.T @ M)  # (b, d_in) = (Mᵀ current)ᵀ, read in memory order
-        current = M @ rows[-1].T  # (d_out, b)
-        for _ in range(2):  # block Gram–Schmidt, twice (orthogonal to rounding), then QR
-            for earlier in blocks:
-                current = current - earlier @ (earlier.T @ current)
-        current = torch.linalg.qr(current).Q
+        current = _new_directions(M @ rows[-1].T, blocks)  # (d_out, b' ≤ b)
+        if current.shape[1] == 0:  # the Krylov space closed: its Ritz values are exact
+            break
         blocks.append(current)
-        width += block
-    rows.append(current.T @ M)
+        width += current.shape[1]
+    if current.shape[1] > 0:  # the last block's rows (none to add when the space closed)
+        rows.append(current.T @ M)
     Q = torch.cat(blocks, dim=1)  # (d_out, K): orthonormal basis
     small = torch.cat(rows, dim=0)  # (K, d_in) = QᵀM
     U_small, sigma, Vh = torch.linalg.svd(small, full_matrices=False)
@@ -375,7 +409,9 @@ def estimate_metrics(
             continue
         head, head_bound = sigma[:known], bound[:known]
         share = float((head**2).sum()) / sum_sq if sum_sq > 0 else 0.0
-        spread = 2.0 * float((head * head_bound).sum()) / sum_sq if sum_sq > 0 else 0.0
+        # each σ_i in [θ_i, θ_i + b_i]: the share lies in [Σθ², Σ(θ + b)²] / Σσ²
+        widest = float((2 * head * head_bound + head_bound**2).sum())
+        spread = widest / sum_sq if sum_sq > 0 else 0.0
         put(f"top_share@{m}", share, spread, RESIDUAL_BOUND)
     captured = (sigma**2).cumsum(0)  # energy of the top singular values
     for q in (0.5, 0.9, 0.99):

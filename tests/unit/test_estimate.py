@@ -160,3 +160,44 @@ def test_the_probes_are_exact_on_a_flat_spectrum_after_deflation():
     assert estimate.values["nuclear_norm"] == pytest.approx(D, rel=1e-10)
     assert estimate.values["effective_rank"] == pytest.approx(D, rel=1e-10)
     assert estimate.errors["effective_rank"] < 1e-6 * D
+
+
+@pytest.mark.parametrize("kind", ["identity plus rank 4", "two distinct values"])
+def test_a_spectrum_of_few_distinct_values_keeps_ritz_values_below_the_truth(kind):
+    # The Krylov space closes after a few blocks; its basis must stay orthonormal, else the
+    # Ritz values exceed the true σ and a top share exceeds 1.
+    rng = np.random.default_rng(3)
+    if kind == "identity plus rank 4":
+        A = rng.standard_normal((300, 4))
+        matrix = np.eye(300) + A @ A.T
+    else:
+        matrix = _with_spectrum(np.concatenate([np.ones(10), 0.5 * np.ones(290)]), seed=4)
+    s = np.linalg.svd(matrix, compute_uv=False)
+    estimate = estimate_metrics(torch.from_numpy(matrix))
+    top = estimate.top.numpy()
+    assert np.all(top <= s[: len(top)] * (1 + 1e-12))
+    assert np.all(s[: len(top)] - top <= estimate.top_errors.numpy() + 1e-12 * s[0])
+    for m in (1, 8):
+        exact = np.sum(s[:m] ** 2) / np.sum(s**2)
+        value, error = estimate.values[f"top_share@{m}"], estimate.errors[f"top_share@{m}"]
+        assert value <= exact * (1 + 1e-12) and exact - value <= error + 1e-12
+
+
+def test_a_summary_mean_has_an_error_only_where_every_row_has_one():
+    from types import SimpleNamespace
+
+    from spectra.analysis.estimated import summary_means
+
+    estimated = [SimpleNamespace(meta={"estimate": {}})]
+    rows = [
+        {"estimated": True, "effective_rank": 2.0, "effective_rank_err": 0.2, "top_share@1": 0.5,
+         "top_share@1_err": 0.01},
+        {"estimated": False, "effective_rank": 4.0, "top_share@1": 0.25},  # exact: error 0
+    ]  # fmt: skip
+    means = summary_means(rows, estimated)
+    assert means["effective_rank"] == 3.0 and means["effective_rank_err"] == pytest.approx(0.1)
+    assert means["top_share@1_err"] == pytest.approx(0.005) and means["estimated_rows"] == 1
+    old = [{"estimated": True, "effective_rank": 2.0, "effective_rank_err": 0.2}]  # saved before
+    means = summary_means(old, estimated)  # top_share@1 was estimated: no value, no error
+    assert means["top_share@1"] is None and means["top_share@1_err"] is None
+    assert "estimated_rows" not in summary_means(rows, [SimpleNamespace(meta={})])
