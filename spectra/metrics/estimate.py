@@ -24,8 +24,10 @@ these estimates touch ΔW only through products with a few dozen vectors.
   ``effective_rank = exp(entropy)``; ``Σσ² = ‖ΔW‖_F²`` is computed exactly.
   ``energy_rank@q`` is read from the averaged rule's spectral measure (the
   count of eigenvalues above the level where the energy above reaches
-  ``q·Σσ²``), unless the top singular values below already hold that
-  energy: then it is exact.
+  ``q·Σσ²``, a point x whose ceiling is the rank), unless the top singular
+  values below already hold that energy: then it is exact. It is given as
+  x + ½ with an error of x's standard error (as below) plus ½, since the
+  rank lies in [x, x + 1).
   The error of each is **one standard error**: the jackknife over the
   probes (each probe left out in turn), combined with the quadrature's own
   error, the larger of two estimates: half the gap between the Gauss and
@@ -97,6 +99,10 @@ STANDARD_ERROR = (
     "larger of half its Gauss / anti-Gauss gap and its change from m/2 to m nodes)"
 )
 RESIDUAL_BOUND = "a bound (the Ritz residual of randomized block Krylov)"
+COUNT_ERROR = (
+    "one standard error of where the energy crosses q (jackknife and quadrature, as for the "
+    "entropy), plus half a count: the rank is that point rounded up, given as the point + 1/2"
+)
 EXACT = "exact"
 
 
@@ -107,7 +113,8 @@ class Estimate:
     Args:
         values: metric name → estimate.
         errors: metric name → its error (0 where exact).
-        error_kinds: metric name → ``STANDARD_ERROR``, ``RESIDUAL_BOUND`` or ``EXACT``.
+        error_kinds: metric name → ``STANDARD_ERROR``, ``RESIDUAL_BOUND``,
+            ``COUNT_ERROR`` (energy ranks) or ``EXACT``.
         top: the top singular values, descending (Ritz values), float64.
         top_errors: the residual bound of each of ``top``.
         probes: the number of probe vectors of the quadrature.
@@ -420,9 +427,14 @@ def estimate_metrics(
         if len(reached) and float(bound.max()) <= 1e-8 * sigma_1:
             put(name, float(reached[0, 0]) + 1, 0.0, EXACT)
             continue
-        value, error = _jackknife(
-            lambda th, w, q=q: _energy_rank(th, w, left, q, exact_sigma**2),
-            [measure_nodes, measure_weights],
-        )
-        put(name, value, error, STANDARD_ERROR)
+        def crossing(th: torch.Tensor, w: torch.Tensor, q: float = q) -> float:
+            return _energy_rank(th, w, left, q, exact_sigma**2)
+
+        point, spread = _jackknife(crossing, [measure_nodes, measure_weights])
+        gap = abs(crossing(nodes, weights) - crossing(anti_nodes, anti_weights)) / 2
+        half_nodes = torch.cat([half_rules[0], half_rules[2]], dim=1)  # the ⌈m/2⌉-node rules
+        half_weights = torch.cat([half_rules[1], half_rules[3]], dim=1) / 2
+        change = abs(point - crossing(half_nodes, half_weights))
+        # the rank is the crossing point rounded up, in [point, point + 1): its centre ± ½
+        put(name, point + 0.5, math.hypot(spread, max(gap, change)) + 0.5, COUNT_ERROR)
     return Estimate(values, errors, kinds, sigma, bound, probes, steps)
