@@ -21,8 +21,10 @@ ray_option = click.option(
     default=None,
     metavar="[ADDRESS]",
     help="Run each module as a Ray task, largest first; the results equal a local run's. "
-    "--ray alone starts or joins Ray as ray.init() does, --ray ADDRESS (e.g. auto) joins that "
-    "cluster. Needs the ray extra; the checkpoint must be on a path every node sees.",
+    "--ray alone starts or joins Ray as ray.init() does (put it after the checkpoint, which "
+    "would otherwise be read as its address), --ray ADDRESS (HOST:PORT, or auto) joins that "
+    "cluster. Needs the ray extra; the checkpoint must be on a path every node sees. Not with "
+    "--esd, --intruders, --per-head, --subspace or --interference.",
 )
 
 # --estimate for analyze and compare (spectra.analysis.estimated)
@@ -168,6 +170,10 @@ def analyze(
 
     settings = estimate_settings(estimate, estimate_steps)
     if dry_run:  # the plan alone: nothing computed, nothing written
+        if ray_address is not None:  # refuse what the run would refuse
+            from spectra.analysis.distributed import check_ray_options
+
+            check_ray_options(esd, intruders, None, options.load_options(**loader))
         plan = spectra.plan(
             ckpt,
             base=base,
@@ -181,6 +187,11 @@ def analyze(
             **options.load_options(**loader),
         )
         shown = json.dumps(plan.to_dict(), indent=2, default=str) if as_json else plan.lines()
+        if ray_address is not None and not as_json:
+            shown.append(
+                "  with --ray each module is a task on the cluster: this is one machine's plan "
+                "(spectra.plan(...).cluster(nodes) predicts that many nodes like this one)"
+            )
         click.echo(shown if as_json else "\n".join(shown))
         return
 

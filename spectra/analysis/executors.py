@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 
 from ..arguments import RAY
@@ -146,10 +147,19 @@ def ray_session(address: bool | str) -> Iterator[object]:
     level = logger.level
     if not ray.is_initialized():
         joined = address if isinstance(address, str) and address else None
+        if joined not in (None, "auto", "local"):  # Ray's own words for "find" and "start"
+            check_reachable(joined)
         # A Ray started here for this call only: its start-up lines (the local instance, its
         # token) are not the user's concern; a cluster joined by address keeps Ray's logging.
         quiet = {"logging_level": logging.ERROR} if joined is None else {}
-        ray.init(address=joined, log_to_driver=False, **quiet)
+        try:
+            ray.init(address=joined, log_to_driver=False, **quiet)
+        except ConnectionError as exc:  # "auto" and no cluster running here: say it our way
+            raise SpectraError(
+                f"{RAY(joined)}: no running Ray cluster found ({str(exc).splitlines()[0]}); "
+                f"start one (Ray's ray start, on a head node), give its address as "
+                f"{RAY('HOST:PORT')}, or leave out the address to start a local Ray"
+            ) from None
         started = True
     try:
         yield ray
@@ -157,6 +167,31 @@ def ray_session(address: bool | str) -> Iterator[object]:
         if started:
             ray.shutdown()
             logger.setLevel(level)  # as the caller had it
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a cluster address nothing answers at, before Ray retries it for minutes.
+
+    ``address`` is ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray's client); a TCP
+    connection to it must open within ``timeout`` seconds.
+
+    Example::
+
+        check_reachable("10.0.0.1:6379")  # SpectraError when no Ray answers there
+    """
+    where = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpectraError(
+            f"{RAY(address)}: expected a cluster address HOST:PORT, ray://HOST:PORT, auto or local"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SpectraError(
+            f"{RAY(address)}: no Ray cluster answers at {host}:{port} ({exc}); start one "
+            f"there (Ray's ray start, on a head node), or give the address of a running one"
+        ) from None
 
 
 def task_error(exc: BaseException, what: str) -> SpectraError:

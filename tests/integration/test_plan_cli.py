@@ -69,6 +69,12 @@ def test_analyze_dry_run_prints_the_plan_and_writes_nothing(
 def test_analyze_dry_run_refuses_what_analyze_refuses(runner, minilm_dir):
     result = runner.invoke(cli, ["analyze", str(minilm_dir), "--dry-run"])
     assert result.exit_code != 0 and "--base" in result.output
+    arguments = ["analyze", str(minilm_dir), "--base", str(minilm_dir), "--dry-run"]
+    result = runner.invoke(cli, [*arguments, "--esd", "--ray"])  # as a run on Ray refuses it
+    assert result.exit_code == 1 and "--esd needs each ΔW beside its σ" in result.output
+    result = runner.invoke(cli, [*arguments, "--ray"])  # no Ray is started to plan
+    assert result.exit_code == 0, result.output
+    assert "with --ray each module is a task on the cluster" in result.stdout
 
 
 def test_inspect_shows_the_plan_and_recalibrates_only_when_asked(runner, lora_adapter, counted):
