@@ -126,9 +126,9 @@ def metrics_table(report: spectra.Report) -> str:
     lines = [render(header, rows), *flag_lines(report.rows, leave_out=("noise",))]
     if guessed:
         lines.append(
-            f"~ {guessed} rows estimated (--estimate): each metric ± its error in <metric>_err "
-            "(± eff. rank: one standard error; report.json 'estimate' says each kind); "
-            "– marks what the estimate does not give"
+            f"~ {guessed} rows estimated (--estimate): ± eff. rank is one standard error; every "
+            "metric's error is in <metric>_err of --out's metrics.csv and of --json, and "
+            "report.json's 'estimate' says each kind; – marks what the estimate does not give"
         )
     return "\n".join(lines)
 

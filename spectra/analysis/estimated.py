@@ -49,7 +49,8 @@ __all__ = [
 
 ESTIMATE_NOTE = (
     "estimated rows (estimated = True): metrics of dense ΔW estimated with the error in "
-    "<metric>_err (report.json meta.estimate says which kind); '–' marks metrics not estimated"
+    "<metric>_err (the estimate's errors in report.json say which kind); '–' marks metrics not "
+    "estimated"
 )
 
 

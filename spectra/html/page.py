@@ -213,7 +213,13 @@ def _estimate_note(reports: Sequence[Report]) -> str:
     if not notes:
         return ""
     text = f"Estimated: {notes[0].get('note', '')}; {notes[0].get('spectrum', '')}."
-    return f'<p class="note">{html.escape(text)}</p>'
+    kinds = {column: kind for note in notes for column, kind in note.get("errors", {}).items()}
+    listed = "".join(
+        f"<li><code>{html.escape(column)}</code>: {html.escape(kind)}</li>"
+        for column, kind in kinds.items()
+    )  # what each error column holds: the page is read without report.json
+    kinds_list = f'<ul class="note">{listed}</ul>' if listed else ""
+    return f'<p class="note">{html.escape(text)}</p>{kinds_list}'
 
 
 def _missing_if_empty(value: object) -> object:

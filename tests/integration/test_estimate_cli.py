@@ -11,6 +11,7 @@ run.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -146,6 +147,12 @@ def test_save_load_round_trips_the_new_columns(estimated, tmp_path):
     assert (frame["effective_rank_err"] > 0).all()
     document = json.loads((tmp_path / "report" / "report.json").read_text())
     assert document["estimate"]["top"] == SETTINGS.top
+    assert "half a count" in document["estimate"]["errors"]["energy_rank@0.9_err"]
+    # the HTML page, read without report.json, says what each error column holds
+    page = loaded.to_html(tmp_path / "page.html").read_text()
+    assert "Estimated: estimated rows" in page
+    for column, kind in document["estimate"]["errors"].items():
+        assert f"<li><code>{column}</code>: {html.escape(kind)}</li>" in page, column
 
 
 def test_factored_rows_stay_exact(lora_adapter):
