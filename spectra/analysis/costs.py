@@ -179,6 +179,7 @@ def flop_cost(
     kind: str,
     rank: int | None = None,
     dense_path: str = "fast",
+    estimate: object | None = None,
 ) -> float:
     """The flops of one module's σ by ``module_cost``'s model: what orders modules by cost.
 
@@ -189,7 +190,8 @@ def flop_cost(
         kind: ``"factored"`` or ``"dense"``.
         rank: r of a factored ΔW; ``None``: its smaller side.
         dense_path: the path a dense ΔW takes: ``"fast"`` (the default),
-            ``"exact"`` or ``"estimate"`` (its default settings).
+            ``"exact"`` or ``"estimate"``.
+        estimate: ``"estimate"``'s settings (``EstimateSettings``); None: the defaults.
 
     Returns:
         The flop count, a float.
@@ -202,7 +204,7 @@ def flop_cost(
     d_out = d_out or d_in or 1
     d_in = d_in or d_out
     path = "factored" if kind == "factored" else dense_path
-    return module_cost((d_out, d_in), path, _UNIT, rank=rank)[0]
+    return module_cost((d_out, d_in), path, _UNIT, rank=rank, estimate=estimate)[0]
 
 
 def schedule(costs: list[float], slots: int) -> float:

@@ -98,7 +98,9 @@ def check_ray_options(
         )
 
 
-def predicted_cost(checkpoint: Checkpoint, key: Key, dense_path: str = "fast") -> float:
+def predicted_cost(
+    checkpoint: Checkpoint, key: Key, dense_path: str = "fast", estimate: object | None = None
+) -> float:
     """Predicted cost of one (layer, role): ``costs.flop_cost`` × its heads or experts.
 
     The plan's cost model (``analysis.costs``) in flops, so that the modules
@@ -108,7 +110,7 @@ def predicted_cost(checkpoint: Checkpoint, key: Key, dense_path: str = "fast") -
         checkpoint: the opened checkpoint (``module_info``: no weights read).
         key: ``(layer, role)``.
         dense_path: the path of a dense ΔW: ``"fast"`` (the default),
-            ``"exact"`` or ``"estimate"``.
+            ``"exact"`` or ``"estimate"`` (with its ``estimate`` settings).
 
     Returns:
         The predicted cost in floating-point operations.
@@ -120,7 +122,7 @@ def predicted_cost(checkpoint: Checkpoint, key: Key, dense_path: str = "fast") -
     """
     info = checkpoint.module_info(key)
     copies = (info.heads or 1) * (info.experts or 1)
-    return copies * flop_cost(info.shape, info.kind, info.rank, dense_path)
+    return copies * flop_cost(info.shape, info.kind, info.rank, dense_path, estimate)
 
 
 def light_delta(delta: LayerDelta) -> LayerDelta:
@@ -219,6 +221,7 @@ def run_modules(
     progress: Progress | None = None,
     threads: int | None = None,
     dense_path: str = "fast",
+    estimate: object | None = None,
 ) -> tuple[list[object], dict[str, object]]:
     """Run ``work(checkpoint, key, *arguments)`` for each key as a Ray task, largest first.
 
@@ -226,7 +229,8 @@ def run_modules(
     result is small. Each task runs on ``threads`` threads (default: this
     process's), the count a local run would give the same work, and asks
     Ray for as many CPUs (at most a node's). The tasks are submitted in
-    order of ``predicted_cost`` with a dense ΔW on ``dense_path``.
+    order of ``predicted_cost`` with a dense ΔW on ``dense_path`` (and
+    ``estimate``'s settings).
     ``progress(done, total, label)`` is called as tasks finish; on any
     exception (Ctrl-C included) the pending tasks are cancelled first.
 
@@ -236,7 +240,8 @@ def run_modules(
         what a report's ``meta["executor"]`` records).
     """
     order = sorted(
-        range(len(keys)), key=lambda i: -predicted_cost(checkpoint, keys[i], dense_path)
+        range(len(keys)),
+        key=lambda i: -predicted_cost(checkpoint, keys[i], dense_path, estimate),
     )
     threads = threads or torch.get_num_threads()
     results: dict[int, object] = {}
@@ -315,8 +320,10 @@ def spectra_on_ray(
         work, dense_path = module_estimates, "estimate"
     try:
         keys = selection.keys
+        settings = estimates.settings if estimates is not None else None
         per_key, where = run_modules(
-            opened, checkpoint, keys, work, arguments, address, progress, threads, dense_path
+            opened, checkpoint, keys, work, arguments, address, progress, threads, dense_path,
+            settings,
         )
     except NonFiniteError as exc:  # as a local run says it: which checkpoint holds the module
         raise NonFiniteError(f"{os.fspath(opened.path)}: {exc}") from None

@@ -141,6 +141,12 @@ def test_the_largest_modules_are_submitted_first(finetune):
     checkpoint = spectra.load(finetune.path, base=finetune.base)
     # MiniLM's MLP (1536×384) costs more than its 384×384 attention projections
     assert predicted_cost(checkpoint, (0, "up")) > predicted_cost(checkpoint, (0, "k"))
+    # --estimate orders by the estimate's products, with its own settings
+    from spectra.analysis.estimated import EstimateSettings
+
+    default = predicted_cost(checkpoint, (0, "up"), "estimate")
+    fewer = predicted_cost(checkpoint, (0, "up"), "estimate", EstimateSettings(steps=10))
+    assert fewer < default  # (at 384 wide the estimate costs more than the Gram path)
 
 
 def test_nonfinite_weights_on_ray_as_in_a_local_run(cluster, finetune, tmp_path):
