@@ -38,6 +38,7 @@ __all__ = [
     "format_seconds",
     "itemsize",
     "module_cost",
+    "module_memory",
     "schedule",
 ]
 
@@ -205,6 +206,33 @@ def flop_cost(
     d_in = d_in or d_out
     path = "factored" if kind == "factored" else dense_path
     return module_cost((d_out, d_in), path, _UNIT, rank=rank, estimate=estimate)[0]
+
+
+def module_memory(entry: dict, dense_path: str = "fast", estimate: object | None = None) -> int:
+    """The peak bytes one job holds for a module: ``module_cost``'s memory, no rates needed.
+
+    Args:
+        entry: the module as ``plan.module_entry`` gives it (shape, kind, rank, read_bytes).
+        dense_path: the path of a dense ΔW: ``"fast"``, ``"exact"`` or ``"estimate"``.
+        estimate: ``"estimate"``'s settings; None: the defaults.
+
+    Returns:
+        Bytes: its tensors as stored, ΔW in float64 and the path's workspace.
+
+    Example:
+        >>> entry = {"shape": (1024, 1024), "kind": "dense", "rank": None, "read_bytes": 0}
+        >>> module_memory(entry) == 3 * 8 * 1024**2  # ΔW, its Gram matrix, eigvalsh's copy
+        True
+    """
+    path = "factored" if entry["kind"] == "factored" else dense_path
+    return module_cost(
+        tuple(entry["shape"]),
+        path,
+        _UNIT,
+        rank=entry.get("rank"),
+        read_bytes=entry.get("read_bytes", 0),
+        estimate=estimate,
+    )[2]
 
 
 def schedule(costs: list[float], slots: int) -> float:

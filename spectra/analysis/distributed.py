@@ -39,9 +39,10 @@ from ..errors import NonFiniteError, SpectraError
 from ..loaders import Checkpoint, Selection
 from ..report import Progress
 from ..svd import default_jobs, finite_only, resolve_device, singular_values_stream
-from .costs import flop_cost
+from .costs import flop_cost, module_memory
 from .estimated import Estimates, EstimateSettings, estimate_stream
 from .executors import ray_session, task_error
+from .plan import module_entry
 from .sources import load
 
 __all__ = [
@@ -228,11 +229,13 @@ def run_modules(
     ``work`` must be a module-level function (Ray ships it by name) whose
     result is small. Each task runs on ``threads`` threads (default: this
     process's), the count a local run would give the same work, and asks
-    Ray for as many CPUs (at most a node's). The tasks are submitted in
-    order of ``predicted_cost`` with a dense ΔW on ``dense_path`` (and
-    ``estimate``'s settings).
-    ``progress(done, total, label)`` is called as tasks finish; on any
-    exception (Ctrl-C included) the pending tasks are cancelled first.
+    Ray for as many CPUs (at most a node's) and for the memory the plan
+    predicts it holds (``costs.module_memory``, at most the largest node's),
+    so that Ray never packs more large modules on a node than fit. The
+    tasks are submitted in order of ``predicted_cost`` with a dense ΔW on
+    ``dense_path`` (and ``estimate``'s settings). ``progress(done, total,
+    label)`` is called as tasks finish; on any exception (Ctrl-C included)
+    the pending tasks are cancelled first.
 
     Returns:
         The results in the order of ``keys``, and where they ran
@@ -252,8 +255,17 @@ def run_modules(
             [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")], default=1
         )
         cpus = max(1, min(threads, int(node_cpus)))  # never more than a node has: it would wait
+        node_memory = max(
+            [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")], default=0
+        )
         task = ray.remote(num_cpus=cpus, num_gpus=1 if gpus else 0)(_task)
-        pending = {task.remote(opened, keys[i], work, arguments, threads): i for i in order}
+
+        def submit(i: int) -> object:
+            held = module_memory(module_entry(checkpoint, keys[i]), dense_path, estimate)
+            asked = {"memory": int(min(held, node_memory))} if node_memory else {}
+            return task.options(**asked).remote(opened, keys[i], work, arguments, threads)
+
+        pending = {submit(i): i for i in order}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -45,7 +45,7 @@ from .calibration import Calibration, calibrate
 from .costs import PATHS, ModuleCost, format_bytes, format_seconds, itemsize, module_cost, schedule
 from .sources import load
 
-__all__ = ["DevicePlan", "Plan", "plan", "plan_modules"]
+__all__ = ["DevicePlan", "Plan", "module_entry", "plan", "plan_modules"]
 
 _GPU_BATCH = 8  # same-shaped dense ΔW decomposed together on a GPU (svd.singular_values_stream)
 
@@ -201,6 +201,36 @@ _LABELS = {
 }
 
 
+def module_entry(checkpoint, key: tuple[int, str], per_head: bool = False) -> dict:
+    """One module of ``checkpoint`` as ``plan_modules`` takes it, from its headers.
+
+    A side the files do not say is taken equal to the other. ``read_bytes``
+    counts the tensors read as stored: the factors of a factored ΔW, the
+    tuned weight (and W0 when ΔW = W − W0) of a dense one.
+
+    Returns:
+        ``{"layer", "role", "shape", "kind", "rank", "read_bytes", "count"}``.
+    """
+    info = checkpoint.module_info(key)
+    d_out, d_in = info.shape
+    shape = (d_out or d_in or 1, d_in or d_out or 1)
+    size = itemsize(info.dtype)
+    has_base = checkpoint.base is not None or checkpoint.format == "full"
+    if info.kind == "factored":
+        read_bytes = (shape[0] + shape[1]) * (info.rank or 1) * size
+    else:  # the tuned weight, and W0 when ΔW = W − W0
+        read_bytes = shape[0] * shape[1] * size * (2 if has_base else 1)
+    return {
+        "layer": info.layer,
+        "role": info.role,
+        "shape": shape,
+        "kind": info.kind,
+        "rank": info.rank,
+        "read_bytes": read_bytes,
+        "count": (info.experts or 1) * (info.heads if per_head and info.heads else 1),
+    }
+
+
 def plan_modules(
     entries: Sequence[dict],
     calibrations: Sequence[Calibration],
@@ -341,30 +371,11 @@ def plan(
     else:
         keys = select(sorted(checkpoint.available()), modules, layers, checkpoint.path).keys
     entries, notes = [], []
-    has_base = checkpoint.base is not None or checkpoint.format == "full"
     for key in keys:
-        info = checkpoint.module_info(key)
-        d_out, d_in = info.shape
-        if d_out is None or d_in is None:
-            notes.append(f"layer {info.layer} {info.role}: one side unknown, taken square")
-        shape = (d_out or d_in or 1, d_in or d_out or 1)
-        size = itemsize(info.dtype)
-        if info.kind == "factored":
-            read_bytes = (shape[0] + shape[1]) * (info.rank or 1) * size
-        else:  # the tuned weight, and W0 when ΔW = W − W0
-            read_bytes = shape[0] * shape[1] * size * (2 if has_base else 1)
-        count = (info.experts or 1) * (info.heads if options.get("per_head") and info.heads else 1)
-        entries.append(
-            {
-                "layer": info.layer,
-                "role": info.role,
-                "shape": shape,
-                "kind": info.kind,
-                "rank": info.rank,
-                "read_bytes": read_bytes,
-                "count": count,
-            }
-        )
+        entry = module_entry(checkpoint, key, bool(options.get("per_head")))
+        if None in checkpoint.module_info(key).shape:
+            notes.append(f"layer {entry['layer']} {entry['role']}: one side unknown, taken square")
+        entries.append(entry)
     calibrations = []
     cpu_only = device == "cpu"
     if not str(device).startswith("cuda"):

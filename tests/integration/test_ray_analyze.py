@@ -216,3 +216,21 @@ def test_estimate_on_ray_equals_serial_and_numpy(cluster, finetune, lora_adapter
     error = float(summary["FT", "v"]["effective_rank_err"])  # one row: the mean is its error
     assert error == next(r["effective_rank_err"] for r in ft.rows if r["role"] == "v") > 0
     assert float(summary["LoRA", "v"]["effective_rank_err"]) == 0.0
+
+
+def test_each_task_asks_for_its_memory_at_most_a_nodes(cluster, finetune, monkeypatch):
+    import spectra.analysis.distributed as distributed
+
+    predicted = []
+
+    def too_much(*args, **kwargs):  # what the plan predicts, then more than any node has
+        predicted.append(module_memory(*args, **kwargs))
+        return 10**15
+
+    module_memory = distributed.module_memory
+    monkeypatch.setattr(distributed, "module_memory", too_much)
+    report = spectra.analyze(finetune.path, base=finetune.base, layers="0", ray=True)
+    assert [row["role"] for row in report.rows] == ["k", "v"]  # capped: still scheduled
+    # a 384² dense ΔW: ΔW, its Gram matrix and eigvalsh's copy in float64, and the tuned
+    # weight and W0 read as float32
+    assert predicted == [3 * 8 * 384**2 + 2 * 4 * 384**2] * 2
