@@ -251,13 +251,10 @@ def run_modules(
     with ray_session(address) as ray:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
-        node_cpus = max(
-            [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")], default=1
-        )
+        alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        node_cpus = max([node.get("CPU", 0) for node in alive], default=1)
         cpus = max(1, min(threads, int(node_cpus)))  # never more than a node has: it would wait
-        node_memory = max(
-            [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")], default=0
-        )
+        node_memory = max([node.get("memory", 0) for node in alive], default=0)
         task = ray.remote(num_cpus=cpus, num_gpus=1 if gpus else 0)(_task)
 
         def submit(i: int) -> object:

@@ -251,17 +251,12 @@ def estimate_meta(settings: EstimateSettings, estimates: Mapping[str, Estimate])
         >>> estimate_meta(EstimateSettings(), {})["errors"]["effective_rank_err"][:12]
         'one standard'
     """
-    from ..metrics.estimate import COUNT_ERROR, EXACT, RESIDUAL_BOUND, STANDARD_ERROR
+    from ..metrics.estimate import ERROR_KINDS
 
     kinds = {}
     for name in ESTIMATED:  # the kind of each metric's error; exact where the top σ sufficed
         seen = {e.error_kinds[name] for e in estimates.values() if name in e.error_kinds}
-        if not seen:
-            bounded = name in ("spectral_norm", "stable_rank") or name.startswith("top_share")
-            counted = name.startswith("energy_rank")
-            seen = {RESIDUAL_BOUND if bounded else COUNT_ERROR if counted else STANDARD_ERROR}
-            seen = {EXACT} if name == "frobenius_norm" else seen
-        kinds[error_column(name)] = " / ".join(sorted(seen))
+        kinds[error_column(name)] = " / ".join(sorted(seen or {ERROR_KINDS[name]}))
     return {
         "probes": settings.probes,
         "steps": settings.steps,

@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_PROBES",
     "DEFAULT_STEPS",
     "DEFAULT_TOP",
+    "ERROR_KINDS",
     "ESTIMATED",
     "Estimate",
     "estimate_metrics",
@@ -104,6 +105,16 @@ COUNT_ERROR = (
     "entropy), plus half a count: the rank is that point rounded up, given as the point + 1/2"
 )
 EXACT = "exact"
+# The kind of each estimated metric's error; a metric the top σ already give exactly (an energy
+# rank reached by them, the Frobenius norm always) says EXACT instead.
+ERROR_KINDS = {
+    **dict.fromkeys(("entropy", "normalized_entropy", "effective_rank", "nuclear_norm"),
+                    STANDARD_ERROR),
+    **dict.fromkeys(("stable_rank", "spectral_norm", "top_share@1", "top_share@8"),
+                    RESIDUAL_BOUND),
+    **dict.fromkeys(("energy_rank@0.5", "energy_rank@0.9", "energy_rank@0.99"), COUNT_ERROR),
+    "frobenius_norm": EXACT,
+}  # fmt: skip
 
 
 @dataclass
@@ -168,6 +179,24 @@ def _energy_rank(
     return max(1.0, float(counts[:index].sum()) + min(needed, float(counts[index])))
 
 
+def _with_quadrature(
+    error: float, gauss: float, anti: float, averaged: float, averaged_half: float
+) -> float:
+    """A jackknife ``error`` combined with the quadrature's own, estimated two ways.
+
+    Half the Gauss / anti-Gauss gap brackets the quadrature error where the
+    two rules err with opposite signs; where many tiny σ make both err the
+    same way (real updates, σ down to 1e-4·σ_1), the change of the averaged
+    rule from ⌈m/2⌉ to m nodes bounds what is left, since its error falls at
+    least twofold from half the nodes to all of them. The larger of the two
+    counts. The arguments are the statistic from the Gauss, anti-Gauss,
+    averaged and ⌈m/2⌉-node averaged rules.
+    """
+    gap = abs(gauss - anti) / 2
+    change = abs(averaged - averaged_half)
+    return math.hypot(error, max(gap, change))
+
+
 def _jackknife(statistic, per_probe: list[torch.Tensor]) -> tuple[float, float]:
     """The statistic of all probes and its jackknife standard error over them."""
     probes = per_probe[0].shape[0]
@@ -219,10 +248,9 @@ def _new_directions(candidate: torch.Tensor, blocks: list[torch.Tensor]) -> torc
     is rank-deficient (R's diagonal falls below 1e-6 of its largest) and QR
     completes its basis with arbitrary columns, far from orthogonal to the
     earlier blocks (Ritz values would then exceed the true σ). Then the QR
-    basis is projected twice more: a column that keeps
-    over half its norm is a direction the earlier blocks lack (kept,
-    re-orthonormalised; an arbitrary one only enlarges the space), one that
-    loses more is dropped.
+    basis is projected twice more: a column that keeps over half its norm is
+    a direction the earlier blocks lack (kept, re-orthonormalised; an
+    arbitrary one only enlarges the space), one that loses more is dropped.
 
     Returns:
         ``(d, b')``, b' ≤ b, orthonormal and orthogonal to every block; b' = 0 when nothing is new.
@@ -345,8 +373,8 @@ def estimate_metrics(
     errors: dict[str, float] = {}
     kinds: dict[str, str] = {}
 
-    def put(name: str, value: float, error: float, kind: str) -> None:
-        values[name], errors[name], kinds[name] = value, error, kind
+    def put(name: str, value: float, error: float, kind: str | None = None) -> None:
+        values[name], errors[name], kinds[name] = value, error, kind or ERROR_KINDS[name]
 
     # per probe v: n Σ_j τ² f(θ), the probe's estimate of tr f(G)
     top_sigma = exact_sigma[exact_sigma > 0]
@@ -370,45 +398,38 @@ def estimate_metrics(
     # the averaged rule's measure, for the energy ranks: both rules' nodes at half weight
     measure_nodes = torch.cat([nodes, anti_nodes], dim=1)  # (N, 2m + 1)
     measure_weights = torch.cat([weights, anti_weights], dim=1) / 2
+    half_nodes = torch.cat([half_rules[0], half_rules[2]], dim=1)  # the same of ⌈m/2⌉ nodes
+    half_weights = torch.cat([half_rules[1], half_rules[3]], dim=1) / 2
 
     def entropy(s: torch.Tensor, sl: torch.Tensor) -> float:
         total = float(s.mean())
         return 0.0 if total <= 0 else math.log(total) - float(sl.mean()) / total
 
     def with_quadrature(statistic, error: float) -> float:
-        """The jackknife error combined with the quadrature's own, estimated two ways.
-
-        Half the Gauss / anti-Gauss gap brackets the quadrature error where
-        the two rules err with opposite signs; where many tiny σ make both
-        err the same way (real updates, σ down to 1e-4·σ_1), the change of
-        the averaged rule from ⌈m/2⌉ to m nodes bounds what is left, since
-        its error falls at least twofold from half the nodes to all of them.
-        The larger of the two counts.
-        """
-        gap = abs(statistic(*gauss) - statistic(*anti)) / 2
-        change = abs(statistic(sums, sum_logs) - statistic(*half))
-        return math.hypot(error, max(gap, change))
+        """``error`` with the quadrature's own, for a statistic of the traces."""
+        return _with_quadrature(
+            error, statistic(*gauss), statistic(*anti), statistic(sums, sum_logs), statistic(*half)
+        )
 
     H, H_err = _jackknife(entropy, [sums, sum_logs])
     H_err = with_quadrature(entropy, H_err)
-    put("entropy", H, H_err, STANDARD_ERROR)
+    put("entropy", H, H_err)
     log_n = math.log(n) if n > 1 else math.nan
-    put("normalized_entropy", H / log_n, H_err / log_n, STANDARD_ERROR)
+    put("normalized_entropy", H / log_n, H_err / log_n)
     rank, rank_err = _jackknife(lambda s, sl: math.exp(entropy(s, sl)), [sums, sum_logs])
     rank_err = with_quadrature(lambda s, sl: math.exp(entropy(s, sl)), rank_err)
-    put("effective_rank", rank, rank_err, STANDARD_ERROR)
+    put("effective_rank", rank, rank_err)
     nuclear, nuclear_err = _jackknife(lambda s: float(s.mean()), [sums])
     nuclear_err = with_quadrature(lambda s, sl: float(s.mean()), nuclear_err)
-    put("nuclear_norm", nuclear, nuclear_err, STANDARD_ERROR)
-    put("frobenius_norm", math.sqrt(sum_sq), 0.0, EXACT)
+    put("nuclear_norm", nuclear, nuclear_err)
+    put("frobenius_norm", math.sqrt(sum_sq), 0.0)
     sigma_1, sigma_1_err = float(sigma[0]), float(bound[0])
-    put("spectral_norm", sigma_1, sigma_1_err, RESIDUAL_BOUND)
+    put("spectral_norm", sigma_1, sigma_1_err)
     stable = sum_sq / sigma_1**2 if sigma_1 > 0 else math.nan
     put(
         "stable_rank",
         stable,
         2.0 * stable * sigma_1_err / sigma_1 if sigma_1 > 0 else 0.0,
-        RESIDUAL_BOUND,
     )
     for m in (1, 8):  # top_share@m = Σ_{i≤m} σ_i² / Σσ², from the Ritz values as σ_1's
         known = min(m, n)
@@ -419,7 +440,7 @@ def estimate_metrics(
         # each σ_i in [θ_i, θ_i + b_i]: the share lies in [Σθ², Σ(θ + b)²] / Σσ²
         widest = float((2 * head * head_bound + head_bound**2).sum())
         spread = widest / sum_sq if sum_sq > 0 else 0.0
-        put(f"top_share@{m}", share, spread, RESIDUAL_BOUND)
+        put(f"top_share@{m}", share, spread)
     captured = (sigma**2).cumsum(0)  # energy of the top singular values
     for q in (0.5, 0.9, 0.99):
         name = f"energy_rank@{q:g}"
@@ -427,14 +448,18 @@ def estimate_metrics(
         if len(reached) and float(bound.max()) <= 1e-8 * sigma_1:
             put(name, float(reached[0, 0]) + 1, 0.0, EXACT)
             continue
+
         def crossing(th: torch.Tensor, w: torch.Tensor, q: float = q) -> float:
             return _energy_rank(th, w, left, q, exact_sigma**2)
 
         point, spread = _jackknife(crossing, [measure_nodes, measure_weights])
-        gap = abs(crossing(nodes, weights) - crossing(anti_nodes, anti_weights)) / 2
-        half_nodes = torch.cat([half_rules[0], half_rules[2]], dim=1)  # the ⌈m/2⌉-node rules
-        half_weights = torch.cat([half_rules[1], half_rules[3]], dim=1) / 2
-        change = abs(point - crossing(half_nodes, half_weights))
+        spread = _with_quadrature(
+            spread,
+            crossing(nodes, weights),
+            crossing(anti_nodes, anti_weights),
+            point,
+            crossing(half_nodes, half_weights),
+        )
         # the rank is the crossing point rounded up, in [point, point + 1): its centre ± ½
-        put(name, point + 0.5, math.hypot(spread, max(gap, change)) + 0.5, COUNT_ERROR)
+        put(name, point + 0.5, spread + 0.5)
     return Estimate(values, errors, kinds, sigma, bound, probes, steps)
