@@ -44,7 +44,7 @@ __all__ = [
 
 PATHS = ("factored", "fast", "exact", "estimate")
 _ESTIMATE = {"probes": DEFAULT_PROBES, "steps": DEFAULT_STEPS, "top": DEFAULT_TOP}
-_KRYLOV_OVERSAMPLE, _KRYLOV_ITERATIONS = 8, 6  # as estimate_metrics calls _block_krylov
+_KRYLOV_OVERSAMPLE, _KRYLOV_ITERATIONS = 8, 6  # as estimate_metrics calls block_krylov
 _F64 = 8  # bytes per float64
 _GPU_BATCH = 8  # same-shaped dense ΔW decomposed together on a GPU (svd.singular_values_stream)
 
