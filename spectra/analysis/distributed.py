@@ -157,10 +157,7 @@ def module_spectra(
         descending; ``skipped`` the keys left out for NaN/Inf weights (with
         ``skip_nonfinite``).
     """
-    deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
-    skipped: list[str] = []
-    if skip_nonfinite:
-        deltas = finite_only(deltas, skipped)
+    deltas, skipped = _deltas_of(checkpoint, key, skip_nonfinite)
     results = []
     for delta, sigma in singular_values_stream(deltas, device, method, prefetch=0, jobs=1):
         results.append((light_delta(delta), sigma.numpy()))  # σ: (k,) float64
@@ -185,21 +182,24 @@ def module_estimates(
         (a dense ΔW's top σ), ``estimate`` its ``Estimate`` with CPU tensors,
         or None for a factored ΔW; ``skipped`` as in ``module_spectra``.
     """
-    deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
-    skipped: list[str] = []
-    if skip_nonfinite:
-        deltas = finite_only(deltas, skipped)
+    deltas, skipped = _deltas_of(checkpoint, key, skip_nonfinite)
     estimates = Estimates(settings)
     results = []
     for delta, sigma in estimate_stream(
         deltas, resolve_device(device), method, estimates, prefetch=0
-    ):
+    ):  # an Estimate holds CPU tensors (metrics.estimate): it crosses to the driver as it is
         found = estimates.get(spectrum_key(delta.layer, delta.role, delta.head, delta.expert))
-        if found is not None:  # its tensors to the CPU: they cross to the driver
-            top, top_errors = found.top.cpu(), found.top_errors.cpu()
-            found = dataclasses.replace(found, top=top, top_errors=top_errors)
         results.append((light_delta(delta), sigma.numpy(), found))  # σ: (k,) float64
     return results, skipped
+
+
+def _deltas_of(checkpoint: Checkpoint, key: Key, skip_nonfinite: bool) -> tuple[object, list]:
+    """The ΔW of one (layer, role), as a serial run streams them, and the keys left out."""
+    deltas = checkpoint.deltas_for(Selection(keys=(key,), warnings=()))
+    skipped: list[str] = []
+    if skip_nonfinite:
+        deltas = finite_only(deltas, skipped)
+    return deltas, skipped
 
 
 def _task(opened: Opened, key: Key, work: Callable, arguments: tuple, threads: int) -> object:
